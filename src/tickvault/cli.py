@@ -1,0 +1,261 @@
+"""`tickvault` command line: parses arguments, then calls library functions.
+
+Every setting has a flag on the top-level command (`tickvault --valkey-url URL query ...`); the flags
+that matter for one command are also on that command. A flag beats the environment and `.env`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from tickvault.config import Settings, load_settings
+from tickvault.errors import ConfigError, DataError, StoreError, TickvaultError
+from tickvault.logs import setup_logging
+
+app = typer.Typer(
+    name="tickvault",
+    help="Real-time B3 market data: ZeroMQ fan-out, Valkey Streams storage, time travel.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+log = logging.getLogger("tickvault.cli")
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Turn tickvault errors into one clear line and an exit code (2 = bad input, 1 = failure)."""
+    try:
+        yield
+    except (ConfigError, DataError) as exc:
+        err_console.print(f"tickvault: error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    except (StoreError, TickvaultError) as exc:
+        err_console.print(f"tickvault: error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _settings(ctx: typer.Context, **more: Any) -> Settings:
+    overrides = dict(ctx.obj or {})
+    overrides.update({k: v for k, v in more.items() if v is not None})
+    settings = load_settings(**overrides)
+    setup_logging(settings.log_level)
+    return settings
+
+
+Opt = typer.Option
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    valkey_url: Annotated[str | None, Opt(help="'embedded' or valkey[s]://[user:pass@]host:port/db [VALKEY_URL]")] = None,
+    valkey_host: Annotated[str | None, Opt(help="External Valkey host [VALKEY_HOST]")] = None,
+    valkey_port: Annotated[int | None, Opt(help="External Valkey port [VALKEY_PORT]")] = None,
+    valkey_password: Annotated[str | None, Opt(help="Valkey password [VALKEY_PASSWORD]")] = None,
+    valkey_db: Annotated[int | None, Opt(help="Valkey database number [VALKEY_DB]")] = None,
+    data_dir: Annotated[Path | None, Opt(help="Data folder; the embedded Valkey keeps DATA_DIR/valkey [TICKVAULT_DATA_DIR]")] = None,
+    zmq_host: Annotated[str | None, Opt(help="Address the ZeroMQ sockets bind to [ZMQ_HOST]")] = None,
+    zmq_tick_port: Annotated[int | None, Opt(help="[ZMQ_TICK_PORT]")] = None,
+    zmq_book_port: Annotated[int | None, Opt(help="[ZMQ_BOOK_PORT]")] = None,
+    zmq_history_port: Annotated[int | None, Opt(help="[ZMQ_HISTORY_PORT]")] = None,
+    zmq_signal_port: Annotated[int | None, Opt(help="[ZMQ_SIGNAL_PORT]")] = None,
+    stream_max_len: Annotated[int | None, Opt(help="Live stream bound [STREAM_MAX_LEN]")] = None,
+    stream_retention_days: Annotated[int | None, Opt(help="[STREAM_RETENTION_DAYS]")] = None,
+    time_travel: Annotated[bool | None, Opt("--time-travel/--no-time-travel", help="[TIME_TRAVEL_ENABLED]")] = None,
+    monitor_symbols: Annotated[str | None, Opt(help="Comma-separated [MONITOR_SYMBOLS]")] = None,
+    log_level: Annotated[str | None, Opt(help="DEBUG, INFO, WARNING, ERROR [LOG_LEVEL]")] = None,
+) -> None:
+    ctx.obj = {
+        "valkey_url": valkey_url,
+        "valkey_host": valkey_host,
+        "valkey_port": valkey_port,
+        "valkey_password": valkey_password,
+        "valkey_db": valkey_db,
+        "data_dir": data_dir,
+        "zmq_host": zmq_host,
+        "zmq_tick_port": zmq_tick_port,
+        "zmq_book_port": zmq_book_port,
+        "zmq_history_port": zmq_history_port,
+        "zmq_signal_port": zmq_signal_port,
+        "stream_max_len": stream_max_len,
+        "stream_retention_days": stream_retention_days,
+        "time_travel_enabled": time_travel,
+        "monitor_symbols": monitor_symbols,
+        "log_level": log_level,
+    }
+
+
+# -- run ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    source: Annotated[str, Opt(help="sim (the built-in B3 market simulator)")] = "sim",
+    symbols: Annotated[str | None, Opt(help="Comma-separated symbols [TICKVAULT_SYMBOLS]")] = None,
+    speed: Annotated[float | None, Opt(help="Market time per wall time; 0 = as fast as possible [TICKVAULT_SPEED]")] = None,
+    seed: Annotated[int | None, Opt(help="Simulator seed [TICKVAULT_SEED]")] = None,
+    duration: Annotated[float | None, Opt(help="Stop after this many seconds (default: until Ctrl+C)", min=0)] = None,
+    zmq: Annotated[bool | None, Opt("--zmq/--no-zmq", help="Publish on ZeroMQ [ZMQ_ENABLED]")] = None,
+    valkey: Annotated[bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")] = None,
+    dashboard: Annotated[bool, Opt("--dashboard/--no-dashboard", help="Live terminal dashboard")] = True,
+) -> None:
+    """Run the whole system: source, bus, recorder, dashboard."""
+    from tickvault.dashboard import LiveView
+    from tickvault.system import System
+
+    with _errors():
+        if source != "sim":
+            raise ConfigError("--source", source, "must be 'sim' (replay:PATH and profitdll are not built yet)")
+        settings = _settings(
+            ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey
+        )
+        view = LiveView(settings.symbols)
+        system = System(settings, handlers=[view])
+        _stop_on_sigterm(system.stop_event)
+        system.start()
+        err_console.print(system.describe(), markup=False, highlight=False)
+        try:
+            if dashboard and sys.stdout.isatty():
+                _live(system, view, duration)
+            else:
+                system.wait(duration)
+        except KeyboardInterrupt:
+            pass
+        err_console.print("stopping: draining bus and recorder ...", markup=False)
+        summary = system.stop()
+        _print_summary(summary, settings)
+        if not summary.drained:
+            raise typer.Exit(1)
+
+
+def _stop_on_sigterm(stop: threading.Event) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+
+def _live(system: Any, view: Any, duration: float | None) -> None:
+    import time
+
+    deadline = None if duration is None else time.monotonic() + duration
+    with Live(view.render(), refresh_per_second=4, console=Console()) as live:
+        while not system.stop_event.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            system.stop_event.wait(0.25)
+            stored = dict(system.recorder.stats.stored) if system.recorder else None
+            live.update(view.render(status=system.describe(), stored=stored))
+
+
+def _print_summary(summary: Any, settings: Settings) -> None:
+    table = Table(title=f"run summary ({summary.elapsed_s:.1f} s)")
+    for name in ("symbol", "generated", "stored"):
+        table.add_column(name, justify="right" if name != "symbol" else "left")
+    for symbol in sorted(set(summary.generated) | set(summary.stored)):
+        stored = str(summary.stored.get(symbol, 0)) if settings.valkey_enabled else "off"
+        table.add_row(symbol, str(summary.generated.get(symbol, 0)), stored)
+    console = Console()
+    console.print(table)
+    published = summary.published if settings.zmq_enabled else "off"
+    console.print(
+        f"generated={summary.generated_total} published={published} "
+        f"stored={sum(summary.stored.values())} duplicates={summary.duplicates} "
+        f"rejected={summary.rejected} drained={'yes' if summary.drained else 'NO'}",
+        markup=False,
+        highlight=False,
+    )
+
+
+# -- query -------------------------------------------------------------------------------------------
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+@app.command()
+def query(
+    ctx: typer.Context,
+    symbol: Annotated[str, typer.Argument(help="Symbol, e.g. WDOFUT")],
+    start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")],
+    end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
+    kind: Annotated[str, Opt(help="ticks")] = "ticks",
+    fmt: Annotated[Format, Opt("--format", help="table, csv, json (one JSON object per line) or parquet")] = Format.table,
+    output: Annotated[Path | None, Opt(help="Write to this file instead of stdout")] = None,
+    limit: Annotated[int, Opt(help="Rows shown by --format table (head and tail)", min=2)] = 40,
+) -> None:
+    """Read a past time range back from the store."""
+    from tickvault import output as out
+    from tickvault.connection import Connection
+    from tickvault.events import validate_symbol
+    from tickvault.store import Store
+
+    with _errors():
+        settings = _settings(ctx)
+        validate_symbol(symbol)
+        if kind != "ticks":
+            raise ConfigError("--kind", kind, "must be 'ticks' (candles, features, predictions, signals come later)")
+        if fmt is Format.parquet and output is None:
+            raise ConfigError("--format", "parquet", "writes binary data; give --output PATH")
+        with Connection.open(settings) as conn:
+            conn.check()
+            frame = Store(conn.client("query")).ticks(symbol, start, end)
+        out.write_frame(frame, fmt.value, output, limit=limit)
+
+
+# -- valkey ------------------------------------------------------------------------------------------
+
+
+@app.command("valkey")
+def valkey_server(ctx: typer.Context) -> None:
+    """Run the embedded Valkey in the foreground (Ctrl+C stops it, unless other tickvault processes use it)."""
+    from tickvault.connection import Connection
+
+    with _errors():
+        settings = _settings(ctx)
+        if not settings.embedded:
+            raise ConfigError("VALKEY_URL", settings.valkey_url, "`tickvault valkey` runs the embedded server only")
+        stop = threading.Event()
+        _stop_on_sigterm(stop)
+        with Connection.open(settings) as conn:
+            keeper = conn.client("keeper")
+            keeper.ping()  # holds a named connection: other processes see the server is in use
+            assert conn.embedded is not None
+            info = conn.embedded.running()
+            port = info.port if info else "?"
+            err_console.print(
+                f"embedded valkey ready: {conn.where}\n  valkey-cli -p {port}    Ctrl+C to stop",
+                markup=False,
+                highlight=False,
+            )
+            try:
+                while not stop.wait(0.5):
+                    pass
+            except KeyboardInterrupt:
+                pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

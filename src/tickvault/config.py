@@ -1,0 +1,128 @@
+"""Settings: the only place that reads the environment.
+
+Names are the original guide's (`ZMQ_TICK_PORT`, `VALKEY_HOST`, ...) plus tickvault's own. Each setting
+comes from, highest priority first: a CLI flag, the environment, a `.env` file, the default. A bad
+value raises ConfigError naming the variable and the value it got.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tickvault.errors import ConfigError, DataError
+from tickvault.events import validate_symbol
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+DEFAULT_SYMBOLS = ("WDOFUT", "WINFUT")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    # ZeroMQ (the guide's ports); bound on loopback unless ZMQ_HOST says otherwise.
+    zmq_enabled: bool = Field(True, validation_alias="ZMQ_ENABLED")
+    zmq_host: str = Field("127.0.0.1", validation_alias="ZMQ_HOST")
+    zmq_tick_port: int = Field(5555, ge=1, le=65535, validation_alias="ZMQ_TICK_PORT")
+    zmq_book_port: int = Field(5556, ge=1, le=65535, validation_alias="ZMQ_BOOK_PORT")
+    zmq_history_port: int = Field(5557, ge=1, le=65535, validation_alias="ZMQ_HISTORY_PORT")
+    zmq_signal_port: int = Field(5558, ge=1, le=65535, validation_alias="ZMQ_SIGNAL_PORT")
+
+    # Valkey: VALKEY_URL wins; else an explicit VALKEY_HOST/VALKEY_PORT means that server; else embedded.
+    valkey_enabled: bool = Field(True, validation_alias="VALKEY_ENABLED")
+    valkey_url: str = Field("embedded", validation_alias="VALKEY_URL")
+    valkey_host: str = Field("127.0.0.1", validation_alias="VALKEY_HOST")
+    valkey_port: int = Field(6379, ge=1, le=65535, validation_alias="VALKEY_PORT")
+    valkey_password: SecretStr | None = Field(None, validation_alias="VALKEY_PASSWORD")
+    valkey_db: int = Field(0, ge=0, le=15, validation_alias="VALKEY_DB")
+
+    stream_max_len: int = Field(1_000_000, ge=0, validation_alias="STREAM_MAX_LEN")
+    stream_retention_days: int = Field(30, ge=0, validation_alias="STREAM_RETENTION_DAYS")
+    time_travel_enabled: bool = Field(True, validation_alias="TIME_TRAVEL_ENABLED")
+    log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+    monitor_symbols: Annotated[tuple[str, ...], NoDecode] = Field(DEFAULT_SYMBOLS, validation_alias="MONITOR_SYMBOLS")
+
+    # tickvault's own
+    data_dir: Path = Field(Path("data"), validation_alias="TICKVAULT_DATA_DIR")
+    symbols: Annotated[tuple[str, ...], NoDecode] = Field(DEFAULT_SYMBOLS, validation_alias="TICKVAULT_SYMBOLS")
+    seed: int = Field(7, validation_alias="TICKVAULT_SEED")
+    speed: float = Field(1.0, ge=0, validation_alias="TICKVAULT_SPEED")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("symbols", "monitor_symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not value:
+            raise ValueError("at least one symbol is required")
+        out = []
+        for symbol in value:
+            try:
+                out.append(validate_symbol(symbol))
+            except DataError as exc:
+                raise ValueError(exc.reason) from None
+        return tuple(out)
+
+    @field_validator("valkey_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value != "embedded" and not value.startswith(
+            ("valkey://", "valkeys://", "redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("must be 'embedded' or a valkey://, valkeys://, redis://, rediss:// or unix:// URL")
+        return value
+
+    @property
+    def valkey_data_dir(self) -> Path:
+        return self.data_dir / "valkey"
+
+    @property
+    def embedded(self) -> bool:
+        """True when tickvault runs (or finds) its own bundled Valkey server."""
+        explicit = self.model_fields_set
+        if "valkey_url" in explicit:
+            return self.valkey_url == "embedded"
+        return not ({"valkey_host", "valkey_port"} & explicit)
+
+    @property
+    def external_url(self) -> str:
+        """The URL of a non-embedded server, built from VALKEY_HOST/PORT/DB when VALKEY_URL is not set."""
+        if self.valkey_url != "embedded":
+            return self.valkey_url
+        return f"valkey://{self.valkey_host}:{self.valkey_port}/{self.valkey_db}"
+
+
+def _env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, str):
+        return alias
+    return field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from flags (`overrides`, None means 'not given'), environment and `.env`."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        # pydantic reports the alias when the value came from the environment, the name from a flag
+        name = field if field.isupper() else _env_name(field)
+        reason = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(name, err.get("input"), reason) from None

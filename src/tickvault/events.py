@@ -1,0 +1,330 @@
+"""Typed market events and the one JSON codec used on the bus, in files and in Valkey.
+
+Every event is a frozen `msgspec.Struct` validated on construction *and* on decode, so an invalid
+value can never enter the system from either side. Timestamps are timezone-aware datetimes carried
+together with their integer millisecond form (`timestamp_ms`), which is what stream ids and range
+queries use; the two must agree.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from tickvault.errors import DataError
+
+B3_TZ = ZoneInfo("America/Sao_Paulo")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9._-]{1,32}")
+
+Aggressor = Literal["buy", "sell", "none"]
+Side = Literal["bid", "ask"]
+BookAction = Literal["add", "update", "delete", "snapshot"]
+Action = Literal["BUY", "SELL", "HOLD"]
+
+# ProfitDLL trade types: 2 is a buy aggression, 3 a sell aggression; anything else has no aggressor.
+TRADE_TYPE_BUY = 2
+TRADE_TYPE_SELL = 3
+
+
+def aggressor_from_trade_type(trade_type: int) -> Aggressor:
+    if trade_type == TRADE_TYPE_BUY:
+        return "buy"
+    if trade_type == TRADE_TYPE_SELL:
+        return "sell"
+    return "none"
+
+
+def validate_symbol(symbol: object) -> str:
+    """Return `symbol` if it is a valid symbol, else raise DataError saying why."""
+    if not isinstance(symbol, str):
+        raise DataError("symbol", f"must be text, got {type(symbol).__name__}")
+    if not symbol:
+        raise DataError("symbol", "must not be empty")
+    if SYMBOL_PATTERN.fullmatch(symbol) is None:
+        raise DataError("symbol", f"{symbol!r} must match [A-Z0-9._-]{{1,32}}")
+    return symbol
+
+
+def to_ms(ts: datetime) -> int:
+    """Milliseconds since the epoch of a timezone-aware datetime (floor, exact integer arithmetic)."""
+    return (ts - _EPOCH) // _MS
+
+
+def from_ms(ms: int, tz: ZoneInfo = B3_TZ) -> datetime:
+    return (_EPOCH + ms * _MS).astimezone(tz)
+
+
+def _check_time(ts: datetime, ms: int) -> None:
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise DataError("timestamp", f"{ts.isoformat()} has no timezone offset")
+    if to_ms(ts) != ms:
+        raise DataError("timestamp_ms", f"{ms} does not match timestamp {ts.isoformat()}")
+
+
+def _check_finite(field: str, value: float, *, positive: bool = False) -> None:
+    if not math.isfinite(value):
+        raise DataError(field, f"must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise DataError(field, f"must be positive, got {value!r}")
+    if value < 0:
+        raise DataError(field, f"must not be negative, got {value!r}")
+
+
+class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Fields every event has: what, and when on the exchange clock."""
+
+    symbol: str
+    timestamp: datetime
+    timestamp_ms: int
+
+    def __post_init__(self) -> None:
+        validate_symbol(self.symbol)
+        _check_time(self.timestamp, self.timestamp_ms)
+
+
+class Tick(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One trade. `volume` is the financial volume, `quantity` the number of contracts."""
+
+    trade_id: int
+    price: float
+    volume: float
+    quantity: int
+    buyer: int = 0
+    seller: int = 0
+    trade_type: int = 0
+    aggressor: Aggressor = "none"
+    is_edit: bool = False
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_finite("price", self.price, positive=True)
+        _check_finite("volume", self.volume)
+        if self.quantity < 0:
+            raise DataError("quantity", f"must not be negative, got {self.quantity}")
+        if self.trade_id < 0:
+            raise DataError("trade_id", f"must not be negative, got {self.trade_id}")
+        if self.aggressor not in ("buy", "sell", "none"):
+            raise DataError("aggressor", f"must be buy, sell or none, got {self.aggressor!r}")
+
+    @property
+    def session(self) -> str:
+        """The B3 session date (YYYYMMDD) the trade belongs to; trade ids restart each session."""
+        return self.timestamp.astimezone(B3_TZ).strftime("%Y%m%d")
+
+
+class BookUpdate(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One price level of the order book changed."""
+
+    side: Side
+    level: int
+    price: float
+    quantity: int
+    orders: int = 0
+    action: BookAction = "update"
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.side not in ("bid", "ask"):
+            raise DataError("side", f"must be bid or ask, got {self.side!r}")
+        if self.level < 0:
+            raise DataError("level", f"must not be negative, got {self.level}")
+        if self.action != "delete":
+            _check_finite("price", self.price, positive=True)
+        if self.quantity < 0:
+            raise DataError("quantity", f"must not be negative, got {self.quantity}")
+
+
+class Candle(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """OHLCV bar; `timestamp` is the bar's open time."""
+
+    timeframe: str
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    quantity: int
+    trades: int
+    vwap: float
+    buy_quantity: int = 0
+    sell_quantity: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("open", "high", "low", "close", "vwap"):
+            _check_finite(name, getattr(self, name), positive=True)
+        _check_finite("volume", self.volume)
+        if not self.low <= min(self.open, self.close) <= max(self.open, self.close) <= self.high:
+            raise DataError("high", f"OHLC out of order: o={self.open} h={self.high} l={self.low} c={self.close}")
+
+
+class Features(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Feature values of one symbol at one instant (point-in-time: computed from data <= timestamp)."""
+
+    values: dict[str, float | str | None]
+
+
+class Prediction(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Class probabilities of a model for the move after `timestamp`."""
+
+    model: str
+    probabilities: dict[str, float]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for label, p in self.probabilities.items():
+            if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+                raise DataError(f"probabilities.{label}", f"must be within [0, 1], got {p!r}")
+
+
+class Signal(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    action: Action
+    confidence: float
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.action not in ("BUY", "SELL", "HOLD"):
+            raise DataError("action", f"must be BUY, SELL or HOLD, got {self.action!r}")
+        if not (math.isfinite(self.confidence) and 0.0 <= self.confidence <= 1.0):
+            raise DataError("confidence", f"must be within [0, 1], got {self.confidence!r}")
+
+
+E = TypeVar("E", bound=Event)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    "tick": Tick,
+    "book": BookUpdate,
+    "candle": Candle,
+    "features": Features,
+    "prediction": Prediction,
+    "signal": Signal,
+}
+
+
+def make_tick(
+    symbol: str,
+    timestamp_ms: int,
+    trade_id: int,
+    price: float,
+    quantity: int,
+    *,
+    volume: float | None = None,
+    multiplier: float = 1.0,
+    buyer: int = 0,
+    seller: int = 0,
+    trade_type: int = 0,
+    aggressor: Aggressor | None = None,
+    is_edit: bool = False,
+    seq: int = 0,
+) -> Tick:
+    """Build a Tick from the exchange time in ms; volume defaults to price * quantity * multiplier."""
+    return Tick(
+        symbol=symbol,
+        timestamp=from_ms(timestamp_ms),
+        timestamp_ms=timestamp_ms,
+        trade_id=trade_id,
+        price=price,
+        volume=price * quantity * multiplier if volume is None else volume,
+        quantity=quantity,
+        buyer=buyer,
+        seller=seller,
+        trade_type=trade_type,
+        aggressor=aggressor_from_trade_type(trade_type) if aggressor is None else aggressor,
+        is_edit=is_edit,
+        seq=seq,
+    )
+
+
+# --- codec -------------------------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+_PATH = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+def _decoder(kind: type[E]) -> msgspec.json.Decoder[E]:
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.json.Decoder(kind)
+    return dec
+
+
+def encode(event: Event) -> bytes:
+    """The JSON form of an event, as published on the bus and written to files."""
+    return _encoder.encode(event)
+
+
+def _data_error(exc: msgspec.MsgspecError) -> DataError:
+    text = str(exc)
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return DataError("json", f"malformed JSON: {text}")
+    match = _PATH.search(text)
+    field = match.group(1).split(".")[0].split("[")[0] if match else ""
+    reason = _PATH.sub("", text)
+    quoted = reason.split("`")[1] if reason.count("`") >= 2 else "?"
+    if reason.startswith("Object contains unknown field"):
+        return DataError(quoted, "unknown field")
+    if reason.startswith("Object missing required field"):
+        return DataError(quoted, "required field is missing")
+    return DataError(field or "message", reason)
+
+
+def decode(data: bytes | str, kind: type[E]) -> E:
+    """Decode and validate one JSON event; raises DataError naming the field and the reason."""
+    try:
+        return _decoder(kind).decode(data)
+    except msgspec.MsgspecError as exc:
+        raise _data_error(exc) from None
+
+
+def decode_tick(data: bytes | str) -> Tick:
+    return decode(data, Tick)
+
+
+def _dict_fields(kind: type[Event]) -> tuple[str, ...]:
+    return tuple(f.name for f in msgspec.structs.fields(kind) if str(f.type).startswith("dict"))
+
+
+def from_fields(fields: Mapping[str, Any], kind: type[E]) -> E:
+    """Rebuild an event from flat text fields (a Valkey stream entry or a CSV row), restoring types."""
+    nested = _dict_fields(kind)
+    if nested:
+        fields = dict(fields)
+        for name in nested:
+            if isinstance(fields.get(name), str | bytes):
+                fields[name] = msgspec.json.decode(fields[name])
+    try:
+        return msgspec.convert(fields, kind, strict=False)
+    except msgspec.MsgspecError as exc:
+        raise _data_error(exc) from None
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds")
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return _encoder.encode(value).decode()
+    return str(value)
+
+
+def to_fields(event: Event) -> dict[str, str]:
+    """Flat text fields for a Valkey stream entry, readable in valkey-cli and restorable by `from_fields`."""
+    return {name: _field_text(getattr(event, name)) for name in event.__struct_fields__}
+
+
+TICK_FIELDS: tuple[str, ...] = Tick.__struct_fields__

@@ -1,0 +1,60 @@
+"""Ingest: where a source hands over its events.
+
+`on_tick` runs on the source's thread (ProfitDLL's only callback thread), so it does the least it can:
+stamp the per-topic sequence number, call the in-process handlers (the core flow, which works with
+ZeroMQ and Valkey off), and queue the tick for the publisher. It never raises into the source: a
+failing handler is logged and counted, and the other handlers and the publisher still get the tick.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from tickvault.bus import Publisher
+from tickvault.events import Tick
+from tickvault.keys import tick_topic
+
+log = logging.getLogger("tickvault.ingest")
+
+TickHandler = Callable[[Tick], None]
+
+
+@dataclass
+class IngestStats:
+    generated: Counter[str] = field(default_factory=Counter)
+    handler_errors: int = 0
+
+
+class Ingest:
+    def __init__(self, publisher: Publisher | None = None, handlers: list[TickHandler] | None = None) -> None:
+        self.publisher = publisher
+        self.handlers: list[TickHandler] = list(handlers or [])
+        self._seq: dict[str, itertools.count[int]] = {}
+        self.last_seq: dict[str, int] = {}
+        self.stats = IngestStats()
+
+    def add_handler(self, handler: TickHandler) -> None:
+        self.handlers.append(handler)
+
+    def on_tick(self, tick: Tick) -> None:
+        counter = self._seq.get(tick.symbol)
+        if counter is None:
+            counter = self._seq[tick.symbol] = itertools.count(1)
+        seq = next(counter)
+        tick = msgspec.structs.replace(tick, seq=seq)
+        self.last_seq[tick.symbol] = seq
+        self.stats.generated[tick.symbol] += 1
+        for handler in self.handlers:
+            try:
+                handler(tick)
+            except Exception:  # one broken handler must not stop the source or the others
+                self.stats.handler_errors += 1
+                log.exception("tick handler %r failed", handler)
+        if self.publisher is not None:
+            self.publisher.publish(tick_topic(tick.symbol), tick)

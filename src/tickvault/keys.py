@@ -1,0 +1,82 @@
+"""Every Valkey key and ZeroMQ topic name, in one place.
+
+Standalone keys are the original guide's (`stream:ticks:WDOFUT`). In cluster mode the symbol is wrapped
+in a hash tag (`stream:ticks:{WDOFUT}`) so all keys of one symbol live in one slot and one pipeline or
+script can touch them together. Symbols are validated by `events.validate_symbol`, so they never
+contain braces, spaces or newlines that could inject another key or topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TIMEFRAMES = ("1m", "5m", "15m", "1h", "1d")
+STREAM_KINDS = ("ticks", "features", "signals", "predictions")
+
+# tickvault's own bookkeeping lives under this prefix, apart from the user-facing streams.
+META_PREFIX = "tv"
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    cluster: bool = False
+
+    def _sym(self, symbol: str) -> str:
+        return f"{{{symbol}}}" if self.cluster else symbol
+
+    def ticks(self, symbol: str) -> str:
+        return f"stream:ticks:{self._sym(symbol)}"
+
+    def candles(self, tf: str, symbol: str) -> str:
+        return f"stream:candles:{tf}:{self._sym(symbol)}"
+
+    def features(self, symbol: str) -> str:
+        return f"stream:features:{self._sym(symbol)}"
+
+    def signals(self, symbol: str) -> str:
+        return f"stream:signals:{self._sym(symbol)}"
+
+    def predictions(self, symbol: str) -> str:
+        return f"stream:predictions:{self._sym(symbol)}"
+
+    def stream(self, kind: str, symbol: str) -> str:
+        """Key of `kind` in ticks|features|signals|predictions|candles:TF."""
+        if kind.startswith("candles:"):
+            return self.candles(kind.split(":", 1)[1], symbol)
+        return f"stream:{kind}:{self._sym(symbol)}"
+
+    def seen(self, symbol: str, session: str, chunk: int) -> str:
+        """Bitmap of trade ids already stored for one session (idempotent writes)."""
+        return f"{META_PREFIX}:seen:{self._sym(symbol)}:{session}:{chunk}"
+
+    def seen_edits(self, symbol: str, session: str) -> str:
+        """Set of trade edits already stored for one session."""
+        return f"{META_PREFIX}:edits:{self._sym(symbol)}:{session}"
+
+    def late(self, symbol: str) -> str:
+        """Sorted set: exchange time (score) -> stream id, for ticks stored out of time order."""
+        return f"{META_PREFIX}:late:{self._sym(symbol)}"
+
+    def symbols(self) -> str:
+        """Set of every symbol that has stored ticks."""
+        return f"{META_PREFIX}:symbols"
+
+    def dead_letters(self) -> str:
+        """Stream of rejected messages, each with its reason."""
+        return f"{META_PREFIX}:deadletter"
+
+
+def tick_topic(symbol: str) -> str:
+    return f"tick_{symbol}"
+
+
+def book_topic(symbol: str) -> str:
+    return f"book_{symbol}"
+
+
+def features_topic(symbol: str) -> str:
+    return f"features_{symbol}"
+
+
+def signal_topic(symbol: str) -> str:
+    return f"signal_{symbol}"

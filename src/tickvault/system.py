@@ -1,0 +1,187 @@
+"""`tickvault run`: the source, the bus, the recorder, wired per settings, with a clean shutdown.
+
+Order matters: the recorder subscribes before the source starts (no slow-joiner loss), and on stop the
+source stops first, the publisher drains, and the recorder is given time to write everything the
+source produced before anything is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from tickvault.bus import Publisher, Subscriber, endpoint
+from tickvault.config import Settings
+from tickvault.connection import Connection
+from tickvault.events import Tick
+from tickvault.ingest import Ingest
+from tickvault.recorder import Recorder
+from tickvault.sources.simulator import MarketSimulator, pace, session_start_for
+from tickvault.store import Store
+
+log = logging.getLogger("tickvault.system")
+
+DRAIN_TIMEOUT_S = 60.0
+
+
+@dataclass
+class RunSummary:
+    generated: Counter[str] = field(default_factory=Counter)
+    published: int = 0
+    stored: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    rejected: int = 0
+    elapsed_s: float = 0.0
+    drained: bool = True
+    where: str = ""
+
+    @property
+    def generated_total(self) -> int:
+        return sum(self.generated.values())
+
+
+def simulator_resuming(settings: Settings, store: Store | None) -> MarketSimulator:
+    """A simulator that continues after what the store already holds, so a second run adds new
+    ticks (new times, new trade ids) instead of replaying the first run's ones as duplicates."""
+    from datetime import datetime
+
+    from tickvault.events import B3_TZ
+
+    start = session_start_for(datetime.now(B3_TZ))
+    first_ids: dict[str, int] = {}
+    if store is not None:
+        lasts = {s: store.last_tick(s) for s in settings.symbols}
+        known = [t for t in lasts.values() if t is not None]
+        if known:
+            resume = max(t.timestamp for t in known) + timedelta(milliseconds=1)
+            start = max(start, resume)
+            for symbol, last in lasts.items():
+                if last is not None and last.session == start.astimezone(B3_TZ).strftime("%Y%m%d"):
+                    first_ids[symbol] = last.trade_id + 1
+    return MarketSimulator(settings.symbols, seed=settings.seed, start=start, first_trade_ids=first_ids)
+
+
+class System:
+    """One run of the pipeline. `source` defaults to the simulator; `on_tick` handlers form the
+    in-process core flow."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: Callable[[Store | None], Iterator[Tick]] | None = None,
+        handlers: list[Callable[[Tick], None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._source_factory = source
+        self.connection: Connection | None = None
+        self.store: Store | None = None
+        self.publisher: Publisher | None = None
+        self.recorder: Recorder | None = None
+        self.ingest = Ingest(handlers=handlers)
+        self.stop_event = threading.Event()
+        self._source_done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._recorder_stop = threading.Event()
+        self._subscriber: Subscriber | None = None
+        self.started_at = 0.0
+
+    # -- start -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        if s.valkey_enabled:
+            self.connection = Connection.open(s)
+            self.connection.check()
+            self.store = Store(self.connection.client("recorder"))
+            self.recorder = Recorder(self.store)
+        if s.zmq_enabled:
+            self.publisher = Publisher(endpoint(s.zmq_host, s.zmq_tick_port))
+            self.ingest.publisher = self.publisher
+        if self.recorder is not None:
+            if self.publisher is not None:
+                self._subscriber = Subscriber(endpoint("127.0.0.1", self.publisher.port), ["tick_"])
+                self._spawn("recorder", self.recorder.run, self._subscriber, self._recorder_stop)
+                if not self.publisher.wait_for_subscriber("tick_", timeout=10):
+                    log.warning("recorder did not subscribe within 10 s; early ticks may need recovery")
+            else:
+                inbox: queue.SimpleQueue[Tick] = queue.SimpleQueue()
+                self.ingest.add_handler(inbox.put)
+                self._spawn("recorder", self.recorder.run_local, inbox, self._recorder_stop)
+        ticks = (
+            self._source_factory(self.store)
+            if self._source_factory
+            else pace(simulator_resuming(s, self.store).ticks(), s.speed, stop=self.stop_event)
+        )
+        self.started_at = time.monotonic()
+        self._spawn("source", self._pump, ticks)
+
+    def describe(self) -> str:
+        s = self.settings
+        parts = [f"symbols={','.join(s.symbols)}", f"speed={'max' if s.speed == 0 else s.speed}"]
+        parts.append(f"zmq tick={self.publisher.endpoint}" if self.publisher else "zmq off")
+        parts.append(self.connection.where if self.connection else "valkey off")
+        return "tickvault running: " + " ".join(parts)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _pump(self, ticks: Iterator[Tick]) -> None:
+        try:
+            for tick in ticks:
+                if self.stop_event.is_set():
+                    break
+                self.ingest.on_tick(tick)
+        except Exception:
+            log.exception("source failed")
+        finally:
+            self._source_done.set()
+
+    # -- run and stop ----------------------------------------------------------------------------
+
+    def wait(self, duration: float | None = None) -> None:
+        """Until `duration` seconds pass, the source ends, or stop() is called."""
+        deadline = None if duration is None else time.monotonic() + duration
+        while not self.stop_event.is_set() and not self._source_done.is_set():
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if left <= 0:
+                break
+            self.stop_event.wait(left)
+
+    def stop(self) -> RunSummary:
+        """Stop the source, drain the bus and the recorder, close everything; returns the summary."""
+        self.stop_event.set()
+        self._source_done.wait(10)
+        summary = RunSummary(generated=Counter(self.ingest.stats.generated))
+        if self.publisher is not None:
+            self.publisher.flush(DRAIN_TIMEOUT_S)
+        if self.recorder is not None:
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while not self.recorder.caught_up(self.ingest.last_seq) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            summary.drained = self.recorder.caught_up(self.ingest.last_seq)
+        self._recorder_stop.set()
+        for thread in self._threads:
+            thread.join(10)
+        if self.publisher is not None:
+            self.publisher.close()
+            summary.published = self.publisher.stats.published
+        if self._subscriber is not None:
+            self._subscriber.close()
+        if self.recorder is not None:
+            summary.stored = Counter(self.recorder.stats.stored)
+            summary.duplicates = self.recorder.stats.duplicates
+            summary.rejected = self.recorder.stats.rejected_total
+        if self.connection is not None:
+            summary.where = self.connection.where
+            self.connection.close()
+        summary.elapsed_s = time.monotonic() - self.started_at if self.started_at else 0.0
+        return summary

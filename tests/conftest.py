@@ -1,0 +1,76 @@
+"""Fixtures: a real embedded Valkey on a free loopback port (one per session, flushed per test),
+real ZeroMQ sockets, and an environment with none of the developer's settings leaking in."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import valkey
+
+from tickvault.config import Settings
+from tickvault.server import EmbeddedValkey, ServerInfo, free_port
+from tickvault.store import Store
+
+SETTING_ENV_NAMES = [
+    str(info.validation_alias) for info in Settings.model_fields.values() if isinstance(info.validation_alias, str)
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No setting from the machine's environment or a .env file reaches a test."""
+    for name in SETTING_ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey-session"))
+    info = server.ensure_running()
+    yield info
+    server.stop()
+
+
+@pytest.fixture
+def valkey_url(valkey_server: ServerInfo) -> str:
+    return f"valkey://{valkey_server.host}:{valkey_server.port}/0"
+
+
+@pytest.fixture
+def valkey_client(valkey_server: ServerInfo) -> Iterator[valkey.Valkey]:
+    client = valkey.Valkey(host=valkey_server.host, port=valkey_server.port)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(valkey_client: valkey.Valkey) -> Store:
+    return Store(valkey_client)
+
+
+@pytest.fixture
+def system_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, valkey_url: str, valkey_client: valkey.Valkey) -> dict[str, str]:
+    """Environment for a whole-system run against the test server, on free loopback ports."""
+    env = {
+        "VALKEY_URL": valkey_url,
+        "TICKVAULT_DATA_DIR": str(tmp_path / "data"),
+        "ZMQ_TICK_PORT": str(free_port()),
+        "ZMQ_BOOK_PORT": str(free_port()),
+        "ZMQ_HISTORY_PORT": str(free_port()),
+        "ZMQ_SIGNAL_PORT": str(free_port()),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The current environment without tickvault settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_ENV_NAMES}
+    env.update(extra or {})
+    return env
