@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import valkey
+from factories import BASE_MS, tick, ticks
+
+from tickvault.errors import DataError, StoreUnavailable
+from tickvault.events import from_ms
+from tickvault.store import Store, frame_to_ticks
+
+
+def test_written_ticks_come_back_exactly_in_order(store: Store) -> None:
+    written = ticks(500)
+    result = store.append_ticks(written)
+    assert (result.stored, result.duplicates, result.late) == (500, 0, 0)
+    assert store.tick_events("WDOFUT", BASE_MS, BASE_MS + 10_000) == written
+    frame = store.ticks("WDOFUT", BASE_MS, BASE_MS + 10_000)
+    assert frame_to_ticks(frame) == written
+    assert list(frame.index) == [t.timestamp for t in written]
+
+
+def test_stream_ids_are_exchange_time_not_write_time(store: Store, valkey_client: valkey.Valkey) -> None:
+    """Guide defect 8: ids came from the publisher's clock."""
+    store.append_ticks(ticks(9, per_ms=3))
+    ids = [e[0].decode() for e in valkey_client.xrange("stream:ticks:WDOFUT")]
+    assert ids == [f"{BASE_MS + i // 3}-{i % 3}" for i in range(9)]
+
+
+def test_same_tick_written_twice_is_stored_once(store: Store) -> None:
+    batch = ticks(200)
+    store.append_ticks(batch)
+    again = store.append_ticks(batch[50:] + batch[:50])
+    assert (again.stored, again.duplicates) == (0, 200)
+    assert store.count("WDOFUT") == 200
+
+
+def test_trade_ids_restart_each_session_and_are_not_duplicates(store: Store) -> None:
+    day = 86_400_000
+    store.append_ticks([tick(trade_id=1), tick(ts_ms=BASE_MS + day, trade_id=1)])
+    assert store.count("WDOFUT") == 2
+
+
+def test_tick_older_than_the_stream_top_is_kept_and_found_by_exchange_time(
+    store: Store, valkey_client: valkey.Valkey
+) -> None:
+    """Guide defect 1: an XADD id not after the top was refused and the tick lost."""
+    store.append_ticks(ticks(30))
+    late = [tick(ts_ms=BASE_MS - 60_000, trade_id=900), tick(ts_ms=BASE_MS + 2, trade_id=901)]
+    result = store.append_ticks(late)
+    assert (result.stored, result.late) == (2, 2)
+    assert store.count("WDOFUT") == 32
+    around = store.tick_events("WDOFUT", BASE_MS - 60_000, BASE_MS - 60_000)
+    assert around == [late[0]]
+    window = store.tick_events("WDOFUT", BASE_MS + 2, BASE_MS + 2)
+    assert [t.trade_id for t in window] == [7, 8, 9, 901]  # same-ms peers first, then the late one
+    everything = store.tick_events("WDOFUT", BASE_MS - 100_000, BASE_MS + 100_000)
+    assert sorted(t.trade_id for t in everything) == sorted([t.trade_id for t in ticks(30)] + [900, 901])
+    assert len(everything) == 32  # once each, although the late ones also sit at later stream ids
+    assert store.append_ticks(late).duplicates == 2
+
+
+def test_equal_and_out_of_order_burst_is_all_kept(store: Store) -> None:
+    rng = random.Random(3)
+    burst = ticks(300, per_ms=5)
+    shuffled = burst[:]
+    rng.shuffle(shuffled)
+    for i in range(0, 300, 37):
+        store.append_ticks(shuffled[i : i + 37])
+    back = store.tick_events("WDOFUT", BASE_MS, BASE_MS + 1000)
+    assert sorted(back, key=lambda t: t.trade_id) == burst
+    assert [t.timestamp_ms for t in back] == sorted(t.timestamp_ms for t in back)
+
+
+def test_edits_are_stored_once_each(store: Store) -> None:
+    original = tick(trade_id=5, price=5400.0)
+    edit = tick(trade_id=5, price=5400.5, is_edit=True)
+    assert store.append_ticks([original, edit, edit]).stored == 2
+    assert store.append_ticks([edit]).duplicates == 1
+    back = store.tick_events("WDOFUT", BASE_MS, BASE_MS)
+    assert [t.is_edit for t in back] == [False, True]
+
+
+def test_range_end_includes_its_whole_millisecond(store: Store) -> None:
+    """Guide defect 4: the end id `{end_ms}-0` dropped 2 of 3 same-millisecond ticks."""
+    store.append_ticks(ticks(9, per_ms=3))
+    assert len(store.ticks("WDOFUT", BASE_MS, BASE_MS + 2)) == 9
+    assert len(store.ticks("WDOFUT", BASE_MS + 1, BASE_MS + 1)) == 3
+
+
+def test_no_init_entry_and_types_restored(store: Store, valkey_client: valkey.Valkey) -> None:
+    """Guide defects 2 and 3: an 'init' entry in the tick stream; every field came back as str."""
+    store.append_ticks(ticks(3))
+    assert all(b"init" not in fields for _, fields in valkey_client.xrange("stream:ticks:WDOFUT"))
+    frame = store.ticks("WDOFUT", BASE_MS, BASE_MS + 10)
+    assert len(frame) == 3
+    assert str(frame["quantity"].dtype) == "int64" and str(frame["trade_id"].dtype) == "int64"
+    assert str(frame["price"].dtype) == "float64" and str(frame["is_edit"].dtype) == "bool"
+    assert not frame["is_edit"].any()
+
+
+def test_empty_range_has_the_same_columns(store: Store) -> None:
+    store.append_ticks(ticks(3))
+    full = store.ticks("WDOFUT", BASE_MS, BASE_MS + 10)
+    empty = store.ticks("WDOFUT", BASE_MS + 1_000_000, BASE_MS + 2_000_000)
+    assert empty.empty
+    assert list(empty.columns) == list(full.columns)
+    assert dict(empty.dtypes) == dict(full.dtypes)
+    assert store.ticks("NOSUCH", BASE_MS, BASE_MS + 10).empty
+
+
+def test_time_arguments(store: Store) -> None:
+    store.append_ticks(ticks(9))
+    start = from_ms(BASE_MS)
+    assert len(store.ticks("WDOFUT", start.isoformat(), "2025-11-24T13:00:00.002-03:00")) == 9
+    assert len(store.ticks("WDOFUT", "2025-11-24", "2025-11-25")) == 9
+    assert len(store.ticks("WDOFUT", "2025-11-24T16:00:00Z", "2025-11-24T16:00:00.002Z")) == 9
+    with pytest.raises(DataError, match="start: .*no timezone"):
+        store.ticks("WDOFUT", "2025-11-24T13:00:00", "now")
+    with pytest.raises(DataError, match="end: is before start"):
+        store.ticks("WDOFUT", BASE_MS + 5, BASE_MS)
+    with pytest.raises(DataError, match="not a time"):
+        store.ticks("WDOFUT", "yesterday-ish", "now")
+
+
+def test_as_of_returns_last_tick_at_or_before(store: Store) -> None:
+    written = ticks(9, per_ms=3)
+    store.append_ticks(written)
+    assert store.as_of("WDOFUT", BASE_MS + 1) == written[5]
+    assert store.as_of("WDOFUT", BASE_MS - 1) is None
+    late = tick(ts_ms=BASE_MS + 1, trade_id=77)
+    store.append_ticks([late])
+    assert store.as_of("WDOFUT", BASE_MS + 1) == late
+    assert store.as_of("WDOFUT", BASE_MS + 10) == written[-1]
+
+
+def test_unreachable_valkey_is_an_error_not_empty_data() -> None:
+    """Guide defect 9: an unreachable server looked the same as 'no data' ([])."""
+    from tickvault.server import free_port
+
+    dead = Store(valkey.Valkey(port=free_port(), socket_connect_timeout=0.5))
+    with pytest.raises(StoreUnavailable):
+        dead.ticks("WDOFUT", BASE_MS, BASE_MS + 10)
+    with pytest.raises(StoreUnavailable):
+        dead.append_ticks(ticks(1))
+
+
+def test_symbols_are_listed(store: Store) -> None:
+    store.append_ticks(ticks(2) + ticks(2, symbol="WINFUT"))
+    assert store.symbols() == ["WDOFUT", "WINFUT"]
