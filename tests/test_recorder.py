@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+import valkey
+from factories import BASE_MS, ticks
+
+from tickvault.bus import Publisher, Subscriber
+from tickvault.events import encode
+from tickvault.ingest import Ingest
+from tickvault.recorder import Recorder
+from tickvault.store import Store
+
+
+@pytest.fixture
+def recording(store: Store) -> Iterator[tuple[Publisher, Recorder]]:
+    pub = Publisher("tcp://127.0.0.1:*")
+    sub = Subscriber(pub.endpoint, ["tick_"])
+    recorder = Recorder(store)
+    stop = threading.Event()
+    thread = threading.Thread(target=recorder.run, args=(sub, stop), daemon=True)
+    thread.start()
+    assert pub.wait_for_subscriber("tick_", timeout=10)
+    yield pub, recorder
+    stop.set()
+    thread.join(10)
+    sub.close()
+    pub.close()
+
+
+def _wait(predicate: object, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_ticks_published_are_stored_exactly(recording: tuple[Publisher, Recorder], store: Store) -> None:
+    pub, recorder = recording
+    ingest = Ingest(pub)
+    sent = ticks(3000) + ticks(1000, symbol="WINFUT")
+    for t in sent:
+        ingest.on_tick(t)
+    assert _wait(lambda: recorder.caught_up(ingest.last_seq))
+    for symbol in ("WDOFUT", "WINFUT"):
+        mine = [msgspec.structs.replace(t, seq=i + 1) for i, t in enumerate(x for x in sent if x.symbol == symbol)]
+        assert store.tick_events(symbol, BASE_MS, BASE_MS + 10_000) == mine
+    assert recorder.stats.stored == {"WDOFUT": 3000, "WINFUT": 1000}
+
+
+def test_bad_input_between_valid_ticks_is_rejected_counted_and_kept(
+    recording: tuple[Publisher, Recorder], store: Store, valkey_client: valkey.Valkey
+) -> None:
+    pub, recorder = recording
+    valid = ticks(40)
+    good = {t.trade_id: encode(t) for t in valid}
+    template = msgspec.json.decode(encode(valid[0]))
+
+    def variant(**changes: object) -> bytes:
+        return msgspec.json.encode({**template, **changes})
+
+    bad = [
+        ("json", b"\x8f\x00\xffrandom bytes"),
+        ("json", encode(valid[0])[:25]),
+        ("quantity", variant(quantity="three")),
+        ("price", variant(price=-1.0)),
+        ("price", variant(price=0.0)),
+        ("symbol", variant(symbol="WDO FUT")),
+        ("symbol", variant(symbol="")),
+        ("timestamp", variant(timestamp="2025-11-24T13:00:00")),
+        ("topic", variant(symbol="WINFUT")),
+    ]
+    for i, t in enumerate(valid):
+        pub.publish("tick_WDOFUT", good[t.trade_id])
+        if i < len(bad):
+            pub.publish("tick_WDOFUT", bad[i][1])
+    # a NaN cannot be written in JSON at all: a raw 'NaN' token is malformed JSON
+    pub.publish("tick_WDOFUT", encode(valid[0]).replace(b'"price":5400.0', b'"price":NaN'))
+    assert _wait(lambda: recorder.stats.stored_total == 40 and recorder.stats.rejected_total == len(bad) + 1)
+    assert store.tick_events("WDOFUT", BASE_MS, BASE_MS + 1000) == valid
+    expected: dict[str, int] = {}
+    for field, _ in bad:
+        expected[field] = expected.get(field, 0) + 1
+    expected["json"] += 1
+    assert dict(recorder.stats.rejected) == expected
+    dead = valkey_client.xrange("tv:deadletter")
+    assert len(dead) == len(bad) + 1
+    assert {e[1][b"field"].decode() for e in dead} == set(expected)
+    assert all(e[1][b"reason"] for e in dead)
+
+
+def test_wrong_frame_count_is_rejected(store: Store) -> None:
+    recorder = Recorder(store)
+    assert recorder.decode_frames([[b"tick_WDOFUT"], [b"a", b"b", b"c"]]) == []
+    assert recorder.stats.rejected == {"frames": 2}
+
+
+def test_local_inbox_path_records_without_zeromq(store: Store) -> None:
+    import queue
+
+    recorder = Recorder(store)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    ingest = Ingest(handlers=[inbox.put])
+    stop = threading.Event()
+    thread = threading.Thread(target=recorder.run_local, args=(inbox, stop))
+    thread.start()
+    for t in ticks(500):
+        ingest.on_tick(t)
+    assert _wait(lambda: recorder.caught_up(ingest.last_seq))
+    stop.set()
+    thread.join(10)
+    assert store.count("WDOFUT") == 500
