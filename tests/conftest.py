@@ -15,7 +15,9 @@ from tickvault.server import EmbeddedValkey, ServerInfo, free_port
 from tickvault.store import Store
 
 SETTING_ENV_NAMES = [
-    str(info.validation_alias) for info in Settings.model_fields.values() if isinstance(info.validation_alias, str)
+    str(info.validation_alias)
+    for info in Settings.model_fields.values()
+    if isinstance(info.validation_alias, str)
 ]
 
 
@@ -54,7 +56,9 @@ def store(valkey_client: valkey.Valkey) -> Store:
 
 
 @pytest.fixture
-def system_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, valkey_url: str, valkey_client: valkey.Valkey) -> dict[str, str]:
+def system_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, valkey_url: str, valkey_client: valkey.Valkey
+) -> dict[str, str]:
     """Environment for a whole-system run against the test server, on free loopback ports."""
     env = {
         "VALKEY_URL": valkey_url,

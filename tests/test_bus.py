@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 import zmq
-from factories import BASE_MS, ticks
 
+from factories import BASE_MS, ticks
 from tickvault.bus import Publisher, Subscriber
 from tickvault.errors import BusError
 from tickvault.events import decode_tick, encode
@@ -49,8 +49,19 @@ def test_plain_pyzmq_sub_receives_topic_and_json(publisher: Publisher) -> None:
     payloads = [msgspec.json.decode(frames[1]) for frames in got]
     assert [p["seq"] for p in payloads] == list(range(1, 51))
     assert set(payloads[0]) == {
-        "symbol", "timestamp", "timestamp_ms", "trade_id", "price", "volume", "quantity",
-        "buyer", "seller", "trade_type", "aggressor", "is_edit", "seq",
+        "symbol",
+        "timestamp",
+        "timestamp_ms",
+        "trade_id",
+        "price",
+        "volume",
+        "quantity",
+        "buyer",
+        "seller",
+        "trade_type",
+        "aggressor",
+        "is_edit",
+        "seq",
     }
     assert payloads[0]["timestamp"] == "2025-11-24T13:00:00-03:00"
     assert [decode_tick(f[1]).trade_id for f in got] == [t.trade_id for t in sent[:50]]
@@ -75,7 +86,14 @@ def test_subscriber_counts_sequence_gaps_per_topic(publisher: Publisher) -> None
     sub = Subscriber(publisher.endpoint, ["tick_"])
     try:
         assert publisher.wait_for_subscriber("tick_A", timeout=10)
-        for topic, seq in [("tick_A", 1), ("tick_A", 2), ("tick_B", 1), ("tick_A", 5), ("tick_B", 2), ("tick_A", 6)]:
+        for topic, seq in [
+            ("tick_A", 1),
+            ("tick_A", 2),
+            ("tick_B", 1),
+            ("tick_A", 5),
+            ("tick_B", 2),
+            ("tick_A", 6),
+        ]:
             publisher.publish(topic, b'{"seq": %d}' % seq)
         received = 0
         deadline = time.monotonic() + 10

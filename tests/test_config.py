@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
 
+from conftest import subprocess_env
 from tickvault.config import Settings, load_settings
 from tickvault.errors import ConfigError
 
@@ -56,7 +56,9 @@ def test_password_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2" not in repr(settings)
 
 
-def test_dotenv_file_is_read_and_environment_beats_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_dotenv_file_is_read_and_environment_beats_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     (tmp_path / ".env").write_text("ZMQ_TICK_PORT=7001\nZMQ_BOOK_PORT=7002\n")
     monkeypatch.setenv("ZMQ_BOOK_PORT", "7003")
     settings = load_settings()

@@ -5,10 +5,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
 import pytest
-from factories import BASE_MS, tick
 from hypothesis import given
 from hypothesis import strategies as st
 
+from factories import BASE_MS, tick
 from tickvault.errors import DataError
 from tickvault.events import (
     B3_TZ,
@@ -33,7 +33,9 @@ millis = st.integers(min_value=0, max_value=4_102_444_800_000)  # 1970..2100
 prices = st.floats(min_value=1e-6, max_value=1e9, allow_nan=False, allow_infinity=False)
 money = st.floats(min_value=0, max_value=1e15, allow_nan=False, allow_infinity=False)
 ints = st.integers(min_value=0, max_value=2**53)
-offsets = st.sampled_from([B3_TZ, UTC, timezone(timedelta(hours=-2)), timezone(timedelta(hours=5, minutes=30))])
+offsets = st.sampled_from(
+    [B3_TZ, UTC, timezone(timedelta(hours=-2)), timezone(timedelta(hours=5, minutes=30))]
+)
 
 
 @st.composite
@@ -45,18 +47,33 @@ def stamps(draw: st.DrawFn) -> dict[str, object]:
 @st.composite
 def tick_events(draw: st.DrawFn) -> Tick:
     return Tick(
-        symbol=draw(symbols), **draw(stamps()), trade_id=draw(ints), price=draw(prices), volume=draw(money),
-        quantity=draw(ints), buyer=draw(ints), seller=draw(ints), trade_type=draw(st.integers(0, 20)),
-        aggressor=draw(st.sampled_from(["buy", "sell", "none"])), is_edit=draw(st.booleans()), seq=draw(ints),
+        symbol=draw(symbols),
+        **draw(stamps()),
+        trade_id=draw(ints),
+        price=draw(prices),
+        volume=draw(money),
+        quantity=draw(ints),
+        buyer=draw(ints),
+        seller=draw(ints),
+        trade_type=draw(st.integers(0, 20)),
+        aggressor=draw(st.sampled_from(["buy", "sell", "none"])),
+        is_edit=draw(st.booleans()),
+        seq=draw(ints),
     )
 
 
 @st.composite
 def book_events(draw: st.DrawFn) -> BookUpdate:
     return BookUpdate(
-        symbol=draw(symbols), **draw(stamps()), side=draw(st.sampled_from(["bid", "ask"])),
-        level=draw(st.integers(0, 100)), price=draw(prices), quantity=draw(ints), orders=draw(st.integers(0, 1000)),
-        action=draw(st.sampled_from(["add", "update", "snapshot"])), seq=draw(ints),
+        symbol=draw(symbols),
+        **draw(stamps()),
+        side=draw(st.sampled_from(["bid", "ask"])),
+        level=draw(st.integers(0, 100)),
+        price=draw(prices),
+        quantity=draw(ints),
+        orders=draw(st.integers(0, 1000)),
+        action=draw(st.sampled_from(["add", "update", "snapshot"])),
+        seq=draw(ints),
     )
 
 
@@ -66,9 +83,19 @@ def candle_events(draw: st.DrawFn) -> Candle:
     low, a, b, high = values
     o, c = draw(st.permutations([a, b]))
     return Candle(
-        symbol=draw(symbols), **draw(stamps()), timeframe=draw(st.sampled_from(["1m", "5m", "15m", "1h", "1d"])),
-        open=o, high=high, low=low, close=c, volume=draw(money), quantity=draw(ints), trades=draw(ints),
-        vwap=draw(st.floats(min_value=low, max_value=high)), buy_quantity=draw(ints), sell_quantity=draw(ints),
+        symbol=draw(symbols),
+        **draw(stamps()),
+        timeframe=draw(st.sampled_from(["1m", "5m", "15m", "1h", "1d"])),
+        open=o,
+        high=high,
+        low=low,
+        close=c,
+        volume=draw(money),
+        quantity=draw(ints),
+        trades=draw(ints),
+        vwap=draw(st.floats(min_value=low, max_value=high)),
+        buy_quantity=draw(ints),
+        sell_quantity=draw(ints),
     )
 
 
@@ -78,24 +105,36 @@ probs = st.floats(min_value=0, max_value=1)
 
 @st.composite
 def feature_events(draw: st.DrawFn) -> Features:
-    values = draw(st.dictionaries(names, st.one_of(st.floats(allow_nan=False, allow_infinity=False), names, st.none())))
+    values = draw(
+        st.dictionaries(names, st.one_of(st.floats(allow_nan=False, allow_infinity=False), names, st.none()))
+    )
     return Features(symbol=draw(symbols), **draw(stamps()), values=values)
 
 
 @st.composite
 def prediction_events(draw: st.DrawFn) -> Prediction:
-    return Prediction(symbol=draw(symbols), **draw(stamps()), model=draw(names), probabilities=draw(st.dictionaries(names, probs)))
+    return Prediction(
+        symbol=draw(symbols),
+        **draw(stamps()),
+        model=draw(names),
+        probabilities=draw(st.dictionaries(names, probs)),
+    )
 
 
 @st.composite
 def signal_events(draw: st.DrawFn) -> Signal:
     return Signal(
-        symbol=draw(symbols), **draw(stamps()), action=draw(st.sampled_from(["BUY", "SELL", "HOLD"])),
-        confidence=draw(probs), model=draw(names),
+        symbol=draw(symbols),
+        **draw(stamps()),
+        action=draw(st.sampled_from(["BUY", "SELL", "HOLD"])),
+        confidence=draw(probs),
+        model=draw(names),
     )
 
 
-ANY_EVENT = st.one_of(tick_events(), book_events(), candle_events(), feature_events(), prediction_events(), signal_events())
+ANY_EVENT = st.one_of(
+    tick_events(), book_events(), candle_events(), feature_events(), prediction_events(), signal_events()
+)
 
 
 @given(ANY_EVENT)
@@ -171,14 +210,33 @@ def test_nan_and_infinite_prices_are_refused_on_construction() -> None:
 
 def test_naive_timestamp_refused_on_construction() -> None:
     with pytest.raises(DataError, match="no timezone"):
-        Tick(symbol="WDOFUT", timestamp=datetime(2025, 11, 24, 13), timestamp_ms=BASE_MS, trade_id=1,
-             price=1.0, volume=1.0, quantity=1)
+        Tick(
+            symbol="WDOFUT",
+            timestamp=datetime(2025, 11, 24, 13),
+            timestamp_ms=BASE_MS,
+            trade_id=1,
+            price=1.0,
+            volume=1.0,
+            quantity=1,
+        )
 
 
 def test_candle_with_ohlc_out_of_order_refused() -> None:
     with pytest.raises(DataError, match="OHLC out of order"):
-        Candle(symbol="WDOFUT", timestamp=from_ms(BASE_MS), timestamp_ms=BASE_MS, timeframe="1m", open=10.0,
-               high=9.0, low=8.0, close=8.5, volume=1.0, quantity=1, trades=1, vwap=9.0)
+        Candle(
+            symbol="WDOFUT",
+            timestamp=from_ms(BASE_MS),
+            timestamp_ms=BASE_MS,
+            timeframe="1m",
+            open=10.0,
+            high=9.0,
+            low=8.0,
+            close=8.5,
+            volume=1.0,
+            quantity=1,
+            trades=1,
+            vwap=9.0,
+        )
 
 
 def test_signal_and_prediction_bounds() -> None:

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 import valkey
-from factories import BASE_MS, ticks
 
+from factories import BASE_MS, ticks
 from tickvault.bus import Publisher, Subscriber
 from tickvault.events import encode
 from tickvault.ingest import Ingest
@@ -49,7 +49,9 @@ def test_ticks_published_are_stored_exactly(recording: tuple[Publisher, Recorder
         ingest.on_tick(t)
     assert _wait(lambda: recorder.caught_up(ingest.last_seq))
     for symbol in ("WDOFUT", "WINFUT"):
-        mine = [msgspec.structs.replace(t, seq=i + 1) for i, t in enumerate(x for x in sent if x.symbol == symbol)]
+        mine = [
+            msgspec.structs.replace(t, seq=i + 1) for i, t in enumerate(x for x in sent if x.symbol == symbol)
+        ]
         assert store.tick_events(symbol, BASE_MS, BASE_MS + 10_000) == mine
     assert recorder.stats.stored == {"WDOFUT": 3000, "WINFUT": 1000}
 

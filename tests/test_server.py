@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import valkey
-from conftest import subprocess_env
 
+from conftest import subprocess_env
 from tickvault.config import load_settings
 from tickvault.connection import Connection
 from tickvault.server import STATE_FILE, EmbeddedValkey
@@ -100,7 +100,9 @@ def test_threads_racing_to_start_get_one_server(tmp_path: Path) -> None:
     assert len(results) == 4 and len(set(results)) == 1
 
 
-def test_last_process_out_stops_the_server_not_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_last_process_out_stops_the_server_not_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TICKVAULT_DATA_DIR", str(tmp_path / "data"))
     first = Connection.open(load_settings())
     first.client("a").ping()

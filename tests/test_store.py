@@ -4,8 +4,8 @@ import random
 
 import pytest
 import valkey
-from factories import BASE_MS, tick, ticks
 
+from factories import BASE_MS, tick, ticks
 from tickvault.errors import DataError, StoreUnavailable
 from tickvault.events import from_ms
 from tickvault.store import Store, frame_to_ticks

@@ -1,7 +1,7 @@
 """tickvault: real-time B3 market data for ML trading.
 
-    store = tickvault.connect()          # the embedded Valkey of ./data, or VALKEY_URL
-    df = store.ticks("WDOFUT", "2026-11-24T10:00-03:00", "2026-11-24T10:05-03:00")
+store = tickvault.connect()          # the embedded Valkey of ./data, or VALKEY_URL
+df = store.ticks("WDOFUT", "2026-11-24T10:00-03:00", "2026-11-24T10:05-03:00")
 """
 
 from __future__ import annotations

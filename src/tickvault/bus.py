@@ -10,6 +10,7 @@ source callback) never blocks on the network and never sees a socket error.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -77,7 +78,7 @@ class Publisher:
         """Queue one message; never blocks, never raises (the caller may be a market-data callback)."""
         self._queue.append((topic.encode(), event))
         if self._idle:
-            try:
+            try:  # noqa: SIM105 - a bare try is cheaper than contextlib.suppress on this hot path
                 os.write(self._wake_w, b"\0")
             except BlockingIOError:
                 pass  # the pipe is full of wake-ups already
@@ -94,6 +95,11 @@ class Publisher:
                 self._sub_cond.wait(left)
         return True
 
+    def subscriptions(self) -> list[bytes]:
+        """Topic prefixes subscribed right now (one entry per subscriber and prefix)."""
+        with self._sub_cond:
+            return list(self._subscribed)
+
     def pending(self) -> int:
         return len(self._queue)
 
@@ -109,10 +115,8 @@ class Publisher:
     def close(self, timeout: float = 10.0) -> None:
         self.flush(timeout)
         self._closing.set()
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass
         self._thread.join(timeout)
 
     # -- the socket thread ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -63,12 +63,16 @@ Opt = typer.Option
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    valkey_url: Annotated[str | None, Opt(help="'embedded' or valkey[s]://[user:pass@]host:port/db [VALKEY_URL]")] = None,
+    valkey_url: Annotated[
+        str | None, Opt(help="'embedded' or valkey[s]://[user:pass@]host:port/db [VALKEY_URL]")
+    ] = None,
     valkey_host: Annotated[str | None, Opt(help="External Valkey host [VALKEY_HOST]")] = None,
     valkey_port: Annotated[int | None, Opt(help="External Valkey port [VALKEY_PORT]")] = None,
     valkey_password: Annotated[str | None, Opt(help="Valkey password [VALKEY_PASSWORD]")] = None,
     valkey_db: Annotated[int | None, Opt(help="Valkey database number [VALKEY_DB]")] = None,
-    data_dir: Annotated[Path | None, Opt(help="Data folder; the embedded Valkey keeps DATA_DIR/valkey [TICKVAULT_DATA_DIR]")] = None,
+    data_dir: Annotated[
+        Path | None, Opt(help="Data folder; the embedded Valkey keeps DATA_DIR/valkey [TICKVAULT_DATA_DIR]")
+    ] = None,
     zmq_host: Annotated[str | None, Opt(help="Address the ZeroMQ sockets bind to [ZMQ_HOST]")] = None,
     zmq_tick_port: Annotated[int | None, Opt(help="[ZMQ_TICK_PORT]")] = None,
     zmq_book_port: Annotated[int | None, Opt(help="[ZMQ_BOOK_PORT]")] = None,
@@ -76,7 +80,9 @@ def main_options(
     zmq_signal_port: Annotated[int | None, Opt(help="[ZMQ_SIGNAL_PORT]")] = None,
     stream_max_len: Annotated[int | None, Opt(help="Live stream bound [STREAM_MAX_LEN]")] = None,
     stream_retention_days: Annotated[int | None, Opt(help="[STREAM_RETENTION_DAYS]")] = None,
-    time_travel: Annotated[bool | None, Opt("--time-travel/--no-time-travel", help="[TIME_TRAVEL_ENABLED]")] = None,
+    time_travel: Annotated[
+        bool | None, Opt("--time-travel/--no-time-travel", help="[TIME_TRAVEL_ENABLED]")
+    ] = None,
     monitor_symbols: Annotated[str | None, Opt(help="Comma-separated [MONITOR_SYMBOLS]")] = None,
     log_level: Annotated[str | None, Opt(help="DEBUG, INFO, WARNING, ERROR [LOG_LEVEL]")] = None,
 ) -> None:
@@ -108,11 +114,17 @@ def run(
     ctx: typer.Context,
     source: Annotated[str, Opt(help="sim (the built-in B3 market simulator)")] = "sim",
     symbols: Annotated[str | None, Opt(help="Comma-separated symbols [TICKVAULT_SYMBOLS]")] = None,
-    speed: Annotated[float | None, Opt(help="Market time per wall time; 0 = as fast as possible [TICKVAULT_SPEED]")] = None,
+    speed: Annotated[
+        float | None, Opt(help="Market time per wall time; 0 = as fast as possible [TICKVAULT_SPEED]")
+    ] = None,
     seed: Annotated[int | None, Opt(help="Simulator seed [TICKVAULT_SEED]")] = None,
-    duration: Annotated[float | None, Opt(help="Stop after this many seconds (default: until Ctrl+C)", min=0)] = None,
+    duration: Annotated[
+        float | None, Opt(help="Stop after this many seconds (default: until Ctrl+C)", min=0)
+    ] = None,
     zmq: Annotated[bool | None, Opt("--zmq/--no-zmq", help="Publish on ZeroMQ [ZMQ_ENABLED]")] = None,
-    valkey: Annotated[bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")] = None,
+    valkey: Annotated[
+        bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")
+    ] = None,
     dashboard: Annotated[bool, Opt("--dashboard/--no-dashboard", help="Live terminal dashboard")] = True,
 ) -> None:
     """Run the whole system: source, bus, recorder, dashboard."""
@@ -121,7 +133,9 @@ def run(
 
     with _errors():
         if source != "sim":
-            raise ConfigError("--source", source, "must be 'sim' (replay:PATH and profitdll are not built yet)")
+            raise ConfigError(
+                "--source", source, "must be 'sim' (replay:PATH and profitdll are not built yet)"
+            )
         settings = _settings(
             ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey
         )
@@ -184,7 +198,7 @@ def _print_summary(summary: Any, settings: Settings) -> None:
 # -- query -------------------------------------------------------------------------------------------
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -198,7 +212,9 @@ def query(
     start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")],
     end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
     kind: Annotated[str, Opt(help="ticks")] = "ticks",
-    fmt: Annotated[Format, Opt("--format", help="table, csv, json (one JSON object per line) or parquet")] = Format.table,
+    fmt: Annotated[
+        Format, Opt("--format", help="table, csv, json (one JSON object per line) or parquet")
+    ] = Format.table,
     output: Annotated[Path | None, Opt(help="Write to this file instead of stdout")] = None,
     limit: Annotated[int, Opt(help="Rows shown by --format table (head and tail)", min=2)] = 40,
 ) -> None:
@@ -212,7 +228,9 @@ def query(
         settings = _settings(ctx)
         validate_symbol(symbol)
         if kind != "ticks":
-            raise ConfigError("--kind", kind, "must be 'ticks' (candles, features, predictions, signals come later)")
+            raise ConfigError(
+                "--kind", kind, "must be 'ticks' (candles, features, predictions, signals come later)"
+            )
         if fmt is Format.parquet and output is None:
             raise ConfigError("--format", "parquet", "writes binary data; give --output PATH")
         with Connection.open(settings) as conn:
@@ -226,13 +244,15 @@ def query(
 
 @app.command("valkey")
 def valkey_server(ctx: typer.Context) -> None:
-    """Run the embedded Valkey in the foreground (Ctrl+C stops it, unless other tickvault processes use it)."""
+    """Run the embedded Valkey in the foreground; Ctrl+C stops it unless other tickvault processes use it."""
     from tickvault.connection import Connection
 
     with _errors():
         settings = _settings(ctx)
         if not settings.embedded:
-            raise ConfigError("VALKEY_URL", settings.valkey_url, "`tickvault valkey` runs the embedded server only")
+            raise ConfigError(
+                "VALKEY_URL", settings.valkey_url, "`tickvault valkey` runs the embedded server only"
+            )
         stop = threading.Event()
         _stop_on_sigterm(stop)
         with Connection.open(settings) as conn:

@@ -49,11 +49,15 @@ class Settings(BaseSettings):
     stream_retention_days: int = Field(30, ge=0, validation_alias="STREAM_RETENTION_DAYS")
     time_travel_enabled: bool = Field(True, validation_alias="TIME_TRAVEL_ENABLED")
     log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
-    monitor_symbols: Annotated[tuple[str, ...], NoDecode] = Field(DEFAULT_SYMBOLS, validation_alias="MONITOR_SYMBOLS")
+    monitor_symbols: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_SYMBOLS, validation_alias="MONITOR_SYMBOLS"
+    )
 
     # tickvault's own
     data_dir: Path = Field(Path("data"), validation_alias="TICKVAULT_DATA_DIR")
-    symbols: Annotated[tuple[str, ...], NoDecode] = Field(DEFAULT_SYMBOLS, validation_alias="TICKVAULT_SYMBOLS")
+    symbols: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_SYMBOLS, validation_alias="TICKVAULT_SYMBOLS"
+    )
     seed: int = Field(7, validation_alias="TICKVAULT_SEED")
     speed: float = Field(1.0, ge=0, validation_alias="TICKVAULT_SPEED")
 
@@ -83,7 +87,9 @@ class Settings(BaseSettings):
         if value != "embedded" and not value.startswith(
             ("valkey://", "valkeys://", "redis://", "rediss://", "unix://")
         ):
-            raise ValueError("must be 'embedded' or a valkey://, valkeys://, redis://, rediss:// or unix:// URL")
+            raise ValueError(
+                "must be 'embedded' or a valkey://, valkeys://, redis://, rediss:// or unix:// URL"
+            )
         return value
 
     @property

@@ -1,11 +1,11 @@
 """The exceptions tickvault raises.
 
-    TickvaultError
-    ├── ConfigError        a setting or CLI value is invalid (names the setting and the value)
-    ├── DataError          an event, frame or file row is invalid (names the field and why)
-    ├── BusError           a ZeroMQ socket cannot be bound or used
-    └── StoreError         Valkey refused or failed a request
-        └── StoreUnavailable   Valkey cannot be reached (never reported as "no data")
+TickvaultError
+├── ConfigError        a setting or CLI value is invalid (names the setting and the value)
+├── DataError          an event, frame or file row is invalid (names the field and why)
+├── BusError           a ZeroMQ socket cannot be bound or used
+└── StoreError         Valkey refused or failed a request
+    └── StoreUnavailable   Valkey cannot be reached (never reported as "no data")
 """
 
 from __future__ import annotations

@@ -165,7 +165,9 @@ class Candle(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
             _check_finite(name, getattr(self, name), positive=True)
         _check_finite("volume", self.volume)
         if not self.low <= min(self.open, self.close) <= max(self.open, self.close) <= self.high:
-            raise DataError("high", f"OHLC out of order: o={self.open} h={self.high} l={self.low} c={self.close}")
+            raise DataError(
+                "high", f"OHLC out of order: o={self.open} h={self.high} l={self.low} c={self.close}"
+            )
 
 
 class Features(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -238,8 +238,10 @@ class EmbeddedValkey:
             try:
                 with self._client(info) as client:
                     others = [
-                        c for c in client.client_list()
-                        if c.get("name", "").startswith(CLIENT_PREFIX + "-") and not c["name"].startswith(mine)
+                        c
+                        for c in client.client_list()
+                        if c.get("name", "").startswith(CLIENT_PREFIX + "-")
+                        and not c["name"].startswith(mine)
                     ]
                     if others:
                         return False

@@ -282,4 +282,3 @@ def frame_to_ticks(frame: pd.DataFrame) -> list[Tick]:
         values["aggressor"] = str(values["aggressor"])
         out.append(from_fields(values, Tick))
     return out
-

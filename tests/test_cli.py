@@ -1,0 +1,180 @@
+"""The command line, through typer's runner and as real subprocesses (as a user runs it)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+from typer.testing import CliRunner
+
+from conftest import subprocess_env
+from factories import BASE_MS, ticks
+from tickvault.cli import app
+from tickvault.events import Tick, decode_tick
+from tickvault.output import to_csv_text
+from tickvault.server import EmbeddedValkey, free_port
+from tickvault.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+RANGE = ["--start", "2025-11-24T13:00:00-03:00", "--end", "2025-11-24T13:00:10-03:00"]
+
+
+def _tickvault(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tickvault.cli", *args],
+        env=subprocess_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_query_csv_prints_exactly_what_the_api_returns(system_env: dict[str, str], store: Store) -> None:
+    store.append_ticks(ticks(300))
+    result = runner.invoke(app, ["query", "WDOFUT", *RANGE, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    frame = store.ticks("WDOFUT", BASE_MS, BASE_MS + 10_000)
+    assert result.stdout == to_csv_text(frame)
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 300
+    assert rows[0]["timestamp"] == "2025-11-24T13:00:00.000-03:00"
+    assert rows[0]["is_edit"] == "false" and rows[0]["quantity"] == "1"
+
+
+def test_query_json_lines_are_the_bus_payloads(system_env: dict[str, str], store: Store) -> None:
+    written = ticks(50)
+    store.append_ticks(written)
+    result = runner.invoke(app, ["query", "WDOFUT", *RANGE, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert [decode_tick(line) for line in result.stdout.splitlines()] == written
+
+
+def test_query_parquet_and_table(system_env: dict[str, str], store: Store, tmp_path: Path) -> None:
+    import pandas as pd
+
+    store.append_ticks(ticks(100))
+    out = tmp_path / "t.parquet"
+    assert (
+        runner.invoke(app, ["query", "WDOFUT", *RANGE, "--format", "parquet", "--output", str(out)]).exit_code
+        == 0
+    )
+    pd.testing.assert_frame_equal(pd.read_parquet(out), store.ticks("WDOFUT", BASE_MS, BASE_MS + 10_000))
+    table = runner.invoke(app, ["query", "WDOFUT", *RANGE, "--format", "table", "--limit", "10"])
+    assert table.exit_code == 0
+    assert "100 rows" in table.stdout and "90 more rows" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["query", "wdo fut", "--start", "-1h"], "symbol"),
+        (["query", "WDOFUT", "--start", "2025-11-24T10:00:00"], "no timezone"),
+        (["query", "WDOFUT", "--start", "soon"], "not a time"),
+        (["query", "WDOFUT", "--start", "-1h", "--kind", "bogus"], "--kind"),
+        (["query", "WDOFUT", "--start", "-1h", "--format", "parquet"], "--output"),
+        (["run", "--source", "nasdaq"], "--source"),
+        (["run", "--symbols", "a b"], "TICKVAULT_SYMBOLS"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_specific_message(
+    system_env: dict[str, str], args: list[str], words: str
+) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert words in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_format_is_refused_by_the_parser(system_env: dict[str, str]) -> None:
+    result = runner.invoke(app, ["query", "WDOFUT", "--start", "-1h", "--format", "xml"])
+    assert result.exit_code == 2
+    assert "xml" in result.output
+
+
+def test_run_prints_a_summary_and_stores_what_it_generated(
+    system_env: dict[str, str], tmp_path: Path, store: Store
+) -> None:
+    proc = _tickvault(
+        "run", "--duration", "3", "--no-dashboard", "--speed", "50", env=system_env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tickvault running:" in proc.stderr
+    assert "drained=yes" in proc.stdout
+    generated = int(proc.stdout.split("generated=")[1].split()[0])
+    stored = int(proc.stdout.split("stored=")[1].split()[0])
+    assert generated > 0 and stored == generated
+    assert sum(store.count(s) for s in ("WDOFUT", "WINFUT")) == generated
+
+
+def test_make_run_then_query_on_the_embedded_server(tmp_path: Path) -> None:
+    """Acceptance: `make run ARGS="--duration 15 --no-dashboard"` stores ticks that `query` returns."""
+    env = {
+        "TICKVAULT_DATA_DIR": str(tmp_path / "data"),
+        **{
+            name: str(free_port())
+            for name in ("ZMQ_TICK_PORT", "ZMQ_BOOK_PORT", "ZMQ_HISTORY_PORT", "ZMQ_SIGNAL_PORT")
+        },
+    }
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "run", "ARGS=--duration 15 --no-dashboard"],
+        cwd=REPO,
+        env=subprocess_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stored = {
+        line.split()[0].strip("│ "): int(line.split("│")[3])
+        for line in proc.stdout.splitlines()
+        if line.startswith("│ W")
+    }
+    assert stored.get("WDOFUT", 0) > 0, proc.stdout
+    assert EmbeddedValkey(tmp_path / "data" / "valkey").running() is None, "run left its server behind"
+
+    query = _tickvault(
+        "query", "WDOFUT", "--start", "2000-01-01", "--end", "+30d", "--format", "json", env=env, cwd=tmp_path
+    )
+    assert query.returncode == 0, query.stderr
+    got = [msgspec.json.decode(line, type=Tick) for line in query.stdout.splitlines()]
+    assert len(got) == stored["WDOFUT"]
+    assert [t.seq for t in got] == list(range(1, len(got) + 1))
+    assert EmbeddedValkey(tmp_path / "data" / "valkey").running() is None, "query left its server behind"
+
+
+def test_valkey_command_runs_the_server_in_the_foreground_and_shares_it(tmp_path: Path) -> None:
+    env = {"TICKVAULT_DATA_DIR": str(tmp_path / "data")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tickvault.cli", "valkey"],
+        env=subprocess_env(env),
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        line = server.stderr.readline()
+        assert "embedded valkey ready" in line
+        info = EmbeddedValkey(tmp_path / "data" / "valkey").running()
+        assert info is not None
+        query = _tickvault("query", "WDOFUT", "--start", "-1h", "--format", "csv", env=env, cwd=tmp_path)
+        assert query.returncode == 0, query.stderr
+        assert query.stdout.startswith("timestamp,symbol,timestamp_ms,trade_id,price")
+        assert EmbeddedValkey(tmp_path / "data" / "valkey").running() == info, "query stopped a shared server"
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(60)
+    assert server.returncode == 0
+    assert EmbeddedValkey(tmp_path / "data" / "valkey").running() is None
+    assert not os.path.exists(tmp_path / "data" / "valkey" / "server.json")
