@@ -15,11 +15,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tickvault.batch import TickWire, decode_frames
 from tickvault.bus import Subscriber
 from tickvault.errors import DataError, StoreError
-from tickvault.events import Tick, decode_tick
+from tickvault.events import Tick
 from tickvault.keys import tick_topic
 from tickvault.store import Store
+from tickvault.writer import TickLike
 
 log = logging.getLogger("tickvault.recorder")
 
@@ -55,26 +57,13 @@ class Recorder:
 
     # -- decoding --------------------------------------------------------------------------------
 
-    def decode_frames(self, messages: Sequence[Sequence[bytes]]) -> list[Tick]:
+    def decode_frames(self, messages: Sequence[Sequence[bytes]]) -> list[TickWire]:
         """Valid ticks of a batch of `[topic, payload]` messages; the rest is rejected and counted."""
-        ticks: list[Tick] = []
-        for frames in messages:
-            self.stats.received += 1
-            try:
-                ticks.append(self._decode(frames))
-            except DataError as exc:
-                self.reject(exc, frames)
-        return ticks
-
-    @staticmethod
-    def _decode(frames: Sequence[bytes]) -> Tick:
-        if len(frames) != 2:
-            raise DataError("frames", f"expected [topic, payload], got {len(frames)} frames")
-        topic, payload = frames
-        tick = decode_tick(payload)
-        if topic != tick_topic(tick.symbol).encode():
-            raise DataError("topic", f"{topic[:64]!r} does not match symbol {tick.symbol!r}")
-        return tick
+        self.stats.received += len(messages)
+        decoded = decode_frames(messages)
+        for bad in decoded.rejected:
+            self.reject(bad.error, bad.frames)
+        return decoded.ticks
 
     def reject(self, exc: DataError, frames: Sequence[bytes]) -> None:
         self.stats.rejected[exc.kind] += 1
@@ -95,7 +84,7 @@ class Recorder:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def write(self, ticks: Sequence[Tick], stop: threading.Event | None = None) -> bool:
+    def write(self, ticks: Sequence[TickLike], stop: threading.Event | None = None) -> bool:
         """Store a batch; while Valkey is unreachable keep retrying (until `stop`). True if stored."""
         if not ticks:
             return True

@@ -6,15 +6,13 @@ own time as id; it is stored right after the current last entry, keeps its excha
 `timestamp_ms` field, and is indexed by exchange time in a small sorted set (`tv:late:SYMBOL`) so
 range reads still find it. Writes are idempotent on (symbol, session, trade_id): a bitmap per session
 remembers which trade ids are stored (1 bit per trade number), edits are remembered by content.
-Everything a batch does runs in one server-side script, so a crash never leaves half a tick.
+A batch is one MULTI/EXEC, so a crash never leaves half a batch (see `writer`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,71 +20,15 @@ import pandas as pd
 import valkey
 
 from tickvault.errors import StoreError, StoreUnavailable
-from tickvault.events import B3_TZ, TICK_FIELDS, Tick, from_fields, to_fields, to_ms
+from tickvault.events import B3_TZ, TICK_FIELDS, Tick, from_fields, to_ms
 from tickvault.keys import KeySpace
 from tickvault.timeparse import TimeLike, parse_time, to_ms_bounds
+from tickvault.writer import AppendResult, TickLike, TickWriter
 
 if TYPE_CHECKING:
     from tickvault.connection import Connection
 
 log = logging.getLogger("tickvault.store")
-
-SEEN_CHUNK_BITS = 23  # one bitmap key per 8M trade ids: at most 1 MiB each
-
-_APPEND_LUA = """
--- KEYS[1] stream, KEYS[2] late index, KEYS[3..] seen bitmaps / edit sets
--- ARGV[1] nfields; then per tick: ts_ms, seen key index, bit offset or edit member, is_edit, fields...
-local nf = tonumber(ARGV[1])
-local stored, dups, late = 0, 0, 0
-local i = 2
-while i <= #ARGV do
-  local ts = ARGV[i]
-  local seen = KEYS[tonumber(ARGV[i + 1])]
-  local mark = ARGV[i + 2]
-  local is_edit = ARGV[i + 3] == '1'
-  local first = i + 4
-  local last = first + 2 * nf - 1
-  i = last + 1
-  local dup
-  if is_edit then
-    dup = redis.call('SISMEMBER', seen, mark) == 1
-  else
-    dup = redis.call('GETBIT', seen, mark) == 1
-  end
-  if dup then
-    dups = dups + 1
-  else
-    local ok = redis.pcall('XADD', KEYS[1], ts .. '-*', unpack(ARGV, first, last))
-    if type(ok) == 'table' and ok.err then
-      -- older than the stream's last id: store after it, index by exchange time
-      local top = redis.call('XINFO', 'STREAM', KEYS[1])
-      local last_id
-      for k = 1, #top, 2 do
-        if top[k] == 'last-generated-id' then last_id = top[k + 1] end
-      end
-      local top_ms = string.match(last_id, '^(%d+)-')
-      local id = redis.call('XADD', KEYS[1], top_ms .. '-*', unpack(ARGV, first, last))
-      redis.call('ZADD', KEYS[2], ts, id)
-      late = late + 1
-    end
-    if is_edit then
-      redis.call('SADD', seen, mark)
-    else
-      redis.call('SETBIT', seen, mark, 1)
-    end
-    stored = stored + 1
-  end
-end
-return {stored, dups, late}
-"""
-
-
-@dataclass
-class AppendResult:
-    stored: int = 0
-    duplicates: int = 0
-    late: int = 0
-    stored_by_symbol: Counter[str] = field(default_factory=Counter)
 
 
 TICK_COLUMNS: tuple[str, ...] = tuple(f for f in TICK_FIELDS if f != "timestamp")
@@ -108,7 +50,7 @@ class Store:
     ) -> None:
         self.client = client
         self.keys = keys or KeySpace()
-        self._append = client.register_script(_APPEND_LUA)
+        self.writer = TickWriter(client, self.keys)
         self._owner = owner
 
     def close(self) -> None:
@@ -125,50 +67,9 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def append_ticks(self, ticks: Iterable[Tick]) -> AppendResult:
-        """Store ticks once each, in arrival order, in one round trip (one script call per symbol)."""
-        by_symbol: dict[str, list[Tick]] = defaultdict(list)
-        for tick in ticks:
-            by_symbol[tick.symbol].append(tick)
-        if not by_symbol:
-            return AppendResult()
-        pipe = self.client.pipeline(transaction=False)
-        for symbol, batch in by_symbol.items():
-            keys, args = self._append_args(symbol, batch)
-            self._append(keys=keys, args=args, client=pipe)
-        pipe.sadd(self.keys.symbols(), *by_symbol)
-        try:
-            replies = pipe.execute()
-        except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
-        total = AppendResult()
-        for symbol, (stored, dups, late) in zip(by_symbol, replies[:-1], strict=True):
-            total.stored += int(stored)
-            total.duplicates += int(dups)
-            total.late += int(late)
-            total.stored_by_symbol[symbol] += int(stored)
-        return total
-
-    def _append_args(self, symbol: str, batch: Sequence[Tick]) -> tuple[list[str], list[object]]:
-        keys = [self.keys.ticks(symbol), self.keys.late(symbol)]
-        index: dict[str, int] = {}
-        args: list[object] = [len(TICK_FIELDS)]
-        for tick in batch:
-            session = tick.session
-            if tick.is_edit:
-                seen = self.keys.seen_edits(symbol, session)
-                mark: object = f"{tick.trade_id}:{tick.timestamp_ms}:{tick.price!r}:{tick.quantity}"
-            else:
-                seen = self.keys.seen(symbol, session, tick.trade_id >> SEEN_CHUNK_BITS)
-                mark = tick.trade_id & ((1 << SEEN_CHUNK_BITS) - 1)
-            slot = index.get(seen)
-            if slot is None:
-                keys.append(seen)
-                slot = index[seen] = len(keys)  # Lua KEYS are 1-based
-            args += (tick.timestamp_ms, slot, mark, 1 if tick.is_edit else 0)
-            for name, value in to_fields(tick).items():
-                args += (name, value)
-        return keys, args
+    def append_ticks(self, ticks: Iterable[TickLike]) -> AppendResult:
+        """Store ticks once each, in arrival order, in one round trip (see `writer.TickWriter`)."""
+        return self.writer.write(list(ticks))
 
     # -- reading ---------------------------------------------------------------------------------
 
