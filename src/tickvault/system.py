@@ -14,12 +14,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from tickvault.bus import Publisher, Subscriber, endpoint
 from tickvault.config import Settings
 from tickvault.connection import Connection
-from tickvault.events import Tick
+from tickvault.events import B3_TZ, Tick
 from tickvault.ingest import Ingest
 from tickvault.recorder import Recorder
 from tickvault.sources.simulator import MarketSimulator, pace, session_start_for
@@ -46,24 +46,22 @@ class RunSummary:
         return sum(self.generated.values())
 
 
-def simulator_resuming(settings: Settings, store: Store | None) -> MarketSimulator:
+def last_stored(store: Store | None, symbols: tuple[str, ...]) -> dict[str, Tick]:
+    if store is None:
+        return {}
+    lasts = {s: store.last_tick(s) for s in symbols}
+    return {s: t for s, t in lasts.items() if t is not None}
+
+
+def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimulator:
     """A simulator that continues after what the store already holds, so a second run adds new
     ticks (new times, new trade ids) instead of replaying the first run's ones as duplicates."""
-    from datetime import datetime
-
-    from tickvault.events import B3_TZ
-
     start = session_start_for(datetime.now(B3_TZ))
     first_ids: dict[str, int] = {}
-    if store is not None:
-        lasts = {s: store.last_tick(s) for s in settings.symbols}
-        known = [t for t in lasts.values() if t is not None]
-        if known:
-            resume = max(t.timestamp for t in known) + timedelta(milliseconds=1)
-            start = max(start, resume)
-            for symbol, last in lasts.items():
-                if last is not None and last.session == start.astimezone(B3_TZ).strftime("%Y%m%d"):
-                    first_ids[symbol] = last.trade_id + 1
+    if lasts:
+        start = max(start, max(t.timestamp for t in lasts.values()) + timedelta(milliseconds=1))
+        session = start.astimezone(B3_TZ).strftime("%Y%m%d")
+        first_ids = {s: t.trade_id + 1 for s, t in lasts.items() if t.session == session}
     return MarketSimulator(settings.symbols, seed=settings.seed, start=start, first_trade_ids=first_ids)
 
 
@@ -114,10 +112,13 @@ class System:
                 inbox: queue.SimpleQueue[Tick] = queue.SimpleQueue()
                 self.ingest.add_handler(inbox.put)
                 self._spawn("recorder", self.recorder.run_local, inbox, self._recorder_stop)
+        lasts = last_stored(self.store, s.symbols)
+        # sequence numbers continue from the store, so a stored sequence without holes proves no loss
+        self.ingest.set_start_seq({sym: t.seq for sym, t in lasts.items()})
         ticks = (
             self._source_factory(self.store)
             if self._source_factory
-            else pace(simulator_resuming(s, self.store).ticks(), s.speed, stop=self.stop_event)
+            else pace(simulator_resuming(s, lasts).ticks(), s.speed, stop=self.stop_event)
         )
         self.started_at = time.monotonic()
         self._spawn("source", self._pump, ticks)
