@@ -67,6 +67,7 @@ def system_env(
         "ZMQ_BOOK_PORT": str(free_port()),
         "ZMQ_HISTORY_PORT": str(free_port()),
         "ZMQ_SIGNAL_PORT": str(free_port()),
+        "ZMQ_REPLAY_PORT": str(free_port()),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

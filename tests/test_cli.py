@@ -123,7 +123,13 @@ def test_make_run_then_query_on_the_embedded_server(tmp_path: Path) -> None:
         "TICKVAULT_DATA_DIR": str(tmp_path / "data"),
         **{
             name: str(free_port())
-            for name in ("ZMQ_TICK_PORT", "ZMQ_BOOK_PORT", "ZMQ_HISTORY_PORT", "ZMQ_SIGNAL_PORT")
+            for name in (
+                "ZMQ_TICK_PORT",
+                "ZMQ_BOOK_PORT",
+                "ZMQ_HISTORY_PORT",
+                "ZMQ_SIGNAL_PORT",
+                "ZMQ_REPLAY_PORT",
+            )
         },
     }
     proc = subprocess.run(

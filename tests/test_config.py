@@ -16,6 +16,7 @@ HONOURED = [
     ("ZMQ_BOOK_PORT", "6556", "zmq_book_port", 6556),
     ("ZMQ_HISTORY_PORT", "6557", "zmq_history_port", 6557),
     ("ZMQ_SIGNAL_PORT", "6558", "zmq_signal_port", 6558),
+    ("ZMQ_REPLAY_PORT", "6559", "zmq_replay_port", 6559),
     ("ZMQ_HOST", "127.0.0.2", "zmq_host", "127.0.0.2"),
     ("VALKEY_HOST", "db.example", "valkey_host", "db.example"),
     ("VALKEY_PORT", "6380", "valkey_port", 6380),

@@ -15,8 +15,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 import zmq
@@ -24,9 +25,32 @@ import zmq
 from tickvault.errors import BusError
 from tickvault.events import Event, encode
 
+if TYPE_CHECKING:
+    from tickvault.store import Store
+
+from tickvault.replay import DEFAULT_RING, ReplayClient, Ring
+
 log = logging.getLogger("tickvault.bus")
 
+
+class _SeqOnly(msgspec.Struct):
+    seq: int = 0
+
+
+_seq_decoder = msgspec.json.Decoder(_SeqOnly)
+
+
+def _seq_of(payload: bytes) -> int:
+    """The `seq` of a JSON payload, 0 if it has none or is not JSON."""
+    try:
+        return _seq_decoder.decode(payload).seq
+    except msgspec.MsgspecError:
+        return 0
+
+
 SNDHWM = 1_000_000
+HEARTBEAT_S = 0.5
+HEARTBEAT_PREFIX = b"hb."
 RCVHWM = 1_000_000
 
 
@@ -39,12 +63,21 @@ class PublisherStats:
     published: int = 0
     send_errors: int = 0
     subscriptions: int = 0
+    replay_requests: int = 0
 
 
 class Publisher:
     """Publishes `[topic, json]` frames on one bound endpoint from a background thread."""
 
-    def __init__(self, bind: str, *, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        bind: str,
+        *,
+        replay_bind: str | None = None,
+        ring_size: int = DEFAULT_RING,
+        sndhwm: int = SNDHWM,
+        context: zmq.Context | None = None,
+    ) -> None:
         self.endpoint = bind
         self._context = context or zmq.Context.instance()
         self._queue: collections.deque[tuple[bytes, Event | bytes]] = collections.deque()
@@ -57,7 +90,7 @@ class Publisher:
         self.stats = PublisherStats()
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.LINGER, 2000)
-        self._socket.setsockopt(zmq.SNDHWM, SNDHWM)
+        self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscriber, not only the first per topic
         try:
             self._socket.bind(bind)
@@ -67,6 +100,22 @@ class Publisher:
             os.close(self._wake_w)
             raise BusError(f"cannot bind {bind}: {exc}") from None
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.ring = Ring(ring_size)
+        self._last_heartbeat = 0.0
+        self.replay_endpoint: str | None = None
+        self._replay: zmq.Socket | None = None
+        if replay_bind is not None:
+            self._replay = self._context.socket(zmq.ROUTER)
+            self._replay.setsockopt(zmq.LINGER, 0)
+            try:
+                self._replay.bind(replay_bind)
+            except zmq.ZMQError as exc:
+                self._replay.close(0)
+                self._socket.close(0)
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                raise BusError(f"cannot bind replay endpoint {replay_bind}: {exc}") from None
+            self.replay_endpoint = self._replay.getsockopt_string(zmq.LAST_ENDPOINT)
         self._thread = threading.Thread(target=self._run, name=f"publisher {self.endpoint}", daemon=True)
         self._thread.start()
 
@@ -125,6 +174,8 @@ class Publisher:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._replay is not None:
+            poller.register(self._replay, zmq.POLLIN)
         try:
             while not self._closing.is_set():
                 self._drain()
@@ -138,10 +189,15 @@ class Publisher:
                     os.read(self._wake_r, 65536)
                 if self._socket in events:
                     self._read_subscriptions()
+                if self._replay is not None and self._replay in events:
+                    self._serve_replay()
+                self._heartbeat()
             self._drain()
         finally:
             self._idle = True
             self._socket.close()
+            if self._replay is not None:
+                self._replay.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
 
@@ -149,18 +205,56 @@ class Publisher:
         queue = self._queue
         send = self._socket.send_multipart
         sent = 0
+        ring = self.ring
         while queue:
             topic, event = queue.popleft()
-            payload = event if isinstance(event, bytes) else encode(event)
+            if isinstance(event, bytes):
+                payload = event
+                seq = _seq_of(payload)
+            else:
+                payload = encode(event)
+                seq = getattr(event, "seq", 0)
             try:
                 send((topic, payload), copy=False)
                 self.stats.published += 1
             except zmq.ZMQError as exc:
                 self.stats.send_errors += 1
                 log.error("publish on %s failed: %s", self.endpoint, exc)
+            if seq:
+                ring.append(topic, seq, payload)
             sent += 1
-            if sent % 1024 == 0 and self._socket.poll(0, zmq.POLLIN):
-                self._read_subscriptions()
+            if sent % 1024 == 0:
+                if self._socket.poll(0, zmq.POLLIN):
+                    self._read_subscriptions()
+                if self._replay is not None and self._replay.poll(0, zmq.POLLIN):
+                    self._serve_replay()
+
+    def _heartbeat(self) -> None:
+        """Every HEARTBEAT_S, the newest seq of each topic on `hb.{topic}`: without it a subscriber
+        could not notice that the last messages before a quiet spell were dropped."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < HEARTBEAT_S:
+            return
+        self._last_heartbeat = now
+        for topic, seq in self.ring.newest().items():
+            with contextlib.suppress(zmq.ZMQError):
+                self._socket.send_multipart((HEARTBEAT_PREFIX + topic, b'{"seq":%d}' % seq), zmq.NOBLOCK)
+
+    def _serve_replay(self) -> None:
+        assert self._replay is not None
+        while True:
+            try:
+                frames = self._replay.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 3:
+                continue
+            self.stats.replay_requests += 1
+            reply = self.ring.answer(frames[-1])
+            try:
+                self._replay.send_multipart([*frames[:-1], *reply], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.warning("replay reply failed: %s", exc)
 
     def _read_subscriptions(self) -> None:
         while True:
@@ -184,31 +278,69 @@ class SubscriberStats:
     received: int = 0
     gaps: int = 0
     missing: int = 0
+    recovered_replay: int = 0
+    recovered_store: int = 0
+    unrecovered: int = 0
+    duplicates: int = 0
+    restarts: int = 0
     last_seq: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def recovered(self) -> int:
+        return self.recovered_replay + self.recovered_store
 
-class _SeqOnly(msgspec.Struct):
-    seq: int = 0
+
+Recover = Callable[[str, int, int], list[bytes]]
 
 
-_seq_decoder = msgspec.json.Decoder(_SeqOnly)
+def store_recovery(store: Store) -> Recover:
+    """Fill gaps of `tick_{SYMBOL}` topics from the ticks stored in Valkey."""
+
+    def recover(topic: str, first: int, last: int) -> list[bytes]:
+        if not topic.startswith("tick_"):
+            return []
+        return [encode(t) for t in store.ticks_by_seq(topic.removeprefix("tick_"), first, last)]
+
+    return recover
 
 
 class Subscriber:
-    """SUB socket for some topic prefixes; `receive` returns batches of (topic, payload) frames.
+    """SUB socket for some topic prefixes; `receive` returns batches of `[topic, payload]` frames
+    in sequence order per topic, with gaps filled and duplicates dropped.
 
-    Sequence numbers are per topic; a jump is counted as a gap (recovery lives in the recorder)."""
+    A jump in a topic's sequence numbers is a gap: the missing messages are fetched from the
+    publisher's replay endpoint, then (what the ring no longer holds) from `recover`, e.g. Valkey;
+    anything still missing is counted as unrecovered and logged as an error, never skipped silently.
+    A late joiner subscribes first, reads what it missed from Valkey, then calls `prime` with the last
+    sequence number it has: live messages up to it are dropped, later ones continue without a gap.
+    """
 
-    def __init__(self, connect: str, topics: Iterable[str], *, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        connect: str,
+        topics: Iterable[str],
+        *,
+        replay: str | None = None,
+        recover: Recover | None = None,
+        rcvhwm: int = RCVHWM,
+        context: zmq.Context | None = None,
+    ) -> None:
         self.endpoint = connect
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.RCVHWM, RCVHWM)
+        self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
         self._socket.connect(connect)
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+            self._socket.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_PREFIX + topic.encode())
+        self._replay = ReplayClient(replay, context=self._context) if replay else None
+        self._recover = recover
         self.stats = SubscriberStats()
+
+    def prime(self, last_seq: dict[str, int]) -> None:
+        """Declare what the caller already has (topic -> last sequence number)."""
+        self.stats.last_seq.update(last_seq)
 
     def receive(self, timeout_ms: int = 100, max_messages: int = 5000) -> list[list[bytes]]:
         """Wait up to `timeout_ms` for a message, then take what is queued (up to `max_messages`)."""
@@ -216,30 +348,81 @@ class Subscriber:
             return []
         out: list[list[bytes]] = []
         recv = self._socket.recv_multipart
-        while len(out) < max_messages:
+        taken = 0
+        while taken < max_messages:
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            out.append(frames)
-            self._track(frames)
-        self.stats.received += len(out)
+            taken += 1
+            self._admit(frames, out)
+        self.stats.received += taken
         return out
 
-    def _track(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
+    def _admit(self, frames: list[bytes], out: list[list[bytes]]) -> None:
+        if frames[0].startswith(HEARTBEAT_PREFIX) and len(frames) == 2:
+            topic = frames[0][len(HEARTBEAT_PREFIX) :].decode("utf-8", "replace")
+            newest = _seq_of(frames[1])
+            last = self.stats.last_seq.get(topic)
+            if last is not None and newest > last:  # the tail was dropped on the wire
+                self._fill(topic, last + 1, newest, out)
+                self.stats.last_seq[topic] = newest
             return
-        try:
-            seq = _seq_decoder.decode(frames[1]).seq
-        except msgspec.MsgspecError:
+        seq = _seq_of(frames[1]) if len(frames) == 2 else 0
+        if seq <= 0:
+            out.append(frames)  # not a sequenced message: the consumer decides (and rejects)
             return
         topic = frames[0].decode("utf-8", "replace")
         last = self.stats.last_seq.get(topic)
-        if last is not None and seq > last + 1:
-            self.stats.gaps += 1
-            self.stats.missing += seq - last - 1
-        if last is None or seq > last:
-            self.stats.last_seq[topic] = seq
+        if last is not None:
+            if seq <= last:
+                if seq != 1:
+                    self.stats.duplicates += 1
+                    return
+                self.stats.restarts += 1  # the publisher started numbering again
+                log.warning("%s: sequence restarted at 1 after %d", topic, last)
+            elif seq > last + 1:
+                self._fill(topic, last + 1, seq - 1, out)
+        self.stats.last_seq[topic] = seq
+        out.append(frames)
+
+    def _fill(self, topic: str, first: int, last: int, out: list[list[bytes]]) -> None:
+        self.stats.gaps += 1
+        self.stats.missing += last - first + 1
+        name = topic.encode()
+        start, got = self._replay.fetch(topic, first, last) if self._replay else (last + 1, [])
+        if not got:
+            start = last + 1
+        recovered = self._from_store(topic, first, start - 1, out)  # older than the ring holds
+        self.stats.recovered_replay += len(got)
+        out.extend([name, payload] for payload in got)
+        recovered += len(got)
+        tail = start + len(got)
+        if tail <= last:
+            recovered += self._from_store(topic, tail, last, out)
+        if recovered < last - first + 1:
+            self.stats.unrecovered += last - first + 1 - recovered
+            log.error(
+                "%s: %d of messages %d..%d could not be recovered",
+                topic,
+                last - first + 1 - recovered,
+                first,
+                last,
+            )
+
+    def _from_store(self, topic: str, first: int, last: int, out: list[list[bytes]]) -> int:
+        if first > last or self._recover is None:
+            return 0
+        try:
+            more = self._recover(topic, first, last)
+        except Exception as exc:  # a failing fallback must not kill the subscriber
+            log.error("%s: recovery of %d..%d failed: %s", topic, first, last, exc)
+            return 0
+        self.stats.recovered_store += len(more)
+        out.extend([topic.encode(), payload] for payload in more)
+        return len(more)
 
     def close(self) -> None:
         self._socket.close(0)
+        if self._replay is not None:
+            self._replay.close()

@@ -78,6 +78,7 @@ def main_options(
     zmq_book_port: Annotated[int | None, Opt(help="[ZMQ_BOOK_PORT]")] = None,
     zmq_history_port: Annotated[int | None, Opt(help="[ZMQ_HISTORY_PORT]")] = None,
     zmq_signal_port: Annotated[int | None, Opt(help="[ZMQ_SIGNAL_PORT]")] = None,
+    zmq_replay_port: Annotated[int | None, Opt(help="Gap replay endpoint [ZMQ_REPLAY_PORT]")] = None,
     stream_max_len: Annotated[int | None, Opt(help="Live stream bound [STREAM_MAX_LEN]")] = None,
     stream_retention_days: Annotated[int | None, Opt(help="[STREAM_RETENTION_DAYS]")] = None,
     time_travel: Annotated[
@@ -98,6 +99,7 @@ def main_options(
         "zmq_book_port": zmq_book_port,
         "zmq_history_port": zmq_history_port,
         "zmq_signal_port": zmq_signal_port,
+        "zmq_replay_port": zmq_replay_port,
         "stream_max_len": stream_max_len,
         "stream_retention_days": stream_retention_days,
         "time_travel_enabled": time_travel,

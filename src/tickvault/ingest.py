@@ -55,6 +55,10 @@ class Ingest:
             self._seq[symbol] = itertools.count(last + 1)
             self.last_seq[symbol] = last
 
+    def produced_seq(self) -> dict[str, int]:
+        """Last sequence number of each symbol that produced ticks in this run."""
+        return {s: n for s, n in self.last_seq.items() if self.stats.generated[s]}
+
     def add_handler(self, handler: TickHandler) -> None:
         self.handlers.append(handler)
 

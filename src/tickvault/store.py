@@ -125,6 +125,33 @@ class Store:
         best = max(candidates, key=lambda e: (int(e[1][b"timestamp_ms"]), _id_key(e[0])))
         return from_fields({k.decode(): v.decode() for k, v in best[1].items()}, Tick)
 
+    def ticks_by_seq(self, symbol: str, first: int, last: int, *, scan: int = 1_000_000) -> list[Tick]:
+        """Stored ticks with `first <= seq <= last`, in seq order, for a subscriber filling a gap the
+        publisher's ring no longer holds. Scans back from the newest entry (gaps are recent), at most
+        `scan` entries."""
+        key = self.keys.ticks(symbol)
+        found: dict[int, Tick] = {}
+        upper = "+"
+        scanned = 0
+        try:
+            while scanned < scan:
+                chunk = self.client.xrevrange(key, max=upper, min="-", count=2000)
+                if not chunk:
+                    break
+                scanned += len(chunk)
+                lowest = None
+                for _, fields in chunk:
+                    seq = int(fields[b"seq"])
+                    lowest = seq if lowest is None else min(lowest, seq)
+                    if first <= seq <= last:
+                        found[seq] = from_fields({k.decode(): v.decode() for k, v in fields.items()}, Tick)
+                if len(found) == last - first + 1 or (lowest is not None and lowest < first - 10_000):
+                    break  # arrival order is seq order up to recovered gaps: far enough back
+                upper = "(" + chunk[-1][0].decode()
+        except valkey.ValkeyError as exc:
+            raise _wrap(exc) from exc
+        return [found[seq] for seq in sorted(found)]
+
     def last_tick(self, symbol: str) -> Tick | None:
         """The most recently stored tick of `symbol` (by stream position), or None."""
         try:

@@ -21,6 +21,7 @@ from tickvault.config import Settings
 from tickvault.connection import Connection
 from tickvault.events import B3_TZ, Tick
 from tickvault.ingest import Ingest
+from tickvault.keys import tick_topic
 from tickvault.recorder import Recorder
 from tickvault.sources.simulator import MarketSimulator, pace, session_start_for
 from tickvault.store import Store
@@ -99,12 +100,22 @@ class System:
             self.connection.check()
             self.store = Store(self.connection.client("recorder"))
             self.recorder = Recorder(self.store)
+        lasts = last_stored(self.store, s.symbols)
+        # sequence numbers continue from the store, so a stored sequence without holes proves no loss
+        self.ingest.set_start_seq({sym: t.seq for sym, t in lasts.items()})
         if s.zmq_enabled:
-            self.publisher = Publisher(endpoint(s.zmq_host, s.zmq_tick_port))
+            self.publisher = Publisher(
+                endpoint(s.zmq_host, s.zmq_tick_port), replay_bind=endpoint(s.zmq_host, s.zmq_replay_port)
+            )
             self.ingest.publisher = self.publisher
         if self.recorder is not None:
             if self.publisher is not None:
-                self._subscriber = Subscriber(endpoint("127.0.0.1", self.publisher.port), ["tick_"])
+                self._subscriber = Subscriber(
+                    endpoint("127.0.0.1", self.publisher.port),
+                    ["tick_"],
+                    replay=self.publisher.replay_endpoint,
+                )
+                self._subscriber.prime({tick_topic(sym): t.seq for sym, t in lasts.items()})
                 self._spawn("recorder", self.recorder.run, self._subscriber, self._recorder_stop)
                 if not self.publisher.wait_for_subscriber("tick_", timeout=10):
                     log.warning("recorder did not subscribe within 10 s; early ticks may need recovery")
@@ -112,9 +123,6 @@ class System:
                 inbox: queue.SimpleQueue[Tick] = queue.SimpleQueue()
                 self.ingest.add_handler(inbox.put)
                 self._spawn("recorder", self.recorder.run_local, inbox, self._recorder_stop)
-        lasts = last_stored(self.store, s.symbols)
-        # sequence numbers continue from the store, so a stored sequence without holes proves no loss
-        self.ingest.set_start_seq({sym: t.seq for sym, t in lasts.items()})
         ticks = (
             self._source_factory(self.store)
             if self._source_factory
@@ -166,9 +174,9 @@ class System:
             self.publisher.flush(DRAIN_TIMEOUT_S)
         if self.recorder is not None:
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while not self.recorder.caught_up(self.ingest.last_seq) and time.monotonic() < deadline:
+            while not self.recorder.caught_up(self.ingest.produced_seq()) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            summary.drained = self.recorder.caught_up(self.ingest.last_seq)
+            summary.drained = self.recorder.caught_up(self.ingest.produced_seq())
         self._recorder_stop.set()
         for thread in self._threads:
             thread.join(10)
