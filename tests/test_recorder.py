@@ -103,14 +103,11 @@ def test_wrong_frame_count_is_rejected(store: Store) -> None:
     assert recorder.stats.rejected == {"frames": 2}
 
 
-def test_local_inbox_path_records_without_zeromq(store: Store) -> None:
-    import queue
-
+def test_in_process_path_records_without_zeromq(store: Store, tmp_path: object) -> None:
     recorder = Recorder(store)
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
-    ingest = Ingest(handlers=[inbox.put])
+    ingest = Ingest(handlers=[recorder.submit_one])
     stop = threading.Event()
-    thread = threading.Thread(target=recorder.run_local, args=(inbox, stop))
+    thread = threading.Thread(target=recorder.run, args=(None, stop))
     thread.start()
     for t in ticks(500):
         ingest.on_tick(t)

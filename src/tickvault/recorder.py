@@ -1,25 +1,33 @@
 """The recorder: the only writer of market data to Valkey (the guide's "bridge").
 
-It takes frames from the bus (or ticks handed over in-process when ZeroMQ is off), validates each,
-and writes them in batches, one pipelined round trip per batch. A bad frame is rejected with its
-reason, counted, and kept in the dead-letter stream; the valid ticks around it are all stored.
+Two threads. The receiver takes frames from the bus (gaps already filled by the Subscriber) or ticks
+handed over in-process (ZeroMQ off), validates them column-wise, and queues the valid ones in a spool:
+memory up to a bound, then a local file, so a slow or absent Valkey costs disk, never ticks. A bad
+frame is rejected with its reason, counted, and kept in the dead-letter stream; the ticks around it
+go on. The writer takes batches from the spool and stores each in one round trip, idempotently; while
+Valkey is unreachable it retries with backoff, and once a write has failed it first re-sends the
+batches of the last few seconds, which a restarted Valkey may have lost from its append-only file
+(fsync every second). At stop, whatever Valkey did not take stays in the spool file for next time.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
 
 from tickvault.batch import TickWire, decode_frames
 from tickvault.bus import Subscriber
 from tickvault.errors import DataError, StoreError
-from tickvault.events import Tick
 from tickvault.keys import tick_topic
+from tickvault.spool import Spool
 from tickvault.store import Store
 from tickvault.writer import TickLike
 
@@ -27,7 +35,10 @@ log = logging.getLogger("tickvault.recorder")
 
 MAX_BATCH = 5000
 DEAD_LETTER_MAXLEN = 100_000
-RETRY_SLEEP_S = 0.2
+RETAIN_S = 5.0  # > the 1 s (at worst 2 s) of writes an append-only file with fsync everysec can lose
+BACKOFF_S = (0.05, 2.0)
+
+_wire_decoder = msgspec.json.Decoder(TickWire)
 
 
 @dataclass
@@ -38,6 +49,7 @@ class RecorderStats:
     late: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     write_errors: int = 0
+    rewritten: int = 0
     last_seq: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -50,12 +62,22 @@ class RecorderStats:
 
 
 class Recorder:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, spool_path: Path | None = None, max_memory: int = 1_000_000) -> None:
         self.store = store
         self.stats = RecorderStats()
         self._lock = threading.Lock()
+        path = spool_path or Path("data") / "spool" / "recorder.spool"
+        self.spool: Spool[TickLike] = Spool(
+            path, msgspec.json.encode, _wire_decoder.decode, max_memory=max_memory
+        )
+        self._wake = threading.Event()
+        self._retained: collections.deque[tuple[float, list[TickLike]]] = collections.deque()
 
-    # -- decoding --------------------------------------------------------------------------------
+    @property
+    def buffered(self) -> int:
+        return len(self.spool)
+
+    # -- intake ----------------------------------------------------------------------------------
 
     def decode_frames(self, messages: Sequence[Sequence[bytes]]) -> list[TickWire]:
         """Valid ticks of a batch of `[topic, payload]` messages; the rest is rejected and counted."""
@@ -64,6 +86,17 @@ class Recorder:
         for bad in decoded.rejected:
             self.reject(bad.error, bad.frames)
         return decoded.ticks
+
+    def submit(self, ticks: Sequence[TickLike]) -> None:
+        """Queue validated ticks for writing (the in-process path, and the receiver's)."""
+        if ticks:
+            self.spool.extend(ticks)
+            self._wake.set()
+
+    def submit_one(self, tick: TickLike) -> None:
+        self.stats.received += 1
+        self.spool.extend((tick,))
+        self._wake.set()
 
     def reject(self, exc: DataError, frames: Sequence[bytes]) -> None:
         self.stats.rejected[exc.kind] += 1
@@ -85,20 +118,29 @@ class Recorder:
     # -- writing ---------------------------------------------------------------------------------
 
     def write(self, ticks: Sequence[TickLike], stop: threading.Event | None = None) -> bool:
-        """Store a batch; while Valkey is unreachable keep retrying (until `stop`). True if stored."""
+        """Store one batch, retrying while Valkey fails (until `stop`). True if stored."""
         if not ticks:
             return True
+        delay, failed = BACKOFF_S[0], False
         while True:
             try:
+                if failed:
+                    self._rewrite_retained()
                 result = self.store.append_ticks(ticks)
                 break
             except StoreError as exc:
+                failed = True
                 self.stats.write_errors += 1
-                log.error("write of %d ticks failed, retrying: %s", len(ticks), exc)
-                if stop is not None and stop.wait(RETRY_SLEEP_S):
+                log.error("write of %d ticks failed, retrying in %.2f s: %s", len(ticks), delay, exc)
+                if stop is not None and stop.wait(delay):
                     return False
                 if stop is None:
-                    time.sleep(RETRY_SLEEP_S)
+                    time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_S[1])
+        now = time.monotonic()
+        self._retained.append((now, list(ticks)))
+        while self._retained and now - self._retained[0][0] > RETAIN_S:
+            self._retained.popleft()
         with self._lock:
             self.stats.duplicates += result.duplicates
             self.stats.late += result.late
@@ -109,32 +151,54 @@ class Recorder:
                     self.stats.last_seq[topic] = tick.seq
         return True
 
-    # -- loops -----------------------------------------------------------------------------------
+    def _rewrite_retained(self) -> None:
+        # Valkey may have restarted without its last second: the recent batches go again (idempotent)
+        for _, batch in list(self._retained):
+            result = self.store.append_ticks(batch)
+            self.stats.rewritten += result.stored
+            with self._lock:
+                self.stats.stored.update(result.stored_by_symbol)
+        if self.stats.rewritten:
+            log.warning("re-stored %d ticks that Valkey had lost", self.stats.rewritten)
 
-    def run(self, subscriber: Subscriber, stop: threading.Event) -> None:
-        """Record from the bus until `stop` is set."""
-        while not stop.is_set():
-            messages = subscriber.receive(timeout_ms=50, max_messages=MAX_BATCH)
-            if messages:
-                self.write(self.decode_frames(messages), stop)
-
-    def run_local(self, inbox: queue.SimpleQueue[Tick], stop: threading.Event) -> None:
-        """Record ticks handed over in-process (ZeroMQ off) until `stop` is set and the inbox is empty."""
+    def _write_loop(self, stop: threading.Event) -> None:
         while True:
-            try:
-                first = inbox.get(timeout=0.05)
-            except queue.Empty:
+            batch = self.spool.take(MAX_BATCH)
+            if not batch:
                 if stop.is_set():
                     return
+                self._wake.wait(0.05)
+                self._wake.clear()
                 continue
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(inbox.get_nowait())
-                except queue.Empty:
-                    break
-            self.stats.received += len(batch)
-            self.write(batch, stop)
+            if not self.write(batch, stop):
+                self.spool.putback(batch)
+                return
+
+    # -- loops -----------------------------------------------------------------------------------
+
+    def run(self, subscriber: Subscriber | None, stop: threading.Event) -> None:
+        """Receive from the bus (or only from `submit` when `subscriber` is None) and write, until
+        `stop`; then write what is queued while Valkey takes it, and keep the rest in the spool file."""
+        writer_stop = threading.Event()
+        writer = threading.Thread(
+            target=self._write_loop, args=(writer_stop,), name="recorder-writer", daemon=True
+        )
+        writer.start()
+        try:
+            while not stop.is_set():
+                if subscriber is None:
+                    stop.wait(0.05)
+                    continue
+                messages = subscriber.receive(timeout_ms=50, max_messages=MAX_BATCH)
+                if messages:
+                    self.submit(self.decode_frames(messages))
+        finally:
+            writer_stop.set()
+            self._wake.set()
+            writer.join()
+            if len(self.spool):
+                log.warning("%d ticks not yet in Valkey are kept in %s", len(self.spool), self.spool.path)
+            self.spool.close()
 
     def caught_up(self, last_seq: dict[str, int]) -> bool:
         """True once every topic's sequence number in `last_seq` (symbol -> seq) has been written."""

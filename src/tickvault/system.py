@@ -8,7 +8,6 @@ source produced before anything is closed.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
@@ -99,7 +98,7 @@ class System:
             self.connection = Connection.open(s)
             self.connection.check()
             self.store = Store(self.connection.client("recorder"))
-            self.recorder = Recorder(self.store)
+            self.recorder = Recorder(self.store, spool_path=s.data_dir / "spool" / "recorder.spool")
         lasts = last_stored(self.store, s.symbols)
         # sequence numbers continue from the store, so a stored sequence without holes proves no loss
         self.ingest.set_start_seq({sym: t.seq for sym, t in lasts.items()})
@@ -120,9 +119,8 @@ class System:
                 if not self.publisher.wait_for_subscriber("tick_", timeout=10):
                     log.warning("recorder did not subscribe within 10 s; early ticks may need recovery")
             else:
-                inbox: queue.SimpleQueue[Tick] = queue.SimpleQueue()
-                self.ingest.add_handler(inbox.put)
-                self._spawn("recorder", self.recorder.run_local, inbox, self._recorder_stop)
+                self.ingest.add_handler(self.recorder.submit_one)
+                self._spawn("recorder", self.recorder.run, None, self._recorder_stop)
         ticks = (
             self._source_factory(self.store)
             if self._source_factory
