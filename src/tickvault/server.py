@@ -55,6 +55,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def client_name(role: str) -> str:
     """Connection name that marks a tickvault client of the embedded server (see `release`)."""
     return f"{CLIENT_PREFIX}-{os.getpid()}-{role}"
@@ -91,10 +101,13 @@ class ServerInfo:
 class EmbeddedValkey:
     """Start, find and stop the bundled Valkey server for one data directory."""
 
-    def __init__(self, data_dir: Path, *, password: str | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, data_dir: Path, *, password: str | None = None, host: str = "127.0.0.1", port: int | None = None
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.password = password
+        self.port = port  # None: the port it had last time if free, else any free port
 
     # -- locking and state ----------------------------------------------------------------------
 
@@ -157,7 +170,9 @@ class EmbeddedValkey:
             # A live pid that does not answer yet may still be loading a large append-only file.
             if info is not None and _pid_alive(info.pid) and self._wait_ready(info):
                 return info
-            return self._start()
+            return self._start(
+                self.port or (info.port if info and _port_free(self.host, info.port) else None)
+            )
 
     def _config_text(self, port: int) -> str:
         lines = [
@@ -178,8 +193,8 @@ class EmbeddedValkey:
             lines.append(f"requirepass {json.dumps(self.password)}")
         return "\n".join(lines) + "\n"
 
-    def _start(self) -> ServerInfo:
-        port = free_port(self.host)
+    def _start(self, port: int | None) -> ServerInfo:
+        port = port or free_port(self.host)
         conf = self.data_dir / "valkey.conf"
         conf.write_text(self._config_text(port))
         conf.chmod(0o600)

@@ -8,6 +8,7 @@ records go to disk behind it). The file is deleted when drained.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import struct
@@ -64,12 +65,18 @@ class Spool(Generic[T]):
 
     def extend(self, items: Iterable[T]) -> None:
         with self._lock:
-            for item in items:
-                if self._file_count == 0 and len(self._memory) < self.max_memory:
-                    self._memory.append(item)
-                elif not self._spill(item):
-                    # the disk refused (full?): keep it in memory rather than lose it
-                    self._memory.append(item)
+            try:
+                for item in items:
+                    if self._file_count == 0 and len(self._memory) < self.max_memory:
+                        self._memory.append(item)
+                    elif not self._spill(item):
+                        # the disk refused (full?): keep it in memory rather than lose it
+                        self._memory.append(item)
+            finally:
+                if self._writer is not None:  # open only while spilling one batch
+                    with contextlib.suppress(OSError):
+                        self._writer.close()
+                    self._writer = None
 
     def _spill(self, item: T) -> bool:
         if self._disk_backoff:
@@ -105,8 +112,6 @@ class Spool(Generic[T]):
             return out
 
     def _load(self, n: int) -> None:
-        if self._writer is not None:
-            self._writer.flush()
         with open(self.path, "rb") as reader:
             reader.seek(self._read_pos)
             while self._file_count and len(self._memory) < n:
@@ -115,9 +120,6 @@ class Spool(Generic[T]):
                 self._file_count -= 1
             self._read_pos = reader.tell()
         if self._file_count == 0:
-            if self._writer is not None:
-                self._writer.close()
-            self._writer = None
             self._read_pos = 0
             os.unlink(self.path)
 
@@ -129,9 +131,6 @@ class Spool(Generic[T]):
     def close(self) -> None:
         """Keep whatever is left in the file (memory first: it is older), for the next run."""
         with self._lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
             if not self._memory:
                 return
             rest = list(self._records(self._read_pos)) if self._file_count else []
