@@ -28,7 +28,7 @@ from tickvault.events import Event, encode
 if TYPE_CHECKING:
     from tickvault.store import Store
 
-from tickvault.replay import DEFAULT_RING, ReplayClient, Ring
+from tickvault.ring import DEFAULT_RING, ReplayClient, Ring
 
 log = logging.getLogger("tickvault.bus")
 

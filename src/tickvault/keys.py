@@ -61,6 +61,10 @@ class KeySpace:
         """Set of every symbol that has stored ticks."""
         return f"{META_PREFIX}:symbols"
 
+    def writer_lease(self, symbol: str) -> str:
+        """Who writes this symbol's tick stream now (one writer at a time, see writer.TickWriter)."""
+        return f"{META_PREFIX}:writer:{self._sym(symbol)}"
+
     def dead_letters(self) -> str:
         """Stream of rejected messages, each with its reason."""
         return f"{META_PREFIX}:deadletter"

@@ -196,6 +196,7 @@ class Recorder:
             writer_stop.set()
             self._wake.set()
             writer.join()
+            self.store.writer.release()
             if len(self.spool):
                 log.warning("%d ticks not yet in Valkey are kept in %s", len(self.spool), self.spool.path)
             self.spool.close()

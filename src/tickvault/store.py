@@ -46,11 +46,16 @@ class Store:
     """Ticks in Valkey. `client` must be created with decode_responses=False."""
 
     def __init__(
-        self, client: valkey.Valkey, keys: KeySpace | None = None, *, owner: Connection | None = None
+        self,
+        client: valkey.Valkey,
+        keys: KeySpace | None = None,
+        *,
+        owner: Connection | None = None,
+        writer_name: str | None = None,
     ) -> None:
         self.client = client
         self.keys = keys or KeySpace()
-        self.writer = TickWriter(client, self.keys)
+        self.writer = TickWriter(client, self.keys, owner=writer_name)
         self._owner = owner
 
     def close(self) -> None:

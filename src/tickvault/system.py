@@ -8,6 +8,7 @@ source produced before anything is closed.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -97,7 +98,9 @@ class System:
         if s.valkey_enabled:
             self.connection = Connection.open(s)
             self.connection.check()
-            self.store = Store(self.connection.client("recorder"))
+            # one name per data folder: a restarted recorder takes over its streams at once
+            name = f"recorder@{socket.gethostname()}:{s.data_dir.resolve()}"
+            self.store = Store(self.connection.client("recorder"), writer_name=name)
             self.recorder = Recorder(self.store, spool_path=s.data_dir / "spool" / "recorder.spool")
         lasts = last_stored(self.store, s.symbols)
         # sequence numbers continue from the store, so a stored sequence without holes proves no loss

@@ -18,6 +18,8 @@ The writer must be the only writer of its symbols' tick streams (the recorder is
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from tickvault.keys import KeySpace
 
 log = logging.getLogger("tickvault.writer")
 
+LEASE_MS = 10_000
 SEEN_CHUNK_BITS = 23  # one bitmap key per 8M trade ids: at most 1 MiB each
 _CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
 _B3_TS = pa.timestamp("ms", tz="America/Sao_Paulo")
@@ -198,9 +201,15 @@ def _parse_info(reply: Any) -> tuple[int, int, int]:
 
 
 class TickWriter:
-    def __init__(self, client: valkey.Valkey, keys: KeySpace | None = None) -> None:
+    def __init__(
+        self, client: valkey.Valkey, keys: KeySpace | None = None, *, owner: str | None = None
+    ) -> None:
+        """`owner` names this writer in its leases; a restarted writer with the same name takes over
+        at once, a different one waits until the lease expires (LEASE_MS after the last write)."""
         self.client = client
         self.keys = keys or KeySpace()
+        self.owner = owner or f"writer-{uuid.uuid4().hex[:12]}"
+        self._leases: dict[str, float] = {}  # symbol -> monotonic time the lease is good until
         self._state: dict[str, _SymbolState] = {}
         self._sessions = _Sessions()
         self._iso = _IsoClock()
@@ -208,6 +217,33 @@ class TickWriter:
     def reset(self) -> None:
         """Forget cached state; it is reloaded from Valkey on the next write."""
         self._state.clear()
+        self._leases.clear()
+
+    def release(self) -> None:
+        """Give up this writer's leases (at a clean stop), so another writer need not wait."""
+        for symbol in list(self._leases):
+            key = self.keys.writer_lease(symbol)
+            try:
+                if self.client.get(key) == self.owner.encode():
+                    self.client.delete(key)
+            except valkey.ValkeyError:
+                pass  # it expires by itself
+        self._leases.clear()
+
+    def _lease(self, symbol: str) -> None:
+        """Hold the symbol's writer lease; a symbol newly taken over is reloaded from Valkey."""
+        if self._leases.get(symbol, 0.0) > time.monotonic():
+            return
+        key = self.keys.writer_lease(symbol)
+        taken = self.client.set(key, self.owner, nx=True, px=LEASE_MS)
+        if not taken:
+            holder = self.client.get(key)
+            if holder is not None and holder.decode() != self.owner:
+                raise StoreError(f"{symbol} is being written by {holder.decode()!r}; waiting for its lease")
+            self.client.pexpire(key, LEASE_MS)
+        self._state.pop(symbol, None)
+        # renewed with every batch; re-checked well before it could lapse
+        self._leases[symbol] = time.monotonic() + LEASE_MS / 3000
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -264,6 +300,8 @@ class TickWriter:
         expected: dict[str, tuple[int, int, int]] = {}
         new_symbols = []
         for symbol, group in by_symbol.items():
+            self._lease(symbol)
+            commands.append(_pack(("PEXPIRE", self.keys.writer_lease(symbol), str(LEASE_MS))))
             state = self._load(symbol)
             if not state.exists:
                 new_symbols.append(symbol)

@@ -18,7 +18,7 @@ import logging
 import msgspec
 import zmq
 
-log = logging.getLogger("tickvault.replay")
+log = logging.getLogger("tickvault.ring")
 
 MAX_REPLY = 10_000  # messages per reply; a client asks again for the rest
 DEFAULT_RING = 100_000  # messages kept per topic
