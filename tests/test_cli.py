@@ -72,7 +72,7 @@ def test_query_parquet_and_table(system_env: dict[str, str], store: Store, tmp_p
     pd.testing.assert_frame_equal(pd.read_parquet(out), store.ticks("WDOFUT", BASE_MS, BASE_MS + 10_000))
     table = runner.invoke(app, ["query", "WDOFUT", *RANGE, "--format", "table", "--limit", "10"])
     assert table.exit_code == 0
-    assert "100 rows" in table.stdout and "90 more rows" in table.stdout
+    assert "100 rows, showing the first and last 5" in " ".join(table.stdout.split())
 
 
 @pytest.mark.parametrize(
@@ -141,11 +141,8 @@ def test_make_run_then_query_on_the_embedded_server(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    stored = {
-        line.split()[0].strip("│ "): int(line.split("│")[3])
-        for line in proc.stdout.splitlines()
-        if line.startswith("│ W")
-    }
+    rows = [[c.strip() for c in line.strip().strip("│").split("│")] for line in proc.stdout.splitlines()]
+    stored = {cells[0]: int(cells[2]) for cells in rows if len(cells) == 3 and cells[0].startswith("W")}
     assert stored.get("WDOFUT", 0) > 0, proc.stdout
     assert EmbeddedValkey(tmp_path / "data" / "valkey").running() is None, "run left its server behind"
 
@@ -170,8 +167,10 @@ def test_valkey_command_runs_the_server_in_the_foreground_and_shares_it(tmp_path
     )
     try:
         assert server.stderr is not None
-        line = server.stderr.readline()
-        assert "embedded valkey ready" in line
+        lines: list[str] = []
+        while not any("embedded valkey ready" in line for line in lines) and len(lines) < 20:
+            lines.append(server.stderr.readline())
+        assert "embedded valkey ready" in lines[-1], lines
         info = EmbeddedValkey(tmp_path / "data" / "valkey").running()
         assert info is not None
         query = _tickvault("query", "WDOFUT", "--start", "-1h", "--format", "csv", env=env, cwd=tmp_path)
@@ -180,7 +179,7 @@ def test_valkey_command_runs_the_server_in_the_foreground_and_shares_it(tmp_path
         assert EmbeddedValkey(tmp_path / "data" / "valkey").running() == info, "query stopped a shared server"
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(60)
+        server.communicate(timeout=60)
     assert server.returncode == 0
     assert EmbeddedValkey(tmp_path / "data" / "valkey").running() is None
     assert not os.path.exists(tmp_path / "data" / "valkey" / "server.json")

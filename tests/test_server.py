@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -124,12 +126,29 @@ def test_last_process_out_stops_the_server_not_before(
 def test_stale_state_file_of_a_dead_server_is_replaced(tmp_path: Path) -> None:
     data = tmp_path / "valkey"
     data.mkdir()
-    (data / STATE_FILE).write_text(json.dumps({"host": "127.0.0.1", "port": 1, "pid": 2**22 + 12345}))
-    server = EmbeddedValkey(data)
-    info = server.ensure_running()
+    with socket.socket() as taken:  # its old port is now someone else's
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        old_port = taken.getsockname()[1]
+        (data / STATE_FILE).write_text(
+            json.dumps({"host": "127.0.0.1", "port": old_port, "pid": 2**22 + 12345})
+        )
+        server = EmbeddedValkey(data)
+        info = server.ensure_running()
     try:
-        assert info.port != 1 and info.pid != 2**22 + 12345
-        assert os.path.exists(data / STATE_FILE)
+        assert info.port != old_port and info.pid != 2**22 + 12345
+        assert server.running() == info
+    finally:
+        server.stop()
+
+
+def test_a_crashed_server_comes_back_on_its_port(tmp_path: Path) -> None:
+    server = EmbeddedValkey(tmp_path / "valkey")
+    first = server.ensure_running()
+    os.kill(first.pid, signal.SIGKILL)
+    second = server.ensure_running()
+    try:
+        assert second.pid != first.pid and second.port == first.port
     finally:
         server.stop()
 

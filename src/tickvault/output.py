@@ -49,7 +49,8 @@ def write_frame(frame: pd.DataFrame, fmt: str, output: Path | None, *, limit: in
 
 
 def _table(frame: pd.DataFrame, limit: int) -> Table:
-    table = Table(caption=f"{len(frame):,} rows")
+    shown = "" if len(frame) <= limit else f", showing the first and last {limit // 2}"
+    table = Table(caption=f"{len(frame):,} rows{shown}")
     table.add_column("timestamp")
     for name in frame.columns:
         table.add_column(name, justify="right")
@@ -57,6 +58,6 @@ def _table(frame: pd.DataFrame, limit: int) -> Table:
     stamps = list(iso_index(rows.index)) if len(rows) else []
     for i, (stamp, values) in enumerate(zip(stamps, rows.itertuples(index=False), strict=True)):
         if len(frame) > limit and i == limit // 2:
-            table.add_row(f"... {len(frame) - limit:,} more rows ...")
+            table.add_row(*["…"] * (len(frame.columns) + 1))
         table.add_row(stamp, *(str(v) for v in values))
     return table
