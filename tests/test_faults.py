@@ -107,3 +107,54 @@ def test_burst_of_out_of_order_and_equal_timestamps(store: Store) -> None:
     _assert_exactly_once(store, sent)
     back = store.tick_events("WDOFUT", BASE_MS, BASE_MS + 10**6)
     assert [t.timestamp_ms for t in back] == sorted(t.timestamp_ms for t in sent)
+
+
+def test_recorder_process_sigkilled_mid_stream_and_restarted(
+    system_env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    from tickvault.bus import endpoint
+
+    pub = Publisher(
+        endpoint("127.0.0.1", int(system_env["ZMQ_TICK_PORT"])),
+        replay_bind=endpoint("127.0.0.1", int(system_env["ZMQ_REPLAY_PORT"])),
+    )
+
+    def recorder_process() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tickvault.cli", "run", "--only", "recorder", "--no-dashboard"],
+            env=subprocess_env({**system_env, "TICKVAULT_SYMBOLS": "WDOFUT"}),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def subscribed() -> bool:
+        return b"tick_" in pub.subscriptions()
+
+    ingest = Ingest(pub)
+    sent = ticks(9000)
+    proc = recorder_process()
+    try:
+        assert _wait(subscribed)
+        for t in sent[:3000]:
+            ingest.on_tick(t)
+        assert _wait(lambda: store.count("WDOFUT") >= 1000)
+        proc.kill()  # SIGKILL: no flush, no goodbye
+        proc.wait(30)
+        assert _wait(lambda: not subscribed())
+        for t in sent[3000:6000]:
+            ingest.on_tick(t)  # nobody records these live
+        proc = recorder_process()
+        assert _wait(subscribed)
+        for t in sent[6000:]:
+            ingest.on_tick(t)
+        assert _wait(lambda: store.count("WDOFUT") >= 9000, timeout=120)
+        _assert_exactly_once(store, sent)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        pub.close()

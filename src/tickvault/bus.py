@@ -342,18 +342,26 @@ class Subscriber:
         """Declare what the caller already has (topic -> last sequence number)."""
         self.stats.last_seq.update(last_seq)
 
-    def receive(self, timeout_ms: int = 100, max_messages: int = 5000) -> list[list[bytes]]:
-        """Wait up to `timeout_ms` for a message, then take what is queued (up to `max_messages`)."""
+    def receive(
+        self, timeout_ms: int = 100, max_messages: int = 5000, linger_ms: float = 0
+    ) -> list[list[bytes]]:
+        """Wait up to `timeout_ms` for a message, then take what is queued (up to `max_messages`),
+        waiting up to `linger_ms` more for stragglers: a batch consumer (the recorder) trades a
+        millisecond of latency for batches large enough to amortise its per-batch costs."""
         if not self._socket.poll(timeout_ms, zmq.POLLIN):
             return []
         out: list[list[bytes]] = []
         recv = self._socket.recv_multipart
         taken = 0
+        until = time.monotonic() + linger_ms / 1000
         while taken < max_messages:
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
-                break
+                left = until - time.monotonic()
+                if left <= 0 or not self._socket.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                    break
+                continue
             taken += 1
             self._admit(frames, out)
         self.stats.received += taken

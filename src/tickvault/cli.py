@@ -128,6 +128,7 @@ def run(
         bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")
     ] = None,
     dashboard: Annotated[bool, Opt("--dashboard/--no-dashboard", help="Live terminal dashboard")] = True,
+    only: Annotated[str | None, Opt(help="Run one component in this process: source or recorder")] = None,
 ) -> None:
     """Run the whole system: source, bus, recorder, dashboard."""
     from tickvault.dashboard import LiveView
@@ -142,12 +143,12 @@ def run(
             ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey
         )
         view = LiveView(settings.symbols)
-        system = System(settings, handlers=[view])
+        system = System(settings, handlers=[view], only=only)
         _stop_on_sigterm(system.stop_event)
         system.start()
         err_console.print(system.describe(), markup=False, highlight=False)
         try:
-            if dashboard and sys.stdout.isatty():
+            if dashboard and only is None and sys.stdout.isatty():
                 _live(system, view, duration)
             else:
                 system.wait(duration)

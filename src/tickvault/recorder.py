@@ -34,6 +34,7 @@ from tickvault.writer import TickLike
 log = logging.getLogger("tickvault.recorder")
 
 MAX_BATCH = 5000
+LINGER_MS = 2.0  # gather a batch for up to 2 ms: per-batch costs dominate tiny batches
 DEAD_LETTER_MAXLEN = 100_000
 RETAIN_S = 5.0  # > the 1 s (at worst 2 s) of writes an append-only file with fsync everysec can lose
 BACKOFF_S = (0.05, 2.0)
@@ -189,7 +190,7 @@ class Recorder:
                 if subscriber is None:
                     stop.wait(0.05)
                     continue
-                messages = subscriber.receive(timeout_ms=50, max_messages=MAX_BATCH)
+                messages = subscriber.receive(timeout_ms=50, max_messages=MAX_BATCH, linger_ms=LINGER_MS)
                 if messages:
                     self.submit(self.decode_frames(messages))
         finally:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from tickvault.bus import Publisher, Subscriber, endpoint
 from tickvault.config import Settings
 from tickvault.connection import Connection
+from tickvault.errors import ConfigError
 from tickvault.events import B3_TZ, Tick
 from tickvault.ingest import Ingest
 from tickvault.keys import tick_topic
@@ -29,6 +30,7 @@ from tickvault.store import Store
 log = logging.getLogger("tickvault.system")
 
 DRAIN_TIMEOUT_S = 60.0
+COMPONENTS = (None, "source", "recorder")
 
 
 @dataclass
@@ -76,7 +78,13 @@ class System:
         *,
         source: Callable[[Store | None], Iterator[Tick]] | None = None,
         handlers: list[Callable[[Tick], None]] | None = None,
+        only: str | None = None,
     ) -> None:
+        """`only` runs one component in this process: "source" (source, ingest, publisher) or
+        "recorder" (subscribes to the configured ports and records)."""
+        if only not in COMPONENTS:
+            raise ConfigError("--only", only, f"must be one of {', '.join(c for c in COMPONENTS if c)}")
+        self.only = only
         self.settings = settings
         self._source_factory = source
         self.connection: Connection | None = None
@@ -101,7 +109,11 @@ class System:
             # one name per data folder: a restarted recorder takes over its streams at once
             name = f"recorder@{socket.gethostname()}:{s.data_dir.resolve()}"
             self.store = Store(self.connection.client("recorder"), writer_name=name)
-            self.recorder = Recorder(self.store, spool_path=s.data_dir / "spool" / "recorder.spool")
+            if self.only != "source":
+                self.recorder = Recorder(self.store, spool_path=s.data_dir / "spool" / "recorder.spool")
+        if self.only == "recorder":
+            self._start_recorder_only()
+            return
         lasts = last_stored(self.store, s.symbols)
         # sequence numbers continue from the store, so a stored sequence without holes proves no loss
         self.ingest.set_start_seq({sym: t.seq for sym, t in lasts.items()})
@@ -131,6 +143,24 @@ class System:
         )
         self.started_at = time.monotonic()
         self._spawn("source", self._pump, ticks)
+
+    def _start_recorder_only(self) -> None:
+        s = self.settings
+        if self.recorder is None or self.store is None:
+            raise ConfigError("VALKEY_ENABLED", False, "the recorder needs Valkey")
+        host = "127.0.0.1" if s.zmq_host in ("0.0.0.0", "*") else s.zmq_host
+        self._subscriber = Subscriber(
+            endpoint(host, s.zmq_tick_port),
+            ["tick_"],
+            replay=endpoint(host, s.zmq_replay_port),
+            recover=None,  # the recorder is the writer: what the ring lost, Valkey never had
+        )
+        symbols = tuple(dict.fromkeys((*s.symbols, *self.store.symbols())))
+        lasts = last_stored(self.store, symbols)
+        # a symbol with nothing stored yet starts at 0, so its first live message shows any gap before it
+        self._subscriber.prime({tick_topic(sym): lasts[sym].seq if sym in lasts else 0 for sym in symbols})
+        self._spawn("recorder", self.recorder.run, self._subscriber, self._recorder_stop)
+        self.started_at = time.monotonic()
 
     def describe(self) -> str:
         s = self.settings
