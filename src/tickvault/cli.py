@@ -198,6 +198,56 @@ def _print_summary(summary: Any, settings: Settings) -> None:
     )
 
 
+# -- ingest ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="CSV or Parquet file with the tick fields")],
+    show: Annotated[int, Opt(help="How many rejected rows to list", min=0)] = 50,
+) -> None:
+    """Replay a tick file through the bus and the recorder; exits when everything is durable."""
+    from collections import Counter
+
+    from tickvault.sources.files import BadRow, file_symbols, read_ticks
+    from tickvault.system import System
+
+    with _errors():
+        symbols = file_symbols(path)
+        settings = _settings(ctx, symbols=",".join(symbols) or None)
+        counts: Counter[str] = Counter()
+        bad: list[BadRow] = []
+
+        def rows(_: object) -> Iterator[Any]:
+            for item in read_ticks(path):
+                counts["read"] += 1
+                if isinstance(item, BadRow):
+                    bad.append(item)
+                    continue
+                yield item
+
+        system = System(settings, source=rows, private_bus=True)
+        _stop_on_sigterm(system.stop_event)
+        system.start()
+        with contextlib.suppress(KeyboardInterrupt):
+            system.wait()
+        summary = system.stop()
+        for row in bad[:show]:
+            err_console.print(f"rejected {path.name}:{row}", markup=False, highlight=False)
+        if len(bad) > show:
+            err_console.print(f"... and {len(bad) - show} more rejected rows", markup=False)
+        reasons = Counter(row.error.field for row in bad)
+        print(
+            f"read={counts['read']} stored={sum(summary.stored.values())} duplicates={summary.duplicates} "
+            f"rejected={len(bad)}"
+            + (f" ({', '.join(f'{k}={v}' for k, v in reasons.most_common())})" if bad else "")
+            + f" durable={'yes' if summary.durable else 'NO'}"
+        )
+        if not (summary.drained and summary.durable):
+            raise typer.Exit(1)
+
+
 # -- query -------------------------------------------------------------------------------------------
 
 

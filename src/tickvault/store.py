@@ -58,6 +58,18 @@ class Store:
         self.writer = TickWriter(client, self.keys, owner=writer_name)
         self._owner = owner
 
+    def wait_durable(self, timeout_ms: int = 5000) -> bool:
+        """True once everything written so far is fsynced to Valkey's append-only file. A write on
+        this connection followed by WAITAOF covers every earlier write too: the file is sequential."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incr(f"{self.keys.symbols()}:durability-probe")
+            pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+            _, (local, _) = pipe.execute()
+        except valkey.ValkeyError as exc:
+            raise _wrap(exc) from exc
+        return int(local) >= 1
+
     def close(self) -> None:
         """Close the connection this store opened (see `tickvault.connect`)."""
         if self._owner is not None:

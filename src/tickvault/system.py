@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from tickvault.bus import Publisher, Subscriber, endpoint
 from tickvault.config import Settings
 from tickvault.connection import Connection
-from tickvault.errors import ConfigError
+from tickvault.errors import ConfigError, StoreError
 from tickvault.events import B3_TZ, Tick
 from tickvault.ingest import Ingest
 from tickvault.keys import tick_topic
@@ -42,6 +42,7 @@ class RunSummary:
     rejected: int = 0
     elapsed_s: float = 0.0
     drained: bool = True
+    durable: bool = False
     where: str = ""
 
     @property
@@ -79,12 +80,16 @@ class System:
         source: Callable[[Store | None], Iterator[Tick]] | None = None,
         handlers: list[Callable[[Tick], None]] | None = None,
         only: str | None = None,
+        private_bus: bool = False,
     ) -> None:
         """`only` runs one component in this process: "source" (source, ingest, publisher) or
         "recorder" (subscribes to the configured ports and records)."""
         if only not in COMPONENTS:
             raise ConfigError("--only", only, f"must be one of {', '.join(c for c in COMPONENTS if c)}")
         self.only = only
+        self.private_bus = (
+            private_bus  # a batch job (ingest) binds free loopback ports, not the configured ones
+        )
         self.settings = settings
         self._source_factory = source
         self.connection: Connection | None = None
@@ -118,9 +123,12 @@ class System:
         # sequence numbers continue from the store, so a stored sequence without holes proves no loss
         self.ingest.set_start_seq({sym: t.seq for sym, t in lasts.items()})
         if s.zmq_enabled:
-            self.publisher = Publisher(
-                endpoint(s.zmq_host, s.zmq_tick_port), replay_bind=endpoint(s.zmq_host, s.zmq_replay_port)
-            )
+            if self.private_bus:
+                self.publisher = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*")
+            else:
+                self.publisher = Publisher(
+                    endpoint(s.zmq_host, s.zmq_tick_port), replay_bind=endpoint(s.zmq_host, s.zmq_replay_port)
+                )
             self.ingest.publisher = self.publisher
         if self.recorder is not None:
             if self.publisher is not None:
@@ -220,6 +228,11 @@ class System:
             summary.stored = Counter(self.recorder.stats.stored)
             summary.duplicates = self.recorder.stats.duplicates
             summary.rejected = self.recorder.stats.rejected_total
+        if self.store is not None and summary.drained:
+            try:
+                summary.durable = self.store.wait_durable()
+            except StoreError as exc:
+                log.error("could not confirm the append-only file fsync: %s", exc)
         if self.connection is not None:
             summary.where = self.connection.where
             self.connection.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tickvault.errors import DataError
-from tickvault.events import Tick, make_tick, to_ms
+from tickvault.events import SYMBOL_PATTERN, Tick, make_tick, to_ms
 from tickvault.timeparse import parse_time
 
 REQUIRED = ("symbol", "trade_id", "price", "quantity")
@@ -146,17 +146,44 @@ def read_ticks(path: Path) -> Iterator[Tick | BadRow]:
         yield from _read_csv(path)
 
 
+def file_symbols(path: Path) -> list[str]:
+    """The distinct symbols of a tick file, in order of appearance (a cheap first pass)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("path", f"{path} does not exist")
+    seen: dict[str, None] = {}
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        try:
+            column = pq.read_table(path, columns=["symbol"]).column("symbol")
+        except Exception as exc:
+            raise DataError("path", f"{path.name}: no readable symbol column: {exc}") from None
+        seen.update(dict.fromkeys(str(v) for v in column.unique().to_pylist() if v is not None))
+    else:
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.DictReader(fh)
+            _check_columns([c.strip() for c in reader.fieldnames or []], path)
+            for row in reader:
+                symbol = (row.get("symbol") or "").strip()
+                if symbol and symbol not in seen:
+                    seen[symbol] = None
+    # an invalid symbol's rows are reported as bad rows on the second pass
+    return [symbol for symbol in seen if SYMBOL_PATTERN.fullmatch(symbol)]
+
+
 def _read_csv(path: Path) -> Iterator[Tick | BadRow]:
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.DictReader(fh)
         _check_columns([c.strip() for c in reader.fieldnames or []], path)
         for row in reader:
             line = reader.line_num
-            if None in row:
-                yield BadRow(
-                    line,
-                    DataError("row", f"{len(row) - 1 + len(row[None])} values for {len(row) - 1} columns"),
+            if None in row or None in row.values():  # too many values, or too few
+                values = (
+                    len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
                 )
+                columns = len(reader.fieldnames or [])
+                yield BadRow(line, DataError("row", f"{values} values for {columns} columns"))
                 continue
             try:
                 yield tick_from_row({k.strip(): v for k, v in row.items()})

@@ -1,0 +1,129 @@
+"""`tickvault ingest PATH`: a tick file through bus and recorder, counted, durable, idempotent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import subprocess_env
+from factories import BASE_MS, ticks
+from tickvault.events import Tick
+from tickvault.sources.files import BadRow, read_ticks
+from tickvault.store import Store
+
+HEADER = ",".join(
+    ["timestamp", "symbol", "timestamp_ms", "trade_id", "price", "volume", "quantity"]
+    + ["buyer", "seller", "trade_type", "aggressor", "is_edit", "seq"]
+)
+
+
+def _set(line: str, column: int, value: str) -> str:
+    cells = line.split(",")
+    cells[column] = value
+    return ",".join(cells)
+
+
+def _csv(path: Path, n: int = 500) -> list[Tick]:
+    written = ticks(n) + ticks(n // 2, symbol="WINFUT")
+    lines = [HEADER]
+    for t in written:
+        lines.append(
+            f"{t.timestamp.isoformat(timespec='milliseconds')},{t.symbol},{t.timestamp_ms},{t.trade_id},"
+            f"{t.price!r},{t.volume!r},{t.quantity},{t.buyer},{t.seller},{t.trade_type},{t.aggressor},false,0"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return written
+
+
+def _ingest(path: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tickvault.cli", "ingest", str(path)],
+        env=subprocess_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_ingest_stores_every_row_once_even_twice(
+    system_env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    path = tmp_path / "ticks.csv"
+    written = _csv(path)
+    first = _ingest(path, system_env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "read=750 stored=750 duplicates=0 rejected=0 durable=yes" in first.stdout
+    again = _ingest(path, system_env, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "read=750 stored=0 duplicates=750 rejected=0 durable=yes" in again.stdout
+    for symbol in ("WDOFUT", "WINFUT"):
+        back = store.tick_events(symbol, BASE_MS, BASE_MS + 10**6)
+        mine = [t for t in written if t.symbol == symbol]
+        assert [(t.trade_id, t.price, t.quantity, t.timestamp_ms) for t in back] == [
+            (t.trade_id, t.price, t.quantity, t.timestamp_ms) for t in mine
+        ]
+        assert [t.seq for t in back] == list(range(1, len(mine) + 1))
+
+
+def test_bad_rows_are_reported_with_line_and_reason(
+    system_env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    path = tmp_path / "ticks.csv"
+    _csv(path, 20)
+    lines = path.read_text().splitlines()
+    lines[3] = _set(lines[3], 4, "-5.0")  # line 4: negative price
+    lines[5] = _set(lines[5], 1, "WDO FUT")  # line 6: bad symbol
+    lines[7] = "garbage"  # line 8: too few values
+    lines[9] = _set(lines[9], 4, "nan")  # line 10: NaN price
+    path.write_text("\n".join(lines) + "\n")
+    proc = _ingest(path, system_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "read=30 stored=26 duplicates=0 rejected=4" in proc.stdout
+    assert "ticks.csv:line 4: price: must be positive" in proc.stderr
+    assert "ticks.csv:line 6: symbol:" in proc.stderr
+    assert "ticks.csv:line 8: row: 1 values for 13 columns" in proc.stderr
+    assert "ticks.csv:line 10: price: must be a finite number" in proc.stderr
+    assert store.count("WDOFUT") + store.count("WINFUT") == 26
+
+
+def test_parquet_file_and_missing_columns(system_env: dict[str, str], store: Store, tmp_path: Path) -> None:
+    rows = ticks(300)
+    frame = pd.DataFrame(
+        {
+            "symbol": [t.symbol for t in rows],
+            "timestamp_ms": [t.timestamp_ms for t in rows],
+            "trade_id": [t.trade_id for t in rows],
+            "price": [t.price for t in rows],
+            "quantity": [t.quantity for t in rows],
+            "trade_type": [t.trade_type for t in rows],
+        }
+    )
+    path = tmp_path / "ticks.parquet"
+    frame.to_parquet(path)
+    proc = _ingest(path, system_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "read=300 stored=300" in proc.stdout
+    back = store.tick_events("WDOFUT", BASE_MS, BASE_MS + 10**6)
+    assert back[0].volume == rows[0].price * rows[0].quantity * 10.0  # the WDO multiplier filled in
+    assert [t.aggressor for t in back] == [t.aggressor for t in rows]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("symbol,price\nWDOFUT,1\n")
+    proc = _ingest(bad, system_env, tmp_path)
+    assert proc.returncode == 2
+    assert "columns: bad.csv lacks trade_id, quantity, timestamp or timestamp_ms" in proc.stderr
+
+
+def test_reader_yields_bad_rows_without_stopping(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    _csv(path, 10)
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace(",false,", ",maybe,", 1)
+    path.write_text("\n".join(lines) + "\n")
+    items = list(read_ticks(path))
+    assert len(items) == 15
+    bad = [i for i in items if isinstance(i, BadRow)]
+    assert [(b.line, b.error.field) for b in bad] == [(3, "is_edit")]
