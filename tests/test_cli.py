@@ -183,3 +183,13 @@ def test_valkey_command_runs_the_server_in_the_foreground_and_shares_it(tmp_path
     assert server.returncode == 0
     assert EmbeddedValkey(tmp_path / "data" / "valkey").running() is None
     assert not os.path.exists(tmp_path / "data" / "valkey" / "server.json")
+
+
+def test_cleanup_command(system_env: dict[str, str], store: Store) -> None:
+    day = 86_400_000
+    store.append_ticks(ticks(100, start_ms=BASE_MS - 10 * day) + ticks(50, start_ms=BASE_MS))
+    result = runner.invoke(app, ["cleanup", "--days", "5"])
+    assert result.exit_code == 0, result.output
+    assert "WDOFUT: removed 100" in result.stdout
+    assert store.count("WDOFUT") == 50
+    assert runner.invoke(app, ["cleanup", "--days", "-1"]).exit_code == 2

@@ -115,3 +115,23 @@ def test_in_process_path_records_without_zeromq(store: Store, tmp_path: object) 
     stop.set()
     thread.join(10)
     assert store.count("WDOFUT") == 500
+
+
+def test_stream_max_len_never_drops_unarchived_ticks(store: Store) -> None:
+    """Guide defect 7: maxlen=100000 kept only the last 17 minutes of a busy hour."""
+    from tickvault.config import load_settings
+
+    settings = load_settings(stream_max_len=1000)
+    assert settings.stream_max_len == 1000
+    recorder = Recorder(store, retention_days=settings.stream_retention_days)
+    ingest = Ingest(handlers=[recorder.submit_one])
+    stop = threading.Event()
+    thread = threading.Thread(target=recorder.run, args=(None, stop))
+    thread.start()
+    for t in ticks(5000):
+        ingest.on_tick(t)
+    assert _wait(lambda: recorder.caught_up(ingest.last_seq))
+    stop.set()
+    thread.join(10)
+    assert store.count("WDOFUT") == 5000
+    assert len(store.ticks("WDOFUT", BASE_MS, BASE_MS + 10**6)) == 5000

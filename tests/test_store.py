@@ -149,3 +149,34 @@ def test_unreachable_valkey_is_an_error_not_empty_data() -> None:
 def test_symbols_are_listed(store: Store) -> None:
     store.append_ticks(ticks(2) + ticks(2, symbol="WINFUT"))
     assert store.symbols() == ["WDOFUT", "WINFUT"]
+
+
+def test_retention_is_exact_and_counts_from_the_newest_tick(
+    store: Store, valkey_client: valkey.Valkey
+) -> None:
+    """Guide defect 5: an approximate XTRIM left 350,039 of 360,000 expired entries behind."""
+    day = 86_400_000
+    old = ticks(3000, start_ms=BASE_MS - 40 * day)  # 2025-10-15
+    new = ticks(3000, start_ms=BASE_MS)  # the newest is at BASE_MS + 999
+    edge = ticks(3, start_ms=BASE_MS + 999 - 30 * day)  # exactly at the cutoff: kept
+    late_old = [tick(ts_ms=BASE_MS - 45 * day, trade_id=777)]  # stored after the new ones, expired
+    store.append_ticks(old + edge + new)
+    store.append_ticks(late_old)
+    assert store.apply_retention("WDOFUT", 30) == 3001
+    remaining = store.tick_events("WDOFUT", 0, BASE_MS + day)
+    assert remaining == edge + new
+    assert valkey_client.zcard("tv:late:WDOFUT") == 0
+    assert not list(valkey_client.scan_iter("tv:seen:WDOFUT:20251015:*"))
+    assert list(valkey_client.scan_iter("tv:seen:WDOFUT:20251124:*"))
+
+
+def test_retention_never_deletes_old_research_data_on_arrival(store: Store) -> None:
+    """Guide defect 7 (the other half): retention counted from the wall clock would delete 2013 data."""
+    from datetime import datetime
+
+    from tickvault.events import B3_TZ, to_ms
+
+    t2013 = to_ms(datetime(2013, 5, 2, 10, 0, tzinfo=B3_TZ))
+    store.append_ticks(ticks(1000, start_ms=t2013))
+    assert store.cleanup(30) == {"WDOFUT": 0}
+    assert store.count("WDOFUT") == 1000

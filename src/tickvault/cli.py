@@ -292,6 +292,28 @@ def query(
         out.write_frame(frame, fmt.value, output, limit=limit)
 
 
+# -- cleanup -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def cleanup(
+    ctx: typer.Context,
+    days: Annotated[float, Opt(help="Keep this many days before each symbol's newest tick", min=0.0)],
+) -> None:
+    """Remove ticks older than N days (counted back from each symbol's newest tick)."""
+    from tickvault.connection import Connection
+    from tickvault.store import Store
+
+    with _errors():
+        settings = _settings(ctx)
+        with Connection.open(settings) as conn:
+            conn.check()
+            removed = Store(conn.client("cleanup")).cleanup(days)
+        for symbol, count in sorted(removed.items()):
+            print(f"{symbol}: removed {count}")
+        print(f"removed={sum(removed.values())} symbols={len(removed)}")
+
+
 # -- valkey ------------------------------------------------------------------------------------------
 
 

@@ -49,6 +49,10 @@ class KeySpace:
         """Bitmap of trade ids already stored for one session (idempotent writes)."""
         return f"{META_PREFIX}:seen:{self._sym(symbol)}:{session}:{chunk}"
 
+    def session_patterns(self, symbol: str) -> tuple[str, str]:
+        """SCAN patterns of the per-session keys of a symbol (the session is the 4th part)."""
+        return f"{META_PREFIX}:seen:{self._sym(symbol)}:*", f"{META_PREFIX}:edits:{self._sym(symbol)}:*"
+
     def seen_edits(self, symbol: str, session: str) -> str:
         """Set of trade edits already stored for one session."""
         return f"{META_PREFIX}:edits:{self._sym(symbol)}:{session}"

@@ -36,6 +36,7 @@ log = logging.getLogger("tickvault.recorder")
 MAX_BATCH = 5000
 LINGER_MS = 2.0  # gather a batch for up to 2 ms: per-batch costs dominate tiny batches
 DEAD_LETTER_MAXLEN = 100_000
+RETENTION_EVERY_S = 60.0
 RETAIN_S = 5.0  # > the 1 s (at worst 2 s) of writes an append-only file with fsync everysec can lose
 BACKOFF_S = (0.05, 2.0)
 
@@ -51,6 +52,7 @@ class RecorderStats:
     rejected: Counter[str] = field(default_factory=Counter)
     write_errors: int = 0
     rewritten: int = 0
+    expired: int = 0
     last_seq: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -63,8 +65,20 @@ class RecorderStats:
 
 
 class Recorder:
-    def __init__(self, store: Store, *, spool_path: Path | None = None, max_memory: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        spool_path: Path | None = None,
+        max_memory: int = 1_000_000,
+        retention_days: float = 0,
+    ) -> None:
+        """`retention_days` > 0: every minute, drop what is older than that before each symbol's
+        newest tick. STREAM_MAX_LEN is not applied here: it may only trim ticks already sealed into
+        history blocks, which this version does not have yet, so no tick is ever trimmed by count."""
         self.store = store
+        self.retention_days = retention_days
+        self._next_retention = time.monotonic() + RETENTION_EVERY_S
         self.stats = RecorderStats()
         self._lock = threading.Lock()
         path = spool_path or Path("data") / "spool" / "recorder.spool"
@@ -162,8 +176,21 @@ class Recorder:
         if self.stats.rewritten:
             log.warning("re-stored %d ticks that Valkey had lost", self.stats.rewritten)
 
+    def _retention(self) -> None:
+        if self.retention_days <= 0 or time.monotonic() < self._next_retention:
+            return
+        self._next_retention = time.monotonic() + RETENTION_EVERY_S
+        for symbol in list(self.stats.stored):
+            try:
+                removed = self.store.apply_retention(symbol, self.retention_days)
+            except StoreError as exc:
+                log.warning("retention of %s skipped: %s", symbol, exc)
+                continue
+            self.stats.expired += removed
+
     def _write_loop(self, stop: threading.Event) -> None:
         while True:
+            self._retention()
             batch = self.spool.take(MAX_BATCH)
             if not batch:
                 if stop.is_set():

@@ -20,7 +20,7 @@ import pandas as pd
 import valkey
 
 from tickvault.errors import StoreError, StoreUnavailable
-from tickvault.events import B3_TZ, TICK_FIELDS, Tick, from_fields, to_ms
+from tickvault.events import B3_TZ, TICK_FIELDS, Tick, from_fields, from_ms, to_ms
 from tickvault.keys import KeySpace
 from tickvault.timeparse import TimeLike, parse_time, to_ms_bounds
 from tickvault.writer import AppendResult, TickLike, TickWriter
@@ -184,6 +184,40 @@ class Store:
             return int(self.client.xlen(self.keys.ticks(symbol)))
         except valkey.ValkeyError as exc:
             raise _wrap(exc) from exc
+
+    def apply_retention(self, symbol: str, days: float) -> int:
+        """Remove ticks whose exchange time is more than `days` before the symbol's newest tick
+        (not the wall clock: loading 2013 data for research must not delete it on arrival). Exact:
+        nothing newer is removed, nothing older remains. Returns how many entries were removed."""
+        key, late = self.keys.ticks(symbol), self.keys.late(symbol)
+        try:
+            top = self.client.xrevrange(key, count=1)
+            if not top or days <= 0:
+                return 0
+            # the newest exchange time stored is the top id's ms (a late tick never raises it)
+            cutoff = _id_key(top[0][0])[0] - int(days * 86_400_000)
+            removed = int(self.client.xtrim(key, minid=str(cutoff), approximate=False))
+            # ticks stored late sit at newer ids than their time: remove those by exchange time
+            old_late = self.client.zrangebyscore(late, "-inf", f"({cutoff}")
+            if old_late:
+                removed += int(self.client.xdel(key, *old_late))
+            self.client.zremrangebyscore(late, "-inf", f"({cutoff}")
+            cutoff_session = from_ms(cutoff).strftime("%Y%m%d")
+            stale = [
+                k
+                for pattern in self.keys.session_patterns(symbol)
+                for k in self.client.scan_iter(match=pattern, count=1000)
+                if k.decode().split(":")[3] < cutoff_session
+            ]
+            if stale:
+                self.client.delete(*stale)
+        except valkey.ValkeyError as exc:
+            raise _wrap(exc) from exc
+        return removed
+
+    def cleanup(self, days: float) -> dict[str, int]:
+        """`apply_retention` for every stored symbol: symbol -> entries removed."""
+        return {symbol: self.apply_retention(symbol, days) for symbol in self.symbols()}
 
     def symbols(self) -> list[str]:
         try:

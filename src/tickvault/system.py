@@ -115,7 +115,11 @@ class System:
             name = f"recorder@{socket.gethostname()}:{s.data_dir.resolve()}"
             self.store = Store(self.connection.client("recorder"), writer_name=name)
             if self.only != "source":
-                self.recorder = Recorder(self.store, spool_path=s.data_dir / "spool" / "recorder.spool")
+                self.recorder = Recorder(
+                    self.store,
+                    spool_path=s.data_dir / "spool" / "recorder.spool",
+                    retention_days=s.stream_retention_days,
+                )
         if self.only == "recorder":
             self._start_recorder_only()
             return
