@@ -111,6 +111,9 @@ def test_run_prints_a_summary_and_stores_what_it_generated(
     assert proc.returncode == 0, proc.stderr
     assert "tickvault running:" in proc.stderr
     assert "drained=yes" in proc.stdout
+    counters = dict(kv.split("=") for kv in proc.stdout.split("counters: ")[1].split())
+    assert counters["unrecovered"] == "0" and counters["rejected"] == "0" and counters["buffered"] == "0"
+    assert int(counters["published"]) == int(counters["generated"]) == int(counters["stored"])
     generated = int(proc.stdout.split("generated=")[1].split()[0])
     stored = int(proc.stdout.split("stored=")[1].split()[0])
     assert generated > 0 and stored == generated

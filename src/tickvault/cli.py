@@ -196,6 +196,11 @@ def _print_summary(summary: Any, settings: Settings) -> None:
         markup=False,
         highlight=False,
     )
+    console.print(
+        "counters: " + " ".join(f"{k}={v}" for k, v in summary.counters.items()),
+        markup=False,
+        highlight=False,
+    )
 
 
 # -- ingest ------------------------------------------------------------------------------------------

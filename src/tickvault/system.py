@@ -44,6 +44,7 @@ class RunSummary:
     drained: bool = True
     durable: bool = False
     where: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def generated_total(self) -> int:
@@ -174,6 +175,31 @@ class System:
         self._spawn("recorder", self.recorder.run, self._subscriber, self._recorder_stop)
         self.started_at = time.monotonic()
 
+    def counters(self) -> dict[str, int]:
+        """Every pipeline counter, by name (also printed by `tickvault run` at exit)."""
+        out: dict[str, int] = {
+            "generated": sum(self.ingest.stats.generated.values()),
+            "handler_errors": self.ingest.stats.handler_errors,
+        }
+        if self.publisher is not None:
+            p = self.publisher.stats
+            out.update(published=p.published, publish_errors=p.send_errors, replay_requests=p.replay_requests)
+            out["publish_queue"] = self.publisher.pending()
+        if self._subscriber is not None:
+            b = self._subscriber.stats
+            out.update(
+                delivered=b.received, gaps=b.gaps, missing=b.missing, recovered=b.recovered,
+                unrecovered=b.unrecovered, duplicates_dropped=b.duplicates,
+            )  # fmt: skip
+        if self.recorder is not None:
+            r = self.recorder.stats
+            out.update(
+                stored=r.stored_total, duplicates=r.duplicates, late=r.late, rejected=r.rejected_total,
+                write_errors=r.write_errors, rewritten=r.rewritten, expired=r.expired,
+                buffered=self.recorder.buffered, spilled=self.recorder.spool.spilled,
+            )  # fmt: skip
+        return out
+
     def describe(self) -> str:
         s = self.settings
         parts = [f"symbols={','.join(s.symbols)}", f"speed={'max' if s.speed == 0 else s.speed}"]
@@ -241,4 +267,5 @@ class System:
             summary.where = self.connection.where
             self.connection.close()
         summary.elapsed_s = time.monotonic() - self.started_at if self.started_at else 0.0
+        summary.counters = self.counters()
         return summary
