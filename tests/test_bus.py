@@ -154,3 +154,25 @@ def test_sequence_numbers_are_per_topic() -> None:
     assert ingest.last_seq == {"WDOFUT": 3, "WINFUT": 1}
     assert tick_topic("WDOFUT") == "tick_WDOFUT"
     assert encode(ticks(1)[0]).startswith(b'{"symbol":"WDOFUT"')
+
+
+def test_source_faster_than_the_socket_overflows_to_the_spool_in_order(tmp_path: object) -> None:
+    from pathlib import Path
+
+    pub = Publisher("tcp://127.0.0.1:*", max_queue=100, spool_path=Path(str(tmp_path)) / "pub.spool")
+    sub = Subscriber(pub.endpoint, ["tick_"])
+    try:
+        assert pub.wait_for_subscriber("tick_WDOFUT", timeout=10)
+        ingest = Ingest(pub)
+        for t in ticks(20_000):
+            ingest.on_tick(t)  # a tight loop outruns the publisher thread
+        frames: list[list[bytes]] = []
+        deadline = time.monotonic() + 60
+        while len(frames) < 20_000 and time.monotonic() < deadline:
+            frames += sub.receive(timeout_ms=100)
+        assert pub.stats.overflowed > 0
+        assert [decode_tick(f[1]).seq for f in frames] == list(range(1, 20_001))
+        assert pub.pending() == 0
+    finally:
+        sub.close()
+        pub.close()

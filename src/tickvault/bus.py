@@ -13,10 +13,12 @@ import collections
 import contextlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from tickvault.store import Store
 
 from tickvault.ring import DEFAULT_RING, ReplayClient, Ring
+from tickvault.spool import Spool
 
 log = logging.getLogger("tickvault.bus")
 
@@ -38,6 +41,7 @@ class _SeqOnly(msgspec.Struct):
 
 
 _seq_decoder = msgspec.json.Decoder(_SeqOnly)
+_pair_decoder = msgspec.msgpack.Decoder(tuple[bytes, bytes])
 
 
 def _seq_of(payload: bytes) -> int:
@@ -49,6 +53,7 @@ def _seq_of(payload: bytes) -> int:
 
 
 SNDHWM = 1_000_000
+MAX_QUEUE = 1_000_000
 HEARTBEAT_S = 0.5
 HEARTBEAT_PREFIX = b"hb."
 RCVHWM = 1_000_000
@@ -64,6 +69,7 @@ class PublisherStats:
     send_errors: int = 0
     subscriptions: int = 0
     replay_requests: int = 0
+    overflowed: int = 0
 
 
 class Publisher:
@@ -76,9 +82,20 @@ class Publisher:
         replay_bind: str | None = None,
         ring_size: int = DEFAULT_RING,
         sndhwm: int = SNDHWM,
+        max_queue: int = MAX_QUEUE,
+        spool_path: Path | None = None,
         context: zmq.Context | None = None,
     ) -> None:
+        """`max_queue` bounds the messages held in memory between the caller and the socket;
+        beyond it they go to a spool at `spool_path` (a temporary file when not given)."""
         self.endpoint = bind
+        self.max_queue = max_queue
+        self._spool: Spool[tuple[bytes, bytes]] | None = Spool(
+            spool_path or Path(tempfile.gettempdir()) / f"tickvault-publisher-{os.getpid()}-{id(self)}.spool",
+            msgspec.msgpack.encode,
+            _pair_decoder.decode,
+            max_memory=max_queue,
+        )
         self._context = context or zmq.Context.instance()
         self._queue: collections.deque[tuple[bytes, Event | bytes]] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -150,12 +167,12 @@ class Publisher:
             return list(self._subscribed)
 
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + (len(self._spool) if self._spool is not None else 0)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far has been handed to ZeroMQ."""
         deadline = time.monotonic() + timeout
-        while self._queue or not self._idle:
+        while self.pending() or not self._idle:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 return False
             time.sleep(0.001)
@@ -201,19 +218,42 @@ class Publisher:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
+    def _overflow(self) -> None:
+        """Past `max_queue` queued messages, move the oldest to the spool (memory, then disk), in
+        order: a source faster than the socket costs disk, never messages."""
+        queue, spool = self._queue, self._spool
+        if spool is None or len(queue) <= self.max_queue:
+            return
+        moved = []
+        while len(queue) > self.max_queue // 2:
+            topic, event = queue.popleft()
+            moved.append((topic, event if isinstance(event, bytes) else encode(event)))
+        spool.extend(moved)
+        self.stats.overflowed += len(moved)
+
+    def _next(self) -> tuple[bytes, bytes, int] | None:
+        """The oldest message: the spool's first (it holds older ones), else the queue's."""
+        if self._spool is not None and len(self._spool):
+            topic, payload = self._spool.take(1)[0]
+            return topic, payload, _seq_of(payload)
+        if not self._queue:
+            return None
+        topic, event = self._queue.popleft()
+        if isinstance(event, bytes):
+            return topic, event, _seq_of(event)
+        return topic, encode(event), getattr(event, "seq", 0)
+
     def _drain(self) -> None:
-        queue = self._queue
         send = self._socket.send_multipart
         sent = 0
         ring = self.ring
-        while queue:
-            topic, event = queue.popleft()
-            if isinstance(event, bytes):
-                payload = event
-                seq = _seq_of(payload)
-            else:
-                payload = encode(event)
-                seq = getattr(event, "seq", 0)
+        while True:
+            if sent % 256 == 0:
+                self._overflow()
+            item = self._next()
+            if item is None:
+                return
+            topic, payload, seq = item
             try:
                 send((topic, payload), copy=False)
                 self.stats.published += 1
