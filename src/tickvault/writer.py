@@ -18,6 +18,7 @@ The writer must be the only writer of its symbols' tick streams (the recorder is
 from __future__ import annotations
 
 import logging
+import operator
 import time
 import uuid
 from collections import Counter
@@ -50,6 +51,13 @@ _FIELDS = (
     "symbol", "timestamp", "timestamp_ms", "trade_id", "price", "volume", "quantity",
     "buyer", "seller", "trade_type", "aggressor", "is_edit", "seq",
 )  # fmt: skip
+
+
+_ROW_FIELDS = (
+    "symbol", "timestamp_ms", "trade_id", "price", "volume", "quantity",
+    "buyer", "seller", "trade_type", "aggressor", "is_edit", "seq",
+)  # fmt: skip
+_row = operator.attrgetter(*_ROW_FIELDS)
 
 
 class TickLike(Protocol):
@@ -323,9 +331,11 @@ class TickWriter:
     ) -> tuple[int, int, int]:
         """Append the commands that store `group`; advance `state` as if they were applied."""
         n = len(group)
-        ms = np.fromiter((t.timestamp_ms for t in group), np.int64, n)
-        trade_id = np.fromiter((t.trade_id for t in group), np.int64, n)
-        is_edit = np.fromiter((t.is_edit for t in group), np.bool_, n)
+        # one pass over the objects, then columns: per-attribute generators cost ~0.5 µs per value
+        cols = dict(zip(_ROW_FIELDS, zip(*map(_row, group), strict=True), strict=True))
+        ms = np.array(cols["timestamp_ms"], np.int64)
+        trade_id = np.array(cols["trade_id"], np.int64)
+        is_edit = np.array(cols["is_edit"], np.bool_)
         sessions = self._sessions(ms)
         keep = np.ones(n, dtype=np.bool_)
         changed: dict[str, tuple[int, int]] = {}  # bitmap key -> (first, last) byte touched
@@ -380,8 +390,7 @@ class TickWriter:
             seq += np.where(eff == state.last_ms, state.last_seq + 1, 0)
             late = kept_ms < eff
             ids = pc.binary_join_element_wise(_text(pa.array(eff)), _text(pa.array(seq)), "-")
-            kept = [group[i] for i in rows.tolist()]
-            columns = self._columns(symbol, kept, kept_ms)
+            columns = self._columns(symbol, cols, rows)
             columns["timestamp"] = self._iso(kept_ms)
             out.append(_resp_xadd(self.keys.ticks(symbol), ids, columns))
             for i in np.flatnonzero(late).tolist():
@@ -394,29 +403,26 @@ class TickWriter:
         return stored, n - stored, int(np.count_nonzero(late)) if stored else 0
 
     @staticmethod
-    def _columns(symbol: str, ticks: list[TickLike], ms: np.ndarray) -> dict[str, pa.Array]:
-        n = len(ticks)
+    def _columns(symbol: str, cols: dict[str, tuple[Any, ...]], rows: np.ndarray) -> dict[str, pa.Array]:
+        """Stream field texts of the kept `rows`, one pyarrow array per field."""
+        index = pa.array(rows)
 
-        def ints(name: str) -> pa.Array:
-            return _text(pa.array(np.fromiter((getattr(t, name) for t in ticks), np.int64, n)))
+        def text(name: str, kind: pa.DataType) -> pa.Array:
+            return _text(pa.array(cols[name], kind).take(index))
 
-        def floats(name: str) -> pa.Array:
-            return _text(pa.array(np.fromiter((getattr(t, name) for t in ticks), np.float64, n)))
-
-        edit = np.fromiter((t.is_edit for t in ticks), np.bool_, n)
         return {
-            "symbol": pa.array([symbol] * n, pa.string()),
-            "timestamp_ms": _text(pa.array(ms)),
-            "trade_id": ints("trade_id"),
-            "price": floats("price"),
-            "volume": floats("volume"),
-            "quantity": ints("quantity"),
-            "buyer": ints("buyer"),
-            "seller": ints("seller"),
-            "trade_type": ints("trade_type"),
-            "aggressor": pa.array([t.aggressor for t in ticks], pa.string()),
-            "is_edit": pc.if_else(pa.array(edit), "true", "false"),
-            "seq": ints("seq"),
+            "symbol": pa.array([symbol] * len(rows), pa.string()),
+            "timestamp_ms": text("timestamp_ms", pa.int64()),
+            "trade_id": text("trade_id", pa.int64()),
+            "price": text("price", pa.float64()),
+            "volume": text("volume", pa.float64()),
+            "quantity": text("quantity", pa.int64()),
+            "buyer": text("buyer", pa.int64()),
+            "seller": text("seller", pa.int64()),
+            "trade_type": text("trade_type", pa.int64()),
+            "aggressor": pa.array(cols["aggressor"], pa.string()).take(index),
+            "is_edit": pc.if_else(pa.array(cols["is_edit"], pa.bool_()).take(index), "true", "false"),
+            "seq": text("seq", pa.int64()),
         }
 
     def _send(self, commands: list[bytes], expected: dict[str, tuple[int, int, int]]) -> None:
