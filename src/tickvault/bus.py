@@ -323,6 +323,7 @@ class SubscriberStats:
     unrecovered: int = 0
     duplicates: int = 0
     restarts: int = 0
+    heartbeats: int = 0
     last_seq: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -409,6 +410,7 @@ class Subscriber:
 
     def _admit(self, frames: list[bytes], out: list[list[bytes]]) -> None:
         if frames[0].startswith(HEARTBEAT_PREFIX) and len(frames) == 2:
+            self.stats.heartbeats += 1
             topic = frames[0][len(HEARTBEAT_PREFIX) :].decode("utf-8", "replace")
             newest = _seq_of(frames[1])
             last = self.stats.last_seq.get(topic)

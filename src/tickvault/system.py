@@ -188,7 +188,7 @@ class System:
         if self._subscriber is not None:
             b = self._subscriber.stats
             out.update(
-                delivered=b.received, gaps=b.gaps, missing=b.missing, recovered=b.recovered,
+                delivered=b.received - b.heartbeats, gaps=b.gaps, missing=b.missing, recovered=b.recovered,
                 unrecovered=b.unrecovered, duplicates_dropped=b.duplicates,
             )  # fmt: skip
         if self.recorder is not None:
