@@ -3,14 +3,19 @@ real ZeroMQ sockets, and an environment with none of the developer's settings le
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import valkey
 
+from tickvault.bus import Subscriber
 from tickvault.config import Settings
+from tickvault.recorder import Recorder
 from tickvault.server import EmbeddedValkey, ServerInfo, free_port
 from tickvault.store import Store
 
@@ -79,3 +84,29 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SETTING_ENV_NAMES}
     env.update(extra or {})
     return env
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass (no sleeping as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@contextlib.contextmanager
+def running_recorder(
+    store: Store, subscriber: Subscriber | None = None, **kwargs: object
+) -> Iterator[Recorder]:
+    """A recorder on its own thread, fed by `subscriber` or by `submit`; stopped (and flushed) on exit."""
+    recorder = Recorder(store, **kwargs)  # type: ignore[arg-type]
+    stop = threading.Event()
+    thread = threading.Thread(target=recorder.run, args=(subscriber, stop), daemon=True)
+    thread.start()
+    try:
+        yield recorder
+    finally:
+        stop.set()
+        thread.join(30)

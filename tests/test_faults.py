@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import valkey
 
+from conftest import running_recorder, wait_until
 from factories import BASE_MS, ticks
 from tickvault.bus import Publisher, Subscriber
 from tickvault.events import Tick
@@ -19,14 +19,7 @@ from tickvault.recorder import Recorder
 from tickvault.server import EmbeddedValkey
 from tickvault.store import Store
 
-
-def _wait(predicate: object, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
+_wait = wait_until
 
 
 def _assert_exactly_once(store: Store, sent: list[Tick]) -> None:
@@ -75,16 +68,11 @@ def test_valkey_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
 def test_same_ticks_ingested_twice_are_stored_once(store: Store) -> None:
     sent = ticks(3000)
     for _ in range(2):
-        recorder = Recorder(store)
-        ingest = Ingest(handlers=[recorder.submit_one])
-        stop = threading.Event()
-        thread = threading.Thread(target=recorder.run, args=(None, stop), daemon=True)
-        thread.start()
-        for t in ticks(3000):  # fresh objects with the same content, numbered from 1 again
-            ingest.on_tick(t)
-        assert _wait(lambda r=recorder, i=ingest: r.caught_up(i.last_seq))
-        stop.set()
-        thread.join(10)
+        with running_recorder(store) as recorder:
+            ingest = Ingest(handlers=[recorder.submit_one])
+            for t in ticks(3000):  # fresh objects with the same content, numbered from 1 again
+                ingest.on_tick(t)
+            assert _wait(lambda r=recorder, i=ingest: r.caught_up(i.last_seq))
     _assert_exactly_once(store, sent)
 
 
@@ -94,16 +82,11 @@ def test_burst_of_out_of_order_and_equal_timestamps(store: Store) -> None:
     sent = ticks(4000, per_ms=7)
     shuffled = sent[:]
     random.Random(5).shuffle(shuffled)
-    recorder = Recorder(store)
-    ingest = Ingest(handlers=[recorder.submit_one])
-    stop = threading.Event()
-    thread = threading.Thread(target=recorder.run, args=(None, stop), daemon=True)
-    thread.start()
-    for t in shuffled:
-        ingest.on_tick(t)
-    assert _wait(lambda: recorder.caught_up(ingest.last_seq))
-    stop.set()
-    thread.join(10)
+    with running_recorder(store) as recorder:
+        ingest = Ingest(handlers=[recorder.submit_one])
+        for t in shuffled:
+            ingest.on_tick(t)
+        assert _wait(lambda: recorder.caught_up(ingest.last_seq))
     _assert_exactly_once(store, sent)
     back = store.tick_events("WDOFUT", BASE_MS, BASE_MS + 10**6)
     assert [t.timestamp_ms for t in back] == sorted(t.timestamp_ms for t in sent)

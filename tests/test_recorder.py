@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import msgspec
 import pytest
 import valkey
 
+from conftest import running_recorder, wait_until
 from factories import BASE_MS, ticks
 from tickvault.bus import Publisher, Subscriber
 from tickvault.events import encode
@@ -32,13 +32,7 @@ def recording(store: Store) -> Iterator[tuple[Publisher, Recorder]]:
     pub.close()
 
 
-def _wait(predicate: object, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
+_wait = wait_until
 
 
 def test_ticks_published_are_stored_exactly(recording: tuple[Publisher, Recorder], store: Store) -> None:
@@ -103,17 +97,12 @@ def test_wrong_frame_count_is_rejected(store: Store) -> None:
     assert recorder.stats.rejected == {"frames": 2}
 
 
-def test_in_process_path_records_without_zeromq(store: Store, tmp_path: object) -> None:
-    recorder = Recorder(store)
-    ingest = Ingest(handlers=[recorder.submit_one])
-    stop = threading.Event()
-    thread = threading.Thread(target=recorder.run, args=(None, stop))
-    thread.start()
-    for t in ticks(500):
-        ingest.on_tick(t)
-    assert _wait(lambda: recorder.caught_up(ingest.last_seq))
-    stop.set()
-    thread.join(10)
+def test_in_process_path_records_without_zeromq(store: Store) -> None:
+    with running_recorder(store) as recorder:
+        ingest = Ingest(handlers=[recorder.submit_one])
+        for t in ticks(500):
+            ingest.on_tick(t)
+        assert _wait(lambda: recorder.caught_up(ingest.last_seq))
     assert store.count("WDOFUT") == 500
 
 
@@ -123,15 +112,10 @@ def test_stream_max_len_never_drops_unarchived_ticks(store: Store) -> None:
 
     settings = load_settings(stream_max_len=1000)
     assert settings.stream_max_len == 1000
-    recorder = Recorder(store, retention_days=settings.stream_retention_days)
-    ingest = Ingest(handlers=[recorder.submit_one])
-    stop = threading.Event()
-    thread = threading.Thread(target=recorder.run, args=(None, stop))
-    thread.start()
-    for t in ticks(5000):
-        ingest.on_tick(t)
-    assert _wait(lambda: recorder.caught_up(ingest.last_seq))
-    stop.set()
-    thread.join(10)
+    with running_recorder(store, retention_days=settings.stream_retention_days) as recorder:
+        ingest = Ingest(handlers=[recorder.submit_one])
+        for t in ticks(5000):
+            ingest.on_tick(t)
+        assert _wait(lambda: recorder.caught_up(ingest.last_seq))
     assert store.count("WDOFUT") == 5000
     assert len(store.ticks("WDOFUT", BASE_MS, BASE_MS + 10**6)) == 5000
