@@ -141,7 +141,7 @@ class Recorder:
             try:
                 if failed:
                     self._rewrite_retained()
-                result = self.store.append_ticks(ticks)
+                result = self.store.writer.write(ticks)  # checked by the next write or flush
                 break
             except StoreError as exc:
                 failed = True
@@ -169,7 +169,7 @@ class Recorder:
     def _rewrite_retained(self) -> None:
         # Valkey may have restarted without its last second: the recent batches go again (idempotent)
         for _, batch in list(self._retained):
-            result = self.store.append_ticks(batch)
+            result = self.store.writer.write(batch)
             self.stats.rewritten += result.stored
             with self._lock:
                 self.stats.stored.update(result.stored_by_symbol)
@@ -188,12 +188,33 @@ class Recorder:
                 continue
             self.stats.expired += removed
 
+    def _flush(self, stop: threading.Event) -> bool:
+        """Check the batch in flight; after a failure re-send the recent batches. False if `stop`
+        came first: then the recent batches go back to the spool, kept for the next run."""
+        delay = BACKOFF_S[0]
+        while True:
+            try:
+                self.store.writer.flush()
+                return True
+            except StoreError as exc:
+                self.stats.write_errors += 1
+                log.error("the last batch was not confirmed, re-sending the recent ones: %s", exc)
+            if stop.wait(delay):
+                self.spool.putback([t for _, batch in self._retained for t in batch])
+                self._retained.clear()
+                return False
+            delay = min(delay * 2, BACKOFF_S[1])
+            try:
+                self._rewrite_retained()
+            except StoreError:
+                continue
+
     def _write_loop(self, stop: threading.Event) -> None:
         while True:
             self._retention()
             batch = self.spool.take(MAX_BATCH)
             if not batch:
-                if stop.is_set():
+                if not self._flush(stop) or stop.is_set():
                     return
                 self._wake.wait(0.05)
                 self._wake.clear()

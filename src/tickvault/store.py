@@ -85,8 +85,11 @@ class Store:
     # -- writing ---------------------------------------------------------------------------------
 
     def append_ticks(self, ticks: Iterable[TickLike]) -> AppendResult:
-        """Store ticks once each, in arrival order, in one round trip (see `writer.TickWriter`)."""
-        return self.writer.write(list(ticks))
+        """Store ticks once each, in arrival order, in one round trip (see `writer.TickWriter`);
+        returns once Valkey has applied them."""
+        result = self.writer.write(list(ticks))
+        self.writer.flush()
+        return result
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -218,17 +218,20 @@ class TickWriter:
         self.keys = keys or KeySpace()
         self.owner = owner or f"writer-{uuid.uuid4().hex[:12]}"
         self._leases: dict[str, float] = {}  # symbol -> monotonic time the lease is good until
+        self._conn: Any = None
+        self._in_flight: dict[str, tuple[int, int, int]] | None = None
         self._state: dict[str, _SymbolState] = {}
         self._sessions = _Sessions()
         self._iso = _IsoClock()
 
     def reset(self) -> None:
-        """Forget cached state; it is reloaded from Valkey on the next write."""
+        """Forget cached state (and the batch in flight); state is reloaded from Valkey on the next write."""
         self._state.clear()
         self._leases.clear()
+        self._drop_connection()
 
     def release(self) -> None:
-        """Give up this writer's leases (at a clean stop), so another writer need not wait."""
+        """Give up this writer's leases (at a clean stop, after `flush`), so another writer need not wait."""
         for symbol in list(self._leases):
             key = self.keys.writer_lease(symbol)
             try:
@@ -243,13 +246,18 @@ class TickWriter:
         if self._leases.get(symbol, 0.0) > time.monotonic():
             return
         key = self.keys.writer_lease(symbol)
+        held = symbol in self._leases
         taken = self.client.set(key, self.owner, nx=True, px=LEASE_MS)
         if not taken:
             holder = self.client.get(key)
             if holder is not None and holder.decode() != self.owner:
                 raise StoreError(f"{symbol} is being written by {holder.decode()!r}; waiting for its lease")
             self.client.pexpire(key, LEASE_MS)
-        self._state.pop(symbol, None)
+        if taken or not held:
+            # (re)taken: someone else may have written meanwhile. Reload, but only after the batch in
+            # flight is applied, or the reloaded state would miss it.
+            self._collect()
+            self._state.pop(symbol, None)
         # renewed with every batch; re-checked well before it could lapse
         self._leases[symbol] = time.monotonic() + LEASE_MS / 3000
 
@@ -399,7 +407,11 @@ class TickWriter:
             state.entries_added += stored
             state.exists = True
         for key, (lo, hi) in changed.items():
-            out.append(_pack(("SETRANGE", key, str(lo), state.seen[key][lo : hi + 1].tobytes())))
+            # OR the new bits in (never overwrite: a stale copy must not clear bits Valkey has)
+            scratch = f"{key}:new"
+            out.append(_pack(("SETRANGE", scratch, str(lo), state.seen[key][lo : hi + 1].tobytes())))
+            out.append(_pack(("BITOP", "OR", key, key, scratch)))
+            out.append(_pack(("DEL", scratch)))
         return stored, n - stored, int(np.count_nonzero(late)) if stored else 0
 
     @staticmethod
@@ -425,29 +437,64 @@ class TickWriter:
             "seq": text("seq", pa.int64()),
         }
 
-    def _send(self, commands: list[bytes], expected: dict[str, tuple[int, int, int]]) -> None:
-        symbols = list(expected)
-        checks = b"".join(_pack(("XINFO", "STREAM", self.keys.ticks(s))) for s in symbols)
-        payload = b"".join((_REPLY_OFF, *commands, _REPLY_ON, checks))
-        pool = self.client.connection_pool
-        conn = pool.get_connection("MULTI")
+    # -- the connection: one batch in flight ------------------------------------------------------
+    # write() sends a batch and returns; the next write() (or flush()) reads and checks its replies
+    # first. Valkey applies batch k while Python prepares batch k+1. A failure reported late is safe:
+    # the recorder re-sends its recent batches after any failure, and writes are idempotent.
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = self.client.connection_pool.get_connection("MULTI")
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        self._in_flight = None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.disconnect()  # unread replies must not reach anyone else
+            self.client.connection_pool.release(conn)
+
+    def flush(self) -> None:
+        """Wait for the batch in flight and check that Valkey applied it (raises like `write`)."""
         try:
-            conn.send_packed_command([payload])
-            conn.read_response()  # CLIENT REPLY ON
-            replies = [conn.read_response(disable_decoding=True) for _ in symbols]
-        except valkey.ResponseError:
-            conn.disconnect()
-            raise
+            self._collect()
+        except valkey.ValkeyError as exc:
+            self.reset()
+            if isinstance(exc, valkey.ConnectionError | valkey.TimeoutError):
+                raise StoreUnavailable(f"valkey unreachable: {exc}") from exc
+            raise StoreError(str(exc)) from exc
         except BaseException:
-            conn.disconnect()  # unread replies must not leak into the next command
+            self.reset()
             raise
-        finally:
-            pool.release(conn)
-        for symbol, reply in zip(symbols, replies, strict=True):
+
+    def _collect(self) -> None:
+        expected, self._in_flight = self._in_flight, None
+        if expected is None:
+            return
+        conn = self._connection()
+        try:
+            conn.read_response()  # CLIENT REPLY ON
+            replies = [conn.read_response(disable_decoding=True) for _ in expected]
+        except BaseException:
+            self._drop_connection()
+            raise
+        for (symbol, want), reply in zip(expected.items(), replies, strict=True):
             got = _parse_info(reply)
-            if got != expected[symbol]:
+            if got != want:
                 raise StoreError(
                     f"{symbol}: after the batch the stream is at {got[0]}-{got[1]} with {got[2]} entries "
-                    f"added, expected {expected[symbol][0]}-{expected[symbol][1]} with {expected[symbol][2]} "
+                    f"added, expected {want[0]}-{want[1]} with {want[2]} "
                     "(refused batch, restarted server, or another writer); will reload and retry"
                 )
+
+    def _send(self, commands: list[bytes], expected: dict[str, tuple[int, int, int]]) -> None:
+        self._collect()  # the batch before this one is checked before this one goes
+        checks = b"".join(_pack(("XINFO", "STREAM", self.keys.ticks(s))) for s in expected)
+        payload = b"".join((_REPLY_OFF, *commands, _REPLY_ON, checks))
+        conn = self._connection()
+        try:
+            conn.send_packed_command([payload])
+        except BaseException:
+            self._drop_connection()
+            raise
+        self._in_flight = expected
