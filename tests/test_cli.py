@@ -196,3 +196,28 @@ def test_cleanup_command(system_env: dict[str, str], store: Store) -> None:
     assert "WDOFUT: removed 100" in result.stdout
     assert store.count("WDOFUT") == 50
     assert runner.invoke(app, ["cleanup", "--days", "-1"]).exit_code == 2
+
+
+def test_sigterm_during_a_run_loses_nothing_produced_before_it(
+    system_env: dict[str, str], tmp_path: Path, store: Store
+) -> None:
+    from conftest import wait_until
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tickvault.cli", "run", "--no-dashboard", "--speed", "100"],
+        env=subprocess_env(system_env),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: store.count("WINFUT") > 200, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    generated = int(out.split("generated=")[1].split()[0])
+    assert "drained=yes" in out
+    assert generated > 200
+    assert store.count("WDOFUT") + store.count("WINFUT") == generated

@@ -126,3 +126,13 @@ def test_cli_with_bad_env_value_exits_2_with_one_clear_line(tmp_path: Path) -> N
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "VALKEY_PORT='abc'" in lines[0]
+
+
+def test_env_example_lists_every_setting() -> None:
+    example = Path(__file__).resolve().parents[1] / ".env.example"
+    names = {
+        line.lstrip("# ").split("=", 1)[0]
+        for line in example.read_text().splitlines()
+        if "=" in line and line.lstrip("# ").split("=", 1)[0].isupper()
+    }
+    assert names == {str(f.validation_alias) for f in Settings.model_fields.values()}
