@@ -392,17 +392,21 @@ class Subscriber:
         if not self._socket.poll(timeout_ms, zmq.POLLIN):
             return []
         out: list[list[bytes]] = []
-        recv = self._socket.recv_multipart
+        sock = self._socket
+        recv, more = sock.recv, sock.getsockopt
         taken = 0
         until = time.monotonic() + linger_ms / 1000
         while taken < max_messages:
+            # recv + RCVMORE by hand: pyzmq's recv_multipart costs ~3 µs more per message
             try:
-                frames = recv(zmq.NOBLOCK)
+                frames = [recv(zmq.NOBLOCK)]
             except zmq.Again:
                 left = until - time.monotonic()
-                if left <= 0 or not self._socket.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                if left <= 0 or not sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
                     break
                 continue
+            while more(zmq.RCVMORE):
+                frames.append(recv())  # the rest of a message is already here
             taken += 1
             self._admit(frames, out)
         self.stats.received += taken
