@@ -61,6 +61,14 @@ class KeySpace:
         """Sorted set: exchange time (score) -> stream id, for ticks stored out of time order."""
         return f"{META_PREFIX}:late:{self._sym(symbol)}"
 
+    def block(self, symbol: str, block_id: str) -> str:
+        """One compressed history block (see history.py)."""
+        return f"{META_PREFIX}:block:{self._sym(symbol)}:{block_id}"
+
+    def block_index(self, symbol: str) -> str:
+        """Sorted set of a symbol's history blocks, scored by their newest exchange time."""
+        return f"{META_PREFIX}:blocks:{self._sym(symbol)}"
+
     def symbols(self) -> str:
         """Set of every symbol that has stored ticks."""
         return f"{META_PREFIX}:symbols"

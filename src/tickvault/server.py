@@ -65,6 +65,15 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
+def _wait_port_free(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _port_free(host, port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def client_name(role: str) -> str:
     """Connection name that marks a tickvault client of the embedded server (see `release`)."""
     return f"{CLIENT_PREFIX}-{os.getpid()}-{role}"
@@ -170,9 +179,9 @@ class EmbeddedValkey:
             # A live pid that does not answer yet may still be loading a large append-only file.
             if info is not None and _pid_alive(info.pid) and self._wait_ready(info):
                 return info
-            return self._start(
-                self.port or (info.port if info and _port_free(self.host, info.port) else None)
-            )
+            # same port as before if it frees up soon: clients of a crashed server reconnect by themselves
+            previous = info.port if info is not None and _wait_port_free(self.host, info.port, 3.0) else None
+            return self._start(self.port or previous)
 
     def _config_text(self, port: int) -> str:
         lines = [

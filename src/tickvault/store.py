@@ -12,15 +12,17 @@ A batch is one MULTI/EXEC, so a crash never leaves half a batch (see `writer`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import valkey
 
+from tickvault.blocks import AGGRESSOR_CODES, Columns
 from tickvault.errors import StoreError, StoreUnavailable
-from tickvault.events import B3_TZ, TICK_FIELDS, Tick, from_fields, from_ms, to_ms
+from tickvault.events import B3_TZ, Tick, from_fields, from_ms, to_ms
+from tickvault.history import History, columns_from_entries
 from tickvault.keys import KeySpace
 from tickvault.timeparse import TimeLike, parse_time, to_ms_bounds
 from tickvault.writer import AppendResult, TickLike, TickWriter
@@ -29,11 +31,6 @@ if TYPE_CHECKING:
     from tickvault.connection import Connection
 
 log = logging.getLogger("tickvault.store")
-
-
-TICK_COLUMNS: tuple[str, ...] = tuple(f for f in TICK_FIELDS if f != "timestamp")
-_INT_COLUMNS = ("timestamp_ms", "trade_id", "quantity", "buyer", "seller", "trade_type", "seq")
-_FLOAT_COLUMNS = ("price", "volume")
 
 
 def _wrap(exc: valkey.ValkeyError) -> StoreError:
@@ -56,6 +53,7 @@ class Store:
         self.client = client
         self.keys = keys or KeySpace()
         self.writer = TickWriter(client, self.keys, owner=writer_name)
+        self.history = History(client, self.keys)
         self._owner = owner
 
     def wait_durable(self, timeout_ms: int = 5000) -> bool:
@@ -114,20 +112,36 @@ class Store:
             merged.sort(key=lambda e: (int(e[1][b"timestamp_ms"]), _id_key(e[0])))
         return merged
 
+    def columns(self, symbol: str, start_ms: int, end_ms: int) -> Columns:
+        """Ticks with exchange time in [start_ms, end_ms] from history blocks and the live stream,
+        ordered by exchange time (ties in arrival order)."""
+        try:
+            sealed = self.history.read(symbol, start_ms, end_ms)
+            live = columns_from_entries(self._entries(symbol, start_ms, end_ms))
+        except valkey.ValkeyError as exc:
+            raise _wrap(exc) from exc
+        if not len(sealed):
+            return live
+        both = Columns.concat([sealed, live])
+        order = np.argsort(both.timestamp_ms, kind="stable")
+        return both if np.all(order[1:] > order[:-1]) else both.take(order)
+
     def tick_events(self, symbol: str, start: TimeLike, end: TimeLike) -> list[Tick]:
         """The stored ticks of `symbol` with exchange time in [start, end], as Tick objects."""
-        start_ms, end_ms = to_ms_bounds(start, end)
-        return [
-            from_fields({k.decode(): v.decode() for k, v in fields.items()}, Tick)
-            for _, fields in self._entries(symbol, start_ms, end_ms)
-        ]
+        return frame_to_ticks(self.ticks(symbol, start, end))
 
     def ticks(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Ticks with exchange time in [start, end] (both inclusive, ms resolution) as a DataFrame
-        indexed by exchange timestamp (America/Sao_Paulo)."""
+        indexed by exchange timestamp (America/Sao_Paulo); blocks and the live stream stitched."""
         start_ms, end_ms = to_ms_bounds(start, end)
-        entries = self._entries(symbol, start_ms, end_ms)
-        return ticks_frame(symbol, [fields for _, fields in entries])
+        return columns_frame(symbol, self.columns(symbol, start_ms, end_ms))
+
+    def seal(self, symbol: str, before_ms: int) -> int:
+        """Move live-stream ticks stored before `before_ms` into history blocks (see history.py)."""
+        try:
+            return self.history.seal(symbol, before_ms)
+        except valkey.ValkeyError as exc:
+            raise _wrap(exc) from exc
 
     def as_of(self, symbol: str, when: TimeLike) -> Tick | None:
         """The last tick with exchange time at or before `when` (None if there is none)."""
@@ -140,10 +154,14 @@ class Store:
         except valkey.ValkeyError as exc:
             raise _wrap(exc) from exc
         candidates = [e for e in found if e[1][b"timestamp_ms"] == e[0].split(b"-", 1)[0]][:1] + late
-        if not candidates:
+        if candidates:
+            best = max(candidates, key=lambda e: (int(e[1][b"timestamp_ms"]), _id_key(e[0])))
+            return from_fields({k.decode(): v.decode() for k, v in best[1].items()}, Tick)
+        # nothing live at or before `when`: the newest sealed tick at or before it
+        sealed = self.columns(symbol, at_ms - 86_400_000 * 31, at_ms)
+        if not len(sealed):
             return None
-        best = max(candidates, key=lambda e: (int(e[1][b"timestamp_ms"]), _id_key(e[0])))
-        return from_fields({k.decode(): v.decode() for k, v in best[1].items()}, Tick)
+        return frame_to_ticks(columns_frame(symbol, sealed.take(np.array([len(sealed) - 1]))))[0]
 
     def ticks_by_seq(self, symbol: str, first: int, last: int, *, scan: int = 1_000_000) -> list[Tick]:
         """Stored ticks with `first <= seq <= last`, in seq order, for a subscriber filling a gap the
@@ -183,8 +201,10 @@ class Store:
         return from_fields({k.decode(): v.decode() for k, v in found[0][1].items()}, Tick)
 
     def count(self, symbol: str) -> int:
+        """Ticks stored for `symbol`: live entries plus sealed rows."""
         try:
-            return int(self.client.xlen(self.keys.ticks(symbol)))
+            sealed = sum(ref.rows for ref in self.history.refs(symbol, 0, 2**62))
+            return int(self.client.xlen(self.keys.ticks(symbol))) + sealed
         except valkey.ValkeyError as exc:
             raise _wrap(exc) from exc
 
@@ -195,11 +215,13 @@ class Store:
         key, late = self.keys.ticks(symbol), self.keys.late(symbol)
         try:
             top = self.client.xrevrange(key, count=1)
-            if not top or days <= 0:
-                return 0
             # the newest exchange time stored is the top id's ms (a late tick never raises it)
-            cutoff = _id_key(top[0][0])[0] - int(days * 86_400_000)
+            newest = max([_id_key(top[0][0])[0]] if top else [], default=self.history.newest_ms(symbol))
+            if newest is None or days <= 0:
+                return 0
+            cutoff = newest - int(days * 86_400_000)
             removed = int(self.client.xtrim(key, minid=str(cutoff), approximate=False))
+            removed += self.history.expire(symbol, cutoff)
             # ticks stored late sit at newer ids than their time: remove those by exchange time
             old_late = self.client.zrangebyscore(late, "-inf", f"({cutoff}")
             if old_late:
@@ -234,24 +256,26 @@ def _id_key(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-def ticks_frame(symbol: str, rows: Sequence[dict[bytes, bytes]]) -> pd.DataFrame:
-    """Columns of stream entries -> typed DataFrame; the column set is the same when empty."""
-    data: dict[str, object] = {}
-    for name in TICK_COLUMNS:
-        raw = [row[name.encode()] for row in rows]
-        if name in _INT_COLUMNS:
-            data[name] = np.array(raw, dtype="S").astype(np.int64) if raw else np.empty(0, np.int64)
-        elif name in _FLOAT_COLUMNS:
-            data[name] = np.array(raw, dtype="S").astype(np.float64) if raw else np.empty(0, np.float64)
-        elif name == "is_edit":
-            data[name] = np.array([v == b"true" for v in raw], dtype=bool)
-        elif name == "symbol":
-            data[name] = pd.Categorical([symbol] * len(rows), categories=[symbol])
-        else:
-            data[name] = pd.array([v.decode() for v in raw], dtype="string")
-    ms = data["timestamp_ms"]
-    index = pd.DatetimeIndex(pd.to_datetime(ms, unit="ms", utc=True), name="timestamp").tz_convert(B3_TZ)
-    return pd.DataFrame(data, index=index)
+def columns_frame(symbol: str, cols: Columns) -> pd.DataFrame:
+    """Columns -> the ticks DataFrame: indexed by exchange time in B3 time, the same columns and
+    dtypes whether empty or not."""
+    n = len(cols)
+    data = {
+        "symbol": pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[symbol]),
+        "timestamp_ms": cols.timestamp_ms,
+        "trade_id": cols.trade_id,
+        "price": cols.price,
+        "volume": cols.volume,
+        "quantity": cols.quantity,
+        "buyer": cols.buyer,
+        "seller": cols.seller,
+        "trade_type": cols.trade_type,
+        "aggressor": pd.Categorical.from_codes(cols.aggressor, categories=list(AGGRESSOR_CODES)),
+        "is_edit": cols.is_edit,
+        "seq": cols.seq,
+    }
+    index = pd.DatetimeIndex(pd.to_datetime(cols.timestamp_ms, unit="ms", utc=True), name="timestamp")
+    return pd.DataFrame(data, index=index.tz_convert(B3_TZ), copy=False)
 
 
 def frame_to_ticks(frame: pd.DataFrame) -> list[Tick]:
