@@ -123,8 +123,9 @@ class Store:
         if not len(sealed):
             return live
         both = Columns.concat([sealed, live])
-        order = np.argsort(both.timestamp_ms, kind="stable")
-        return both if np.all(order[1:] > order[:-1]) else both.take(order)
+        # exchange time, then arrival: seq is per symbol and continues across runs, unlike block order
+        order = np.lexsort((both.seq, both.timestamp_ms))
+        return both.take(order)
 
     def tick_events(self, symbol: str, start: TimeLike, end: TimeLike) -> list[Tick]:
         """The stored ticks of `symbol` with exchange time in [start, end], as Tick objects."""
