@@ -106,16 +106,22 @@ def test_in_process_path_records_without_zeromq(store: Store) -> None:
     assert store.count("WDOFUT") == 500
 
 
-def test_stream_max_len_never_drops_unarchived_ticks(store: Store) -> None:
-    """Guide defect 7: maxlen=100000 kept only the last 17 minutes of a busy hour."""
+def test_stream_max_len_bounds_the_live_stream_and_loses_nothing(store: Store) -> None:
+    """Guide defect 7: maxlen=100000 kept only the last 17 minutes of a busy hour; here the ticks
+    past STREAM_MAX_LEN are sealed into history blocks, and every query still finds them."""
     from tickvault.config import load_settings
 
     settings = load_settings(stream_max_len=1000)
-    assert settings.stream_max_len == 1000
-    with running_recorder(store, retention_days=settings.stream_retention_days) as recorder:
+    written = ticks(5000)
+    with running_recorder(store, stream_max_len=settings.stream_max_len, housekeeping_s=0) as recorder:
         ingest = Ingest(handlers=[recorder.submit_one])
-        for t in ticks(5000):
+        for t in written:
             ingest.on_tick(t)
         assert _wait(lambda: recorder.caught_up(ingest.last_seq))
+        assert _wait(
+            lambda: store.count("WDOFUT") == 5000 and store.client.xlen("stream:ticks:WDOFUT") <= 1000
+        )
+    assert recorder.stats.sealed >= 4000
     assert store.count("WDOFUT") == 5000
-    assert len(store.ticks("WDOFUT", BASE_MS, BASE_MS + 10**6)) == 5000
+    frame = store.ticks("WDOFUT", BASE_MS, BASE_MS + 10**6)
+    assert list(frame.trade_id) == [t.trade_id for t in written]

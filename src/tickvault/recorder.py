@@ -36,7 +36,8 @@ log = logging.getLogger("tickvault.recorder")
 MAX_BATCH = 5000
 LINGER_MS = 2.0  # gather a batch for up to 2 ms: per-batch costs dominate tiny batches
 DEAD_LETTER_MAXLEN = 100_000
-RETENTION_EVERY_S = 60.0
+HOUSEKEEPING_S = 60.0
+LIVE_WINDOW_MS = 3_600_000  # the live stream keeps the last hour for stream consumers; older is sealed
 RETAIN_S = 5.0  # > the 1 s (at worst 2 s) of writes an append-only file with fsync everysec can lose
 BACKOFF_S = (0.05, 2.0)
 
@@ -53,6 +54,7 @@ class RecorderStats:
     write_errors: int = 0
     rewritten: int = 0
     expired: int = 0
+    sealed: int = 0
     last_seq: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -72,13 +74,19 @@ class Recorder:
         spool_path: Path | None = None,
         max_memory: int = 1_000_000,
         retention_days: float = 0,
+        live_ms: int = LIVE_WINDOW_MS,
+        stream_max_len: int = 0,
+        housekeeping_s: float = HOUSEKEEPING_S,
     ) -> None:
-        """`retention_days` > 0: every minute, drop what is older than that before each symbol's
-        newest tick. STREAM_MAX_LEN is not applied here: it may only trim ticks already sealed into
-        history blocks, which this version does not have yet, so no tick is ever trimmed by count."""
+        """Every minute, for each symbol it writes: seal ticks older than `live_ms` before the newest
+        (and past `stream_max_len` live entries) into history blocks, then drop what is older than
+        `retention_days` (> 0) before the newest. Sealed ticks are still found by every query."""
         self.store = store
         self.retention_days = retention_days
-        self._next_retention = time.monotonic() + RETENTION_EVERY_S
+        self.live_ms = live_ms
+        self.stream_max_len = stream_max_len
+        self.housekeeping_s = housekeeping_s
+        self._next_retention = time.monotonic() + housekeeping_s
         self.stats = RecorderStats()
         self._lock = threading.Lock()
         path = spool_path or Path("data") / "spool" / "recorder.spool"
@@ -176,17 +184,17 @@ class Recorder:
         if self.stats.rewritten:
             log.warning("re-stored %d ticks that Valkey had lost", self.stats.rewritten)
 
-    def _retention(self) -> None:
-        if self.retention_days <= 0 or time.monotonic() < self._next_retention:
+    def _housekeeping(self) -> None:
+        if time.monotonic() < self._next_retention:
             return
-        self._next_retention = time.monotonic() + RETENTION_EVERY_S
+        self._next_retention = time.monotonic() + self.housekeeping_s
         for symbol in list(self.stats.stored):
             try:
-                removed = self.store.apply_retention(symbol, self.retention_days)
+                self.stats.sealed += self.store.compact(symbol, self.live_ms, self.stream_max_len)
+                if self.retention_days > 0:
+                    self.stats.expired += self.store.apply_retention(symbol, self.retention_days)
             except StoreError as exc:
-                log.warning("retention of %s skipped: %s", symbol, exc)
-                continue
-            self.stats.expired += removed
+                log.warning("housekeeping of %s skipped: %s", symbol, exc)
 
     def _flush(self, stop: threading.Event) -> bool:
         """Check the batch in flight; after a failure re-send the recent batches. False if `stop`
@@ -211,7 +219,7 @@ class Recorder:
 
     def _write_loop(self, stop: threading.Event) -> None:
         while True:
-            self._retention()
+            self._housekeeping()
             batch = self.spool.take(MAX_BATCH)
             if not batch:
                 if not self._flush(stop) or stop.is_set():

@@ -137,6 +137,23 @@ class Store:
         start_ms, end_ms = to_ms_bounds(start, end)
         return columns_frame(symbol, self.columns(symbol, start_ms, end_ms))
 
+    def compact(self, symbol: str, live_ms: int, max_len: int = 0) -> int:
+        """Seal what is older than `live_ms` before the newest tick, and beyond `max_len` live
+        entries (0: no bound) the oldest; the newest tick always stays live. Returns ticks sealed."""
+        key = self.keys.ticks(symbol)
+        try:
+            top = self.client.xrevrange(key, count=1)
+            if not top:
+                return 0
+            sealed = self.history.seal(symbol, _id_key(top[0][0])[0] - live_ms)
+            excess = int(self.client.xlen(key)) - max_len if max_len > 0 else 0
+            if excess > 0:
+                oldest = self.client.xrange(key, count=excess + 1)
+                sealed += self.history.seal(symbol, _id_key(oldest[-1][0])[0])
+        except valkey.ValkeyError as exc:
+            raise _wrap(exc) from exc
+        return sealed
+
     def seal(self, symbol: str, before_ms: int) -> int:
         """Move live-stream ticks stored before `before_ms` into history blocks (see history.py)."""
         try:

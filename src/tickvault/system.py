@@ -120,6 +120,7 @@ class System:
                     self.store,
                     spool_path=s.data_dir / "spool" / "recorder.spool",
                     retention_days=s.stream_retention_days,
+                    stream_max_len=s.stream_max_len,
                 )
         if self.only == "recorder":
             self._start_recorder_only()
@@ -195,7 +196,7 @@ class System:
             r = self.recorder.stats
             out.update(
                 stored=r.stored_total, duplicates=r.duplicates, late=r.late, rejected=r.rejected_total,
-                write_errors=r.write_errors, rewritten=r.rewritten, expired=r.expired,
+                write_errors=r.write_errors, rewritten=r.rewritten, sealed=r.sealed, expired=r.expired,
                 buffered=self.recorder.buffered, spilled=self.recorder.spool.spilled,
             )  # fmt: skip
         return out
