@@ -122,10 +122,12 @@ class Store:
             raise _wrap(exc) from exc
         if not len(sealed):
             return live
-        both = Columns.concat([sealed, live])
+        both = Columns.concat([sealed, live]) if len(live) else sealed
+        step = np.diff(both.timestamp_ms)
+        if np.all(step >= 0) and np.all(np.diff(both.seq)[step == 0] > 0):
+            return both  # the usual case: blocks in time order, then the live tail; nothing to sort
         # exchange time, then arrival: seq is per symbol and continues across runs, unlike block order
-        order = np.lexsort((both.seq, both.timestamp_ms))
-        return both.take(order)
+        return both.take(np.lexsort((both.seq, both.timestamp_ms)))
 
     def tick_events(self, symbol: str, start: TimeLike, end: TimeLike) -> list[Tick]:
         """The stored ticks of `symbol` with exchange time in [start, end], as Tick objects."""
