@@ -37,7 +37,7 @@ MAX_BATCH = 5000
 LINGER_MS = 2.0  # gather a batch for up to 2 ms: per-batch costs dominate tiny batches
 DEAD_LETTER_MAXLEN = 100_000
 HOUSEKEEPING_S = 60.0
-LIVE_WINDOW_MS = 300_000  # the live stream keeps 5 minutes for stream consumers; older is sealed (fast to read)
+LIVE_WINDOW_MS = 300_000  # the live stream keeps 5 minutes for stream consumers; older is sealed
 RETAIN_S = 5.0  # > the 1 s (at worst 2 s) of writes an append-only file with fsync everysec can lose
 BACKOFF_S = (0.05, 2.0)
 
