@@ -269,7 +269,7 @@ def query(
     symbol: Annotated[str, typer.Argument(help="Symbol, e.g. WDOFUT")],
     start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")],
     end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
-    kind: Annotated[str, Opt(help="ticks")] = "ticks",
+    kind: Annotated[str, Opt(help="ticks or candles:TF (TF in 1m, 5m, 15m, 1h, 1d)")] = "ticks",
     fmt: Annotated[
         Format, Opt("--format", help="table, csv, json (one JSON object per line) or parquet")
     ] = Format.table,
@@ -286,14 +286,22 @@ def query(
         settings = _settings(ctx)
         validate_symbol(symbol)
         if kind != "ticks":
-            raise ConfigError(
-                "--kind", kind, "must be 'ticks' (candles, features, predictions, signals come later)"
-            )
+            from tickvault.candles import TIMEFRAMES
+
+            tf = kind.split(":", 1)[1] if kind.startswith("candles:") else ""
+            if tf not in TIMEFRAMES:
+                raise ConfigError(
+                    "--kind", kind, f"must be ticks or candles:TF with a timeframe in {', '.join(TIMEFRAMES)}"
+                )
         if fmt is Format.parquet and output is None:
             raise ConfigError("--format", "parquet", "writes binary data; give --output PATH")
         with Connection.open(settings) as conn:
             conn.check()
-            frame = Store(conn.client("query")).ticks(symbol, start, end)
+            store = Store(conn.client("query"))
+            if kind == "ticks":
+                frame = store.ticks(symbol, start, end)
+            else:
+                frame = store.candles(symbol, kind.split(":", 1)[1], start, end)
         out.write_frame(frame, fmt.value, output, limit=limit)
 
 

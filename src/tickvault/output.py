@@ -24,12 +24,18 @@ def to_csv_text(frame: pd.DataFrame) -> str:
     out = frame.copy()
     out.index = iso_index(frame.index) if len(frame) else frame.index
     out.index.name = "timestamp"
-    out["is_edit"] = out["is_edit"].map({True: "true", False: "false"}) if len(out) else out["is_edit"]
+    if "is_edit" in out and len(out):
+        out["is_edit"] = out["is_edit"].map({True: "true", False: "false"})
     return out.to_csv(lineterminator="\n")
 
 
 def to_json_lines(frame: pd.DataFrame) -> str:
-    return "".join(encode(tick).decode() + "\n" for tick in frame_to_ticks(frame))
+    """Ticks as their bus payloads; other frames (candles) as one object per row with an ISO time."""
+    if "trade_id" in frame:
+        return "".join(encode(tick).decode() + "\n" for tick in frame_to_ticks(frame))
+    out = frame.copy()
+    out.insert(0, "timestamp", iso_index(frame.index) if len(frame) else [])
+    return out.to_json(orient="records", lines=True) + ("\n" if len(out) else "")
 
 
 def write_frame(frame: pd.DataFrame, fmt: str, output: Path | None, *, limit: int = 40) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 import valkey
 
 from tickvault.blocks import AGGRESSOR_CODES, Columns
+from tickvault.candles import candles_from_ticks, check_timeframe
 from tickvault.errors import StoreError, StoreUnavailable
 from tickvault.events import B3_TZ, Tick, from_fields, from_ms, to_ms
 from tickvault.history import History, columns_from_entries
@@ -155,6 +156,12 @@ class Store:
         except valkey.ValkeyError as exc:
             raise _wrap(exc) from exc
         return sealed
+
+    def candles(self, symbol: str, tf: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+        """Bars of timeframe `tf` (1m, 5m, 15m, 1h, 1d) computed from the stored ticks in
+        [start, end], labelled by their open time in B3 time (see candles.py)."""
+        check_timeframe(tf)
+        return candles_from_ticks(self.ticks(symbol, start, end), tf)
 
     def seal(self, symbol: str, before_ms: int) -> int:
         """Move live-stream ticks stored before `before_ms` into history blocks (see history.py)."""
