@@ -180,3 +180,39 @@ def test_retention_never_deletes_old_research_data_on_arrival(store: Store) -> N
     store.append_ticks(ticks(1000, start_ms=t2013))
     assert store.cleanup(30) == {"WDOFUT": 0}
     assert store.count("WDOFUT") == 1000
+
+
+def test_several_symbols_in_one_frame_in_time_order(store: Store) -> None:
+    store.append_ticks(ticks(30, per_ms=1) + ticks(20, symbol="WINFUT", start_ms=BASE_MS + 5, per_ms=2))
+    frame = store.ticks(["WDOFUT", "WINFUT"], BASE_MS, BASE_MS + 1000)
+    assert len(frame) == 50
+    assert frame.index.is_monotonic_increasing
+    assert list(frame["symbol"].cat.categories) == ["WDOFUT", "WINFUT"]
+    assert (frame["symbol"] == "WINFUT").sum() == 20
+    with pytest.raises(DataError, match="symbol"):
+        store.ticks(["WDOFUT", "bad sym"], BASE_MS, BASE_MS + 1)
+
+
+def test_features_predictions_and_signals_by_the_same_range_api(store: Store) -> None:
+    from tickvault.events import Features, Prediction, Signal
+
+    stamps = [(BASE_MS + i * 1000, from_ms(BASE_MS + i * 1000)) for i in range(5)]
+    base = {"symbol": "WDOFUT"}
+    feats_in = [
+        Features(**base, timestamp=t, timestamp_ms=ms, values={"rsi": 50.0 + i, "regime": "LOW_VOL"})
+        for i, (ms, t) in enumerate(stamps)
+    ]
+    preds_in = [
+        Prediction(**base, timestamp=t, timestamp_ms=ms, model="m1", probabilities={"up": 0.6, "down": 0.4})
+        for ms, t in stamps
+    ]
+    signals_in = [
+        Signal(**base, timestamp=t, timestamp_ms=ms, action="BUY", confidence=0.7) for ms, t in stamps
+    ]
+    store.append_events(feats_in + preds_in + signals_in)
+    feats = store.features("WDOFUT", BASE_MS + 1000, BASE_MS + 3000)
+    assert list(feats["rsi"]) == [51.0, 52.0, 53.0] and set(feats["regime"]) == {"LOW_VOL"}
+    assert str(feats.index.tz) == "America/Sao_Paulo"
+    assert list(store.predictions("WDOFUT", BASE_MS, BASE_MS + 10_000)["up"]) == [0.6] * 5
+    assert list(store.signals("WDOFUT", BASE_MS, BASE_MS + 10_000)["action"]) == ["BUY"] * 5
+    assert store.features("WDOFUT", BASE_MS + 10**6, BASE_MS + 10**7).empty

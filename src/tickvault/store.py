@@ -12,7 +12,7 @@ A batch is one MULTI/EXEC, so a crash never leaves half a batch (see `writer`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,8 +21,20 @@ import valkey
 
 from tickvault.blocks import AGGRESSOR_CODES, Columns
 from tickvault.candles import candles_from_ticks, check_timeframe
-from tickvault.errors import StoreError, StoreUnavailable
-from tickvault.events import B3_TZ, Tick, from_fields, from_ms, to_ms
+from tickvault.errors import DataError, StoreError, StoreUnavailable
+from tickvault.events import (
+    B3_TZ,
+    Event,
+    Features,
+    Prediction,
+    Signal,
+    Tick,
+    from_fields,
+    from_ms,
+    to_fields,
+    to_ms,
+    validate_symbol,
+)
 from tickvault.history import History, columns_from_entries
 from tickvault.keys import KeySpace
 from tickvault.timeparse import TimeLike, parse_time, to_ms_bounds
@@ -134,11 +146,18 @@ class Store:
         """The stored ticks of `symbol` with exchange time in [start, end], as Tick objects."""
         return frame_to_ticks(self.ticks(symbol, start, end))
 
-    def ticks(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+    def ticks(self, symbol: str | Sequence[str], start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Ticks with exchange time in [start, end] (both inclusive, ms resolution) as a DataFrame
-        indexed by exchange timestamp (America/Sao_Paulo); blocks and the live stream stitched."""
+        indexed by exchange timestamp (America/Sao_Paulo); blocks and the live stream stitched.
+        Several symbols give one frame in time order, told apart by the `symbol` column."""
         start_ms, end_ms = to_ms_bounds(start, end)
-        return columns_frame(symbol, self.columns(symbol, start_ms, end_ms))
+        if isinstance(symbol, str):
+            return columns_frame(symbol, self.columns(symbol, start_ms, end_ms))
+        symbols = [validate_symbol(s) for s in symbol]
+        frames = [columns_frame(s, self.columns(s, start_ms, end_ms)) for s in symbols]
+        merged = pd.concat(frames) if frames else columns_frame("", Columns.empty())
+        merged["symbol"] = pd.Categorical(merged["symbol"].astype(str), categories=symbols)
+        return merged.sort_index(kind="stable")
 
     def compact(self, symbol: str, live_ms: int, max_len: int = 0) -> int:
         """Seal what is older than `live_ms` before the newest tick, and beyond `max_len` live
@@ -162,6 +181,58 @@ class Store:
         [start, end], labelled by their open time in B3 time (see candles.py)."""
         check_timeframe(tf)
         return candles_from_ticks(self.ticks(symbol, start, end), tf)
+
+    # -- features, predictions, signals: one entry per event, appended in time order by their one
+    #    producer (issue 5 writes them); read back by the same range API
+
+    def append_events(self, events: Sequence[Features | Prediction | Signal]) -> int:
+        """Append events to their streams (`stream:features:SYM`, ...); ids are their exchange ms."""
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(
+                self.keys.stream(_EVENT_STREAM[type(event)], event.symbol),
+                to_fields(event),
+                id=f"{event.timestamp_ms}-*",
+            )
+        try:
+            pipe.execute()
+        except valkey.ValkeyError as exc:
+            raise _wrap(exc) from exc
+        return len(events)
+
+    def events(self, kind: str, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+        """`kind` in features|predictions|signals: events in [start, end] as a DataFrame indexed by
+        exchange time; a feature or probability dict becomes one column per name."""
+        event_type = {v: k for k, v in _EVENT_STREAM.items()}.get(kind)
+        if event_type is None:
+            raise DataError("kind", f"{kind!r} must be features, predictions or signals")
+        start_ms, end_ms = to_ms_bounds(start, end)
+        try:
+            entries = self.client.xrange(self.keys.stream(kind, symbol), min=str(start_ms), max=str(end_ms))
+        except valkey.ValkeyError as exc:
+            raise _wrap(exc) from exc
+        rows = []
+        for _, fields in entries:
+            event: Event = from_fields({k.decode(): v.decode() for k, v in fields.items()}, event_type)
+            row = {name: getattr(event, name) for name in event.__struct_fields__ if name != "timestamp"}
+            for nested in ("values", "probabilities"):
+                row.update(row.pop(nested, None) or {})
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        ms = frame["timestamp_ms"].to_numpy() if len(frame) else np.empty(0, np.int64)
+        frame.index = pd.DatetimeIndex(pd.to_datetime(ms, unit="ms", utc=True), name="timestamp").tz_convert(
+            B3_TZ
+        )
+        return frame
+
+    def features(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+        return self.events("features", symbol, start, end)
+
+    def predictions(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+        return self.events("predictions", symbol, start, end)
+
+    def signals(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+        return self.events("signals", symbol, start, end)
 
     def seal(self, symbol: str, before_ms: int) -> int:
         """Move live-stream ticks stored before `before_ms` into history blocks (see history.py)."""
@@ -276,6 +347,9 @@ class Store:
             return sorted(s.decode() for s in self.client.smembers(self.keys.symbols()))
         except valkey.ValkeyError as exc:
             raise _wrap(exc) from exc
+
+
+_EVENT_STREAM: dict[type[Event], str] = {Features: "features", Prediction: "predictions", Signal: "signals"}
 
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:
