@@ -146,8 +146,8 @@ class Publisher:
         if self._idle:
             try:  # noqa: SIM105 - a bare try is cheaper than contextlib.suppress on this hot path
                 os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full of wake-ups already
+            except OSError:
+                pass  # the pipe is full of wake-ups already, or the publisher is closed
 
     def wait_for_subscriber(self, prefix: str, timeout: float = 10.0) -> bool:
         """Block until a subscriber has subscribed to a topic prefix covering `prefix`."""
@@ -179,11 +179,17 @@ class Publisher:
         return True
 
     def close(self, timeout: float = 10.0) -> None:
+        if self._wake_w < 0:
+            return
         self.flush(timeout)
         self._closing.set()
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"\0")
         self._thread.join(timeout)
+        # the pipe is closed here, after the thread is gone: never a write to a closed (or reused) fd
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
 
     # -- the socket thread ------------------------------------------------------------------------
 
@@ -215,8 +221,6 @@ class Publisher:
             self._socket.close()
             if self._replay is not None:
                 self._replay.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
     def _overflow(self) -> None:
         """Past `max_queue` queued messages, move the oldest to the spool (memory, then disk), in
