@@ -10,10 +10,17 @@ from valkey.backoff import ExponentialBackoff
 from valkey.retry import Retry
 
 from tickvault.config import Settings
-from tickvault.errors import StoreUnavailable
+from tickvault.errors import StoreError, StoreUnavailable
 from tickvault.server import EmbeddedValkey, client_name
 
 log = logging.getLogger("tickvault.connection")
+
+
+def store_error(exc: valkey.ValkeyError) -> StoreError:
+    """A valkey-py error as tickvault's: unreachable servers are StoreUnavailable, never "no data"."""
+    if isinstance(exc, valkey.ConnectionError | valkey.TimeoutError):
+        return StoreUnavailable(f"valkey unreachable: {exc}")
+    return StoreError(str(exc))
 
 
 def _retry() -> Retry:

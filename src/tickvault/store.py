@@ -21,7 +21,8 @@ import valkey
 
 from tickvault.blocks import AGGRESSOR_CODES, Columns
 from tickvault.candles import candles_from_ticks, check_timeframe
-from tickvault.errors import DataError, StoreError, StoreUnavailable
+from tickvault.connection import store_error
+from tickvault.errors import DataError
 from tickvault.events import (
     B3_TZ,
     Event,
@@ -44,12 +45,6 @@ if TYPE_CHECKING:
     from tickvault.connection import Connection
 
 log = logging.getLogger("tickvault.store")
-
-
-def _wrap(exc: valkey.ValkeyError) -> StoreError:
-    if isinstance(exc, valkey.ConnectionError | valkey.TimeoutError):
-        return StoreUnavailable(f"valkey unreachable: {exc}")
-    return StoreError(str(exc))
 
 
 class Store:
@@ -78,7 +73,7 @@ class Store:
             pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
             _, (local, _) = pipe.execute()
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         return int(local) >= 1
 
     def close(self) -> None:
@@ -117,7 +112,7 @@ class Store:
                     pipe.xrange(key, min=entry_id, max=entry_id)
                 late = [entry for found in pipe.execute() for entry in found]
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         # entries stored late sit at ids past their time; keep each exactly once, at its exchange time
         on_time = [e for e in in_range if e[1][b"timestamp_ms"] == e[0].split(b"-", 1)[0]]
         merged = on_time + late
@@ -132,7 +127,7 @@ class Store:
             sealed = self.history.read(symbol, start_ms, end_ms)
             live = columns_from_entries(self._entries(symbol, start_ms, end_ms))
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         if not len(sealed):
             return live
         both = Columns.concat([sealed, live]) if len(live) else sealed
@@ -173,7 +168,7 @@ class Store:
                 oldest = self.client.xrange(key, count=excess + 1)
                 sealed += self.history.seal(symbol, _id_key(oldest[-1][0])[0])
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         return sealed
 
     def candles(self, symbol: str, tf: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
@@ -197,7 +192,7 @@ class Store:
         try:
             pipe.execute()
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         return len(events)
 
     def events(self, kind: str, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
@@ -210,7 +205,7 @@ class Store:
         try:
             entries = self.client.xrange(self.keys.stream(kind, symbol), min=str(start_ms), max=str(end_ms))
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         rows = []
         for _, fields in entries:
             event: Event = from_fields({k.decode(): v.decode() for k, v in fields.items()}, event_type)
@@ -239,7 +234,7 @@ class Store:
         try:
             return self.history.seal(symbol, before_ms)
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
 
     def as_of(self, symbol: str, when: TimeLike) -> Tick | None:
         """The last tick with exchange time at or before `when` (None if there is none)."""
@@ -250,7 +245,7 @@ class Store:
             late_ids = self.client.zrevrangebyscore(self.keys.late(symbol), at_ms, "-inf", start=0, num=1)
             late = self.client.xrange(key, min=late_ids[0], max=late_ids[0]) if late_ids else []
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         candidates = [e for e in found if e[1][b"timestamp_ms"] == e[0].split(b"-", 1)[0]][:1] + late
         if candidates:
             best = max(candidates, key=lambda e: (int(e[1][b"timestamp_ms"]), _id_key(e[0])))
@@ -285,7 +280,7 @@ class Store:
                     break  # arrival order is seq order up to recovered gaps: far enough back
                 upper = "(" + chunk[-1][0].decode()
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         return [found[seq] for seq in sorted(found)]
 
     def last_tick(self, symbol: str) -> Tick | None:
@@ -293,7 +288,7 @@ class Store:
         try:
             found = self.client.xrevrange(self.keys.ticks(symbol), count=1)
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         if not found:
             return None
         return from_fields({k.decode(): v.decode() for k, v in found[0][1].items()}, Tick)
@@ -304,7 +299,7 @@ class Store:
             sealed = sum(ref.rows for ref in self.history.refs(symbol, 0, 2**62))
             return int(self.client.xlen(self.keys.ticks(symbol))) + sealed
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
 
     def apply_retention(self, symbol: str, days: float) -> int:
         """Remove ticks whose exchange time is more than `days` before the symbol's newest tick
@@ -335,7 +330,7 @@ class Store:
             if stale:
                 self.client.delete(*stale)
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
         return removed
 
     def cleanup(self, days: float) -> dict[str, int]:
@@ -346,7 +341,7 @@ class Store:
         try:
             return sorted(s.decode() for s in self.client.smembers(self.keys.symbols()))
         except valkey.ValkeyError as exc:
-            raise _wrap(exc) from exc
+            raise store_error(exc) from exc
 
 
 _EVENT_STREAM: dict[type[Event], str] = {Features: "features", Prediction: "predictions", Signal: "signals"}

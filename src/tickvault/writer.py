@@ -17,12 +17,13 @@ The writer must be the only writer of its symbols' tick streams (the recorder is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -33,7 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import valkey
 
-from tickvault.errors import StoreError, StoreUnavailable
+from tickvault.connection import store_error
+from tickvault.errors import StoreError
 from tickvault.events import B3_TZ
 from tickvault.keys import KeySpace
 
@@ -224,6 +226,18 @@ class TickWriter:
         self._sessions = _Sessions()
         self._iso = _IsoClock()
 
+    @contextlib.contextmanager
+    def _reset_on_failure(self) -> Iterator[None]:
+        """Any failure drops the cached state, so the caller's retry is decided against Valkey's."""
+        try:
+            yield
+        except valkey.ValkeyError as exc:
+            self.reset()
+            raise store_error(exc) from exc
+        except BaseException:
+            self.reset()
+            raise
+
     def reset(self) -> None:
         """Forget cached state (and the batch in flight); state is reloaded from Valkey on the next write."""
         self._state.clear()
@@ -296,16 +310,8 @@ class TickWriter:
         and forgets its cached state, so retrying the same batch is safe (writes are idempotent)."""
         if not ticks:
             return AppendResult()
-        try:
+        with self._reset_on_failure():
             return self._write(ticks)
-        except valkey.ValkeyError as exc:
-            self.reset()
-            if isinstance(exc, valkey.ConnectionError | valkey.TimeoutError):
-                raise StoreUnavailable(f"valkey unreachable: {exc}") from exc
-            raise StoreError(str(exc)) from exc
-        except BaseException:
-            self.reset()
-            raise
 
     def _write(self, ticks: Sequence[TickLike]) -> AppendResult:
         result = AppendResult()
@@ -456,16 +462,8 @@ class TickWriter:
 
     def flush(self) -> None:
         """Wait for the batch in flight and check that Valkey applied it (raises like `write`)."""
-        try:
+        with self._reset_on_failure():
             self._collect()
-        except valkey.ValkeyError as exc:
-            self.reset()
-            if isinstance(exc, valkey.ConnectionError | valkey.TimeoutError):
-                raise StoreUnavailable(f"valkey unreachable: {exc}") from exc
-            raise StoreError(str(exc)) from exc
-        except BaseException:
-            self.reset()
-            raise
 
     def _collect(self) -> None:
         expected, self._in_flight = self._in_flight, None
