@@ -106,7 +106,7 @@ def test_query_kind_candles_prints_what_the_api_returns(system_env: dict[str, st
     assert result.stdout == to_csv_text(store.candles("WDOFUT", "1m", start, end))
     assert result.stdout.startswith("timestamp,open,high,low,close,volume,quantity,trades,vwap")
     bad = CliRunner().invoke(app, ["query", "WDOFUT", "--start", start, "--kind", "candles:2m"])
-    assert bad.exit_code == 2 and "timeframe" in bad.output
+    assert bad.exit_code == 2 and "candles:TF (TF in 1m, 5m, 15m, 1h, 1d)" in bad.output
 
 
 def test_bad_timeframe_and_empty_range(store: Store) -> None:

@@ -221,3 +221,20 @@ def test_sigterm_during_a_run_loses_nothing_produced_before_it(
     assert "drained=yes" in out
     assert generated > 200
     assert store.count("WDOFUT") + store.count("WINFUT") == generated
+
+
+def test_query_kind_signals(system_env: dict[str, str], store: Store) -> None:
+    from tickvault.events import Signal, from_ms
+
+    stamps = [(from_ms(BASE_MS + i), BASE_MS + i) for i in range(3)]
+    store.append_events(
+        [
+            Signal(symbol="WDOFUT", timestamp=t, timestamp_ms=ms, action="SELL", confidence=0.9)
+            for t, ms in stamps
+        ]
+    )
+    result = runner.invoke(app, ["query", "WDOFUT", *RANGE, "--kind", "signals", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = [msgspec.json.decode(line) for line in result.stdout.splitlines()]
+    assert [r["action"] for r in rows] == ["SELL"] * 3
+    assert rows[0]["timestamp"] == "2025-11-24T13:00:00.000-03:00"

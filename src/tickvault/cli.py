@@ -269,7 +269,9 @@ def query(
     symbol: Annotated[str, typer.Argument(help="Symbol, e.g. WDOFUT")],
     start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")],
     end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
-    kind: Annotated[str, Opt(help="ticks or candles:TF (TF in 1m, 5m, 15m, 1h, 1d)")] = "ticks",
+    kind: Annotated[
+        str, Opt(help="ticks, candles:TF (TF in 1m, 5m, 15m, 1h, 1d), features, predictions or signals")
+    ] = "ticks",
     fmt: Annotated[
         Format, Opt("--format", help="table, csv, json (one JSON object per line) or parquet")
     ] = Format.table,
@@ -285,13 +287,17 @@ def query(
     with _errors():
         settings = _settings(ctx)
         validate_symbol(symbol)
-        if kind != "ticks":
+        events = ("features", "predictions", "signals")
+        if kind != "ticks" and kind not in events:
             from tickvault.candles import TIMEFRAMES
 
             tf = kind.split(":", 1)[1] if kind.startswith("candles:") else ""
             if tf not in TIMEFRAMES:
                 raise ConfigError(
-                    "--kind", kind, f"must be ticks or candles:TF with a timeframe in {', '.join(TIMEFRAMES)}"
+                    "--kind",
+                    kind,
+                    "must be ticks, features, predictions, signals or candles:TF "
+                    f"(TF in {', '.join(TIMEFRAMES)})",
                 )
         if fmt is Format.parquet and output is None:
             raise ConfigError("--format", "parquet", "writes binary data; give --output PATH")
@@ -300,6 +306,8 @@ def query(
             store = Store(conn.client("query"))
             if kind == "ticks":
                 frame = store.ticks(symbol, start, end)
+            elif kind in events:
+                frame = store.events(kind, symbol, start, end)
             else:
                 frame = store.candles(symbol, kind.split(":", 1)[1], start, end)
         out.write_frame(frame, fmt.value, output, limit=limit)

@@ -35,7 +35,8 @@ def to_json_lines(frame: pd.DataFrame) -> str:
         return "".join(encode(tick).decode() + "\n" for tick in frame_to_ticks(frame))
     out = frame.copy()
     out.insert(0, "timestamp", iso_index(frame.index) if len(frame) else [])
-    return out.to_json(orient="records", lines=True) + ("\n" if len(out) else "")
+    text = out.to_json(orient="records", lines=True, date_format="iso").rstrip("\n")
+    return text + "\n" if text else ""
 
 
 def write_frame(frame: pd.DataFrame, fmt: str, output: Path | None, *, limit: int = 40) -> None:
