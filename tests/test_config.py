@@ -136,3 +136,30 @@ def test_env_example_lists_every_setting() -> None:
         if "=" in line and line.lstrip("# ").split("=", 1)[0].isupper()
     }
     assert names == {str(f.validation_alias) for f in Settings.model_fields.values()}
+
+
+SECRET = "s3cr3t-Pa55-XYZ"
+
+
+def test_a_password_never_appears_in_errors(tmp_path: Path, valkey_url: str) -> None:
+    cases = [
+        {"VALKEY_URL": f"http://:{SECRET}@db.example:6379/0"},  # an invalid URL with a password in it
+        {"VALKEY_URL": valkey_url.replace("://", f"://:{SECRET}@")},  # a server that has no password
+        {"VALKEY_URL": valkey_url, "VALKEY_PASSWORD": SECRET, "LOG_LEVEL": "DEBUG"},
+    ]
+    for env in cases:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tickvault.cli", "query", "WDOFUT", "--start", "-1h", "--format", "csv"],
+            env=subprocess_env(env),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0, env
+        assert SECRET not in proc.stdout + proc.stderr, env
+        assert "Traceback" not in proc.stderr
+    from tickvault.config import redact
+
+    assert redact("VALKEY_URL", f"valkeys://user:{SECRET}@h:1/0") == "valkeys://user:***@h:1/0"
+    assert redact("VALKEY_PASSWORD", SECRET) == "***"

@@ -7,6 +7,7 @@ value raises ConfigError naming the variable and the value it got.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -133,4 +134,16 @@ def load_settings(**overrides: Any) -> Settings:
         # pydantic reports the alias when the value came from the environment, the name from a flag
         name = field if field.isupper() else _env_name(field)
         reason = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(name, err.get("input"), reason) from None
+        raise ConfigError(name, redact(name, err.get("input")), reason) from None
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
+def redact(name: str, value: Any) -> Any:
+    """A setting's value fit for an error message or a log line: no password, ever."""
+    if "PASSWORD" in name and value not in (None, ""):
+        return "***"
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    return value
