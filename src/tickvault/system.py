@@ -24,7 +24,7 @@ from tickvault.events import B3_TZ, Tick
 from tickvault.ingest import Ingest
 from tickvault.keys import tick_topic
 from tickvault.recorder import Recorder
-from tickvault.sources.simulator import MarketSimulator, pace, session_start_for
+from tickvault.sources.simulator import MarketSimulator, pace, session_start_for, trading_moment
 from tickvault.store import Store
 
 log = logging.getLogger("tickvault.system")
@@ -64,7 +64,11 @@ def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimu
     start = session_start_for(datetime.now(B3_TZ))
     first_ids: dict[str, int] = {}
     if lasts:
-        start = max(start, max(t.timestamp for t in lasts.values()) + timedelta(milliseconds=1))
+        # the moment the simulator will really start (a stop at the close resumes at the next open,
+        # where trade ids restart at 1)
+        start = trading_moment(
+            max(start, max(t.timestamp for t in lasts.values()) + timedelta(milliseconds=1))
+        )
         session = start.astimezone(B3_TZ).strftime("%Y%m%d")
         first_ids = {s: t.trade_id + 1 for s, t in lasts.items() if t.session == session}
     return MarketSimulator(settings.symbols, seed=settings.seed, start=start, first_trade_ids=first_ids)
