@@ -94,6 +94,7 @@ class Recorder:
             path, msgspec.json.encode, _wire_decoder.decode, max_memory=max_memory
         )
         self._wake = threading.Event()
+        self._in_flight: dict[str, int] = {}  # topic -> highest seq sent but not yet confirmed
         self._retained: collections.deque[tuple[float, list[TickLike]]] = collections.deque()
 
     @property
@@ -168,10 +169,13 @@ class Recorder:
             self.stats.duplicates += result.duplicates
             self.stats.late += result.late
             self.stats.stored.update(result.stored_by_symbol)
+            # the write above checked the batch before this one: that one is confirmed now, this one
+            # only once the next write or flush checks it (`caught_up` must mean "in Valkey")
+            self._confirm()
             for tick in ticks:
                 topic = tick_topic(tick.symbol)
-                if tick.seq > self.stats.last_seq.get(topic, 0):
-                    self.stats.last_seq[topic] = tick.seq
+                if tick.seq > self._in_flight.get(topic, 0):
+                    self._in_flight[topic] = tick.seq
         return True
 
     def _rewrite_retained(self) -> None:
@@ -203,6 +207,8 @@ class Recorder:
         while True:
             try:
                 self.store.writer.flush()
+                with self._lock:
+                    self._confirm()
                 return True
             except StoreError as exc:
                 self.stats.write_errors += 1
@@ -257,6 +263,13 @@ class Recorder:
             if len(self.spool):
                 log.warning("%d ticks not yet in Valkey are kept in %s", len(self.spool), self.spool.path)
             self.spool.close()
+
+    def _confirm(self) -> None:
+        """Valkey has applied the batch in flight: its sequence numbers count as written."""
+        for topic, seq in self._in_flight.items():
+            if seq > self.stats.last_seq.get(topic, 0):
+                self.stats.last_seq[topic] = seq
+        self._in_flight.clear()
 
     def caught_up(self, last_seq: dict[str, int]) -> bool:
         """True once every topic's sequence number in `last_seq` (symbol -> seq) has been written."""
