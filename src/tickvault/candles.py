@@ -8,16 +8,35 @@ exchange time: a bar recomputed from history always reflects every correction st
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import numpy as np
 import pandas as pd
 
 from tickvault.errors import DataError
-from tickvault.events import B3_TZ
+from tickvault.events import B3_TZ, from_ms, to_ms
 
 TIMEFRAMES = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "1h", "1d": "1D"}
 CANDLE_COLUMNS = (
     "open", "high", "low", "close", "volume", "quantity", "trades", "vwap", "buy_quantity", "sell_quantity",
 )  # fmt: skip
+
+_SIZE_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000}
+
+
+def bar_bounds(ms: int, tf: str) -> tuple[int, int]:
+    """[open, end) in epoch ms of the `tf` bar holding `ms`, aligned to the B3 wall clock like
+    `candles.candles_from_ticks` (pandas floor on local time; 1d = the local calendar day)."""
+    local = from_ms(ms, B3_TZ).replace(tzinfo=None)
+    if tf == "1d":
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        end = start + timedelta(days=1)
+    else:
+        size = _SIZE_MS[tf]
+        local_ms = (local - datetime(1970, 1, 1)) // timedelta(milliseconds=1)
+        start = datetime(1970, 1, 1) + timedelta(milliseconds=local_ms - local_ms % size)
+        end = start + timedelta(milliseconds=size)
+    return to_ms(start.replace(tzinfo=B3_TZ)), to_ms(end.replace(tzinfo=B3_TZ))
 
 
 def check_timeframe(tf: str) -> str:

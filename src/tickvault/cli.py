@@ -128,7 +128,7 @@ def run(
         bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")
     ] = None,
     dashboard: Annotated[bool, Opt("--dashboard/--no-dashboard", help="Live terminal dashboard")] = True,
-    only: Annotated[str | None, Opt(help="Run one component in this process: source or recorder")] = None,
+    only: Annotated[str | None, Opt(help="One component per process: source, recorder, candles")] = None,
 ) -> None:
     """Run the whole system: source, bus, recorder, dashboard."""
     from tickvault.dashboard import LiveView

@@ -318,7 +318,7 @@ def _field_text(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat(timespec="milliseconds")
     if isinstance(value, float):
-        return repr(value)
+        return repr(float(value))  # a numpy float64 is a float whose repr is "np.float64(...)"
     if isinstance(value, dict):
         return _encoder.encode(value).decode()
     return str(value)

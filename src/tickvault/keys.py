@@ -77,6 +77,10 @@ class KeySpace:
         """Who writes this symbol's tick stream now (one writer at a time, see writer.TickWriter)."""
         return f"{META_PREFIX}:writer:{self._sym(symbol)}"
 
+    def candle_position(self, symbol: str) -> str:
+        """Last tick stream id the candle worker folded into bars (saved with the bars it wrote)."""
+        return f"{META_PREFIX}:candlepos:{self._sym(symbol)}"
+
     def dead_letters(self) -> str:
         """Stream of rejected messages, each with its reason."""
         return f"{META_PREFIX}:deadletter"

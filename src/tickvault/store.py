@@ -20,11 +20,12 @@ import pandas as pd
 import valkey
 
 from tickvault.blocks import AGGRESSOR_CODES, Columns
-from tickvault.candles import candles_from_ticks, check_timeframe
+from tickvault.candles import bar_bounds, candles_from_ticks, check_timeframe, empty_candles
 from tickvault.connection import store_error
 from tickvault.errors import DataError
 from tickvault.events import (
     B3_TZ,
+    Candle,
     Event,
     Features,
     Prediction,
@@ -176,6 +177,33 @@ class Store:
         [start, end], labelled by their open time in B3 time (see candles.py)."""
         check_timeframe(tf)
         return candles_from_ticks(self.ticks(symbol, start, end), tf)
+
+    def candle_stream(self, symbol: str, tf: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+        """Bars the live candle worker wrote to `stream:candles:{tf}:{symbol}` that overlap
+        [start, end] (like `candles`): the last version of each bar (a correction is a later entry of
+        the same open time). The bar still open is there only once the worker stopped."""
+        check_timeframe(tf)
+        start_ms, end_ms = to_ms_bounds(start, end)
+        start_ms = bar_bounds(start_ms, tf)[0]
+        try:
+            # corrections sit at ids after their open time, so read on to the stream's end
+            entries = self.client.xrange(self.keys.candles(tf, symbol), min=str(start_ms), max="+")
+        except valkey.ValkeyError as exc:
+            raise store_error(exc) from exc
+        latest: dict[int, Candle] = {}
+        for _, fields in entries:
+            bar = from_fields({k.decode(): v.decode() for k, v in fields.items()}, Candle)
+            if start_ms <= bar.timestamp_ms <= end_ms:
+                latest[bar.timestamp_ms] = bar
+        out = empty_candles()
+        if not latest:
+            return out
+        bars = [latest[ms] for ms in sorted(latest)]
+        frame = pd.DataFrame({name: [getattr(b, name) for b in bars] for name in out.columns})
+        frame.index = pd.DatetimeIndex(
+            pd.to_datetime([b.timestamp_ms for b in bars], unit="ms", utc=True), name="timestamp"
+        ).tz_convert(B3_TZ)
+        return frame.astype(out.dtypes.to_dict())
 
     # -- features, predictions, signals: one entry per event, appended in time order by their one
     #    producer (issue 5 writes them); read back by the same range API

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from tickvault.bus import Publisher, Subscriber, endpoint
+from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
 from tickvault.connection import Connection
 from tickvault.errors import ConfigError, StoreError
@@ -30,7 +31,7 @@ from tickvault.store import Store
 log = logging.getLogger("tickvault.system")
 
 DRAIN_TIMEOUT_S = 60.0
-COMPONENTS = (None, "source", "recorder")
+COMPONENTS = (None, "source", "recorder", "candles")
 
 
 @dataclass
@@ -87,8 +88,9 @@ class System:
         only: str | None = None,
         private_bus: bool = False,
     ) -> None:
-        """`only` runs one component in this process: "source" (source, ingest, publisher) or
-        "recorder" (subscribes to the configured ports and records)."""
+        """`only` runs one component in this process: "source" (source, ingest, publisher),
+        "recorder" (subscribes to the configured ports and records) or "candles" (follows the stored
+        tick streams and writes the candle streams)."""
         if only not in COMPONENTS:
             raise ConfigError("--only", only, f"must be one of {', '.join(c for c in COMPONENTS if c)}")
         self.only = only
@@ -107,6 +109,8 @@ class System:
         self._threads: list[threading.Thread] = []
         self._recorder_stop = threading.Event()
         self._subscriber: Subscriber | None = None
+        self.candles: CandleWorker | None = None
+        self._candles_stop = threading.Event()
         self.started_at = 0.0
 
     # -- start -----------------------------------------------------------------------------------
@@ -126,6 +130,15 @@ class System:
                     retention_days=s.stream_retention_days,
                     stream_max_len=s.stream_max_len,
                 )
+        if self.only in (None, "candles") and self.connection is not None:
+            symbols = tuple(dict.fromkeys((*s.symbols, *(self.store.symbols() if self.store else ()))))
+            self.candles = CandleWorker(Store(self.connection.client("candles")), symbols)
+            self._spawn("candles", self.candles.run, self._candles_stop)
+        if self.only == "candles":
+            if self.candles is None:
+                raise ConfigError("VALKEY_ENABLED", False, "the candle worker needs Valkey")
+            self.started_at = time.monotonic()
+            return
         if self.only == "recorder":
             self._start_recorder_only()
             return
@@ -203,6 +216,9 @@ class System:
                 write_errors=r.write_errors, rewritten=r.rewritten, sealed=r.sealed, expired=r.expired,
                 buffered=self.recorder.buffered, spilled=self.recorder.spool.spilled,
             )  # fmt: skip
+        if self.candles is not None:
+            c = self.candles.stats
+            out.update(candle_ticks=c.ticks, candles_written=c.written, candles_recomputed=c.recomputed)
         return out
 
     def describe(self) -> str:
@@ -252,6 +268,7 @@ class System:
                 time.sleep(0.01)
             summary.drained = self.recorder.caught_up(self.ingest.produced_seq())
         self._recorder_stop.set()
+        self._candles_stop.set()  # after the recorder drained: the worker reads to the end, then stops
         for thread in self._threads:
             thread.join(10)
         if self.publisher is not None:
