@@ -216,3 +216,26 @@ def test_features_predictions_and_signals_by_the_same_range_api(store: Store) ->
     assert list(store.predictions("WDOFUT", BASE_MS, BASE_MS + 10_000)["up"]) == [0.6] * 5
     assert list(store.signals("WDOFUT", BASE_MS, BASE_MS + 10_000)["action"]) == ["BUY"] * 5
     assert store.features("WDOFUT", BASE_MS + 10**6, BASE_MS + 10**7).empty
+
+
+def test_retention_also_trims_candles_and_features(store: Store, valkey_client: valkey.Valkey) -> None:
+    from tickvault.candle_worker import CandleWorker
+    from tickvault.events import Features
+
+    day = 86_400_000
+    store.append_ticks(ticks(300, start_ms=BASE_MS - 40 * day) + ticks(300, start_ms=BASE_MS))
+    worker = CandleWorker(store, ("WDOFUT",))
+    while worker.step(block_ms=0):
+        pass
+    worker.write(flush=True)
+    store.append_events(
+        [
+            Features(symbol="WDOFUT", timestamp=from_ms(ms), timestamp_ms=ms, values={"x": 1.0})
+            for ms in (BASE_MS - 40 * day, BASE_MS)
+        ]
+    )
+    assert len(store.candle_stream("WDOFUT", "1m", 0, BASE_MS + day)) == 2
+    store.apply_retention("WDOFUT", 30)
+    kept = store.candle_stream("WDOFUT", "1m", 0, BASE_MS + day)
+    assert list(kept.index) == list(store.candles("WDOFUT", "1m", BASE_MS - day, BASE_MS + day).index)
+    assert len(store.features("WDOFUT", 0, BASE_MS + day)) == 1

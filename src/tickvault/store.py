@@ -20,7 +20,7 @@ import pandas as pd
 import valkey
 
 from tickvault.blocks import AGGRESSOR_CODES, Columns
-from tickvault.candles import bar_bounds, candles_from_ticks, check_timeframe, empty_candles
+from tickvault.candles import TIMEFRAMES, bar_bounds, candles_from_ticks, check_timeframe, empty_candles
 from tickvault.connection import store_error
 from tickvault.errors import DataError
 from tickvault.events import (
@@ -343,6 +343,9 @@ class Store:
             cutoff = newest - int(days * 86_400_000)
             removed = int(self.client.xtrim(key, minid=str(cutoff), approximate=False))
             removed += self.history.expire(symbol, cutoff)
+            # derived streams (candles, features, predictions, signals) go with the ticks they came from
+            for kind in (*(f"candles:{tf}" for tf in TIMEFRAMES), "features", "predictions", "signals"):
+                self.client.xtrim(self.keys.stream(kind, symbol), minid=str(cutoff), approximate=False)
             # ticks stored late sit at newer ids than their time: remove those by exchange time
             old_late = self.client.zrangebyscore(late, "-inf", f"({cutoff}")
             if old_late:
