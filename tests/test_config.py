@@ -33,6 +33,9 @@ HONOURED = [
     ("TICKVAULT_SYMBOLS", "WDOZ26", "symbols", ("WDOZ26",)),
     ("TICKVAULT_SEED", "42", "seed", 42),
     ("TICKVAULT_SPEED", "60", "speed", 60.0),
+    ("TICKVAULT_MODEL", "/srv/m.pkl", "model_path", Path("/srv/m.pkl")),
+    ("SIGNAL_THRESHOLD", "0.7", "signal_threshold", 0.7),
+    ("FEATURES_INTERVAL_MS", "250", "features_interval_ms", 250),
 ]
 
 

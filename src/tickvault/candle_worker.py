@@ -241,9 +241,11 @@ class CandleWorker:
         pipe = self.client.pipeline(transaction=True)
         count = 0
         for symbol, state in self.state.items():
+            due = {tf: sorted(state.due(tf, flush=flush), key=lambda b: b.open_ms) for tf in TIMEFRAMES}
+            self._recompute(symbol, {tf: [b for b in bars if not b.incremental] for tf, bars in due.items()})
             for tf in TIMEFRAMES:
-                for bar in sorted(state.due(tf, flush=flush), key=lambda b: b.open_ms):
-                    if not bar.incremental and not self._recompute(symbol, tf, bar):
+                for bar in due[tf]:
+                    if not bar.dirty:  # recomputed and found empty
                         continue
                     last = max(bar.open_ms, self._last_id[(symbol, tf)])
                     fields = to_fields(bar.candle(symbol, tf))
@@ -257,21 +259,45 @@ class CandleWorker:
         self.stats.written += count
         return count
 
-    def _recompute(self, symbol: str, tf: str, bar: Bar) -> bool:
-        """Replace the bar's values by the store's; False if the store holds no tick in it."""
-        cols = self.store.columns(symbol, bar.open_ms, bar.end_ms - 1)
-        self.stats.recomputed += 1
-        found = candles_from_ticks(columns_frame(symbol, cols), tf)
-        if not len(found):
-            bar.dirty = False
-            return False
-        row = found.iloc[0]
-        bar.open, bar.high, bar.low, bar.close = (float(row[k]) for k in ("open", "high", "low", "close"))
-        bar.volume, bar.quantity, bar.trades = float(row["volume"]), int(row["quantity"]), int(row["trades"])
-        bar.vwap = float(row["vwap"])
-        bar.buy_quantity, bar.sell_quantity = int(row["buy_quantity"]), int(row["sell_quantity"])
-        bar.first_ms, bar.last_ms = int(cols.timestamp_ms.min()), int(cols.timestamp_ms.max())
-        return True
+    def _recompute(self, symbol: str, bars: dict[str, list[Bar]]) -> None:
+        """Replace store-mode bars' values by the store's, reading each stretch of time once for
+        every timeframe (a history load can make thousands of bars due at once). A bar the store
+        holds no tick for is left clean and not written."""
+        spans = sorted((b.open_ms, b.end_ms) for group in bars.values() for b in group)
+        stretches: list[list[int]] = []
+        for lo, hi in spans:
+            if stretches and lo <= stretches[-1][1]:
+                stretches[-1][1] = max(stretches[-1][1], hi)
+            else:
+                stretches.append([lo, hi])
+        for lo, hi in stretches:
+            frame = columns_frame(symbol, self.store.columns(symbol, lo, hi - 1))
+            for tf, group in bars.items():
+                mine = [b for b in group if lo <= b.open_ms < hi]
+                if not mine:
+                    continue
+                found = candles_from_ticks(frame, tf)
+                opens = found.index.as_unit("ms").asi8.tolist()
+                rows = dict(zip(opens, found.itertuples(index=False), strict=True))
+                for bar in mine:
+                    self.stats.recomputed += 1
+                    row = rows.get(bar.open_ms)
+                    if row is None:
+                        bar.dirty = False
+                        continue
+                    bar.open, bar.high, bar.low, bar.close = (
+                        float(row.open),
+                        float(row.high),
+                        float(row.low),
+                        float(row.close),
+                    )
+                    bar.volume, bar.quantity, bar.trades = (
+                        float(row.volume),
+                        int(row.quantity),
+                        int(row.trades),
+                    )
+                    bar.vwap = float(row.vwap)
+                    bar.buy_quantity, bar.sell_quantity = int(row.buy_quantity), int(row.sell_quantity)
 
     def run(self, stop: threading.Event) -> None:
         """Until `stop`: follow the streams; on stop, write the bars still open (a later version

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     )
     seed: int = Field(7, validation_alias="TICKVAULT_SEED")
     speed: float = Field(1.0, ge=0, validation_alias="TICKVAULT_SPEED")
+    # features and the live predictor
+    model_path: Path | None = Field(None, validation_alias="TICKVAULT_MODEL")  # None: DATA_DIR/model
+    signal_threshold: float = Field(0.55, gt=0, le=1, validation_alias="SIGNAL_THRESHOLD")
+    features_interval_ms: int = Field(1000, ge=0, validation_alias="FEATURES_INTERVAL_MS")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -94,6 +98,10 @@ class Settings(BaseSettings):
                 "must be 'embedded' or a valkey://, valkeys://, redis://, rediss:// or unix:// URL"
             )
         return value
+
+    @property
+    def model_file(self) -> Path:
+        return self.model_path or self.data_dir / "model" / "model.pkl"
 
     @property
     def valkey_data_dir(self) -> Path:

@@ -8,6 +8,7 @@ queries use; the two must agree.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -294,7 +295,9 @@ def decode_tick(data: bytes | str) -> Tick:
     return decode(data, Tick)
 
 
+@functools.cache
 def _dict_fields(kind: type[Event]) -> tuple[str, ...]:
+    # cached: msgspec.structs.fields re-evaluates the annotations on every call (~1 ms)
     return tuple(f.name for f in msgspec.structs.fields(kind) if str(f.type).startswith("dict"))
 
 

@@ -209,19 +209,25 @@ class Store:
     #    producer (issue 5 writes them); read back by the same range API
 
     def append_events(self, events: Sequence[Features | Prediction | Signal]) -> int:
-        """Append events to their streams (`stream:features:SYM`, ...); ids are their exchange ms."""
+        """Append events to their streams (`stream:features:SYM`, ...); ids are their exchange ms.
+        An event not newer than its stream's last entry (a rerun over the same times) is skipped,
+        not an error. Returns how many were appended."""
         pipe = self.client.pipeline(transaction=False)
         for event in events:
             pipe.xadd(
                 self.keys.stream(_EVENT_STREAM[type(event)], event.symbol),
-                to_fields(event),
+                to_fields(event),  # type: ignore[arg-type]
                 id=f"{event.timestamp_ms}-*",
             )
         try:
-            pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
         except valkey.ValkeyError as exc:
             raise store_error(exc) from exc
-        return len(events)
+        errors = [r for r in replies if isinstance(r, Exception)]
+        for error in errors:
+            if not isinstance(error, valkey.ResponseError) or "equal or smaller" not in str(error):
+                raise store_error(error)
+        return len(events) - len(errors)
 
     def events(self, kind: str, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """`kind` in features|predictions|signals: events in [start, end] as a DataFrame indexed by

@@ -21,7 +21,9 @@ from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
 from tickvault.connection import Connection
 from tickvault.errors import ConfigError, StoreError
-from tickvault.events import B3_TZ, Tick
+from tickvault.events import B3_TZ, Event, Tick
+from tickvault.feature_service import FeatureService, load_model
+from tickvault.features import FeatureConfig
 from tickvault.ingest import Ingest
 from tickvault.keys import tick_topic
 from tickvault.recorder import Recorder
@@ -85,6 +87,7 @@ class System:
         *,
         source: Callable[[Store | None], Iterator[Tick]] | None = None,
         handlers: list[Callable[[Tick], None]] | None = None,
+        event_handlers: list[Callable[[Event], None]] | None = None,
         only: str | None = None,
         private_bus: bool = False,
     ) -> None:
@@ -104,12 +107,14 @@ class System:
         self.publisher: Publisher | None = None
         self.recorder: Recorder | None = None
         self.ingest = Ingest(handlers=handlers)
+        self.event_handlers = list(event_handlers or [])  # features, predictions, signals in-process
         self.stop_event = threading.Event()
         self._source_done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._recorder_stop = threading.Event()
         self._subscriber: Subscriber | None = None
         self.candles: CandleWorker | None = None
+        self.features: FeatureService | None = None
         self._candles_stop = threading.Event()
         self.started_at = 0.0
 
@@ -142,6 +147,7 @@ class System:
         if self.only == "recorder":
             self._start_recorder_only()
             return
+        self._start_features()
         lasts = last_stored(self.store, s.symbols)
         # sequence numbers continue from the store, so a stored sequence without holes proves no loss
         self.ingest.set_start_seq({sym: t.seq for sym, t in lasts.items()})
@@ -174,6 +180,24 @@ class System:
         )
         self.started_at = time.monotonic()
         self._spawn("source", self._pump, ticks)
+
+    def _start_features(self) -> None:
+        """The core flow after ingest: features, predictions, signals (works with ZeroMQ and Valkey off)."""
+        s = self.settings
+        signal_bind = None
+        if s.zmq_enabled:
+            signal_bind = "tcp://127.0.0.1:*" if self.private_bus else endpoint(s.zmq_host, s.zmq_signal_port)
+        self.features = FeatureService(
+            s.symbols,
+            store=Store(self.connection.client("features")) if self.connection else None,
+            model=load_model(s.model_file),
+            threshold=s.signal_threshold,
+            config=FeatureConfig(emit_interval_ms=s.features_interval_ms),
+            signal_bind=signal_bind,
+            handlers=self.event_handlers,
+        )
+        self.ingest.add_handler(self.features.submit)
+        self.features.start()
 
     def _start_recorder_only(self) -> None:
         s = self.settings
@@ -216,6 +240,8 @@ class System:
                 write_errors=r.write_errors, rewritten=r.rewritten, sealed=r.sealed, expired=r.expired,
                 buffered=self.recorder.buffered, spilled=self.recorder.spool.spilled,
             )  # fmt: skip
+        if self.features is not None:
+            out.update(self.features.counters())
         if self.candles is not None:
             c = self.candles.stats
             out.update(candle_ticks=c.ticks, candles_written=c.written, candles_recomputed=c.recomputed)
@@ -260,6 +286,8 @@ class System:
         self.stop_event.set()
         self._source_done.wait(10)
         summary = RunSummary(generated=Counter(self.ingest.stats.generated))
+        if self.features is not None:
+            self.features.stop()
         if self.publisher is not None:
             self.publisher.flush(DRAIN_TIMEOUT_S)
         if self.recorder is not None:

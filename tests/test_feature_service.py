@@ -1,0 +1,110 @@
+"""Live features in the running system equal a later backfill from history; outputs reach ZeroMQ,
+Valkey and in-process handlers; the history cache is per day."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+
+import numpy as np
+import zmq
+
+from factories import tick
+from tickvault.config import load_settings
+from tickvault.events import B3_TZ, Event, Features, decode, to_ms
+from tickvault.feature_service import FeatureService, decide, store_history
+from tickvault.features import FeatureConfig, FeatureEngine, backfill
+from tickvault.sources.simulator import MarketSimulator
+from tickvault.store import Store, frame_to_ticks
+from tickvault.system import System
+
+SYMBOLS = ("WDOFUT", "WINFUT")
+TODAY = datetime(2025, 11, 24, 9, 0, tzinfo=B3_TZ)
+
+
+def past_sessions(store: Store, days: int = 6) -> None:
+    """A few sparse previous sessions (one trade every 20 s, 09:00-18:00) for both symbols."""
+    rng = np.random.default_rng(0)
+    for back in range(1, days + 1):
+        open_ms = to_ms(TODAY) - back * 86_400_000
+        for symbol, base, step in (("WDOFUT", 5400.0, 0.5), ("WINFUT", 130_000.0, 5.0)):
+            price, out = base, []
+            for i in range(9 * 180):
+                price += step * int(rng.integers(-2, 3))
+                out.append(tick(symbol, open_ms + i * 20_000, i + 1, price, int(rng.integers(1, 30)),
+                                trade_type=int(rng.choice([2, 3]))))  # fmt: skip
+            store.append_ticks(out)
+    store.writer.release()  # the system's recorder writes these symbols next
+
+
+def test_live_features_equal_a_backfill_from_history(system_env: dict[str, str], store: Store) -> None:
+    past_sessions(store)
+    sim = MarketSimulator(list(SYMBOLS), seed=9, start=TODAY)
+    # every 5th simulated trade: two hours of session in 50k ticks, enough for every feature
+    today = list(itertools.islice(sim.ticks(), 0, 250_000, 5))
+    seen: list[Event] = []
+    system = System(load_settings(), source=lambda _: iter(today), event_handlers=[seen.append])
+    system.start()
+    system.wait(120)
+    summary = system.stop()
+    assert summary.drained
+    live = [e for e in seen if isinstance(e, Features)]
+    assert summary.counters["features"] == len(live) > 100
+    # what reached Valkey is what the handlers saw
+    stored = store.features("WDOFUT", today[0].timestamp_ms, today[-1].timestamp_ms)
+    assert len(stored) == sum(f.symbol == "WDOFUT" for f in live)
+    # the history-aware features had history to work with
+    last_wdo = [f for f in live if f.symbol == "WDOFUT"][-1].values
+    assert last_wdo["microstructure_imbalance"] is not None
+    assert last_wdo["volume_pattern_score"] is not None
+    assert last_wdo["correlation_stability"] is not None
+    # later, from history only: the same values at the same timestamps
+    frame = store.ticks(list(SYMBOLS), today[0].timestamp_ms, today[-1].timestamp_ms)
+    engine = FeatureEngine(SYMBOLS, FeatureConfig(), history=store_history(store))
+    again = backfill(engine, frame_to_ticks(frame))
+    assert [(f.symbol, f.timestamp_ms) for f in again] == [(f.symbol, f.timestamp_ms) for f in live]
+    assert [f.values for f in again] == [f.values for f in live]
+
+
+def test_outputs_reach_zeromq_and_survive_a_dead_valkey_writer(store: Store) -> None:
+    service = FeatureService(
+        SYMBOLS, store=store, config=FeatureConfig(emit_interval_ms=0), signal_bind="tcp://127.0.0.1:*"
+    )
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVTIMEO, 200)
+    sub.connect(service.signal_endpoint or "")
+    sub.setsockopt(zmq.SUBSCRIBE, b"features_WDOFUT")
+    got: list[list[bytes]] = []
+    trade = itertools.count(1)
+    for _ in range(200):  # until the slow joiner's subscription has reached the publisher
+        service.process(tick(ts_ms=to_ms(TODAY) + next(trade), trade_id=next(trade)))
+        try:
+            got.append(sub.recv_multipart())
+            break
+        except zmq.Again:
+            continue
+    assert got and got[0][0] == b"features_WDOFUT"
+    assert decode(got[0][1], Features).symbol == "WDOFUT"
+    service.stop()
+    sub.close()
+    assert service.stats.stored == service.stats.features
+
+
+def test_decide() -> None:
+    assert decide({"UP": 0.7, "FLAT": 0.2, "DOWN": 0.1}, 0.55) == ("BUY", 0.7)
+    assert decide({"UP": 0.1, "FLAT": 0.2, "DOWN": 0.7}, 0.55) == ("SELL", 0.7)
+    assert decide({"UP": 0.4, "FLAT": 0.5, "DOWN": 0.1}, 0.55) == ("HOLD", 0.5)
+
+
+def test_history_summaries_are_cached_per_day(store: Store) -> None:
+    past_sessions(store, days=2)
+    provider = store_history(store)
+    first = provider("WDOFUT", TODAY.date(), 30)
+    assert len(first) == 2
+    assert store.client.exists("tv:daysum:WDOFUT:20251123")
+    again = provider("WDOFUT", TODAY.date(), 30)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.minute_close, b.minute_close)
+        np.testing.assert_array_equal(a.minute_quantity, b.minute_quantity)
+        assert a.quantities == b.quantities and a.day == b.day
