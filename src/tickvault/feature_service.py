@@ -108,7 +108,7 @@ def load_model(path: Path) -> Model | None:
     if not path.exists():
         log.info("no model at %s: features only (train one with `tickvault train`)", path)
         return None
-    from tickvault.ml import load  # scikit-learn is imported only when there is a model
+    from tickvault.model import load  # scikit-learn is imported only when there is a model
 
     return load(path)
 

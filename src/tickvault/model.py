@@ -1,0 +1,253 @@
+"""The trading model: training set from history, walk-forward evaluation, the saved model file.
+
+- Training rows are the Features events a replay of the stored ticks emits (`features.backfill`), so
+  the model trains on exactly what the live engine will compute.
+- Label: direction of the move from the last price at t to the last trade price at or before
+  t + horizon, in the same session. A move of at most one tick either way (bid-ask bounce) is FLAT;
+  more is UP or DOWN. Rows whose horizon runs past the session's last trade are dropped: a label never
+  uses another session.
+- Walk-forward: sessions in time order; each fold trains on every session before its test session
+  and tests on that one session. Never the reverse.
+- `volatility_regime_30d` is ordinal (LOW < NORMAL < HIGH, UNKNOWN missing); None is NaN, which the
+  gradient-boosted trees route as they learned.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, log_loss
+
+from tickvault.errors import ConfigError
+from tickvault.events import B3_TZ, Features, Tick
+from tickvault.fast_predict import CompiledForest
+from tickvault.features import FEATURE_NAMES, FeatureConfig, FeatureEngine, HistoryProvider, backfill
+
+LABELS = ("DOWN", "FLAT", "UP")
+_REGIME_ORDER = {"LOW_VOL": 0.0, "NORMAL_VOL": 1.0, "HIGH_VOL": 2.0}
+FORMAT = 1
+
+
+def feature_row(values: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
+    row = np.empty(len(FEATURE_NAMES)) if out is None else out
+    for i, name in enumerate(FEATURE_NAMES):
+        v = values.get(name)
+        if isinstance(v, str):
+            row[i] = _REGIME_ORDER.get(v, np.nan)
+        else:
+            row[i] = np.nan if v is None else v
+    return row
+
+
+def label_moves(
+    tick_ms: np.ndarray,
+    tick_price: np.ndarray,
+    at_ms: np.ndarray,
+    at_price: np.ndarray,
+    horizon_ms: int,
+    tick_size: float,
+) -> np.ndarray:
+    """Labels (0 DOWN, 1 FLAT, 2 UP; -1 unlabelled) for rows at `at_ms` with price `at_price`, from
+    one symbol's ticks in time order."""
+    day = (pd.to_datetime(tick_ms, unit="ms", utc=True).tz_convert(B3_TZ).normalize()).asi8
+    row_day = (pd.to_datetime(at_ms, unit="ms", utc=True).tz_convert(B3_TZ).normalize()).asi8
+    last_of_day = pd.Series(tick_ms).groupby(day).max()
+    session_end = last_of_day.reindex(row_day).to_numpy()
+    target = at_ms + horizon_ms
+    idx = np.searchsorted(tick_ms, target, side="right") - 1
+    move = tick_price[np.clip(idx, 0, None)] - at_price
+    labels = np.where(move > tick_size * 1.000001, 2, np.where(move < -tick_size * 1.000001, 0, 1))
+    return np.where(np.isfinite(session_end) & (target <= session_end), labels, -1)
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray
+    y: np.ndarray
+    at_ms: np.ndarray
+    price: np.ndarray
+    session: np.ndarray  # B3 day of each row, as datetime64[D]
+
+
+def training_set(
+    ticks: Iterable[Tick],
+    symbol: str,
+    *,
+    horizon_ms: int,
+    tick_size: float,
+    config: FeatureConfig | None = None,
+    history: HistoryProvider | None = None,
+    symbols: Iterable[str] | None = None,
+) -> Dataset:
+    """Replay `ticks` (every configured symbol, time order) through a fresh engine; rows of `symbol`."""
+    ticks = list(ticks)
+    engine = FeatureEngine(symbols or sorted({t.symbol for t in ticks}), config, history=history)
+    rows: list[Features] = [f for f in backfill(engine, ticks) if f.symbol == symbol]
+    mine = [t for t in ticks if t.symbol == symbol and not t.is_edit]
+    tick_ms = np.array([t.timestamp_ms for t in mine], dtype=np.int64)
+    tick_price = np.array([t.price for t in mine])
+    at_ms = np.array([f.timestamp_ms for f in rows], dtype=np.int64)
+    price = np.array([f.values["price"] for f in rows], dtype=np.float64)
+    y = (
+        label_moves(tick_ms, tick_price, at_ms, price, horizon_ms, tick_size)
+        if len(rows)
+        else np.empty(0, int)
+    )
+    keep = y >= 0
+    x = np.array([feature_row(f.values) for f in rows]).reshape(len(rows), len(FEATURE_NAMES))
+    session = pd.to_datetime(at_ms, unit="ms", utc=True).tz_convert(B3_TZ).normalize().date
+    return Dataset(x[keep], y[keep], at_ms[keep], price[keep], np.array(session, dtype="datetime64[D]")[keep])
+
+
+def fit(x: np.ndarray, y: np.ndarray) -> HistGradientBoostingClassifier:
+    clf = HistGradientBoostingClassifier(
+        max_iter=200, learning_rate=0.05, early_stopping=False, random_state=0
+    )
+    x = x.copy()
+    x[:, np.all(np.isnan(x), axis=0)] = 0.0  # a feature never seen (no book data): constant, never split on
+    return clf.fit(x, y)
+
+
+@dataclass
+class Fold:
+    train_sessions: list[str]
+    test_session: str
+    n_train: int
+    n_test: int
+    accuracy: float
+    balanced_accuracy: float
+    majority_rate: float  # accuracy of always answering the training set's most frequent class
+    log_loss: float
+    confusion: list[list[int]]
+
+
+def walk_forward(data: Dataset, folds: int | None = None) -> tuple[list[Fold], pd.DataFrame]:
+    """Each fold trains on all sessions before its test session; returns the folds and the
+    out-of-sample probabilities (columns DOWN/FLAT/UP, label, price, session) indexed by time."""
+    sessions = sorted(set(data.session.tolist()))
+    if len(sessions) < 2:
+        raise ConfigError(
+            "--start/--end", f"{len(sessions)} session(s)", "walk-forward needs at least 2 sessions"
+        )
+    tests = sessions[1:] if folds is None else sessions[-folds:]
+    out_folds, oos = [], []
+    for test in tests:
+        train = data.session < np.datetime64(test)
+        here = data.session == np.datetime64(test)
+        if len(set(data.y[train].tolist())) < 2 or not here.any():
+            continue
+        clf = fit(data.x[train], data.y[train])
+        proba = _full_proba(clf, data.x[here])
+        predicted = proba.argmax(axis=1)
+        majority = np.bincount(data.y[train], minlength=3).argmax()
+        out_folds.append(
+            Fold(
+                train_sessions=[str(s) for s in sessions if s < test], test_session=str(test),
+                n_train=int(train.sum()), n_test=int(here.sum()),
+                accuracy=float(np.mean(predicted == data.y[here])),
+                balanced_accuracy=float(balanced_accuracy_score(data.y[here], predicted)),
+                majority_rate=float(np.mean(data.y[here] == majority)),
+                log_loss=float(log_loss(data.y[here], proba, labels=[0, 1, 2])),
+                confusion=confusion_matrix(data.y[here], predicted, labels=[0, 1, 2]).tolist(),
+            )
+        )  # fmt: skip
+        frame = pd.DataFrame(proba, columns=list(LABELS))
+        frame["label"], frame["price"], frame["session"] = data.y[here], data.price[here], str(test)
+        frame.index = pd.to_datetime(data.at_ms[here], unit="ms", utc=True).tz_convert(B3_TZ)
+        oos.append(frame)
+    return out_folds, (
+        pd.concat(oos) if oos else pd.DataFrame(columns=[*LABELS, "label", "price", "session"])
+    )
+
+
+def _full_proba(clf: HistGradientBoostingClassifier, x: np.ndarray) -> np.ndarray:
+    """Probabilities for all three labels, even when training saw only some of them."""
+    proba = np.zeros((len(x), 3))
+    proba[:, clf.classes_.astype(int)] = clf.predict_proba(x)
+    return proba
+
+
+@dataclass
+class ModelInfo:
+    symbol: str
+    features: list[str]
+    labels: list[str]
+    horizon_ms: int
+    tick_size: float
+    train_start: str
+    train_end: str
+    sessions: int
+    rows: int
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    format: int = FORMAT
+
+
+class TrainedModel:
+    """A fitted classifier with what it was trained on; `predict_proba_one` is the live path."""
+
+    def __init__(self, clf: HistGradientBoostingClassifier, info: ModelInfo) -> None:
+        self.clf = clf
+        self.info = info
+        self.name = f"hgb-{info.symbol}-{info.train_end}"
+        self._forest = CompiledForest(clf)
+        self._row = np.empty(len(FEATURE_NAMES))
+        self._classes = [LABELS[int(c)] for c in clf.classes_]
+
+    def predict_proba_one(self, values: dict[str, Any]) -> dict[str, float]:
+        proba = self._forest.predict_proba(feature_row(values, self._row))
+        out = dict.fromkeys(LABELS, 0.0)
+        out.update(zip(self._classes, proba.tolist(), strict=True))
+        return out
+
+
+def train(
+    data: Dataset, symbol: str, *, horizon_ms: int, tick_size: float, folds: int | None = None
+) -> TrainedModel:
+    """Walk-forward evaluation, then the final model fitted on every session."""
+    evaluated, _ = walk_forward(data, folds)
+    clf = fit(data.x, data.y)
+    sessions = sorted(set(data.session.tolist()))
+    info = ModelInfo(
+        symbol=symbol, features=list(FEATURE_NAMES), labels=list(LABELS), horizon_ms=horizon_ms,
+        tick_size=tick_size, train_start=str(sessions[0]), train_end=str(sessions[-1]),
+        sessions=len(sessions), rows=len(data.y), folds=[asdict(f) for f in evaluated],
+    )  # fmt: skip
+    return TrainedModel(clf, info)
+
+
+def save(model: TrainedModel, path: Path) -> None:
+    """The model (pickle) and a JSON sidecar anyone can read (features, range, metrics)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps({"format": FORMAT, "clf": model.clf, "info": asdict(model.info)}))
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(asdict(model.info), indent=2, default=str))
+
+
+def load(path: Path) -> TrainedModel:
+    """Load a model saved by `save`; refuses one trained on other features than this engine's."""
+    try:
+        payload = pickle.loads(path.read_bytes())  # noqa: S301 - our own file, written by save()
+        info = ModelInfo(**payload["info"])
+    except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError) as exc:
+        raise ConfigError("TICKVAULT_MODEL", str(path), f"is not a tickvault model file ({exc})") from None
+    if info.features != list(FEATURE_NAMES):
+        raise ConfigError(
+            "TICKVAULT_MODEL",
+            str(path),
+            "was trained on other features than this tickvault computes; retrain it",
+        )
+    return TrainedModel(payload["clf"], info)
+
+
+def session_dates(data: Dataset) -> list[date]:
+    return [d.astype(object) for d in sorted(set(data.session))]

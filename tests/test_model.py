@@ -1,0 +1,136 @@
+"""Training and evaluation: labels, walk-forward order, no leakage on a random walk, a planted signal
+found, the model file."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tickvault.errors import ConfigError
+from tickvault.events import B3_TZ, Tick, make_tick, to_ms
+from tickvault.features import FeatureConfig
+from tickvault.model import LABELS, Dataset, label_moves, load, save, train, training_set, walk_forward
+from tickvault.sources.simulator import MarketSimulator
+
+DAY0 = datetime(2025, 11, 3, 9, 0, tzinfo=B3_TZ)  # a Monday
+HORIZON = 60_000
+
+
+def test_labels_dead_band_and_session_edge() -> None:
+    ms = np.array([0, 10_000, 20_000, 30_000, 40_000], dtype=np.int64) + to_ms(DAY0)
+    price = np.array([100.0, 100.5, 101.5, 100.0, 99.0])
+    at = ms[:4]
+    labels = label_moves(ms, price, at, price[:4], 10_000, 0.5)
+    # +0.5 (one tick) is FLAT, +1.0 is UP, -1.5 DOWN; the last row's horizon ends at the last trade
+    assert labels.tolist() == [1, 2, 0, 0]
+    beyond = label_moves(ms, price, ms[-1:], price[-1:], 10_000, 0.5)
+    assert beyond.tolist() == [-1]  # past the session's last trade: unlabelled, not next day's data
+
+
+def test_walk_forward_trains_only_on_earlier_sessions() -> None:
+    rng = np.random.default_rng(0)
+    days = np.repeat(
+        np.array(["2025-11-03", "2025-11-04", "2025-11-05", "2025-11-06"], dtype="datetime64[D]"), 200
+    )
+    data = Dataset(rng.normal(size=(800, 19)), rng.integers(0, 3, 800), np.arange(800), np.ones(800), days)
+    folds, oos = walk_forward(data)
+    assert [f.test_session for f in folds] == ["2025-11-04", "2025-11-05", "2025-11-06"]
+    for fold in folds:
+        assert all(s < fold.test_session for s in fold.train_sessions)
+        assert fold.n_train == 200 * len(fold.train_sessions)
+    assert len(oos) == 600 and set(oos["session"]) == {"2025-11-04", "2025-11-05", "2025-11-06"}
+
+
+def thinned_sessions(n_sessions: int, *, random_walk: bool, keep_every: int = 8) -> list[Tick]:
+    sim = MarketSimulator(["WDOFUT"], seed=21, start=DAY0, random_walk=random_walk)
+    out: list[Tick] = []
+    days: set[str] = set()
+    for t in itertools.islice(sim.ticks(), 0, None, keep_every):
+        days.add(t.timestamp.date().isoformat())
+        if len(days) > n_sessions:
+            break
+        out.append(t)
+    return out
+
+
+def test_no_edge_on_a_random_walk() -> None:
+    """Null market: walk-forward accuracy must not beat always answering the training majority by
+    more than 3 standard errors. Rows come every 5 s with a 60 s horizon, so neighbouring labels
+    share most of their path: the effective sample is n * 5 / 60."""
+    ticks = thinned_sessions(4, random_walk=True)
+    data = training_set(
+        ticks, "WDOFUT", horizon_ms=HORIZON, tick_size=0.5, config=FeatureConfig(emit_interval_ms=5_000)
+    )
+    folds, _ = walk_forward(data)
+    assert len(folds) == 3
+    n = sum(f.n_test for f in folds)
+    accuracy = sum(f.accuracy * f.n_test for f in folds) / n
+    majority = sum(f.majority_rate * f.n_test for f in folds) / n
+    n_eff = n * 5 / 60
+    bound = 3 * math.sqrt(majority * (1 - majority) / n_eff)
+    assert accuracy <= majority + bound, (accuracy, majority, bound)
+
+
+def planted_sessions(n_sessions: int, seed: int = 3) -> list[Tick]:
+    """The planted signal: a hidden regime, redrawn every 5 minutes, sets both the aggressor mix
+    (70% buys or 70% sells) and the drift (+/- 0.5 point every ~6 s) of that stretch. The features
+    see the mix through `ofi_60s`; the 60 s label sees the drift."""
+    rng = np.random.default_rng(seed)
+    out: list[Tick] = []
+    for d in range(n_sessions):
+        open_ms = to_ms(DAY0) + d * 86_400_000
+        price, trade_id = 5000.0, 0
+        for block in range(6 * 12):  # 6 hours of 5-minute stretches
+            regime = 1 if rng.random() < 0.5 else -1
+            for k in range(300):  # one trade per second
+                trade_id += 1
+                buy = rng.random() < 0.5 + 0.2 * regime
+                if rng.random() < 1 / 6:
+                    price += 0.5 * regime
+                price += 0.5 * int(rng.integers(-1, 2)) * (rng.random() < 0.1)
+                ms, qty = open_ms + (block * 300 + k) * 1000, int(rng.integers(1, 5))
+                out.append(
+                    make_tick("WDOFUT", ms, trade_id, price, qty, trade_type=2 if buy else 3, multiplier=10.0)
+                )
+    return out
+
+
+def test_a_planted_signal_is_found() -> None:
+    ticks = planted_sessions(4)
+    data = training_set(
+        ticks, "WDOFUT", horizon_ms=HORIZON, tick_size=0.5, config=FeatureConfig(emit_interval_ms=5_000)
+    )
+    folds, _ = walk_forward(data)
+    n = sum(f.n_test for f in folds)
+    accuracy = sum(f.accuracy * f.n_test for f in folds) / n
+    majority = sum(f.majority_rate * f.n_test for f in folds) / n
+    assert accuracy > majority + 0.15, (accuracy, majority)
+
+
+def test_model_file_round_trip_and_refusal(tmp_path: Path) -> None:
+    ticks = planted_sessions(3)
+    data = training_set(
+        ticks, "WDOFUT", horizon_ms=HORIZON, tick_size=0.5, config=FeatureConfig(emit_interval_ms=10_000)
+    )
+    model = train(data, "WDOFUT", horizon_ms=HORIZON, tick_size=0.5)
+    assert model.info.sessions == 3 and len(model.info.folds) == 2
+    path = tmp_path / "model.pkl"
+    save(model, path)
+    again = load(path)
+    values = {"ofi_60s": 0.5, "price": 5000.0, "volatility_regime_30d": "UNKNOWN"}
+    assert again.predict_proba_one(values) == model.predict_proba_one(values)
+    assert set(model.predict_proba_one(values)) == set(LABELS)
+    assert abs(sum(model.predict_proba_one(values).values()) - 1) < 1e-9
+    assert path.with_suffix(".json").exists()
+    model.info.features = ["something", "else"]
+    save(model, path)
+    with pytest.raises(ConfigError, match="other features"):
+        load(path)
+    path.write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match="not a tickvault model"):
+        load(path)
