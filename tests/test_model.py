@@ -117,7 +117,9 @@ def test_model_file_round_trip_and_refusal(tmp_path: Path) -> None:
     data = training_set(
         ticks, "WDOFUT", horizon_ms=HORIZON, tick_size=0.5, config=FeatureConfig(emit_interval_ms=10_000)
     )
-    model = train(data, "WDOFUT", horizon_ms=HORIZON, tick_size=0.5)
+    model, oos = train(data, "WDOFUT", horizon_ms=HORIZON, tick_size=0.5)
+    assert len(oos) == sum(f["n_test"] for f in model.info.folds) and oos["move"].notna().all()
+    assert max(model.info.importance, key=model.info.importance.__getitem__) == "ofi_60s"  # the plant
     assert model.info.sessions == 3 and len(model.info.folds) == 2
     path = tmp_path / "model.pkl"
     save(model, path)
@@ -134,3 +136,41 @@ def test_model_file_round_trip_and_refusal(tmp_path: Path) -> None:
     path.write_bytes(b"not a model")
     with pytest.raises(ConfigError, match="not a tickvault model"):
         load(path)
+
+
+def test_train_and_report_commands(
+    system_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from tickvault.cli import app
+    from tickvault.config import load_settings
+    from tickvault.connection import Connection
+    from tickvault.store import Store
+
+    with Connection.open(load_settings()) as conn:
+        store = Store(conn.client("test"))
+        store.append_ticks(planted_sessions(3))
+        store.writer.release()
+    monkeypatch.setenv("FEATURES_INTERVAL_MS", "10000")  # one training row per 10 s keeps the test quick
+    runner = CliRunner()
+    model = tmp_path / "m" / "model.pkl"
+    trained = runner.invoke(app, ["train", "WDOFUT", "--start", "2025-11-01", "--end", "2025-11-10",
+                                  "--model", str(model)])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert "2025-11-05: accuracy" in trained.stdout and model.exists()
+    html = tmp_path / "report.html"
+    reported = runner.invoke(app, ["report", "--model", str(model), "--output", str(html), "--fee", "0.5"])
+    assert reported.exit_code == 0, reported.output
+    text = html.read_text()
+    for section in (
+        "Walk-forward metrics",
+        "Confusion matrix",
+        "Feature importance",
+        "Equity curve",
+        "ofi_60s",
+    ):
+        assert section in text
+    assert '<script src="http' not in text and len(text) > 1_000_000  # plotly.js inline: opens offline
+    missing = runner.invoke(app, ["report", "--model", str(tmp_path / "none.pkl")])
+    assert missing.exit_code == 2 and "TICKVAULT_MODEL" in missing.output

@@ -313,6 +313,88 @@ def query(
         out.write_frame(frame, fmt.value, output, limit=limit)
 
 
+# -- train and report --------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    symbol: Annotated[str, typer.Argument(help="Symbol to predict, e.g. WDOFUT")],
+    start: Annotated[str, Opt(help="First day of history to learn from (ISO 8601, a date, '-30d')")],
+    end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
+    horizon: Annotated[float, Opt(help="Seconds ahead the label looks", min=1.0)] = 60.0,
+    folds: Annotated[
+        int | None, Opt(help="Walk-forward folds (default: every session after the first)")
+    ] = None,
+    model: Annotated[Path | None, Opt(help="Where to save (default: TICKVAULT_MODEL)")] = None,
+) -> None:
+    """Train the direction model on stored history, evaluate it walk-forward, save it."""
+    from tickvault.connection import Connection
+    from tickvault.events import validate_symbol
+    from tickvault.feature_service import store_history
+    from tickvault.features import FeatureConfig
+    from tickvault.model import save, training_set
+    from tickvault.model import train as fit_model
+    from tickvault.sources.simulator import spec_for
+    from tickvault.store import Store, frame_to_ticks
+
+    with _errors():
+        settings = _settings(ctx)
+        validate_symbol(symbol)
+        path = model or settings.model_file
+        symbols = list(dict.fromkeys((symbol, *settings.symbols)))
+        with Connection.open(settings) as conn:
+            conn.check()
+            store = Store(conn.client("train"))
+            ticks = frame_to_ticks(store.ticks(symbols, start, end))
+            tick_size = spec_for(symbol).tick_size
+            data = training_set(
+                ticks, symbol, horizon_ms=int(horizon * 1000), tick_size=tick_size, symbols=symbols,
+                config=FeatureConfig(emit_interval_ms=settings.features_interval_ms),
+                history=store_history(store),
+            )  # fmt: skip
+        trained, oos = fit_model(
+            data, symbol, horizon_ms=int(horizon * 1000), tick_size=tick_size, folds=folds
+        )
+        save(trained, path)
+        oos.to_parquet(path.with_suffix(".oos.parquet"))
+        for fold in trained.info.folds:
+            print(f"{fold['test_session']}: accuracy {fold['accuracy']:.3f}"
+                  f" (majority {fold['majority_rate']:.3f}) on {fold['n_test']} rows")  # fmt: skip
+        print(f"model={path} sessions={trained.info.sessions} rows={trained.info.rows}")
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    model: Annotated[Path | None, Opt(help="Model saved by `train` (default: TICKVAULT_MODEL)")] = None,
+    output: Annotated[Path, Opt(help="HTML file to write")] = Path("report.html"),
+    fee: Annotated[float, Opt(help="Fee in BRL per contract per side", min=0.0)] = 1.0,
+    multiplier: Annotated[float | None, Opt(help="BRL per point (default: WDO 10, WIN 0.2)", min=0.0)] = None,
+    threshold: Annotated[float | None, Opt(help="Probability to act (default: SIGNAL_THRESHOLD)")] = None,
+) -> None:
+    """Write an HTML report of a trained model: metrics, confusion matrix, importance, equity curve."""
+    import pandas as pd
+
+    from tickvault.model import load
+    from tickvault.report import write_report
+
+    with _errors():
+        settings = _settings(ctx)
+        path = model or settings.model_file
+        trained = load(path)
+        oos_path = path.with_suffix(".oos.parquet")
+        if not oos_path.exists():
+            raise ConfigError(
+                "--model", str(path), f"has no out-of-sample predictions ({oos_path.name}); retrain it"
+            )
+        written = write_report(
+            trained.info, pd.read_parquet(oos_path), output, fee=fee, multiplier=multiplier,
+            threshold=threshold if threshold is not None else settings.signal_threshold,
+        )  # fmt: skip
+        print(f"report={written}")
+
+
 # -- cleanup -----------------------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.inspection import permutation_importance
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, log_loss
 
 from tickvault.errors import ConfigError
@@ -63,10 +64,17 @@ def label_moves(
     last_of_day = pd.Series(tick_ms).groupby(day).max()
     session_end = last_of_day.reindex(row_day).to_numpy()
     target = at_ms + horizon_ms
-    idx = np.searchsorted(tick_ms, target, side="right") - 1
-    move = tick_price[np.clip(idx, 0, None)] - at_price
+    move = future_move(tick_ms, tick_price, at_ms, at_price, horizon_ms)
     labels = np.where(move > tick_size * 1.000001, 2, np.where(move < -tick_size * 1.000001, 0, 1))
     return np.where(np.isfinite(session_end) & (target <= session_end), labels, -1)
+
+
+def future_move(
+    tick_ms: np.ndarray, tick_price: np.ndarray, at_ms: np.ndarray, at_price: np.ndarray, horizon_ms: int
+) -> np.ndarray:
+    """Last trade price at or before t + horizon, minus the price at t."""
+    idx = np.searchsorted(tick_ms, at_ms + horizon_ms, side="right") - 1
+    return tick_price[np.clip(idx, 0, None)] - at_price
 
 
 @dataclass
@@ -76,6 +84,7 @@ class Dataset:
     at_ms: np.ndarray
     price: np.ndarray
     session: np.ndarray  # B3 day of each row, as datetime64[D]
+    move: np.ndarray | None = None  # price change over the horizon (points), for equity curves
 
 
 def training_set(
@@ -105,7 +114,9 @@ def training_set(
     keep = y >= 0
     x = np.array([feature_row(f.values) for f in rows]).reshape(len(rows), len(FEATURE_NAMES))
     session = pd.to_datetime(at_ms, unit="ms", utc=True).tz_convert(B3_TZ).normalize().date
-    return Dataset(x[keep], y[keep], at_ms[keep], price[keep], np.array(session, dtype="datetime64[D]")[keep])
+    move = future_move(tick_ms, tick_price, at_ms, price, horizon_ms) if len(rows) else np.empty(0)
+    days = np.array(session, dtype="datetime64[D]")
+    return Dataset(x[keep], y[keep], at_ms[keep], price[keep], days[keep], move[keep])
 
 
 def fit(x: np.ndarray, y: np.ndarray) -> HistGradientBoostingClassifier:
@@ -162,6 +173,7 @@ def walk_forward(data: Dataset, folds: int | None = None) -> tuple[list[Fold], p
         )  # fmt: skip
         frame = pd.DataFrame(proba, columns=list(LABELS))
         frame["label"], frame["price"], frame["session"] = data.y[here], data.price[here], str(test)
+        frame["move"] = data.move[here] if data.move is not None else np.nan
         frame.index = pd.to_datetime(data.at_ms[here], unit="ms", utc=True).tz_convert(B3_TZ)
         oos.append(frame)
     return out_folds, (
@@ -188,6 +200,7 @@ class ModelInfo:
     sessions: int
     rows: int
     folds: list[dict[str, Any]] = field(default_factory=list)
+    importance: dict[str, float] = field(default_factory=dict)  # permutation importance, last fold
     format: int = FORMAT
 
 
@@ -211,17 +224,22 @@ class TrainedModel:
 
 def train(
     data: Dataset, symbol: str, *, horizon_ms: int, tick_size: float, folds: int | None = None
-) -> TrainedModel:
-    """Walk-forward evaluation, then the final model fitted on every session."""
-    evaluated, _ = walk_forward(data, folds)
-    clf = fit(data.x, data.y)
+) -> tuple[TrainedModel, pd.DataFrame]:
+    """Walk-forward evaluation, permutation importance on the last fold, then the final model fitted
+    on every session. Returns the model and the out-of-sample predictions."""
+    evaluated, oos = walk_forward(data, folds)
     sessions = sorted(set(data.session.tolist()))
+    last = data.session == np.datetime64(sessions[-1])
+    fold_clf = fit(data.x[~last], data.y[~last])
+    found = permutation_importance(fold_clf, data.x[last], data.y[last], n_repeats=3, random_state=0)
+    importance = {name: float(v) for name, v in zip(FEATURE_NAMES, found.importances_mean, strict=True)}
+    clf = fit(data.x, data.y)
     info = ModelInfo(
         symbol=symbol, features=list(FEATURE_NAMES), labels=list(LABELS), horizon_ms=horizon_ms,
         tick_size=tick_size, train_start=str(sessions[0]), train_end=str(sessions[-1]),
-        sessions=len(sessions), rows=len(data.y), folds=[asdict(f) for f in evaluated],
+        sessions=len(sessions), rows=len(data.y), folds=[asdict(f) for f in evaluated], importance=importance,
     )  # fmt: skip
-    return TrainedModel(clf, info)
+    return TrainedModel(clf, info), oos
 
 
 def save(model: TrainedModel, path: Path) -> None:
