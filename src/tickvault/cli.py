@@ -86,6 +86,9 @@ def main_options(
     ] = None,
     monitor_symbols: Annotated[str | None, Opt(help="Comma-separated [MONITOR_SYMBOLS]")] = None,
     log_level: Annotated[str | None, Opt(help="DEBUG, INFO, WARNING, ERROR [LOG_LEVEL]")] = None,
+    model_path: Annotated[Path | None, Opt("--model-path", help="Model file [TICKVAULT_MODEL]")] = None,
+    signal_threshold: Annotated[float | None, Opt(help="P(UP)/P(DOWN) to act [SIGNAL_THRESHOLD]")] = None,
+    features_interval_ms: Annotated[int | None, Opt(help="[FEATURES_INTERVAL_MS]")] = None,
 ) -> None:
     ctx.obj = {
         "valkey_url": valkey_url,
@@ -105,6 +108,9 @@ def main_options(
         "time_travel_enabled": time_travel,
         "monitor_symbols": monitor_symbols,
         "log_level": log_level,
+        "model_path": model_path,
+        "signal_threshold": signal_threshold,
+        "features_interval_ms": features_interval_ms,
     }
 
 
