@@ -147,8 +147,7 @@ def flat_history(day: date, n: int, vol_per_minute: float, seed: int) -> list[Se
 
 
 def test_history_features_against_hand_built_sessions() -> None:
-    today = date(2025, 11, 24)
-    calm = flat_history(today, 10, 1e-5, seed=1)
+    calm = flat_history(date(2025, 11, 24), 10, 1e-5, seed=1)
     engine = FeatureEngine(["WDOFUT"], every_tick(), history=lambda s, d, n: calm)
     rng = np.random.default_rng(2)
     ticks, price = [], 5000.0
@@ -169,3 +168,42 @@ def test_history_features_against_hand_built_sessions() -> None:
     s = sum(t.quantity for t in large if t.aggressor == "sell")
     assert values["microstructure_imbalance"] == pytest.approx((b - s) / (b + s))
     assert values["volume_pattern_score"] is not None
+
+
+def test_pattern_momentum_and_correlation_against_direct_numpy() -> None:
+    """One trade per minute per symbol for 90 minutes (WDO at :00, WIN at :30 of each minute), six
+    hand-made previous sessions; the three features recomputed here straight from their definitions."""
+    rng = np.random.default_rng(11)
+    history = []
+    for k in range(6):
+        close = np.full(1440, np.nan)
+        close[540:700] = 5000 * np.exp(np.cumsum(rng.normal(0, 1e-3, 160)))
+        qty = np.zeros(1440, dtype=np.int64)
+        qty[540:700] = rng.integers(1, 50, 160)
+        history.append(SessionSummary(date(2025, 11, 10 + k), close, qty, Counter({1: 10})))
+    engine = FeatureEngine(["WDOFUT", "WINFUT"], every_tick(), history=lambda s, d, n: history)
+    n = 90
+    wdo = 5000 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
+    win = 130_000 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)) + 0.5 * np.log(wdo / 5000))
+    qty = rng.integers(1, 50, n)
+    trades = []
+    for i in range(n):
+        trades.append(tick("WDOFUT", OPEN_MS + i * 60_000, i + 1, float(wdo[i]), int(qty[i]), trade_type=2))
+        trades.append(tick("WINFUT", OPEN_MS + i * 60_000 + 30_000, i + 1, float(win[i]), 1, trade_type=3))
+    last = [f for f in backfill(engine, trades) if f.symbol == "WDOFUT"][-1].values
+    m = 540 + n - 2  # the last closed minute at WDO's last trade (minute 540 + n - 1 is still open)
+    i = n - 2  # its index in the arrays above
+    # volume pattern: today's quantity per minute over the last 60 closed minutes vs the sessions' mean
+    usual = np.mean([h.minute_quantity[m - 59 : m + 1] for h in history], axis=0)
+    expected = np.corrcoef(qty[i - 59 : i + 1].astype(float), usual)[0, 1]
+    assert last["volume_pattern_score"] == pytest.approx(expected, rel=1e-12)
+    # momentum rank: the last hour's return against the same clock hour on each previous session
+    now = math.log(wdo[i] / wdo[i - 60])
+    past = np.array([math.log(h.minute_close[m] / h.minute_close[m - 60]) for h in history])
+    assert last["historical_momentum_rank"] == pytest.approx(np.mean(past < now) + 0.5 * np.mean(past == now))
+    # correlation stability: 30-minute correlations sampled at the last 12 minute closes of WDO
+    samples = []
+    for j in range(i - 11, i + 1):
+        a, b = np.diff(np.log(wdo[j - 30 : j + 1])), np.diff(np.log(win[j - 30 : j + 1]))
+        samples.append(np.corrcoef(a, b)[0, 1])
+    assert last["correlation_stability"] == pytest.approx(1 - np.std(samples), rel=1e-9)
