@@ -120,7 +120,9 @@ def main_options(
 @app.command()
 def run(
     ctx: typer.Context,
-    source: Annotated[str, Opt(help="sim (the built-in B3 market simulator)")] = "sim",
+    source: Annotated[
+        str, Opt(help="sim (the built-in B3 market simulator) or replay:PATH (a CSV/Parquet tick file)")
+    ] = "sim",
     symbols: Annotated[str | None, Opt(help="Comma-separated symbols [TICKVAULT_SYMBOLS]")] = None,
     speed: Annotated[
         float | None, Opt(help="Market time per wall time; 0 = as fast as possible [TICKVAULT_SPEED]")
@@ -141,15 +143,26 @@ def run(
     from tickvault.system import System
 
     with _errors():
-        if source != "sim":
+        replay: Path | None = None
+        if source.startswith("replay:"):
+            replay = Path(source.removeprefix("replay:"))
+            if not replay.is_file():
+                raise ConfigError("--source", source, f"{replay} is not a file")
+            if symbols is None:
+                from tickvault.sources.files import file_symbols
+
+                symbols = ",".join(file_symbols(replay)) or None
+        elif source != "sim":
             raise ConfigError(
-                "--source", source, "must be 'sim' (replay:PATH and profitdll are not built yet)"
+                "--source", source, "must be sim or replay:PATH (profitdll needs Windows; not built yet)"
             )
         settings = _settings(
             ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey
         )
         view = LiveView(settings.symbols)
-        system = System(settings, handlers=[view], only=only)
+        system = System(
+            settings, handlers=[view], only=only, source=_replay_source(replay, settings) if replay else None
+        )
         _stop_on_sigterm(system.stop_event)
         system.start()
         err_console.print(system.describe(), markup=False, highlight=False)
@@ -165,6 +178,29 @@ def run(
         _print_summary(summary, settings)
         if not summary.drained:
             raise typer.Exit(1)
+
+
+def _replay_source(path: Path, settings: Settings) -> Any:
+    """A tick file as the market: paced at --speed (0: as fast as possible); a bad row is logged
+    with its line and reason and skipped, the rest plays on."""
+    import logging
+
+    from tickvault.sources.files import BadRow, read_ticks
+    from tickvault.sources.simulator import pace
+
+    log = logging.getLogger("tickvault.replay")
+
+    def source(_: object) -> Iterator[Any]:
+        def good() -> Iterator[Any]:
+            for item in read_ticks(path):
+                if isinstance(item, BadRow):
+                    log.error("replay %s: rejected %s", path.name, item)
+                    continue
+                yield item
+
+        return pace(good(), settings.speed)
+
+    return source
 
 
 def _stop_on_sigterm(stop: threading.Event) -> None:
