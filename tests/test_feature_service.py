@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import itertools
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
+import pytest
 import zmq
 
 from factories import tick
 from tickvault.config import load_settings
-from tickvault.events import B3_TZ, Event, Features, decode, to_ms
+from tickvault.events import B3_TZ, Event, Features, Prediction, decode, to_ms
 from tickvault.feature_service import FeatureService, decide, store_history
 from tickvault.features import FeatureConfig, FeatureEngine, backfill
 from tickvault.sources.simulator import MarketSimulator
@@ -108,3 +110,33 @@ def test_history_summaries_are_cached_per_day(store: Store) -> None:
         np.testing.assert_array_equal(a.minute_close, b.minute_close)
         np.testing.assert_array_equal(a.minute_quantity, b.minute_quantity)
         assert a.quantities == b.quantities and a.day == b.day
+
+
+def test_with_the_zeromq_port_taken_the_core_flow_still_predicts_and_records(
+    system_env: dict[str, str], store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_model import planted_sessions
+    from tickvault.model import save, train, training_set
+
+    data = training_set(planted_sessions(2), "WDOFUT", horizon_ms=60_000, tick_size=0.5,
+                        config=FeatureConfig(emit_interval_ms=30_000))  # fmt: skip
+    save(train(data, "WDOFUT", horizon_ms=60_000, tick_size=0.5)[0], tmp_path / "model.pkl")
+    squatter = zmq.Context.instance().socket(zmq.PUB)
+    squatter.setsockopt(zmq.LINGER, 0)
+    port = squatter.bind_to_random_port("tcp://127.0.0.1")
+    monkeypatch.setenv("ZMQ_TICK_PORT", str(port))
+    monkeypatch.setenv("TICKVAULT_MODEL", str(tmp_path / "model.pkl"))
+    ticks = list(itertools.islice(MarketSimulator(["WDOFUT"], seed=4, start=TODAY).ticks(), 0, 100_000, 10))
+    seen: list[Event] = []
+    system = System(load_settings(), source=lambda _: iter(ticks), event_handlers=[seen.append])
+    try:
+        system.start()
+        assert system.publisher is None and "ZeroMQ unavailable" in system.describe()
+        system.wait(120)
+        summary = system.stop()
+    finally:
+        squatter.close()
+    assert summary.drained
+    predictions = [e for e in seen if isinstance(e, Prediction)]
+    assert len(predictions) == summary.counters["features"] > 0
+    assert [t.trade_id for t in store.tick_events("WDOFUT", 0, 2**42)] == [t.trade_id for t in ticks]

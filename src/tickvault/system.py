@@ -20,7 +20,7 @@ from tickvault.bus import Publisher, Subscriber, endpoint
 from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
 from tickvault.connection import Connection
-from tickvault.errors import ConfigError, StoreError
+from tickvault.errors import BusError, ConfigError, StoreError
 from tickvault.events import B3_TZ, Event, Tick
 from tickvault.feature_service import FeatureService, load_model
 from tickvault.features import FeatureConfig
@@ -108,6 +108,7 @@ class System:
         self.recorder: Recorder | None = None
         self.ingest = Ingest(handlers=handlers)
         self.event_handlers = list(event_handlers or [])  # features, predictions, signals in-process
+        self.degraded: list[str] = []  # what could not start: logged, in the summary
         self.stop_event = threading.Event()
         self._source_done = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -155,9 +156,17 @@ class System:
             if self.private_bus:
                 self.publisher = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*")
             else:
-                self.publisher = Publisher(
-                    endpoint(s.zmq_host, s.zmq_tick_port), replay_bind=endpoint(s.zmq_host, s.zmq_replay_port)
-                )
+                try:
+                    self.publisher = Publisher(
+                        endpoint(s.zmq_host, s.zmq_tick_port),
+                        replay_bind=endpoint(s.zmq_host, s.zmq_replay_port),
+                    )
+                except BusError as exc:
+                    # degrade, don't die: the core flow and the recorder run in-process without the bus
+                    self.degraded.append(f"ZeroMQ unavailable ({exc})")
+                    log.error(
+                        "%s: running without the bus; the recorder is fed in-process", self.degraded[-1]
+                    )
             self.ingest.publisher = self.publisher
         if self.recorder is not None:
             if self.publisher is not None:
@@ -252,6 +261,7 @@ class System:
         parts = [f"symbols={','.join(s.symbols)}", f"speed={'max' if s.speed == 0 else s.speed}"]
         parts.append(f"zmq tick={self.publisher.endpoint}" if self.publisher else "zmq off")
         parts.append(self.connection.where if self.connection else "valkey off")
+        parts += [f"DEGRADED: {problem}" for problem in self.degraded]
         return "tickvault running: " + " ".join(parts)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
