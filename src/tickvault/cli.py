@@ -136,7 +136,9 @@ def run(
         bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")
     ] = None,
     dashboard: Annotated[bool, Opt("--dashboard/--no-dashboard", help="Live terminal dashboard")] = True,
-    only: Annotated[str | None, Opt(help="One component per process: source, recorder, candles")] = None,
+    only: Annotated[
+        str | None, Opt(help="One component per process: source, recorder, candles, predictor")
+    ] = None,
 ) -> None:
     """Run the whole system: source, bus, recorder, dashboard."""
     from tickvault.dashboard import LiveView

@@ -26,6 +26,7 @@ from tickvault.feature_service import FeatureService, load_model
 from tickvault.features import FeatureConfig
 from tickvault.ingest import Ingest
 from tickvault.keys import tick_topic
+from tickvault.predictor_worker import PredictorWorker
 from tickvault.recorder import Recorder
 from tickvault.sources.simulator import MarketSimulator, pace, session_start_for, trading_moment
 from tickvault.store import Store
@@ -33,7 +34,7 @@ from tickvault.store import Store
 log = logging.getLogger("tickvault.system")
 
 DRAIN_TIMEOUT_S = 60.0
-COMPONENTS = (None, "source", "recorder", "candles")
+COMPONENTS = (None, "source", "recorder", "candles", "predictor")
 
 
 @dataclass
@@ -91,9 +92,10 @@ class System:
         only: str | None = None,
         private_bus: bool = False,
     ) -> None:
-        """`only` runs one component in this process: "source" (source, ingest, publisher),
-        "recorder" (subscribes to the configured ports and records) or "candles" (follows the stored
-        tick streams and writes the candle streams)."""
+        """`only` runs one component in this process: "source" (source, ingest, publisher, features),
+        "recorder" (subscribes to the configured ports and records), "candles" (follows the stored
+        tick streams and writes the candle streams) or "predictor" (one of several workers sharing
+        the symbols' feature streams)."""
         if only not in COMPONENTS:
             raise ConfigError("--only", only, f"must be one of {', '.join(c for c in COMPONENTS if c)}")
         self.only = only
@@ -116,6 +118,7 @@ class System:
         self._subscriber: Subscriber | None = None
         self.candles: CandleWorker | None = None
         self.features: FeatureService | None = None
+        self.predictor: PredictorWorker | None = None
         self._candles_stop = threading.Event()
         self.started_at = 0.0
 
@@ -140,6 +143,9 @@ class System:
             symbols = tuple(dict.fromkeys((*s.symbols, *(self.store.symbols() if self.store else ()))))
             self.candles = CandleWorker(Store(self.connection.client("candles")), symbols)
             self._spawn("candles", self.candles.run, self._candles_stop)
+        if self.only == "predictor":
+            self._start_predictor_only()
+            return
         if self.only == "candles":
             if self.candles is None:
                 raise ConfigError("VALKEY_ENABLED", False, "the candle worker needs Valkey")
@@ -208,6 +214,24 @@ class System:
         self.ingest.add_handler(self.features.submit)
         self.features.start()
 
+    def _start_predictor_only(self) -> None:
+        """One of several predictor processes sharing the symbols (see predictor_worker.py)."""
+        s = self.settings
+        if self.connection is None:
+            raise ConfigError(
+                "VALKEY_ENABLED", False, "predictor workers read the features streams in Valkey"
+            )
+        model = load_model(s.model_file)
+        if model is None:
+            raise ConfigError(
+                "TICKVAULT_MODEL", str(s.model_file), "does not exist; run `tickvault train` first"
+            )
+        self.predictor = PredictorWorker(
+            Store(self.connection.client("predictor")), model, s.symbols, threshold=s.signal_threshold
+        )
+        self._spawn("predictor", self.predictor.run, self._candles_stop)
+        self.started_at = time.monotonic()
+
     def _start_recorder_only(self) -> None:
         s = self.settings
         if self.recorder is None or self.store is None:
@@ -251,6 +275,11 @@ class System:
             )  # fmt: skip
         if self.features is not None:
             out.update(self.features.counters())
+        if self.predictor is not None:
+            w = self.predictor.stats
+            out.update(
+                predicted=w.predicted, predictions_claimed=w.claimed, prediction_duplicates=w.duplicates
+            )
         if self.candles is not None:
             c = self.candles.stats
             out.update(candle_ticks=c.ticks, candles_written=c.written, candles_recomputed=c.recomputed)

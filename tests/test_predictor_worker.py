@@ -1,0 +1,85 @@
+"""Predictor workers sharing symbols: a worker dies holding read-but-unacknowledged entries; the
+others take its symbols over and every features entry gets exactly one prediction and one signal."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from factories import BASE_MS
+from tickvault.events import Features, from_ms
+from tickvault.predictor_worker import GROUP, PredictorWorker
+from tickvault.store import Store
+
+SYMBOLS = ("WDOFUT", "WINFUT", "DOLFUT", "INDFUT")
+N = 300
+
+
+class SignModel:
+    name = "sign"
+
+    def predict_proba_one(self, values: dict[str, Any]) -> dict[str, float]:
+        up = 0.8 if (values.get("ofi_60s") or 0) > 0 else 0.1
+        return {"DOWN": 0.9 - up, "FLAT": 0.1, "UP": up}
+
+
+def features(symbol: str, i: int) -> Features:
+    ms = BASE_MS + i * 1000
+    values: dict[str, float | str | None] = {"ofi_60s": (-1) ** i * 0.5}
+    return Features(symbol=symbol, timestamp=from_ms(ms), timestamp_ms=ms, values=values)
+
+
+def test_a_dead_workers_symbols_are_taken_over_without_loss_or_duplicates(store: Store) -> None:
+    store.append_events([features(s, i) for s in SYMBOLS for i in range(N)])
+    dying = PredictorWorker(store, SignModel(), SYMBOLS, name="dying", lease_ms=300)
+    dying._claim_symbols()
+    assert dying.owned == set(SYMBOLS)  # first come, takes everything
+    reply = store.client.xreadgroup(GROUP, "dying", {store.keys.features(s): ">" for s in SYMBOLS}, count=50)
+    for key, entries in reply:  # half a batch done, then SIGKILL: 30 entries per symbol stay pending
+        dying._handle(key.decode().rsplit(":", 1)[1], entries[:20])
+    pending = sum(store.client.xpending(store.keys.features(s), GROUP)["pending"] for s in SYMBOLS)
+    assert pending == 30 * len(SYMBOLS)
+
+    workers = [PredictorWorker(store, SignModel(), SYMBOLS, name=f"w{k}", lease_ms=300) for k in range(2)]
+    deadline = time.monotonic() + 60
+
+    def done() -> bool:
+        return all(store.client.xlen(store.keys.predictions(s)) == N for s in SYMBOLS) and not any(
+            store.client.xpending(store.keys.features(s), GROUP)["pending"] for s in SYMBOLS
+        )
+
+    while not done() and time.monotonic() < deadline:
+        for worker in workers:
+            worker.step(block_ms=20)
+    assert done()
+    assert sum(w.stats.claimed for w in workers) == 30 * len(SYMBOLS)
+    assert sum(w.stats.predicted for w in workers) + dying.stats.predicted == N * len(SYMBOLS)
+    for symbol in SYMBOLS:
+        ids = [e[0] for e in store.client.xrange(store.keys.features(symbol))]
+        assert [e[0] for e in store.client.xrange(store.keys.predictions(symbol))] == ids
+        assert [e[0] for e in store.client.xrange(store.keys.signals(symbol))] == ids
+    signals = store.signals("WDOFUT", BASE_MS, BASE_MS + N * 1000)
+    assert list(signals["action"][:2]) == ["BUY", "SELL"]  # ofi +0.5 -> P(UP) 0.8; -0.5 -> P(DOWN) 0.8
+
+
+def test_a_repeated_write_is_refused_not_duplicated(store: Store) -> None:
+    store.append_events([features("WDOFUT", i) for i in range(5)])
+    worker = PredictorWorker(store, SignModel(), ("WDOFUT",), name="w")
+    while worker.step(block_ms=0):
+        pass
+    entries = store.client.xrange(store.keys.features("WDOFUT"))
+    worker._handle("WDOFUT", entries)  # as if a crash made it run the same entries again
+    assert worker.stats.duplicates == 5 and store.client.xlen(store.keys.predictions("WDOFUT")) == 5
+    worker.release()
+    assert store.client.get("tv:predictor:WDOFUT") is None
+
+
+def test_run_only_predictor_needs_a_model(system_env: dict[str, str], tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from tickvault.cli import app
+
+    result = CliRunner().invoke(
+        app, ["--model-path", str(tmp_path / "none.pkl"), "run", "--only", "predictor", "--no-dashboard"]
+    )
+    assert result.exit_code == 2 and "TICKVAULT_MODEL" in result.output and "tickvault train" in result.output
