@@ -357,6 +357,44 @@ def query(
         out.write_frame(frame, fmt.value, output, limit=limit)
 
 
+# -- monitor -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    symbols: Annotated[str | None, Opt(help="Comma-separated symbols [MONITOR_SYMBOLS]")] = None,
+    once: Annotated[bool, Opt("--once", help="Print one frame and exit")] = False,
+    interval: Annotated[float, Opt(help="Seconds between refreshes", min=0.1)] = 1.0,
+) -> None:
+    """Live market and pipeline health from Valkey (runs on any machine that reaches the server)."""
+    import time
+
+    from tickvault.connection import Connection
+    from tickvault.monitor import gather, render
+    from tickvault.store import Store
+
+    with _errors():
+        settings = _settings(ctx, monitor_symbols=symbols)
+        conn = Connection.open(settings)
+        try:
+            store = Store(conn.client("monitor"))
+            console = Console() if sys.stdout.isatty() else Console(width=200)  # a pipe gets whole rows
+            snap = gather(store, settings.monitor_symbols)
+            if once:
+                console.print(render(snap, conn.where))
+                return
+            with Live(render(snap, conn.where), console=console, refresh_per_second=4) as live:
+                while True:
+                    time.sleep(interval)
+                    snap = gather(store, settings.monitor_symbols, snap)
+                    live.update(render(snap, conn.where))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            conn.close()
+
+
 # -- train and report --------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ source produced before anything is closed.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -26,6 +27,7 @@ from tickvault.feature_service import FeatureService, load_model
 from tickvault.features import FeatureConfig
 from tickvault.ingest import Ingest
 from tickvault.keys import tick_topic
+from tickvault.monitor import HealthReporter
 from tickvault.predictor_worker import PredictorWorker
 from tickvault.recorder import Recorder
 from tickvault.sources.simulator import MarketSimulator, pace, session_start_for, trading_moment
@@ -119,12 +121,20 @@ class System:
         self.candles: CandleWorker | None = None
         self.features: FeatureService | None = None
         self.predictor: PredictorWorker | None = None
+        self.health: HealthReporter | None = None
         self._candles_stop = threading.Event()
         self.started_at = 0.0
 
     # -- start -----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._start()
+        if self.connection is not None:  # what `tickvault monitor` shows, from any machine
+            name = f"{self.only or 'run'}@{socket.gethostname()}:{os.getpid()}"
+            self.health = HealthReporter(self.connection.client("health"), name, self.counters)
+            self.health.start()
+
+    def _start(self) -> None:
         s = self.settings
         if s.valkey_enabled:
             self.connection = Connection.open(s)
@@ -325,6 +335,8 @@ class System:
         self.stop_event.set()
         self._source_done.wait(10)
         summary = RunSummary(generated=Counter(self.ingest.stats.generated))
+        if self.health is not None:
+            self.health.stop()
         if self.features is not None:
             self.features.stop()
         if self.publisher is not None:

@@ -1,0 +1,94 @@
+"""`tickvault monitor`: rendered headless with data, with no data, with Valkey down; health written
+by a running component is read back; `--once` prints one frame and exits."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import valkey
+from rich.console import Console
+
+from conftest import subprocess_env
+from factories import BASE_MS, tick
+from tickvault.events import Features, Signal, from_ms
+from tickvault.monitor import HealthReporter, gather, render, sparkline
+from tickvault.store import Store
+
+
+def text_of(renderable: object) -> str:
+    console = Console(record=True, width=220, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_with_data_the_numbers_are_right(store: Store) -> None:
+    # 09:00 open at 5000, then a trade every 30 s for 10 minutes up to 5010 (last at 09:10)
+    open_ms = BASE_MS - 4 * 3_600_000
+    trades = [
+        tick(ts_ms=open_ms + i * 30_000, trade_id=i + 1, price=5000.0 + 0.5 * i, quantity=2)
+        for i in range(21)
+    ]
+    store.append_ticks(trades)
+    last_ms = trades[-1].timestamp_ms
+    store.append_events([
+        Features(symbol="WDOFUT", timestamp=from_ms(last_ms), timestamp_ms=last_ms,
+                 values={"ret_5m": 0.001, "ofi_60s": 0.25, "volatility_regime_30d": "HIGH_VOL"}),
+        Signal(symbol="WDOFUT", timestamp=from_ms(last_ms), timestamp_ms=last_ms, action="BUY",
+               confidence=0.71),
+    ])  # fmt: skip
+    snap = gather(store, ("WDOFUT", "WINFUT"))
+    row = snap.rows[0]
+    in_5m = [t for t in trades if t.timestamp_ms > last_ms - 300_000]
+    assert row.trades_5m == len(in_5m) == 10
+    assert row.volume_5m == sum(t.volume for t in in_5m)
+    assert row.change_pct == (5010.0 / 5000.0 - 1) * 100
+    assert sum(row.spark) == 21 and row.spark[-1] == 2  # the minute up to the last trade: 09:09:30, 09:10
+    text = text_of(render(snap))
+    assert "5,010.00" in text and "+0.200" in text and "BUY 0.71" in text and "HIGH_VOL" in text
+    assert "NO DATA" in text  # WINFUT has nothing
+
+
+def test_health_reported_by_a_component_is_shown(store: Store) -> None:
+    counters = {"stored": 100, "rejected": 2, "buffered": 0, "gaps": 1, "recovered": 1}
+    reporter = HealthReporter(store.client, "recorder@test", lambda: dict(counters))
+    reporter.report()
+    first = gather(store, ("WDOFUT",))
+    counters["stored"] = 400
+    reporter.report()
+    second = gather(store, ("WDOFUT",), first)
+    assert second.health["stored"] == 400 and second.components == ["recorder@test"]
+    assert second.ticks_per_s is not None and second.ticks_per_s > 0
+    text = text_of(render(second))
+    assert "rejected 2" in text and "recorder@test" in text
+    assert 0 < store.client.ttl("tv:health:recorder@test") <= 10
+    reporter.stop()
+    assert not store.client.exists("tv:health:recorder@test")
+
+
+def test_valkey_down_is_disconnected_not_a_crash() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    dead = Store(valkey.Valkey(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5))
+    snap = gather(dead, ("WDOFUT",))
+    assert not snap.connected
+    assert "DISCONNECTED" in text_of(render(snap, f"127.0.0.1:{port}"))
+
+
+def test_sparkline() -> None:
+    assert sparkline([0, 0]) == "▁▁"
+    assert sparkline([0, 4, 8]) == "▁▄█"
+
+
+def test_monitor_once_prints_one_frame(system_env: dict[str, str], store: Store, tmp_path: Path) -> None:
+    store.append_ticks([tick(trade_id=1, price=5123.5)])
+    result = subprocess.run(
+        [sys.executable, "-m", "tickvault.cli", "monitor", "--once", "--symbols", "WDOFUT,WINFUT"],
+        env=subprocess_env(system_env), cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "5,123.50" in result.stdout and "NO DATA" in result.stdout
