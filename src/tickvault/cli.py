@@ -136,6 +136,9 @@ def run(
         bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")
     ] = None,
     dashboard: Annotated[bool, Opt("--dashboard/--no-dashboard", help="Live terminal dashboard")] = True,
+    metrics_port: Annotated[
+        int | None, Opt(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)", min=0)
+    ] = None,
     only: Annotated[
         str | None, Opt(help="One component per process: source, recorder, candles, predictor")
     ] = None,
@@ -168,6 +171,7 @@ def run(
         _stop_on_sigterm(system.stop_event)
         system.start()
         err_console.print(system.describe(), markup=False, highlight=False)
+        metrics = _serve_metrics(system, metrics_port) if metrics_port is not None else None
         try:
             if dashboard and only is None and sys.stdout.isatty():
                 _live(system, view, duration)
@@ -177,9 +181,26 @@ def run(
             pass
         err_console.print("stopping: draining bus and recorder ...", markup=False)
         summary = system.stop()
+        if metrics is not None:
+            metrics.stop()
         _print_summary(summary, settings)
         if not summary.drained:
             raise typer.Exit(1)
+
+
+def _serve_metrics(system: Any, port: int) -> Any:
+    """The Prometheus endpoint, or None (logged) if the port is taken: metrics never stop a run."""
+    from tickvault.metrics import start_metrics
+
+    try:
+        server = start_metrics(
+            port, system.counters, lambda: list(system.features.stats.latency_ns) if system.features else []
+        )
+    except OSError as exc:
+        err_console.print(f"metrics port {port} unavailable ({exc}); running without metrics", markup=False)
+        return None
+    err_console.print(f"metrics: http://127.0.0.1:{server.port}/metrics", markup=False, highlight=False)
+    return server
 
 
 def _replay_source(path: Path, settings: Settings) -> Any:
