@@ -36,12 +36,14 @@ HONOURED = [
     ("TICKVAULT_MODEL", "/srv/m.pkl", "model_path", Path("/srv/m.pkl")),
     ("SIGNAL_THRESHOLD", "0.7", "signal_threshold", 0.7),
     ("FEATURES_INTERVAL_MS", "250", "features_interval_ms", 250),
+    ("PROFIT_DLL_PATH", "C:/Profit/ProfitDLL64.dll", "profit_dll_path", Path("C:/Profit/ProfitDLL64.dll")),
+    ("PROFIT_USER", "trader@example.com", "profit_user", "trader@example.com"),
 ]
 
 
 def test_every_setting_is_covered_here() -> None:
     aliases = {str(f.validation_alias) for f in Settings.model_fields.values()}
-    assert aliases - {name for name, *_ in HONOURED} == {"VALKEY_PASSWORD"}
+    assert aliases - {name for name, *_ in HONOURED} == {"VALKEY_PASSWORD", "PROFIT_PASSWORD", "PROFIT_KEY"}
 
 
 @pytest.mark.parametrize(("env", "value", "attr", "expected"), HONOURED)

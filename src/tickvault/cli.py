@@ -121,7 +121,7 @@ def main_options(
 def run(
     ctx: typer.Context,
     source: Annotated[
-        str, Opt(help="sim (the built-in B3 market simulator) or replay:PATH (a CSV/Parquet tick file)")
+        str, Opt(help="sim (built-in B3 simulator), replay:PATH (CSV/Parquet ticks) or profitdll (PROFIT_*)")
     ] = "sim",
     symbols: Annotated[str | None, Opt(help="Comma-separated symbols [TICKVAULT_SYMBOLS]")] = None,
     speed: Annotated[
@@ -157,17 +157,21 @@ def run(
                 from tickvault.sources.files import file_symbols
 
                 symbols = ",".join(file_symbols(replay)) or None
-        elif source != "sim":
-            raise ConfigError(
-                "--source", source, "must be sim or replay:PATH (profitdll needs Windows; not built yet)"
-            )
+        elif source not in ("sim", "profitdll"):
+            raise ConfigError("--source", source, "must be sim, replay:PATH or profitdll")
         settings = _settings(
             ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey
         )
         view = LiveView(settings.symbols)
-        system = System(
-            settings, handlers=[view], only=only, source=_replay_source(replay, settings) if replay else None
-        )
+        chosen = _replay_source(replay, settings) if replay else None
+        if source == "profitdll":
+            from tickvault.sources.profitdll import profitdll_source
+
+            stop = threading.Event()
+            chosen = profitdll_source(settings, stop)
+        system = System(settings, handlers=[view], only=only, source=chosen)
+        if source == "profitdll":
+            system.stop_event = stop  # the DLL's tick queue ends when the system stops
         _stop_on_sigterm(system.stop_event)
         system.start()
         err_console.print(system.describe(), markup=False, highlight=False)

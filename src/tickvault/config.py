@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     )
     seed: int = Field(7, validation_alias="TICKVAULT_SEED")
     speed: float = Field(1.0, ge=0, validation_alias="TICKVAULT_SPEED")
+    # ProfitDLL (run --source profitdll)
+    profit_dll_path: Path = Field(Path("ProfitDLL.dll"), validation_alias="PROFIT_DLL_PATH")
+    profit_user: str | None = Field(None, validation_alias="PROFIT_USER")
+    profit_password: SecretStr | None = Field(None, validation_alias="PROFIT_PASSWORD")
+    profit_key: SecretStr | None = Field(None, validation_alias="PROFIT_KEY")
     # features and the live predictor
     model_path: Path | None = Field(None, validation_alias="TICKVAULT_MODEL")  # None: DATA_DIR/model
     signal_threshold: float = Field(0.55, gt=0, le=1, validation_alias="SIGNAL_THRESHOLD")
@@ -150,7 +155,7 @@ _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
 
 def redact(name: str, value: Any) -> Any:
     """A setting's value fit for an error message or a log line: no password, ever."""
-    if "PASSWORD" in name and value not in (None, ""):
+    if ("PASSWORD" in name or name.endswith("_KEY")) and value not in (None, ""):
         return "***"
     if isinstance(value, str):
         return _URL_PASSWORD.sub(r"\1***@", value)

@@ -1,0 +1,155 @@
+"""The ProfitDLL binding driven by a fake library built here with gcc: same exported functions and
+callback signatures, callbacks fired from the library's own threads with wide-char strings."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import wait_until
+from tickvault.errors import ConfigError, DataError
+from tickvault.events import B3_TZ, Tick
+from tickvault.sources.profitdll import ProfitDLLSource, parse_profit_date
+
+NATIVE = Path(__file__).parent / "native" / "fake_profitdll.c"
+
+
+@pytest.fixture(scope="module")
+def fake_dll(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the fake ProfitDLL")
+    out = tmp_path_factory.mktemp("dll") / "libfakeprofit.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-pthread", "-o", str(out), str(NATIVE)], check=True)
+    return out
+
+
+def drain(session: ProfitDLLSource, n: int) -> list[Tick]:
+    got: list[Tick] = []
+    assert wait_until(lambda: got.extend(iter_queue(session)) or len(got) >= n, timeout=10)
+    return got
+
+
+def iter_queue(session: ProfitDLLSource) -> list[Tick]:
+    out = []
+    while not session.queue.empty():
+        out.append(session.queue.get())
+    return out
+
+
+def test_every_trade_arrives_as_a_correct_tick(fake_dll: Path) -> None:
+    session = ProfitDLLSource(fake_dll, "KEY-123", "trader", "s3cret", login_timeout=10)
+    session.start()
+    session.subscribe(["WDOF26"])
+    ticks = drain(session, 5)
+    assert wait_until(lambda: session._dll.FakeBusy() == 0, timeout=10)
+    assert len(ticks) == 5 and session.stats.received == 5
+    first, second, cross, edit, huge = ticks
+    assert first.symbol == "WDOF26" and first.trade_id == 1001
+    assert first.timestamp == datetime(2025, 11, 24, 10, 15, 30, 123000, tzinfo=B3_TZ)
+    assert first.timestamp.utcoffset().total_seconds() == -3 * 3600
+    assert (first.price, first.volume, first.quantity) == (5412.5, 108250.0, 2)
+    assert (first.buyer, first.seller, first.trade_type, first.aggressor) == (3, 120, 2, "buy")
+    assert (second.trade_type, second.aggressor) == (3, "sell")
+    assert (cross.trade_type, cross.aggressor, cross.buyer, cross.seller) == (1, "none", 45, 45)
+    assert edit.is_edit and edit.trade_id == 1001 and edit.price == 5412.0 and session.stats.edits == 1
+    assert huge.trade_id == 4_000_000_000 and huge.timestamp.microsecond == 999_000
+    # the trade with 31/02 was rejected, counted, and the trades after it still arrived
+    assert session.stats.rejected == {"date": 1}
+    session.close()
+
+
+def test_history_packets_arrive_through_the_history_callback(fake_dll: Path) -> None:
+    session = ProfitDLLSource(fake_dll, "KEY-123", "trader", "s3cret", login_timeout=10)
+    session.start()
+    session.history(
+        "WINZ25", datetime(2025, 11, 21, 9, 0, tzinfo=B3_TZ), datetime(2025, 11, 21, 18, 0, tzinfo=B3_TZ)
+    )
+    assert session.history_done.wait(10)
+    ticks = iter_queue(session)
+    assert [(t.symbol, t.trade_id, t.price, t.aggressor) for t in ticks] == [
+        ("WINZ25", 1, 130000.0, "buy"), ("WINZ25", 2, 130005.0, "sell"),
+    ]  # fmt: skip
+    assert ticks[1].timestamp_ms - ticks[0].timestamp_ms == 250 and session.stats.history == 2
+    session.close()
+
+
+def test_wrong_password_is_a_clear_error(fake_dll: Path) -> None:
+    session = ProfitDLLSource(fake_dll, "KEY-123", "trader", "wrong", login_timeout=10)
+    with pytest.raises(ConfigError, match="login refused") as info:
+        session.start()
+    assert "wrong" not in str(info.value)
+
+
+def test_a_missing_library_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PROFIT_DLL_PATH"):
+        ProfitDLLSource(tmp_path / "nope.dll", "k", "u", "p").start()
+
+
+def test_ticks_iterator_stops_on_the_event(fake_dll: Path) -> None:
+    session = ProfitDLLSource(fake_dll, "KEY-123", "trader", "s3cret", login_timeout=10)
+    session.start()
+    session.subscribe(["WDOF26"])
+    stop = threading.Event()
+    got = []
+    for tick in session.ticks(stop):
+        got.append(tick)
+        if len(got) == 5:
+            stop.set()
+    assert len(got) == 5
+    session.close()
+
+
+def test_date_parser() -> None:
+    assert parse_profit_date("01/02/2026 09:00:00.5") == datetime(2026, 2, 1, 9, 0, 0, 500000, tzinfo=B3_TZ)
+    assert parse_profit_date("01/02/2026 09:00:00") == datetime(2026, 2, 1, 9, 0, tzinfo=B3_TZ)
+    for bad in ("2026-02-01 09:00:00", "31/02/2025 10:00:00.000", "", "01/02/2026 25:00:00.000"):
+        with pytest.raises(DataError, match="date"):
+            parse_profit_date(bad)
+
+
+@given(st.text(max_size=40))
+def test_date_parser_never_crashes(text: str) -> None:
+    try:
+        parsed = parse_profit_date(text)
+    except DataError:
+        return
+    assert parsed.tzinfo is B3_TZ
+
+
+def test_the_fake_dll_feeds_the_whole_system(
+    fake_dll: Path, system_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tickvault.config import load_settings
+    from tickvault.sources.profitdll import profitdll_source
+    from tickvault.store import Store
+    from tickvault.system import System
+
+    for name, value in (
+        ("PROFIT_DLL_PATH", str(fake_dll)),
+        ("PROFIT_USER", "trader"),
+        ("PROFIT_PASSWORD", "s3cret"),
+        ("PROFIT_KEY", "KEY-123"),
+        ("TICKVAULT_SYMBOLS", "WDOF26"),
+    ):
+        monkeypatch.setenv(name, value)  # fmt: skip
+    settings = load_settings()
+    stop = threading.Event()
+    system = System(settings, source=profitdll_source(settings, stop))
+    system.stop_event = stop
+    system.start()
+    assert system.store is not None
+    store: Store = system.store
+    assert wait_until(lambda: store.count("WDOF26") == 5, timeout=30)
+    summary = system.stop()
+    assert summary.drained
+    stored = store.tick_events("WDOF26", 0, 2**42)
+    assert sorted((t.trade_id, t.is_edit) for t in stored) == [
+        (1001, False), (1001, True), (1002, False), (1003, False), (4_000_000_000, False),
+    ]  # fmt: skip
