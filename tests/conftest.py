@@ -10,10 +10,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-import valkey
+# scikit-learn's OpenMP threads spin-wait; beside Valkey, ZeroMQ and the pipeline's threads on a
+# 2-core machine that turns a 20 s fit into minutes. One thread each keeps the suite predictable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from tickvault.bus import Subscriber
+import pytest  # noqa: E402
+import valkey  # noqa: E402
+
+from tickvault.bus import Subscriber  # noqa: E402
 from tickvault.config import Settings
 from tickvault.recorder import Recorder
 from tickvault.server import EmbeddedValkey, ServerInfo, free_port

@@ -115,8 +115,11 @@ def test_history_summaries_are_cached_per_day(store: Store) -> None:
 def test_with_the_zeromq_port_taken_the_core_flow_still_predicts_and_records(
     system_env: dict[str, str], store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import tickvault.model as model_module
     from test_model import planted_sessions
     from tickvault.model import save, train, training_set
+
+    monkeypatch.setattr(model_module, "ITERATIONS", 30)
 
     data = training_set(planted_sessions(2), "WDOFUT", horizon_ms=60_000, tick_size=0.5,
                         config=FeatureConfig(emit_interval_ms=30_000))  # fmt: skip

@@ -11,11 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tickvault.model as model_module
 from tickvault.errors import ConfigError
 from tickvault.events import B3_TZ, Tick, make_tick, to_ms
 from tickvault.features import FeatureConfig
 from tickvault.model import LABELS, Dataset, label_moves, load, save, train, training_set, walk_forward
 from tickvault.sources.simulator import MarketSimulator
+
+
+@pytest.fixture(autouse=True)
+def small_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer boosting rounds: what the tests check (order, leakage, a plant found) does not need 200."""
+    monkeypatch.setattr(model_module, "ITERATIONS", 60)
+
 
 DAY0 = datetime(2025, 11, 3, 9, 0, tzinfo=B3_TZ)  # a Monday
 HORIZON = 60_000

@@ -161,6 +161,9 @@ class FeatureService:
         self.stats = FeatureStats()
         self._inbox: queue.SimpleQueue[tuple[Tick, int] | None] = queue.SimpleQueue()
         self._pending: list[Event] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._writer: threading.Thread | None = None
         self._max_pending = max_pending_writes
         self._socket: zmq.Socket[bytes] | None = None
         self.signal_endpoint: str | None = None
@@ -195,18 +198,23 @@ class FeatureService:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="features", daemon=True)
         self._thread.start()
+        # Valkey writes on their own thread: a slow or dead server never delays features or signals
+        self._writer = threading.Thread(target=self._write_loop, name="features-writer", daemon=True)
+        self._writer.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Process everything submitted, write what is pending, close."""
         self._inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        self._done.set()
+        if self._writer is not None:
+            self._writer.join(timeout)
         self._flush()
         if self._socket is not None:
             self._socket.close()
 
     def _run(self) -> None:
-        last_flush = time.monotonic()
         while True:
             try:
                 item = self._inbox.get(timeout=0.05)
@@ -216,9 +224,11 @@ class FeatureService:
                 self.process(*item)
             except queue.Empty:
                 self.idle.set()
-            if self._pending and (time.monotonic() - last_flush > 0.05 or len(self._pending) >= 1000):
-                self._flush()
-                last_flush = time.monotonic()
+
+    def _write_loop(self) -> None:
+        while not self._done.wait(0.05):
+            if not self._flush():
+                self._done.wait(0.5)  # Valkey unreachable: try again shortly, events stay queued
 
     # -- work ------------------------------------------------------------------------------------
 
@@ -285,25 +295,31 @@ class FeatureService:
             except zmq.ZMQError:
                 self.stats.publish_errors += 1
         if self.store is not None:
-            if len(self._pending) >= self._max_pending:
-                self.stats.dropped += 1
-            else:
-                self._pending.append(event)
+            with self._lock:
+                if len(self._pending) >= self._max_pending:
+                    self.stats.dropped += 1
+                else:
+                    self._pending.append(event)
 
-    def _flush(self) -> None:
-        if self.store is None or not self._pending:
-            return
-        batch, self._pending = self._pending, []
+    def _flush(self) -> bool:
+        """Write what is pending; False if Valkey was unreachable (the events stay queued)."""
+        with self._lock:
+            if self.store is None or not self._pending:
+                return True
+            batch, self._pending = self._pending, []
         try:
             self.stats.stored += self.store.append_events(batch)  # type: ignore[arg-type]
         except StoreUnavailable as exc:
             self.stats.store_errors += 1
-            self._pending = batch + self._pending  # kept for the next try (bounded in _emit)
+            with self._lock:
+                self._pending = batch + self._pending  # kept for the next try (bounded in _emit)
             log.warning("features not written to Valkey yet (%s); %d waiting", exc, len(self._pending))
+            return False
         except StoreError as exc:
             self.stats.store_errors += 1
             self.stats.dropped += len(batch)
             log.error("features refused by Valkey (%s); %d events not stored", exc, len(batch))
+        return True
 
     def counters(self) -> dict[str, int]:
         s = self.stats

@@ -119,9 +119,12 @@ def training_set(
     return Dataset(x[keep], y[keep], at_ms[keep], price[keep], days[keep], move[keep])
 
 
+ITERATIONS = 200  # boosting rounds (x3 trees: one per class)
+
+
 def fit(x: np.ndarray, y: np.ndarray) -> HistGradientBoostingClassifier:
     clf = HistGradientBoostingClassifier(
-        max_iter=200, learning_rate=0.05, early_stopping=False, random_state=0
+        max_iter=ITERATIONS, learning_rate=0.05, early_stopping=False, random_state=0
     )
     x = x.copy()
     x[:, np.all(np.isnan(x), axis=0)] = 0.0  # a feature never seen (no book data): constant, never split on
