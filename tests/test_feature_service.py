@@ -4,6 +4,8 @@ Valkey and in-process handlers; the history cache is per day."""
 from __future__ import annotations
 
 import itertools
+import threading
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import zmq
 
 from factories import tick
 from tickvault.config import load_settings
-from tickvault.events import B3_TZ, Event, Features, Prediction, decode, to_ms
+from tickvault.events import B3_TZ, Event, Features, Prediction, Tick, decode, to_ms
 from tickvault.feature_service import FeatureService, decide, store_history
 from tickvault.features import FeatureConfig, FeatureEngine, backfill
 from tickvault.sources.simulator import MarketSimulator
@@ -143,3 +145,68 @@ def test_with_the_zeromq_port_taken_the_core_flow_still_predicts_and_records(
     predictions = [e for e in seen if isinstance(e, Prediction)]
     assert len(predictions) == summary.counters["features"] > 0
     assert [t.trade_id for t in store.tick_events("WDOFUT", 0, 2**42)] == [t.trade_id for t in ticks]
+
+
+def test_valkey_dying_mid_run_keeps_the_core_flow_predicting_and_loses_no_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+
+    import valkey
+
+    import tickvault.model as model_module
+    from conftest import wait_until
+    from test_model import planted_sessions
+    from tickvault.model import save, train, training_set
+    from tickvault.server import EmbeddedValkey
+
+    monkeypatch.setattr(model_module, "ITERATIONS", 30)
+    data = training_set(planted_sessions(2), "WDOFUT", horizon_ms=60_000, tick_size=0.5,
+                        config=FeatureConfig(emit_interval_ms=30_000))  # fmt: skip
+    save(train(data, "WDOFUT", horizon_ms=60_000, tick_size=0.5)[0], tmp_path / "model.pkl")
+    server = EmbeddedValkey(tmp_path / "valkey")
+    info = server.ensure_running()
+    for name, value in (
+        ("VALKEY_URL", f"valkey://{info.host}:{info.port}/0"),
+        ("TICKVAULT_DATA_DIR", str(tmp_path)),
+        ("TICKVAULT_MODEL", str(tmp_path / "model.pkl")),
+        ("TICKVAULT_SYMBOLS", "WDOFUT"),
+    ):
+        monkeypatch.setenv(name, value)  # fmt: skip
+    ticks = list(itertools.islice(MarketSimulator(["WDOFUT"], seed=8, start=TODAY).ticks(), 0, 150_000, 10))
+    phase = [threading.Event(), threading.Event()]
+
+    def source(_: object) -> Iterator[Tick]:
+        yield from ticks[:5000]
+        phase[0].wait(60)  # Valkey is killed here
+        yield from ticks[5000:10_000]
+        phase[1].wait(60)  # and restarted here
+        yield from ticks[10_000:]
+
+    seen: list[Event] = []
+    client = valkey.Valkey(host=info.host, port=info.port, socket_timeout=2, socket_connect_timeout=1)
+    system = System(load_settings(), source=source, event_handlers=[seen.append], private_bus=True)
+    try:
+        system.start()
+        assert wait_until(lambda: Store(client).count("WDOFUT") >= 5000, timeout=60)
+        os.kill(info.pid, signal.SIGKILL)  # no shutdown, no final fsync
+        before = sum(isinstance(e, Prediction) for e in seen)
+        phase[0].set()
+        # with Valkey dead, the core flow goes on: ticks -> features -> predictions in-process
+        assert wait_until(lambda: sum(isinstance(e, Prediction) for e in seen) > before + 10, timeout=60)
+        assert wait_until(
+            lambda: system.recorder is not None and system.recorder.stats.write_errors > 0, timeout=60
+        )
+        assert server.ensure_running().port == info.port  # same data, same port
+        phase[1].set()
+        system.wait(120)
+        summary = system.stop()
+        assert summary.drained
+        stored = Store(client).tick_events("WDOFUT", 0, 2**42)
+        assert [t.trade_id for t in stored] == [t.trade_id for t in ticks]  # none lost, none twice
+        assert summary.counters["predictions"] == sum(isinstance(e, Prediction) for e in seen)
+    finally:
+        system.stop_event.set()
+        client.close()
+        server.stop()
