@@ -38,6 +38,7 @@ HONOURED = [
     ("FEATURES_INTERVAL_MS", "250", "features_interval_ms", 250),
     ("PROFIT_DLL_PATH", "C:/Profit/ProfitDLL64.dll", "profit_dll_path", Path("C:/Profit/ProfitDLL64.dll")),
     ("PROFIT_USER", "trader@example.com", "profit_user", "trader@example.com"),
+    ("VALKEY_CA_CERT", "/etc/tv/ca.pem", "valkey_ca_cert", Path("/etc/tv/ca.pem")),
 ]
 
 

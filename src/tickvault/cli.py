@@ -70,6 +70,7 @@ def main_options(
     valkey_port: Annotated[int | None, Opt(help="External Valkey port [VALKEY_PORT]")] = None,
     valkey_password: Annotated[str | None, Opt(help="Valkey password [VALKEY_PASSWORD]")] = None,
     valkey_db: Annotated[int | None, Opt(help="Valkey database number [VALKEY_DB]")] = None,
+    valkey_ca_cert: Annotated[Path | None, Opt(help="CA file for valkeys:// [VALKEY_CA_CERT]")] = None,
     data_dir: Annotated[
         Path | None, Opt(help="Data folder; the embedded Valkey keeps DATA_DIR/valkey [TICKVAULT_DATA_DIR]")
     ] = None,
@@ -96,6 +97,7 @@ def main_options(
         "valkey_port": valkey_port,
         "valkey_password": valkey_password,
         "valkey_db": valkey_db,
+        "valkey_ca_cert": valkey_ca_cert,
         "data_dir": data_dir,
         "zmq_host": zmq_host,
         "zmq_tick_port": zmq_tick_port,

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     valkey_port: int = Field(6379, ge=1, le=65535, validation_alias="VALKEY_PORT")
     valkey_password: SecretStr | None = Field(None, validation_alias="VALKEY_PASSWORD")
     valkey_db: int = Field(0, ge=0, le=15, validation_alias="VALKEY_DB")
+    # valkeys:// verifies the server certificate (always); against this CA file instead of the system's
+    valkey_ca_cert: Path | None = Field(None, validation_alias="VALKEY_CA_CERT")
 
     stream_max_len: int = Field(1_000_000, ge=0, validation_alias="STREAM_MAX_LEN")
     stream_retention_days: int = Field(30, ge=0, validation_alias="STREAM_RETENTION_DAYS")

@@ -72,6 +72,11 @@ class Connection:
             kwargs["password"] = password
         if self.url.startswith("unix://"):
             kwargs.pop("socket_connect_timeout")
+        if self.url.startswith(("valkeys://", "rediss://")):
+            kwargs["ssl_cert_reqs"] = "required"  # certificate and host name checked, never optional
+            kwargs["ssl_check_hostname"] = True
+            if self.settings.valkey_ca_cert is not None:
+                kwargs["ssl_ca_certs"] = str(self.settings.valkey_ca_cert)
         client = valkey.Valkey.from_url(self.url, **kwargs)
         self._clients.append(client)
         return client
