@@ -38,13 +38,18 @@ HONOURED = [
     ("FEATURES_INTERVAL_MS", "250", "features_interval_ms", 250),
     ("PROFIT_DLL_PATH", "C:/Profit/ProfitDLL64.dll", "profit_dll_path", Path("C:/Profit/ProfitDLL64.dll")),
     ("PROFIT_USER", "trader@example.com", "profit_user", "trader@example.com"),
+    ("ZMQ_ALLOW_INSECURE", "true", "zmq_allow_insecure", True),
+    ("ZMQ_CURVE_SERVER_PUBLIC", "k/s.key", "zmq_curve_server_public", Path("k/s.key")),
+    ("ZMQ_CURVE_CLIENT_SECRET", "k/c.key_secret", "zmq_curve_client_secret", Path("k/c.key_secret")),
     ("VALKEY_CA_CERT", "/etc/tv/ca.pem", "valkey_ca_cert", Path("/etc/tv/ca.pem")),
 ]
 
 
 def test_every_setting_is_covered_here() -> None:
     aliases = {str(f.validation_alias) for f in Settings.model_fields.values()}
-    assert aliases - {name for name, *_ in HONOURED} == {"VALKEY_PASSWORD", "PROFIT_PASSWORD", "PROFIT_KEY"}
+    assert aliases - {name for name, *_ in HONOURED} == {
+        "VALKEY_PASSWORD", "PROFIT_PASSWORD", "PROFIT_KEY", "ZMQ_CURVE_SERVER_SECRET"
+    }
 
 
 @pytest.mark.parametrize(("env", "value", "attr", "expected"), HONOURED)

@@ -137,3 +137,69 @@ def test_tls_works_and_a_wrong_certificate_is_refused(valkey_server: ServerInfo,
         assert wait_until(lambda: proxy.handshakes_failed >= 2, timeout=10)  # the proxy saw both refusals
     finally:
         proxy.close()
+
+
+def test_curve_subscriber_with_the_wrong_server_key_receives_nothing(tmp_path: Path) -> None:
+    from tickvault.bus import Publisher, Subscriber
+    from tickvault.curve import client_keys, create_keys, server_keys
+    from tickvault.ingest import Ingest
+
+    _, server_secret = create_keys(tmp_path, "server")
+    impostor_public, _ = create_keys(tmp_path, "impostor")
+    _, client_secret = create_keys(tmp_path, "client")
+    assert oct(server_secret.stat().st_mode & 0o777) == "0o600"
+    pub = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*", curve=server_keys(server_secret))
+    good = Subscriber(pub.endpoint, ["tick_"], curve=client_keys(client_secret, tmp_path / "server.key"))
+    bad = Subscriber(pub.endpoint, ["tick_"], curve=client_keys(client_secret, impostor_public))
+    try:
+        assert wait_until(lambda: len(pub.subscriptions()) >= 1, timeout=10)
+        ingest = Ingest(pub)
+        got_good: list[list[bytes]] = []
+        got_bad: list[list[bytes]] = []
+
+        def both_polled() -> bool:
+            ingest.on_tick(ticks(1)[0])
+            got_good.extend(good.receive(timeout_ms=20))
+            got_bad.extend(bad.receive(timeout_ms=20))
+            return len(got_good) >= 5
+
+        assert wait_until(both_polled, timeout=20)  # the right key gets messages ...
+        assert got_bad == []  # ... while, in the same time, the wrong one got none
+    finally:
+        good.close()
+        bad.close()
+        pub.close()
+
+
+def test_binding_beyond_loopback_needs_curve_or_force() -> None:
+    from tickvault.bus import Publisher
+    from tickvault.curve import is_loopback
+    from tickvault.errors import BusError
+
+    with pytest.raises(BusError, match="beyond loopback without CURVE"):
+        Publisher("tcp://0.0.0.0:*")
+    with pytest.raises(BusError, match="ZMQ_ALLOW_INSECURE"):
+        Publisher("tcp://127.0.0.1:*", replay_bind="tcp://*:0")
+    assert (
+        is_loopback("tcp://127.0.0.1:5555") and is_loopback("tcp://[::1]:1") and is_loopback("ipc:///tmp/x")
+    )
+    assert not is_loopback("tcp://*:5555") and not is_loopback("tcp://10.0.0.5:5555")
+
+
+def test_run_with_curve_records_everything(system_env: dict[str, str], store: Store, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import itertools
+
+    from tickvault.curve import create_keys
+    from tickvault.sources.simulator import MarketSimulator
+    from tickvault.system import System
+
+    _, secret = create_keys(tmp_path / "keys", "server")
+    monkeypatch.setenv("ZMQ_CURVE_SERVER_SECRET", str(secret))
+    sent = list(itertools.islice(MarketSimulator(["WDOFUT"], seed=2).ticks(), 2000))
+    system = System(load_settings(), source=lambda _: iter(sent))
+    system.start()
+    system.wait(60)
+    summary = system.stop()
+    assert summary.drained and summary.counters["delivered"] == 2000  # over the encrypted bus
+    assert store.count("WDOFUT") == 2000

@@ -30,6 +30,7 @@ from tickvault.events import Event, encode
 if TYPE_CHECKING:
     from tickvault.store import Store
 
+from tickvault.curve import ClientKeys, ServerKeys, as_client, as_server, is_loopback
 from tickvault.ring import DEFAULT_RING, ReplayClient, Ring
 from tickvault.spool import Spool
 
@@ -85,9 +86,18 @@ class Publisher:
         max_queue: int = MAX_QUEUE,
         spool_path: Path | None = None,
         context: zmq.Context | None = None,
+        curve: ServerKeys | None = None,
+        allow_insecure: bool = False,
     ) -> None:
         """`max_queue` bounds the messages held in memory between the caller and the socket;
-        beyond it they go to a spool at `spool_path` (a temporary file when not given)."""
+        beyond it they go to a spool at `spool_path` (a temporary file when not given). Binding
+        beyond loopback needs `curve` keys (encryption, server identity) or `allow_insecure`."""
+        for address in (bind, replay_bind):
+            if address is not None and curve is None and not allow_insecure and not is_loopback(address):
+                raise BusError(
+                    f"refusing to bind {address} beyond loopback without CURVE: set ZMQ_CURVE_SERVER_SECRET"
+                    " (see `tickvault curve-keys`) or force it with ZMQ_ALLOW_INSECURE=true"
+                )
         self.endpoint = bind
         self.max_queue = max_queue
         self._spool: Spool[tuple[bytes, bytes]] | None = Spool(
@@ -109,6 +119,8 @@ class Publisher:
         self._socket.setsockopt(zmq.LINGER, 2000)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscriber, not only the first per topic
+        if curve is not None:
+            as_server(self._socket, curve)
         try:
             self._socket.bind(bind)
         except zmq.ZMQError as exc:
@@ -124,6 +136,8 @@ class Publisher:
         if replay_bind is not None:
             self._replay = self._context.socket(zmq.ROUTER)
             self._replay.setsockopt(zmq.LINGER, 0)
+            if curve is not None:
+                as_server(self._replay, curve)
             try:
                 self._replay.bind(replay_bind)
             except zmq.ZMQError as exc:
@@ -369,17 +383,20 @@ class Subscriber:
         recover: Recover | None = None,
         rcvhwm: int = RCVHWM,
         context: zmq.Context | None = None,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.endpoint = connect
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        if curve is not None:
+            as_client(self._socket, curve)
         self._socket.connect(connect)
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
             self._socket.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_PREFIX + topic.encode())
-        self._replay = ReplayClient(replay, context=self._context) if replay else None
+        self._replay = ReplayClient(replay, context=self._context, curve=curve) if replay else None
         self._recover = recover
         self.stats = SubscriberStats()
 

@@ -422,6 +422,23 @@ def monitor(
             conn.close()
 
 
+@app.command("curve-keys")
+def curve_keys(
+    folder: Annotated[
+        Path, typer.Argument(help="Where to write server.key(_secret) and client.key(_secret)")
+    ],
+) -> None:
+    """Create CURVE key pairs for a ZeroMQ bus beyond loopback (secret files are mode 0600)."""
+    from tickvault.curve import create_keys
+
+    with _errors():
+        for name in ("server", "client"):
+            public, secret = create_keys(folder, name)
+            print(f"{name}: public {public}  secret {secret}")
+        print("publisher: ZMQ_CURVE_SERVER_SECRET=server.key_secret; subscribers:"
+              " ZMQ_CURVE_SERVER_PUBLIC=server.key, ZMQ_CURVE_CLIENT_SECRET=client.key_secret")  # fmt: skip
+
+
 # -- train and report --------------------------------------------------------------------------------
 
 

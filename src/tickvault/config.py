@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     zmq_history_port: int = Field(5557, ge=1, le=65535, validation_alias="ZMQ_HISTORY_PORT")
     zmq_signal_port: int = Field(5558, ge=1, le=65535, validation_alias="ZMQ_SIGNAL_PORT")
     # tickvault's addition: where a subscriber asks the publisher for messages it missed
+    # CURVE for a bus beyond loopback (ZeroMQ certificate files, see `tickvault curve-keys`)
+    zmq_curve_server_secret: Path | None = Field(None, validation_alias="ZMQ_CURVE_SERVER_SECRET")
+    zmq_curve_server_public: Path | None = Field(None, validation_alias="ZMQ_CURVE_SERVER_PUBLIC")
+    zmq_curve_client_secret: Path | None = Field(None, validation_alias="ZMQ_CURVE_CLIENT_SECRET")
+    zmq_allow_insecure: bool = Field(False, validation_alias="ZMQ_ALLOW_INSECURE")
     zmq_replay_port: int = Field(5559, ge=1, le=65535, validation_alias="ZMQ_REPLAY_PORT")
 
     # Valkey: VALKEY_URL wins; else an explicit VALKEY_HOST/VALKEY_PORT means that server; else embedded.

@@ -14,6 +14,7 @@ the payloads are seq `from` .. `from + count - 1`. If `from` is older than the r
 from __future__ import annotations
 
 import logging
+import typing
 
 import msgspec
 import zmq
@@ -111,8 +112,16 @@ class ReplayClient:
     """Asks a publisher's replay endpoint for missed messages (a lazy-pirate DEALER: a fresh socket
     after a timeout, so a dead publisher never wedges the subscriber)."""
 
-    def __init__(self, endpoint: str, *, context: zmq.Context | None = None, timeout_ms: int = 2000) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        timeout_ms: int = 2000,
+        curve: typing.Any = None,
+    ) -> None:
         self.endpoint = endpoint
+        self.curve = curve  # curve.ClientKeys when the publisher uses CURVE
         self.timeout_ms = timeout_ms
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
@@ -121,6 +130,10 @@ class ReplayClient:
         if self._socket is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                from tickvault.curve import as_client
+
+                as_client(sock, self.curve)
             sock.connect(self.endpoint)
             self._socket = sock
         return self._socket

@@ -17,10 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import zmq
+
 from tickvault.bus import Publisher, Subscriber, endpoint
 from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
 from tickvault.connection import Connection
+from tickvault.curve import ClientKeys, client_keys, server_keys
 from tickvault.errors import BusError, ConfigError, StoreError
 from tickvault.events import B3_TZ, Event, Tick
 from tickvault.feature_service import FeatureService, load_model
@@ -176,6 +179,8 @@ class System:
                     self.publisher = Publisher(
                         endpoint(s.zmq_host, s.zmq_tick_port),
                         replay_bind=endpoint(s.zmq_host, s.zmq_replay_port),
+                        curve=server_keys(s.zmq_curve_server_secret) if s.zmq_curve_server_secret else None,
+                        allow_insecure=s.zmq_allow_insecure,
                     )
                 except BusError as exc:
                     # degrade, don't die: the core flow and the recorder run in-process without the bus
@@ -190,6 +195,7 @@ class System:
                     endpoint("127.0.0.1", self.publisher.port),
                     ["tick_"],
                     replay=self.publisher.replay_endpoint,
+                    curve=self._own_client_keys(),
                 )
                 self._subscriber.prime({tick_topic(sym): t.seq for sym, t in lasts.items()})
                 self._spawn("recorder", self.recorder.run, self._subscriber, self._recorder_stop)
@@ -242,6 +248,22 @@ class System:
         self._spawn("predictor", self.predictor.run, self._candles_stop)
         self.started_at = time.monotonic()
 
+    def _own_client_keys(self) -> ClientKeys | None:
+        """The in-process recorder's keys for a CURVE publisher: a fresh pair, the server's public key."""
+        s = self.settings
+        if s.zmq_curve_server_secret is None or self.private_bus:
+            return None
+        public, secret = zmq.curve_keypair()
+        return ClientKeys(public, secret, server_keys(s.zmq_curve_server_secret).public)
+
+    def _client_keys(self) -> ClientKeys | None:
+        s = self.settings
+        if s.zmq_curve_client_secret is None:
+            return None
+        if s.zmq_curve_server_public is None:
+            raise ConfigError("ZMQ_CURVE_SERVER_PUBLIC", None, "is needed with ZMQ_CURVE_CLIENT_SECRET")
+        return client_keys(s.zmq_curve_client_secret, s.zmq_curve_server_public)
+
     def _start_recorder_only(self) -> None:
         s = self.settings
         if self.recorder is None or self.store is None:
@@ -252,6 +274,7 @@ class System:
             ["tick_"],
             replay=endpoint(host, s.zmq_replay_port),
             recover=None,  # the recorder is the writer: what the ring lost, Valkey never had
+            curve=self._client_keys(),
         )
         symbols = tuple(dict.fromkeys((*s.symbols, *self.store.symbols())))
         lasts = last_stored(self.store, symbols)
