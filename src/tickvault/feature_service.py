@@ -28,6 +28,7 @@ import msgspec
 import numpy as np
 import zmq
 
+from tickvault.curve import ServerKeys, as_server
 from tickvault.errors import StoreError, StoreUnavailable
 from tickvault.events import B3_TZ, Action, Event, Features, Prediction, Signal, Tick, encode, to_ms
 from tickvault.features import (
@@ -152,6 +153,7 @@ class FeatureService:
         signal_bind: str | None = None,
         handlers: list[Callable[[Event], None]] | None = None,
         max_pending_writes: int = 100_000,
+        curve: ServerKeys | None = None,
     ) -> None:
         self.store = store
         self.engine = FeatureEngine(symbols, config, history=store_history(store) if store else None)
@@ -168,13 +170,15 @@ class FeatureService:
         self._socket: zmq.Socket[bytes] | None = None
         self.signal_endpoint: str | None = None
         if signal_bind:
-            self._bind(signal_bind)
+            self._bind(signal_bind, curve)
         self._thread: threading.Thread | None = None
         self.idle = threading.Event()
 
-    def _bind(self, address: str) -> None:
+    def _bind(self, address: str, curve: ServerKeys | None) -> None:
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
         sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            as_server(sock, curve)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         try:
             sock.bind(address)

@@ -23,7 +23,7 @@ from tickvault.bus import Publisher, Subscriber, endpoint
 from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
 from tickvault.connection import Connection
-from tickvault.curve import ClientKeys, client_keys, server_keys
+from tickvault.curve import ClientKeys, client_keys, is_loopback, server_keys
 from tickvault.errors import BusError, ConfigError, StoreError
 from tickvault.events import B3_TZ, Event, Tick
 from tickvault.feature_service import FeatureService, load_model
@@ -216,8 +216,13 @@ class System:
         """The core flow after ingest: features, predictions, signals (works with ZeroMQ and Valkey off)."""
         s = self.settings
         signal_bind = None
+        curve = server_keys(s.zmq_curve_server_secret) if s.zmq_curve_server_secret else None
         if s.zmq_enabled:
             signal_bind = "tcp://127.0.0.1:*" if self.private_bus else endpoint(s.zmq_host, s.zmq_signal_port)
+            if not is_loopback(signal_bind) and curve is None and not s.zmq_allow_insecure:
+                self.degraded.append(f"signal port not bound: {signal_bind} is beyond loopback without CURVE")
+                log.error("%s (set ZMQ_CURVE_SERVER_SECRET or ZMQ_ALLOW_INSECURE=true)", self.degraded[-1])
+                signal_bind = None
         self.features = FeatureService(
             s.symbols,
             store=Store(self.connection.client("features")) if self.connection else None,
@@ -226,6 +231,7 @@ class System:
             config=FeatureConfig(emit_interval_ms=s.features_interval_ms),
             signal_bind=signal_bind,
             handlers=self.event_handlers,
+            curve=curve,
         )
         self.ingest.add_handler(self.features.submit)
         self.features.start()
