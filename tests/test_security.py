@@ -203,3 +203,25 @@ def test_run_with_curve_records_everything(system_env: dict[str, str], store: St
     summary = system.stop()
     assert summary.drained and summary.counters["delivered"] == 2000  # over the encrypted bus
     assert store.count("WDOFUT") == 2000
+
+
+def test_run_refuses_to_listen_beyond_loopback_without_curve(
+    system_env: dict[str, str], store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import itertools
+
+    from tickvault.sources.simulator import MarketSimulator
+    from tickvault.system import System
+
+    monkeypatch.setenv("ZMQ_HOST", "0.0.0.0")
+    sent = list(itertools.islice(MarketSimulator(["WDOFUT"], seed=3).ticks(), 500))
+    system = System(load_settings(), source=lambda _: iter(sent))
+    system.start()
+    try:
+        described = system.describe()
+        assert system.publisher is None and "beyond loopback without CURVE" in described
+        assert system.features is not None and system.features.signal_endpoint is None
+    finally:
+        system.wait(60)
+        summary = system.stop()
+    assert summary.drained and store.count("WDOFUT") == 500  # recorded in-process, nothing listened
