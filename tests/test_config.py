@@ -48,7 +48,10 @@ HONOURED = [
 def test_every_setting_is_covered_here() -> None:
     aliases = {str(f.validation_alias) for f in Settings.model_fields.values()}
     assert aliases - {name for name, *_ in HONOURED} == {
-        "VALKEY_PASSWORD", "PROFIT_PASSWORD", "PROFIT_KEY", "ZMQ_CURVE_SERVER_SECRET"
+        "VALKEY_PASSWORD",
+        "PROFIT_PASSWORD",
+        "PROFIT_KEY",
+        "ZMQ_CURVE_SERVER_SECRET",
     }
 
 

@@ -33,6 +33,23 @@ def test_counters_and_histogram_are_read_at_scrape_time() -> None:
         server.stop()
 
 
+def test_tick_latency_is_observed_by_callers_and_each_server_has_its_own_registry() -> None:
+    first = start_metrics(0, lambda: {"stored": 1, "odd-name.x": 2})
+    second = start_metrics(0, lambda: {"stored": 2})
+    try:
+        first.tick_latency.observe(0.0003)
+        first.tick_latency.observe(0.02)
+        text = scrape(first.port)
+        assert 'tickvault_tick_latency_seconds_bucket{le="0.0005"} 1.0' in text
+        assert "tickvault_tick_latency_seconds_count 2.0" in text
+        assert "tickvault_odd_name_x_total 2.0" in text  # a name Prometheus cannot hold is made valid
+        other = scrape(second.port)
+        assert "tickvault_stored_total 2.0" in other and "tickvault_tick_latency_seconds_count 0.0" in other
+    finally:
+        first.stop()
+        second.stop()
+
+
 def test_run_serves_metrics(system_env: dict[str, str], tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tickvault.cli", "run", "--no-dashboard", "--speed", "50",

@@ -12,10 +12,11 @@ from pathlib import Path
 import valkey
 from rich.console import Console
 
-from conftest import subprocess_env
+from conftest import subprocess_env, wait_until
 from factories import BASE_MS, tick
 from tickvault.events import Features, Signal, from_ms
-from tickvault.monitor import HealthReporter, gather, render, sparkline
+from tickvault.health import HealthReporter
+from tickvault.monitor import gather, render, sparkline
 from tickvault.store import Store
 
 
@@ -69,10 +70,56 @@ def test_health_reported_by_a_component_is_shown(store: Store) -> None:
     assert not store.client.exists("tv:health:recorder@test")
 
 
-def test_valkey_down_is_disconnected_not_a_crash() -> None:
+def test_running_reporter_refreshes_its_hash_and_removes_it_on_stop(store: Store) -> None:
+    counters = {"stored": 1}
+    reporter = HealthReporter(store.client, "run@test", lambda: dict(counters), interval=0.05)
+    reporter.start()
+    try:
+        assert wait_until(lambda: gather(store, ()).components == ["run@test"], timeout=10)
+        counters["stored"] = 7  # picked up by a later beat, not only the first
+        assert wait_until(lambda: gather(store, ()).health.get("stored") == 7, timeout=10)
+        assert int(store.client.hget("tv:health:run@test", "at") or 0) > 0
+    finally:
+        reporter.stop()
+    assert gather(store, ()).components == []
+    assert "no running component reports health" in text_of(render(gather(store, ())))
+
+
+def test_counters_sum_over_components_and_lag_is_only_a_reported_measure(store: Store) -> None:
+    HealthReporter(store.client, "source@a", lambda: {"generated": 50}).report()
+    HealthReporter(store.client, "recorder@b", lambda: {"stored": 30, "rejected": 1}).report()
+    HealthReporter(store.client, "recorder@c", lambda: {"stored": 20, "rejected": 2}).report()
+    snap = gather(store, ())
+    assert snap.health["stored"] == 50 and snap.health["rejected"] == 3 and snap.lag_ms is None
+    text = text_of(render(snap))
+    assert "bus→store lag - " in text and "ticks/s stored - " in text  # first frame: no rate yet
+    HealthReporter(store.client, "recorder@b", lambda: {"stored": 30, "store_lag_ms": 40}).report()
+    HealthReporter(store.client, "recorder@c", lambda: {"stored": 20, "store_lag_ms": 250}).report()
+    snap = gather(store, ())
+    assert snap.lag_ms == 250  # the worst recorder, not a sum
+    assert "bus→store lag 250 ms" in text_of(render(snap))
+
+
+def test_bad_stored_data_is_shown_in_its_row_not_a_crash(store: Store) -> None:
+    store.append_ticks([tick(trade_id=1, price=5100.0)])
+    store.client.xadd(store.keys.ticks("WINFUT"), {"price": "not a number"})
+    store.client.hset("tv:health:odd", mapping={"stored": "many", "rejected": 4})
+    snap = gather(store, ("WDOFUT", "WINFUT"))
+    assert snap.connected and snap.rows[0].last_price == 5100.0
+    assert snap.rows[1].error and snap.rows[1].last_price is None
+    assert snap.bad_health_values == 1 and snap.health == {"rejected": 4}
+    text = text_of(render(snap))
+    assert "5,100.00" in text and "UNREADABLE" in text and "1 unreadable health values" in text
+
+
+def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+        return int(s.getsockname()[1])  # closed again: nothing listens there
+
+
+def test_valkey_down_is_disconnected_not_a_crash() -> None:
+    port = closed_port()
     dead = Store(valkey.Valkey(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5))
     snap = gather(dead, ("WDOFUT",))
     assert not snap.connected
@@ -92,3 +139,15 @@ def test_monitor_once_prints_one_frame(system_env: dict[str, str], store: Store,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "5,123.50" in result.stdout and "NO DATA" in result.stdout
+
+
+def test_monitor_once_with_valkey_down_prints_disconnected(tmp_path: Path) -> None:
+    port = closed_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "tickvault.cli", "monitor", "--once", "--symbols", "WDOFUT"],
+        env=subprocess_env({"VALKEY_URL": f"valkey://127.0.0.1:{port}/0"}), cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "DISCONNECTED" in result.stdout and f"127.0.0.1:{port}" in result.stdout
+    assert "Traceback" not in result.stderr

@@ -73,6 +73,10 @@ class KeySpace:
         """Set of every symbol that has stored ticks."""
         return f"{META_PREFIX}:symbols"
 
+    def health(self, component: str) -> str:
+        """Hash of a running component's counters (expires when it stops reporting; "*" to SCAN)."""
+        return f"{META_PREFIX}:health:{component}"
+
     def writer_lease(self, symbol: str) -> str:
         """Who writes this symbol's tick stream now (one writer at a time, see writer.TickWriter)."""
         return f"{META_PREFIX}:writer:{self._sym(symbol)}"

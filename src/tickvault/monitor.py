@@ -1,20 +1,23 @@
 """`tickvault monitor`: the market and the pipeline's health, read from Valkey only, so it runs on any
 machine that reaches the server. `gather` never raises: an unreachable server is a snapshot that
-says DISCONNECTED. `render` is pure (snapshot in, rich renderable out), so it is tested headless.
+says DISCONNECTED, and a symbol whose stored data cannot be read shows its error in its row. `render`
+is pure (snapshot in, rich renderable out), so it is tested headless.
 
-Health comes from `tv:health:{component}` hashes that running processes refresh every second
-(`HealthReporter`, with a 10 s expiry so a dead process disappears).
+Health comes from the `tv:health:{component}` hashes that running processes refresh every second
+(see health.py). Counters are summed over the live components. ticks/s is the change of `stored`
+between two frames over the time between them ("-" on the first frame).
+
+bus->store lag: "now minus the exchange time of the last stored tick" is not lag (a replay or a
+simulated market runs on its own clock; a quiet market looks late), so the monitor shows only the
+recorder's own measure, `store_lag_ms` (the largest over components), and "-" while none reports one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import valkey
@@ -22,17 +25,17 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from tickvault.errors import StoreError
+from tickvault.errors import StoreError, StoreUnavailable, TickvaultError
 from tickvault.events import B3_TZ, from_ms, to_ms
 from tickvault.store import Store
 
 log = logging.getLogger("tickvault.monitor")
 
-HEALTH_PREFIX = "tv:health:"
-HEALTH_TTL_S = 10
 SPARK = "▁▂▃▄▅▆▇█"
 WINDOW_MS = 5 * 60_000
 SPARK_MINUTES = 15
+LAG_KEY = "store_lag_ms"
+MAX_OVER_COMPONENTS = {LAG_KEY}  # a lag is not additive over processes
 
 
 @dataclass
@@ -47,10 +50,11 @@ class SymbolRow:
     features: dict[str, float | str | None] = field(default_factory=dict)
     signal: str | None = None
     confidence: float | None = None
+    error: str = ""  # stored data that could not be read
 
 
 @dataclass
-class Snapshot:
+class MonitorSnapshot:
     connected: bool
     error: str = ""
     rows: list[SymbolRow] = field(default_factory=list)
@@ -59,6 +63,11 @@ class Snapshot:
     memory_bytes: int | None = None
     taken_at: float = 0.0
     ticks_per_s: float | None = None
+    bad_health_values: int = 0  # health fields that were not integers (skipped)
+
+    @property
+    def lag_ms(self) -> int | None:
+        return self.health.get(LAG_KEY)
 
 
 def _session_open_price(store: Store, symbol: str, last_ms: int) -> float | None:
@@ -74,20 +83,18 @@ def _session_open_price(store: Store, symbol: str, last_ms: int) -> float | None
     return float(head[0][1][b"price"]) if head else None
 
 
-def gather(store: Store, symbols: tuple[str, ...], previous: Snapshot | None = None) -> Snapshot:
-    snap = Snapshot(connected=True, taken_at=time.monotonic())
+def gather(
+    store: Store, symbols: tuple[str, ...], previous: MonitorSnapshot | None = None
+) -> MonitorSnapshot:
+    """One frame's data. Never raises for an unreachable server (connected=False) or bad data."""
+    snap = MonitorSnapshot(connected=True, taken_at=time.monotonic())
     try:
         for symbol in symbols:
             snap.rows.append(_symbol_row(store, symbol))
-        for key in store.client.scan_iter(match=f"{HEALTH_PREFIX}*", count=100):
-            name = key.decode().removeprefix(HEALTH_PREFIX)
-            snap.components.append(name)
-            for k, v in store.client.hgetall(key).items():
-                if k != b"at":
-                    snap.health[k.decode()] = snap.health.get(k.decode(), 0) + int(v)
-        snap.memory_bytes = int(store.client.info("memory").get("used_memory", 0))
+        _read_health(store, snap)
+        snap.memory_bytes = _used_memory(store)
     except (StoreError, valkey.ValkeyError, OSError) as exc:
-        return Snapshot(connected=False, error=str(exc), taken_at=time.monotonic())
+        return MonitorSnapshot(connected=False, error=str(exc), taken_at=time.monotonic())
     if (
         previous is not None
         and previous.connected
@@ -100,29 +107,74 @@ def gather(store: Store, symbols: tuple[str, ...], previous: Snapshot | None = N
     return snap
 
 
+def _used_memory(store: Store) -> int | None:
+    try:
+        return int(store.client.info("memory").get("used_memory", 0))
+    except valkey.ResponseError:  # e.g. an ACL user without INFO: memory unknown, not disconnected
+        return None
+
+
+def _read_health(store: Store, snap: MonitorSnapshot) -> None:
+    prefix = store.keys.health("")
+    for key in store.client.scan_iter(match=store.keys.health("*"), count=100):
+        fields = store.client.hgetall(key)
+        if not fields:
+            continue  # expired between SCAN and HGETALL
+        snap.components.append(key.decode(errors="replace").removeprefix(prefix))
+        for raw_name, raw_value in fields.items():
+            name = raw_name.decode(errors="replace")
+            if name == "at":
+                continue
+            try:
+                value = int(raw_value)
+            except ValueError:
+                snap.bad_health_values += 1
+                log.warning("health %s field %s is not an integer: %r", key, name, raw_value[:40])
+                continue
+            if name in MAX_OVER_COMPONENTS:
+                snap.health[name] = max(snap.health.get(name, value), value)
+            else:
+                snap.health[name] = snap.health.get(name, 0) + value
+    snap.components.sort()
+
+
 def _symbol_row(store: Store, symbol: str) -> SymbolRow:
     row = SymbolRow(symbol)
-    last = store.last_tick(symbol)
+    try:
+        _fill_row(store, row)
+    except (StoreUnavailable, valkey.ConnectionError, valkey.TimeoutError, OSError):
+        raise  # the server, not the data: the whole frame is DISCONNECTED
+    except (TickvaultError, valkey.ValkeyError, ValueError, KeyError, IndexError) as exc:
+        # a malformed stored entry must not take the monitor down: shown in the row, logged
+        log.warning("monitor: cannot read %s: %s", symbol, exc)
+        return SymbolRow(symbol, error=f"{type(exc).__name__}: {exc}")
+    return row
+
+
+def _fill_row(store: Store, row: SymbolRow) -> None:
+    last = store.last_tick(row.symbol)
     if last is None:
-        return row
+        return
     row.last_price, row.last_time = last.price, last.timestamp
     end = last.timestamp_ms
-    recent = store.columns(symbol, end - SPARK_MINUTES * 60_000 + 1, end)
+    recent = store.columns(row.symbol, end - SPARK_MINUTES * 60_000 + 1, end)
     in_window = recent.timestamp_ms > end - WINDOW_MS
     row.volume_5m = float(recent.volume[in_window].sum())
     row.trades_5m = int(in_window.sum())
     minute = (end - recent.timestamp_ms) // 60_000
     row.spark = np.bincount(SPARK_MINUTES - 1 - minute, minlength=SPARK_MINUTES).tolist()
-    opened = _session_open_price(store, symbol, end)
+    opened = _session_open_price(store, row.symbol, end)
     row.change_pct = (last.price / opened - 1) * 100 if opened else None
-    top = store.client.xrevrange(store.keys.features(symbol), count=1)
+    top = store.client.xrevrange(store.keys.features(row.symbol), count=1)
     if top:
-        row.features = store.events("features", symbol, int(top[0][0].split(b"-")[0]), end).iloc[-1].to_dict()
-    sig = store.client.xrevrange(store.keys.signals(symbol), count=1)
+        at = int(top[0][0].split(b"-")[0])
+        latest = store.events("features", row.symbol, at, at)
+        if len(latest):
+            row.features = latest.iloc[-1].to_dict()
+    sig = store.client.xrevrange(store.keys.signals(row.symbol), count=1)
     if sig:
         row.signal = sig[0][1][b"action"].decode()
         row.confidence = float(sig[0][1][b"confidence"])
-    return row
 
 
 def sparkline(counts: list[int]) -> str:
@@ -142,7 +194,7 @@ def _num(value: object, fmt: str) -> str:
     )
 
 
-def render(snap: Snapshot, where: str = "") -> Group:
+def render(snap: MonitorSnapshot, where: str = "") -> Group:
     if not snap.connected:
         banner = Text(f"DISCONNECTED from Valkey {where}: {snap.error}", style="bold white on red")
         return Group(banner, Text("retrying every refresh; nothing shown is current", style="dim"))
@@ -154,6 +206,9 @@ def render(snap: Snapshot, where: str = "") -> Group:
             name, justify="left" if name in ("symbol", "exchange time", "regime", "signal") else "right"
         )
     for row in snap.rows:
+        if row.error:
+            table.add_row(row.symbol, Text(f"UNREADABLE {row.error}", style="red"), *["-"] * 9)
+            continue
         if row.last_price is None or row.last_time is None:
             table.add_row(row.symbol, Text("NO DATA", style="yellow"), *["-"] * 9)
             continue
@@ -173,57 +228,20 @@ def render(snap: Snapshot, where: str = "") -> Group:
             str(row.features.get("volatility_regime_30d") or "-"),
             Text(signal, style="green" if row.signal == "BUY" else "red" if row.signal == "SELL" else ""),
         )
+    return Group(table, Text(_health_line(snap), style="dim"))
+
+
+def _health_line(snap: MonitorSnapshot) -> str:
     h = snap.health
-    rate = "-" if snap.ticks_per_s is None else f"{snap.ticks_per_s:,.0f}"
     memory = "-" if snap.memory_bytes is None else f"{snap.memory_bytes / 2**20:,.1f} MiB"
-    if snap.components:
-        health = (f"ticks/s stored {rate} | stored {h.get('stored', 0):,} | gaps {h.get('gaps', 0):,}"
-                  f" recovered {h.get('recovered', 0):,} | rejected {h.get('rejected', 0):,} | buffered"
-                  f" {h.get('buffered', 0):,} | spilled {h.get('spilled', 0):,} | Valkey memory {memory}"
-                  f" | components: {', '.join(sorted(snap.components))}")  # fmt: skip
-    else:
-        health = f"no running component reports health | Valkey memory {memory}"
-    return Group(table, Text(health, style="dim"))
-
-
-class HealthReporter:
-    """Writes `counters()` to `tv:health:{component}` every `interval` s (expiring after 10 s)."""
-
-    def __init__(
-        self,
-        client: valkey.Valkey,
-        component: str,
-        counters: Callable[[], dict[str, int]],
-        interval: float = 1.0,
-    ) -> None:
-        self.client = client
-        self.key = f"{HEALTH_PREFIX}{component}"
-        self.counters = counters
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def report(self) -> None:
-        values = {k: int(v) for k, v in self.counters().items()}
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.key)
-        pipe.hset(self.key, mapping={**values, "at": int(time.time())})  # type: ignore[arg-type]
-        pipe.expire(self.key, timedelta(seconds=HEALTH_TTL_S))
-        pipe.execute()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.report()
-            except Exception as exc:  # noqa: BLE001 - health must never take a component down
-                log.debug("health not reported: %s", exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        with contextlib.suppress(valkey.ValkeyError):
-            self.client.delete(self.key)
+    if not snap.components:
+        return f"no running component reports health | Valkey memory {memory}"
+    rate = "-" if snap.ticks_per_s is None else f"{snap.ticks_per_s:,.0f}"
+    lag = "-" if snap.lag_ms is None else f"{snap.lag_ms:,} ms"
+    line = (f"ticks/s stored {rate} | bus→store lag {lag} | stored {h.get('stored', 0):,}"
+            f" | gaps {h.get('gaps', 0):,} recovered {h.get('recovered', 0):,} | rejected"
+            f" {h.get('rejected', 0):,} | buffered {h.get('buffered', 0):,} | spilled {h.get('spilled', 0):,}"
+            f" | Valkey memory {memory} | components: {', '.join(snap.components)}")  # fmt: skip
+    if snap.bad_health_values:
+        line += f" | {snap.bad_health_values} unreadable health values"
+    return line

@@ -28,9 +28,9 @@ from tickvault.errors import BusError, ConfigError, StoreError
 from tickvault.events import B3_TZ, Event, Tick
 from tickvault.feature_service import FeatureService, load_model
 from tickvault.features import FeatureConfig
+from tickvault.health import HealthReporter
 from tickvault.ingest import Ingest
 from tickvault.keys import tick_topic
-from tickvault.monitor import HealthReporter
 from tickvault.predictor_worker import PredictorWorker
 from tickvault.recorder import Recorder
 from tickvault.sources.simulator import MarketSimulator, pace, session_start_for, trading_moment
