@@ -114,11 +114,13 @@ def test_history_summaries_are_cached_per_day(store: Store) -> None:
         assert a.quantities == b.quantities and a.day == b.day
 
 
-def test_with_the_zeromq_port_taken_the_core_flow_still_predicts_and_records(
+def test_with_the_zeromq_ports_taken_the_core_flow_still_predicts_and_the_bus_returns_when_they_free_up(
     system_env: dict[str, str], store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import tickvault.model as model_module
+    from conftest import wait_until
     from test_model import planted_sessions
+    from tickvault.bus import Subscriber, endpoint
     from tickvault.model import save, train, training_set
 
     monkeypatch.setattr(model_module, "ITERATIONS", 30)
@@ -126,22 +128,64 @@ def test_with_the_zeromq_port_taken_the_core_flow_still_predicts_and_records(
     data = training_set(planted_sessions(2), "WDOFUT", horizon_ms=60_000, tick_size=0.5,
                         config=FeatureConfig(emit_interval_ms=30_000))  # fmt: skip
     save(train(data, "WDOFUT", horizon_ms=60_000, tick_size=0.5)[0], tmp_path / "model.pkl")
-    squatter = zmq.Context.instance().socket(zmq.PUB)
-    squatter.setsockopt(zmq.LINGER, 0)
-    port = squatter.bind_to_random_port("tcp://127.0.0.1")
-    monkeypatch.setenv("ZMQ_TICK_PORT", str(port))
+    squatters = []
+    for name in ("ZMQ_TICK_PORT", "ZMQ_SIGNAL_PORT"):
+        squatter = zmq.Context.instance().socket(zmq.PUB)
+        squatter.setsockopt(zmq.LINGER, 0)
+        monkeypatch.setenv(name, str(squatter.bind_to_random_port("tcp://127.0.0.1")))
+        squatters.append(squatter)
     monkeypatch.setenv("TICKVAULT_MODEL", str(tmp_path / "model.pkl"))
     ticks = list(itertools.islice(MarketSimulator(["WDOFUT"], seed=4, start=TODAY).ticks(), 0, 100_000, 10))
+    half = len(ticks) // 2
+    resume = threading.Event()
+
+    def source(_: object) -> Iterator[Tick]:
+        yield from ticks[:half]
+        resume.wait(60)  # the ports are freed here
+        yield from ticks[half:]
+
     seen: list[Event] = []
-    system = System(load_settings(), source=lambda _: iter(ticks), event_handlers=[seen.append])
+    settings = load_settings()
+    system = System(settings, source=source, event_handlers=[seen.append])
+    listener = None
+    signals = zmq.Context.instance().socket(zmq.SUB)
+    signals.setsockopt(zmq.LINGER, 0)
     try:
         system.start()
         assert system.publisher is None and "ZeroMQ unavailable" in system.describe()
+        assert "signal port" in system.describe()
+        # with the tick port taken the core flow still predicts and the recorder is fed in-process
+        assert wait_until(lambda: any(isinstance(e, Prediction) for e in seen), timeout=60)
+        assert wait_until(lambda: store.count("WDOFUT") == half, timeout=60)
+        for squatter in squatters:
+            squatter.close()
+        assert wait_until(lambda: system.publisher is not None, timeout=30)
+        assert wait_until(lambda: system.features is not None and system.features.signal_endpoint, timeout=30)
+        assert "DEGRADED" not in system.describe()
+        assert system.publisher is not None and system.publisher.port == settings.zmq_tick_port
+        listener = Subscriber(endpoint("127.0.0.1", settings.zmq_tick_port), ["tick_WDOFUT"])
+        signals.connect(endpoint("127.0.0.1", settings.zmq_signal_port))
+        signals.setsockopt(zmq.SUBSCRIBE, b"")
+        assert system.publisher.wait_for_subscriber("tick_WDOFUT", timeout=10)
+        resume.set()
+        received: list[list[bytes]] = []
+        assert wait_until(
+            lambda: received.extend(listener.receive(timeout_ms=50)) or len(received) >= len(ticks) - half,
+            timeout=60,
+        )
+        assert signals.poll(30_000), "no signal on the re-bound signal port"
         system.wait(120)
         summary = system.stop()
     finally:
-        squatter.close()
+        resume.set()
+        for squatter in squatters:
+            squatter.close()
+        signals.close()
+        if listener is not None:
+            listener.close()
     assert summary.drained
+    # the bus carries the ticks produced after it came back, in order, each once
+    assert [decode(frame[1], Tick).trade_id for frame in received] == [t.trade_id for t in ticks[half:]]
     predictions = [e for e in seen if isinstance(e, Prediction)]
     assert len(predictions) == summary.counters["features"] > 0
     assert [t.trade_id for t in store.tick_events("WDOFUT", 0, 2**42)] == [t.trade_id for t in ticks]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import zmq
 
-from tickvault.errors import BusError
+from tickvault.errors import BusError, InsecureBind
 from tickvault.events import Event, encode
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ def _seq_of(payload: bytes) -> int:
 SNDHWM = 1_000_000
 MAX_QUEUE = 1_000_000
 HEARTBEAT_S = 0.5
+BIND_RETRY_S = 1.0  # a port taken at start is tried again this often (it may free up)
 HEARTBEAT_PREFIX = b"hb."
 RCVHWM = 1_000_000
 
@@ -94,7 +95,7 @@ class Publisher:
         beyond loopback needs `curve` keys (encryption, server identity) or `allow_insecure`."""
         for address in (bind, replay_bind):
             if address is not None and curve is None and not allow_insecure and not is_loopback(address):
-                raise BusError(
+                raise InsecureBind(
                     f"refusing to bind {address} beyond loopback without CURVE: set ZMQ_CURVE_SERVER_SECRET"
                     " (see `tickvault curve-keys`) or force it with ZMQ_ALLOW_INSECURE=true"
                 )

@@ -43,6 +43,10 @@ class BusError(TickvaultError):
     """A ZeroMQ endpoint could not be bound, connected or used."""
 
 
+class InsecureBind(BusError):
+    """Binding beyond loopback without CURVE was refused (a setting to change, not a port to retry)."""
+
+
 class StoreError(TickvaultError):
     """Valkey refused or failed a request."""
 

@@ -28,6 +28,7 @@ import msgspec
 import numpy as np
 import zmq
 
+from tickvault.bus import BIND_RETRY_S
 from tickvault.curve import ServerKeys, as_server
 from tickvault.errors import StoreError, StoreUnavailable
 from tickvault.events import B3_TZ, Action, Event, Features, Prediction, Signal, Tick, encode, to_ms
@@ -169,6 +170,10 @@ class FeatureService:
         self._max_pending = max_pending_writes
         self._socket: zmq.Socket[bytes] | None = None
         self.signal_endpoint: str | None = None
+        # a taken signal port is retried every BIND_RETRY_S from the feature thread (the socket's owner)
+        self.signal_problem = ""
+        self._rebind: tuple[str, ServerKeys | None] | None = None
+        self._next_bind = 0.0
         if signal_bind:
             self._bind(signal_bind, curve)
         self._thread: threading.Thread | None = None
@@ -184,14 +189,27 @@ class FeatureService:
             sock.bind(address)
         except zmq.ZMQError as exc:
             sock.close()
-            log.error(
-                "signal port %s unavailable (%s): features and signals stay in-process and in Valkey",
-                address,
-                exc,
-            )
+            if self._rebind is None:
+                log.error(
+                    "signal port %s unavailable (%s): features and signals stay in-process and in Valkey;"
+                    " retrying every %g s",
+                    address,
+                    exc,
+                    BIND_RETRY_S,
+                )
+            self.signal_problem = f"signal port {address} unavailable ({exc})"
+            self._rebind = (address, curve)
+            self._next_bind = time.monotonic() + BIND_RETRY_S
             return
         self._socket = sock
         self.signal_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self._rebind is not None:
+            log.warning("signal port %s bound: signals flow on ZeroMQ again", self.signal_endpoint)
+        self._rebind, self.signal_problem = None, ""
+
+    def _retry_bind(self) -> None:
+        if self._rebind is not None and time.monotonic() >= self._next_bind:
+            self._bind(*self._rebind)
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -228,6 +246,7 @@ class FeatureService:
                 self.process(*item)
             except queue.Empty:
                 self.idle.set()
+            self._retry_bind()
 
     def _write_loop(self) -> None:
         while not self._done.wait(0.05):

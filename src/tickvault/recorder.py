@@ -225,17 +225,34 @@ class Recorder:
 
     def _write_loop(self, stop: threading.Event) -> None:
         while True:
-            self._housekeeping()
-            batch = self.spool.take(MAX_BATCH)
-            if not batch:
-                if not self._flush(stop) or stop.is_set():
+            try:
+                if not self._write_step(stop):
                     return
-                self._wake.wait(0.05)
-                self._wake.clear()
-                continue
-            if not self.write(batch, stop):
-                self.spool.putback(batch)
-                return
+            except Exception:  # a dead writer would stall the recorder silently: log, count, go on
+                self.stats.write_errors += 1
+                log.exception("recorder writer failed; going on in 1 s")
+                if stop.wait(1.0):
+                    return
+
+    def _write_step(self, stop: threading.Event) -> bool:
+        """One batch from the spool to Valkey; False when the loop should end."""
+        self._housekeeping()
+        batch = self.spool.take(MAX_BATCH)
+        if not batch:
+            if not self._flush(stop) or stop.is_set():
+                return False
+            self._wake.wait(0.05)
+            self._wake.clear()
+            return True
+        try:
+            written = self.write(batch, stop)
+        except BaseException:
+            self.spool.putback(batch)
+            raise
+        if not written:
+            self.spool.putback(batch)
+            return False
+        return True
 
     # -- loops -----------------------------------------------------------------------------------
 

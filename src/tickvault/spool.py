@@ -3,19 +3,23 @@
 The recorder queues what it received here while Valkey is slow or down: memory is bounded, nothing
 is dropped, and records come back out in the order they went in (once anything is on disk, new
 records go to disk behind it). The file is deleted when drained.
+
+The file only ever holds whole records: a batch is written with unbuffered writes and, when the disk
+refuses part of it (full, over quota, a file-size limit), the file is cut back to its size before the
+batch and the batch stays in memory. A file left by a process killed mid-write loses only its torn
+last record's tail, which is cut off at the next start (that record was never counted as stored).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import struct
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar
+from typing import Generic, TypeVar
 
 log = logging.getLogger("tickvault.spool")
 _LEN = struct.Struct("<I")
@@ -40,20 +44,38 @@ class Spool(Generic[T]):
         self._memory: collections.deque[T] = collections.deque()
         self._lock = threading.Lock()
         self._file_count = 0  # records on disk not yet read back
-        self._writer: BinaryIO | None = None
         self._read_pos = 0
         self.spilled = 0  # records that went to disk, ever
         self.spill_errors = 0
         self._disk_backoff = 0
+        self.corrupt = 0  # records on disk that could not be decoded (logged, skipped)
         if self.path.exists():  # left by an earlier run that stopped before Valkey took everything
-            self._file_count = sum(1 for _ in self._records(0))
+            whole = self._whole_records()
             log.info("%s holds %d records from an earlier run", self.path, self._file_count)
+            if whole < self.path.stat().st_size:
+                log.warning("%s ends in a torn record (killed mid-write): cut at byte %d", self.path, whole)
+                os.truncate(self.path, whole)
+
+    def _whole_records(self) -> int:
+        """Count the whole records in the file; return the byte offset where they end."""
+        end = 0
+        with open(self.path, "rb") as reader:
+            while len(head := reader.read(_LEN.size)) == _LEN.size:
+                (size,) = _LEN.unpack(head)
+                if len(reader.read(size)) < size:
+                    break
+                end = reader.tell()
+                self._file_count += 1
+        return end
 
     def _records(self, position: int) -> Iterable[bytes]:
         with open(self.path, "rb") as reader:
             reader.seek(position)
-            while head := reader.read(_LEN.size):
-                yield reader.read(_LEN.unpack(head)[0])
+            while len(head := reader.read(_LEN.size)) == _LEN.size:
+                record = reader.read(_LEN.unpack(head)[0])
+                if len(record) < _LEN.unpack(head)[0]:
+                    return
+                yield record
 
     def __len__(self) -> int:
         with self._lock:
@@ -65,40 +87,46 @@ class Spool(Generic[T]):
 
     def extend(self, items: Iterable[T]) -> None:
         with self._lock:
-            try:
-                for item in items:
-                    if self._file_count == 0 and len(self._memory) < self.max_memory:
-                        self._memory.append(item)
-                    elif not self._spill(item):
-                        # the disk refused (full?): keep it in memory rather than lose it
-                        self._memory.append(item)
-            finally:
-                if self._writer is not None:  # open only while spilling one batch
-                    with contextlib.suppress(OSError):
-                        self._writer.close()
-                    self._writer = None
+            overflow: list[T] = []
+            for item in items:
+                if self._file_count == 0 and not overflow and len(self._memory) < self.max_memory:
+                    self._memory.append(item)
+                else:
+                    overflow.append(item)
+            if overflow and not self._spill(overflow):
+                self._memory.extend(overflow)  # the disk refused (full?): keep them rather than lose them
 
-    def _spill(self, item: T) -> bool:
-        if self._disk_backoff:
-            self._disk_backoff -= 1  # after a disk error, try the disk again only now and then
+    def _spill(self, items: list[T]) -> bool:
+        if self._disk_backoff > 0:
+            self._disk_backoff -= len(items)  # after a disk error, try the disk again only now and then
             return False
+        data = memoryview(b"".join(_LEN.pack(len(r)) + r for r in map(self._encode, items)))
         try:
-            if self._writer is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._writer = open(self.path, "ab")  # noqa: SIM115 - kept open while spilling
-            record = self._encode(item)
-            self._writer.write(_LEN.pack(len(record)) + record)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                before = os.fstat(fd).st_size
+                try:
+                    while data:
+                        data = data[os.write(fd, data) :]  # a short write is not an error: go on
+                except OSError:
+                    os.ftruncate(fd, before)  # never leave half a batch: later records would misalign
+                    raise
+            finally:
+                os.close(fd)
         except OSError as exc:
             self.spill_errors += 1
             self._disk_backoff = 10_000
             log.error(
-                "spill to %s failed, holding in memory (order may suffer, nothing is lost): %s",
+                "spill of %d records to %s failed, holding them in memory (order may suffer, nothing is"
+                " lost): %s",
+                len(items),
                 self.path,
                 exc,
             )
             return False
-        self._file_count += 1
-        self.spilled += 1
+        self._file_count += len(items)
+        self.spilled += len(items)
         return True
 
     def take(self, n: int) -> list[T]:
@@ -116,8 +144,14 @@ class Spool(Generic[T]):
             reader.seek(self._read_pos)
             while self._file_count and len(self._memory) < n:
                 (size,) = _LEN.unpack(reader.read(_LEN.size))
-                self._memory.append(self._decode(reader.read(size)))
+                record = reader.read(size)
                 self._file_count -= 1
+                try:
+                    self._memory.append(self._decode(record))
+                except Exception as exc:  # noqa: BLE001 - one bad record must not stop the reader
+                    self.corrupt += 1
+                    log.error("spool record at byte %d of %s unreadable, skipped: %s",
+                              reader.tell() - size, self.path, exc)  # fmt: skip
             self._read_pos = reader.tell()
         if self._file_count == 0:
             self._read_pos = 0

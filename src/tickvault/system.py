@@ -19,12 +19,12 @@ from datetime import datetime, timedelta
 
 import zmq
 
-from tickvault.bus import Publisher, Subscriber, endpoint
+from tickvault.bus import BIND_RETRY_S, Publisher, Subscriber, endpoint
 from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
 from tickvault.connection import Connection
 from tickvault.curve import ClientKeys, client_keys, is_loopback, server_keys
-from tickvault.errors import BusError, ConfigError, StoreError
+from tickvault.errors import BusError, ConfigError, InsecureBind, StoreError
 from tickvault.events import B3_TZ, Event, Tick
 from tickvault.feature_service import FeatureService, load_model
 from tickvault.features import FeatureConfig
@@ -126,6 +126,8 @@ class System:
         self.predictor: PredictorWorker | None = None
         self.health: HealthReporter | None = None
         self._candles_stop = threading.Event()
+        self._bus_lock = threading.Lock()
+        self._bus_problem = ""
         self.started_at = 0.0
 
     # -- start -----------------------------------------------------------------------------------
@@ -176,19 +178,22 @@ class System:
                 self.publisher = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*")
             else:
                 try:
-                    self.publisher = Publisher(
-                        endpoint(s.zmq_host, s.zmq_tick_port),
-                        replay_bind=endpoint(s.zmq_host, s.zmq_replay_port),
-                        curve=server_keys(s.zmq_curve_server_secret) if s.zmq_curve_server_secret else None,
-                        allow_insecure=s.zmq_allow_insecure,
-                    )
+                    self.publisher = self._bind_publisher()
                 except BusError as exc:
-                    # degrade, don't die: the core flow and the recorder run in-process without the bus
-                    self.degraded.append(f"ZeroMQ unavailable ({exc})")
+                    # degrade, don't die: the core flow and the recorder run in-process without the bus,
+                    # and the port is tried again until it frees up
+                    self._bus_problem = f"ZeroMQ unavailable ({exc})"
+                    self.degraded.append(self._bus_problem)
+                    retry = not isinstance(exc, InsecureBind)
                     log.error(
-                        "%s: running without the bus; the recorder is fed in-process", self.degraded[-1]
+                        "%s: running without the bus (the recorder is fed in-process)%s",
+                        self._bus_problem,
+                        f"; retrying every {BIND_RETRY_S:g} s" if retry else "",
                     )
-            self.ingest.publisher = self.publisher
+                    if retry:
+                        self._spawn("bus-rebind", self._rebind_bus)
+            with self._bus_lock:
+                self.ingest.publisher = self.publisher
         if self.recorder is not None:
             if self.publisher is not None:
                 self._subscriber = Subscriber(
@@ -211,6 +216,33 @@ class System:
         )
         self.started_at = time.monotonic()
         self._spawn("source", self._pump, ticks)
+
+    def _bind_publisher(self) -> Publisher:
+        s = self.settings
+        return Publisher(
+            endpoint(s.zmq_host, s.zmq_tick_port),
+            replay_bind=endpoint(s.zmq_host, s.zmq_replay_port),
+            curve=server_keys(s.zmq_curve_server_secret) if s.zmq_curve_server_secret else None,
+            allow_insecure=s.zmq_allow_insecure,
+        )
+
+    def _rebind_bus(self) -> None:
+        """The tick port was taken at start: once it frees up, ticks flow on the bus again. The
+        in-process recorder keeps its in-process feed (lossless either way); subscribers that join
+        now backfill what came before from Valkey, as any late joiner does."""
+        while not self.stop_event.wait(BIND_RETRY_S):
+            with self._bus_lock:
+                if self.stop_event.is_set():
+                    return
+                try:
+                    publisher = self._bind_publisher()
+                except BusError:
+                    continue
+                self.publisher = publisher
+                self.ingest.publisher = publisher
+                self.degraded.remove(self._bus_problem)
+            log.warning("ZeroMQ bound on %s: the bus is back", publisher.endpoint)
+            return
 
     def _start_features(self) -> None:
         """The core flow after ingest: features, predictions, signals (works with ZeroMQ and Valkey off)."""
@@ -329,7 +361,10 @@ class System:
         parts = [f"symbols={','.join(s.symbols)}", f"speed={'max' if s.speed == 0 else s.speed}"]
         parts.append(f"zmq tick={self.publisher.endpoint}" if self.publisher else "zmq off")
         parts.append(self.connection.where if self.connection else "valkey off")
-        parts += [f"DEGRADED: {problem}" for problem in self.degraded]
+        problems = [*self.degraded]
+        if self.features is not None and self.features.signal_problem:
+            problems.append(self.features.signal_problem)
+        parts += [f"DEGRADED: {problem}" for problem in problems]
         return "tickvault running: " + " ".join(parts)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
@@ -362,6 +397,8 @@ class System:
     def stop(self) -> RunSummary:
         """Stop the source, drain the bus and the recorder, close everything; returns the summary."""
         self.stop_event.set()
+        with self._bus_lock:  # a bus being bound right now is bound before it is flushed and closed
+            pass
         self._source_done.wait(10)
         summary = RunSummary(generated=Counter(self.ingest.stats.generated))
         if self.health is not None:
