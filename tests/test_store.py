@@ -61,6 +61,21 @@ def test_tick_older_than_the_stream_top_is_kept_and_found_by_exchange_time(
     assert store.append_ticks(late).duplicates == 2
 
 
+def test_resume_point_is_the_newest_tick_and_the_highest_seq_even_after_late_ticks(store: Store) -> None:
+    on_time = [tick(ts_ms=BASE_MS + i, trade_id=i, seq=400 + i) for i in range(1, 11)]
+    store.append_ticks(on_time)
+    assert store.last_seq("WDOFUT") == 410 and store.last_tick("WDOFUT") == on_time[-1]
+    # written late (a spool drained after newer ticks): older times and older seqs at the stream's end
+    store.append_ticks([tick(ts_ms=BASE_MS - 300 + i, trade_id=100 + i, seq=1 + i) for i in range(300)])
+    assert store.last_seq("WDOFUT") == 410 and store.last_tick("WDOFUT") == on_time[-1]
+    # a clock step back: newer seqs with older times
+    stepped = tick(ts_ms=BASE_MS - 5_000, trade_id=500, seq=411)
+    store.append_ticks([stepped])
+    assert store.last_seq("WDOFUT") == 411
+    assert store.last_tick("WDOFUT") == on_time[-1]
+    assert store.last_seq("NOSUCH") == 0 and store.last_tick("NOSUCH") is None
+
+
 def test_equal_and_out_of_order_burst_is_all_kept(store: Store) -> None:
     rng = random.Random(3)
     burst = ticks(300, per_ms=5)

@@ -318,14 +318,33 @@ class Store:
         return [found[seq] for seq in sorted(found)]
 
     def last_tick(self, symbol: str) -> Tick | None:
-        """The most recently stored tick of `symbol` (by stream position), or None."""
+        """The newest stored tick of `symbol` by exchange time (ties: the last stored), or None."""
+        tail = self._tail(symbol)
+        return from_fields({k.decode(): v.decode() for k, v in tail[-1][1].items()}, Tick) if tail else None
+
+    def last_seq(self, symbol: str) -> int:
+        """The highest sequence number stored for `symbol` (0 if none): where a restarted source
+        or recorder resumes. Not simply the last entry's: a tick stored late (after a newer one)
+        sits at the end of the stream with a sequence number older, or, after a clock step back,
+        newer than the on-time entry before it."""
+        return max((int(fields[b"seq"]) for _, fields in self._tail(symbol)), default=0)
+
+    def _tail(self, symbol: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The stream's last entries, newest first, through the newest one that is not late."""
+        key, late = self.keys.ticks(symbol), self.keys.late(symbol)
+        out: list[tuple[bytes, dict[bytes, bytes]]] = []
+        end: bytes | str = "+"
         try:
-            found = self.client.xrevrange(self.keys.ticks(symbol), count=1)
+            while page := self.client.xrevrange(key, max=end, count=256):
+                scores = self.client.zmscore(late, [entry_id for entry_id, _ in page])
+                for entry, score in zip(page, scores, strict=True):
+                    out.append(entry)
+                    if score is None:
+                        return out
+                end = b"(" + page[-1][0]
         except valkey.ValkeyError as exc:
             raise store_error(exc) from exc
-        if not found:
-            return None
-        return from_fields({k.decode(): v.decode() for k, v in found[0][1].items()}, Tick)
+        return out
 
     def count(self, symbol: str) -> int:
         """Ticks stored for `symbol`: live entries plus sealed rows."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import msgspec
 import zmq
 
 from tickvault.bus import BIND_RETRY_S, Publisher, Subscriber, endpoint
@@ -61,10 +62,16 @@ class RunSummary:
 
 
 def last_stored(store: Store | None, symbols: tuple[str, ...]) -> dict[str, Tick]:
+    """Per symbol, the newest stored tick by exchange time, carrying the highest stored sequence
+    number (they differ when ticks were stored late): where a restarted pipeline resumes."""
     if store is None:
         return {}
-    lasts = {s: store.last_tick(s) for s in symbols}
-    return {s: t for s, t in lasts.items() if t is not None}
+    out: dict[str, Tick] = {}
+    for symbol in symbols:
+        last = store.last_tick(symbol)
+        if last is not None:
+            out[symbol] = msgspec.structs.replace(last, seq=max(last.seq, store.last_seq(symbol)))
+    return out
 
 
 def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimulator:
