@@ -7,6 +7,7 @@ import string
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,3 +77,67 @@ def test_csv_reader_yields_ticks_or_bad_rows(tmp_path: Path, rows: list[str]) ->
         assert isinstance(item, Tick | BadRow)
         if isinstance(item, BadRow):
             assert item.line >= 2 and str(item.error)
+
+
+_parquet_columns = {
+    "timestamp_ms": st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=12)),
+    "symbol": st.one_of(st.text(max_size=40), st.integers()),
+    "trade_id": st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=8)),
+    "price": st.one_of(st.floats(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8)),
+    "quantity": st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=8)),
+}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_parquet_reader_yields_ticks_or_bad_rows(tmp_path: Path, data: st.DataObject) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = data.draw(st.integers(0, 6))
+    columns: dict[str, list[object]] = {}
+    for name, values in _parquet_columns.items():
+        if data.draw(st.integers(0, 9)) == 0:
+            continue  # a missing column is a clear error for the whole file
+        kind = data.draw(values.map(type))  # one type per column, as a Parquet file has
+        column = [data.draw(values.filter(lambda v, k=kind: type(v) is k)) for _ in range(rows)]
+        columns[name] = [None if data.draw(st.integers(0, 7)) == 0 else v for v in column]
+    path = tmp_path / "fuzz.parquet"
+    pq.write_table(pa.table(columns) if columns else pa.table({"x": [1]}), path)
+    try:
+        items = list(read_ticks(path))
+    except DataError as exc:
+        assert exc.field and str(exc)  # a file-level problem (a missing column), named
+        return
+    assert len(items) == rows
+    for item in items:
+        assert isinstance(item, Tick | BadRow)
+        if isinstance(item, BadRow):
+            assert str(item.error)
+
+
+_CLI_WORDS = [
+    "query", "ingest", "train", "report", "cleanup", "--start", "--end", "--kind", "--format", "--symbols",
+    "--output", "--limit", "--folds", "--horizon", "--fee", "--threshold", "--days", "--show", "--model",
+    "--valkey-port", "--log-level", "--signal-threshold", "--features-interval-ms", "--help",
+    "now", "-2h", "2025-11-24", "candles:1m", "candles:7m", "csv", "json", "parquet", "WDOFUT", "0", "-1",
+    "nan", "1e309", "x.csv", "",
+]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(st.sampled_from(_CLI_WORDS), st.text(max_size=12)), max_size=7))
+def test_cli_arguments_give_a_result_or_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    from typer.testing import CliRunner
+
+    from tickvault.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    env = {"VALKEY_URL": "valkey://127.0.0.1:1/0", "TICKVAULT_DATA_DIR": str(tmp_path), "LOG_LEVEL": "ERROR"}
+    result = CliRunner().invoke(app, args, env=env)
+    # 0 done (or help), 1 a failure said in one line (here: Valkey unreachable), 2 bad input
+    assert result.exit_code in (0, 1, 2), (args, result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
+    assert "Traceback" not in result.output

@@ -4,17 +4,20 @@ found, the model file."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import pickle
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import tickvault
 import tickvault.model as model_module
 from tickvault.errors import ConfigError
 from tickvault.events import B3_TZ, Tick, make_tick, to_ms
-from tickvault.features import FeatureConfig
+from tickvault.features import FEATURE_NAMES, FeatureConfig
 from tickvault.model import LABELS, Dataset, label_moves, load, save, train, training_set, walk_forward
 from tickvault.sources.simulator import MarketSimulator
 
@@ -141,9 +144,20 @@ def test_model_file_round_trip_and_refusal(tmp_path: Path) -> None:
     save(model, path)
     with pytest.raises(ConfigError, match="other features"):
         load(path)
+    assert json.loads(path.with_suffix(".json").read_text())["tickvault_version"] == tickvault.__version__
     path.write_bytes(b"not a model")
     with pytest.raises(ConfigError, match="not a tickvault model"):
         load(path)
+    # a pickle of something else, and a model file whose estimator is not a fitted forest
+    path.write_bytes(pickle.dumps({"format": 1, "info": {"symbol": "X"}}))
+    with pytest.raises(ConfigError, match="not a tickvault model"):
+        load(path)
+    info = dict(json.loads(path.with_suffix(".json").read_text()), features=list(FEATURE_NAMES))
+    path.write_bytes(pickle.dumps({"format": 1, "clf": "not an estimator", "info": info}))
+    with pytest.raises(ConfigError, match="no usable model"):
+        load(path)
+    with pytest.raises(ConfigError, match="at least 1"):
+        train(data, "WDOFUT", horizon_ms=HORIZON, tick_size=0.5, folds=0)
 
 
 def test_train_and_report_commands(

@@ -450,7 +450,7 @@ def train(
     end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
     horizon: Annotated[float, Opt(help="Seconds ahead the label looks", min=1.0)] = 60.0,
     folds: Annotated[
-        int | None, Opt(help="Walk-forward folds (default: every session after the first)")
+        int | None, Opt(help="Walk-forward folds (default: every session after the first)", min=1)
     ] = None,
     model: Annotated[Path | None, Opt(help="Where to save (default: TICKVAULT_MODEL)")] = None,
 ) -> None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, log_loss
@@ -32,6 +34,8 @@ from tickvault.errors import ConfigError
 from tickvault.events import B3_TZ, Features, Tick
 from tickvault.fast_predict import CompiledForest
 from tickvault.features import FEATURE_NAMES, FeatureConfig, FeatureEngine, HistoryProvider, backfill
+
+log = logging.getLogger("tickvault.model")
 
 LABELS = ("DOWN", "FLAT", "UP")
 _REGIME_ORDER = {"LOW_VOL": 0.0, "NORMAL_VOL": 1.0, "HIGH_VOL": 2.0}
@@ -152,7 +156,10 @@ def walk_forward(data: Dataset, folds: int | None = None) -> tuple[list[Fold], p
         raise ConfigError(
             "--start/--end", f"{len(sessions)} session(s)", "walk-forward needs at least 2 sessions"
         )
-    tests = sessions[1:] if folds is None else sessions[-folds:]
+    if folds is not None and folds < 1:
+        raise ConfigError("--folds", folds, "must be at least 1")
+    # the first session is never a test: nothing before it to learn from
+    tests = sessions[1:] if folds is None else sessions[1:][-folds:]
     out_folds, oos = [], []
     for test in tests:
         train = data.session < np.datetime64(test)
@@ -205,6 +212,8 @@ class ModelInfo:
     folds: list[dict[str, Any]] = field(default_factory=list)
     importance: dict[str, float] = field(default_factory=dict)  # permutation importance, last fold
     format: int = FORMAT
+    tickvault_version: str = ""  # the version that trained it ("" before it was recorded)
+    sklearn_version: str = ""  # a pickled estimator is only safe to load with the same scikit-learn
 
 
 class TrainedModel:
@@ -241,6 +250,7 @@ def train(
         symbol=symbol, features=list(FEATURE_NAMES), labels=list(LABELS), horizon_ms=horizon_ms,
         tick_size=tick_size, train_start=str(sessions[0]), train_end=str(sessions[-1]),
         sessions=len(sessions), rows=len(data.y), folds=[asdict(f) for f in evaluated], importance=importance,
+        tickvault_version=_tickvault_version(), sklearn_version=sklearn.__version__,
     )  # fmt: skip
     return TrainedModel(clf, info), oos
 
@@ -254,20 +264,33 @@ def save(model: TrainedModel, path: Path) -> None:
     path.with_suffix(".json").write_text(json.dumps(asdict(model.info), indent=2, default=str))
 
 
+def _tickvault_version() -> str:
+    from tickvault import __version__
+
+    return __version__
+
+
 def load(path: Path) -> TrainedModel:
-    """Load a model saved by `save`; refuses one trained on other features than this engine's."""
+    """Load a model saved by `save`; refuses one trained on other features than this engine's, and
+    any file that is not a model (a clear ConfigError, whatever is wrong inside it)."""
     try:
         payload = pickle.loads(path.read_bytes())  # noqa: S301 - our own file, written by save()
         info = ModelInfo(**payload["info"])
-    except (OSError, pickle.UnpicklingError, KeyError, TypeError, EOFError) as exc:
-        raise ConfigError("TICKVAULT_MODEL", str(path), f"is not a tickvault model file ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling a foreign file can raise almost anything
+        raise ConfigError("TICKVAULT_MODEL", str(path), f"is not a tickvault model file ({exc!r})") from None
     if info.features != list(FEATURE_NAMES):
         raise ConfigError(
             "TICKVAULT_MODEL",
             str(path),
             "was trained on other features than this tickvault computes; retrain it",
         )
-    return TrainedModel(payload["clf"], info)
+    if info.sklearn_version and info.sklearn_version != sklearn.__version__:
+        log.warning("model %s was trained with scikit-learn %s, this is %s; retrain if predictions look off",
+                    path, info.sklearn_version, sklearn.__version__)  # fmt: skip
+    try:
+        return TrainedModel(payload["clf"], info)
+    except Exception as exc:  # noqa: BLE001 - a payload that is not the fitted model we saved
+        raise ConfigError("TICKVAULT_MODEL", str(path), f"holds no usable model ({exc!r})") from None
 
 
 def session_dates(data: Dataset) -> list[date]:
