@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test bench check clean valkey
+.PHONY: run test bench soak check clean valkey
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
+
+# 24 h of simulated market through the running system while faults fire (RELIABILITY.md)
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(ARGS)
 
 check: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy

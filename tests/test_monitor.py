@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import valkey
 from rich.console import Console
 
@@ -151,3 +152,48 @@ def test_monitor_once_with_valkey_down_prints_disconnected(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert "DISCONNECTED" in result.stdout and f"127.0.0.1:{port}" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_run_dashboard_is_the_monitor_frame_and_falls_back_in_process_when_valkey_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import itertools
+    import os
+    import signal
+
+    from tickvault.config import load_settings
+    from tickvault.dashboard import LiveView, RunDashboard
+    from tickvault.server import EmbeddedValkey
+    from tickvault.sources.simulator import MarketSimulator
+    from tickvault.system import System
+
+    server = EmbeddedValkey(tmp_path / "valkey")
+    info = server.ensure_running()
+    for name, value in (
+        ("VALKEY_URL", f"valkey://{info.host}:{info.port}/0"), ("TICKVAULT_DATA_DIR", str(tmp_path)),
+        ("TICKVAULT_SYMBOLS", "WDOFUT"), ("ZMQ_ENABLED", "false"),
+        ("TICKVAULT_MODEL", str(tmp_path / "no-model.pkl")),
+    ):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    start = from_ms(BASE_MS)
+    ticks = list(itertools.islice(MarketSimulator(["WDOFUT"], seed=3, start=start).ticks(), 2000))
+    view = LiveView(("WDOFUT",))
+    system = System(load_settings(), source=lambda _: iter(ticks), handlers=[view])
+    client = valkey.Valkey(host=info.host, port=info.port)
+    try:
+        system.start()
+        assert wait_until(lambda: Store(client).count("WDOFUT") == 2000, timeout=60)
+        board = RunDashboard(system, view, every_s=0)
+        # the health line comes from the run's own report (every second)
+        assert wait_until(lambda: "stored 2,000" in text_of(board.frame()), timeout=30)
+        frame = text_of(board.frame())
+        assert f"{ticks[-1].price:,.2f}" in frame and "NO DATA" not in frame
+        assert "tickvault running" in frame and "bus→store lag 0 ms" in frame
+        os.kill(info.pid, signal.SIGKILL)
+        assert wait_until(lambda: "DISCONNECTED" in text_of(board.frame()), timeout=60)
+        frame = text_of(board.frame())
+        assert "2,000" in frame and f"{ticks[-1].price:,.2f}" in frame  # the in-process view goes on
+    finally:
+        server.ensure_running()
+        system.stop()
+        client.close()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -125,3 +126,25 @@ def test_stream_max_len_bounds_the_live_stream_and_loses_nothing(store: Store) -
     assert store.count("WDOFUT") == 5000
     frame = store.ticks("WDOFUT", BASE_MS, BASE_MS + 10**6)
     assert list(frame.trade_id) == [t.trade_id for t in written]
+
+
+def test_store_lag_is_the_wait_of_the_oldest_unstored_tick(store: Store, tmp_path: Path) -> None:
+    import time
+
+    recorder = Recorder(store, spool_path=tmp_path / "spool")
+    assert recorder.store_lag_ms() == 0
+    batch = [msgspec.structs.replace(t, seq=i + 1) for i, t in enumerate(ticks(100))]
+    received = time.monotonic()
+    recorder.submit(batch)  # nobody writes yet: the ticks wait
+    assert wait_until(lambda: recorder.store_lag_ms() >= 5, timeout=10)
+    assert recorder.store_lag_ms() <= (time.monotonic() - received) * 1000 + 1
+    stop = threading.Event()
+    writer = threading.Thread(target=recorder.run, args=(None, stop), daemon=True)
+    writer.start()
+    try:
+        assert wait_until(lambda: recorder.caught_up({"WDOFUT": 100}), timeout=30)
+        assert recorder.store_lag_ms() == 0
+    finally:
+        stop.set()
+        writer.join(10)
+    assert store.count("WDOFUT") == 100

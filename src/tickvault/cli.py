@@ -240,14 +240,16 @@ def _stop_on_sigterm(stop: threading.Event) -> None:
 def _live(system: Any, view: Any, duration: float | None) -> None:
     import time
 
+    from tickvault.dashboard import RunDashboard
+
+    board = RunDashboard(system, view)
     deadline = None if duration is None else time.monotonic() + duration
-    with Live(view.render(), refresh_per_second=4, console=Console()) as live:
+    with Live(board.frame(), refresh_per_second=4, console=Console()) as live:
         while not system.stop_event.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
             system.stop_event.wait(0.25)
-            stored = dict(system.recorder.stats.stored) if system.recorder else None
-            live.update(view.render(status=system.describe(), stored=stored))
+            live.update(board.frame())
 
 
 def _print_summary(summary: Any, settings: Settings) -> None:

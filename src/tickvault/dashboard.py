@@ -1,10 +1,17 @@
-"""The live terminal view of `tickvault run`, fed in-process by the core flow (no Valkey needed)."""
+"""The live terminal view of `tickvault run`.
+
+With Valkey, it is `tickvault monitor`'s frame (market columns, features, signal, pipeline health,
+sparkline) plus this process's startup/DEGRADED line. Without Valkey, or while it is unreachable, it
+falls back to `LiveView`, fed in-process by the core flow, with the problem in red on top: the
+dashboard never goes blank because a server did.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
@@ -71,3 +78,33 @@ class LiveView:
                 )
         footer = Text(f"{self.rate:,.0f} ticks/s   {status}   Ctrl+C to stop", style="dim")
         return Group(table, footer)
+
+
+class RunDashboard:
+    """What `tickvault run` shows each refresh (`frame()`); reads Valkey at most every `every_s`."""
+
+    def __init__(self, system: Any, view: LiveView, every_s: float = 1.0) -> None:
+        from tickvault.store import Store
+
+        self.system = system
+        self.view = view
+        self.every_s = every_s
+        self.store = Store(system.connection.client("dashboard")) if system.connection else None
+        self.snap: Any = None
+        self._next = 0.0
+
+    def frame(self) -> Group:
+        from tickvault.monitor import gather, render
+
+        status = self.system.describe()
+        style = "bold red" if "DEGRADED" in status else "dim"
+        if self.store is not None:
+            if time.monotonic() >= self._next:
+                self.snap = gather(self.store, self.system.settings.symbols, self.snap)
+                self._next = time.monotonic() + self.every_s
+            if self.snap.connected:
+                return Group(render(self.snap, self.system.connection.where), Text(status, style=style))
+            problem = Text(f"Valkey DISCONNECTED: {self.snap.error} (the core flow goes on in-process; "
+                           "ticks are buffered)", style="bold white on red")  # fmt: skip
+            return Group(problem, self.view.render(status=status, stored=None))
+        return Group(Text(status, style=style), self.view.render(stored=None))

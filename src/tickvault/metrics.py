@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-LEVELS = {"buffered", "publish_queue"}  # values that go up and down
+LEVELS = {"buffered", "publish_queue", "store_lag_ms"}  # values that go up and down
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 _NOT_IN_NAME = re.compile(r"[^a-zA-Z0-9_]")
 

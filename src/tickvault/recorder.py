@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -38,6 +39,7 @@ LINGER_MS = 2.0  # gather a batch for up to 2 ms: per-batch costs dominate tiny 
 DEAD_LETTER_MAXLEN = 100_000
 HOUSEKEEPING_S = 60.0
 LIVE_WINDOW_MS = 300_000  # the live stream keeps 5 minutes for stream consumers; older is sealed
+ARRIVAL_GRAIN_S = 0.01  # store_lag_ms resolution
 RETAIN_S = 5.0  # > the 1 s (at worst 2 s) of writes an append-only file with fsync everysec can lose
 BACKOFF_S = (0.05, 2.0)
 
@@ -96,6 +98,9 @@ class Recorder:
         self._wake = threading.Event()
         self._in_flight: dict[str, int] = {}  # topic -> highest seq sent but not yet confirmed
         self._retained: collections.deque[tuple[float, list[TickLike]]] = collections.deque()
+        # [arrival time, symbol, topic, highest seq], one per symbol per ARRIVAL_GRAIN_S: store_lag_ms
+        self._arrivals: collections.deque[list[Any]] = collections.deque()
+        self._last_arrival: dict[str, list[Any]] = {}
 
     @property
     def buffered(self) -> int:
@@ -114,13 +119,42 @@ class Recorder:
     def submit(self, ticks: Sequence[TickLike]) -> None:
         """Queue validated ticks for writing (the in-process path, and the receiver's)."""
         if ticks:
+            self._note_arrival(ticks)
             self.spool.extend(ticks)
             self._wake.set()
 
     def submit_one(self, tick: TickLike) -> None:
         self.stats.received += 1
+        self._note_arrival((tick,))
         self.spool.extend((tick,))
         self._wake.set()
+
+    def _note_arrival(self, ticks: Sequence[TickLike]) -> None:
+        top: dict[str, int] = {}
+        for tick in ticks:
+            if tick.seq > top.get(tick.symbol, 0):
+                top[tick.symbol] = tick.seq
+        now = time.monotonic()
+        with self._lock:
+            for symbol, seq in top.items():
+                last = self._last_arrival.get(symbol)
+                if last is not None and now - last[0] < ARRIVAL_GRAIN_S:
+                    last[3] = max(last[3], seq)  # measured from the earlier arrival: never optimistic
+                else:
+                    entry = [now, symbol, tick_topic(symbol), seq]
+                    self._arrivals.append(entry)
+                    self._last_arrival[symbol] = entry
+
+    def store_lag_ms(self) -> int:
+        """bus -> store lag: how long the oldest received tick not yet confirmed in Valkey has waited
+        (0 when everything received is stored). Grows through an outage; back to 0 once caught up."""
+        with self._lock:
+            arrivals, done = self._arrivals, self.stats.last_seq
+            while arrivals and arrivals[0][3] <= done.get(arrivals[0][2], 0):
+                entry = arrivals.popleft()
+                if self._last_arrival.get(entry[1]) is entry:
+                    del self._last_arrival[entry[1]]
+            return int((time.monotonic() - arrivals[0][0]) * 1000) if arrivals else 0
 
     def reject(self, exc: DataError, frames: Sequence[bytes]) -> None:
         self.stats.rejected[exc.kind] += 1

@@ -350,6 +350,7 @@ class System:
                 stored=r.stored_total, duplicates=r.duplicates, late=r.late, rejected=r.rejected_total,
                 write_errors=r.write_errors, rewritten=r.rewritten, sealed=r.sealed, expired=r.expired,
                 buffered=self.recorder.buffered, spilled=self.recorder.spool.spilled,
+                spill_errors=self.recorder.spool.spill_errors, store_lag_ms=self.recorder.store_lag_ms(),
             )  # fmt: skip
         if self.features is not None:
             out.update(self.features.counters())
