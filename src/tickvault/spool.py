@@ -4,10 +4,10 @@ The recorder queues what it received here while Valkey is slow or down: memory i
 is dropped, and records come back out in the order they went in (once anything is on disk, new
 records go to disk behind it). The file is deleted when drained.
 
-The file only ever holds whole records: a batch is written with unbuffered writes and, when the disk
-refuses part of it (full, over quota, a file-size limit), the file is cut back to its size before the
-batch and the batch stays in memory. A file left by a process killed mid-write loses only its torn
-last record's tail, which is cut off at the next start (that record was never counted as stored).
+The file only ever holds whole records: records are written in chunks with unbuffered writes and,
+when the disk refuses part of a chunk (full, over quota, a file-size limit), the file is cut back to
+its size before that chunk, which stays in memory with everything after it. A file left by a process
+killed mid-write ends in a torn record, cut off at the next start (that record was never counted).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 log = logging.getLogger("tickvault.spool")
 _LEN = struct.Struct("<I")
+CHUNK = 64 * 1024  # bytes per write: a nearly full disk still takes what fits
 T = TypeVar("T")
 
 
@@ -93,41 +94,53 @@ class Spool(Generic[T]):
                     self._memory.append(item)
                 else:
                     overflow.append(item)
-            if overflow and not self._spill(overflow):
-                self._memory.extend(overflow)  # the disk refused (full?): keep them rather than lose them
+            if overflow:
+                kept = self._spill(overflow)
+                # what the disk refused (full?) stays in memory rather than being lost
+                self._memory.extend(overflow[kept:])
 
-    def _spill(self, items: list[T]) -> bool:
+    def _spill(self, items: list[T]) -> int:
+        """Append records in chunks of about CHUNK bytes; returns how many are on disk. A chunk the
+        disk refuses, even in part, is cut off again (never half a record), and so is the rest."""
         if self._disk_backoff > 0:
             self._disk_backoff -= len(items)  # after a disk error, try the disk again only now and then
-            return False
-        data = memoryview(b"".join(_LEN.pack(len(r)) + r for r in map(self._encode, items)))
+            return 0
+        done = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                before = os.fstat(fd).st_size
-                try:
-                    while data:
-                        data = data[os.write(fd, data) :]  # a short write is not an error: go on
-                except OSError:
-                    os.ftruncate(fd, before)  # never leave half a batch: later records would misalign
-                    raise
+                while done < len(items):
+                    chunk, count = bytearray(), 0
+                    while done + count < len(items) and len(chunk) < CHUNK:
+                        record = self._encode(items[done + count])
+                        chunk += _LEN.pack(len(record)) + record
+                        count += 1
+                    before = os.fstat(fd).st_size
+                    data = memoryview(chunk)
+                    try:
+                        while data:
+                            data = data[os.write(fd, data) :]  # a short write is not an error: go on
+                    except OSError:
+                        os.ftruncate(fd, before)
+                        raise
+                    done += count
             finally:
                 os.close(fd)
         except OSError as exc:
             self.spill_errors += 1
             self._disk_backoff = 10_000
             log.error(
-                "spill of %d records to %s failed, holding them in memory (order may suffer, nothing is"
-                " lost): %s",
-                len(items),
+                "spill to %s refused after %d of %d records, holding the rest in memory (order may"
+                " suffer, nothing is lost): %s",
                 self.path,
+                done,
+                len(items),
                 exc,
             )
-            return False
-        self._file_count += len(items)
-        self.spilled += len(items)
-        return True
+        self._file_count += done
+        self.spilled += done
+        return done
 
     def take(self, n: int) -> list[T]:
         """Up to `n` of the oldest records (removed from the spool)."""
