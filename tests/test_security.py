@@ -225,3 +225,54 @@ def test_run_refuses_to_listen_beyond_loopback_without_curve(
         system.wait(60)
         summary = system.stop()
     assert summary.drained and store.count("WDOFUT") == 500  # recorded in-process, nothing listened
+
+
+def test_no_secret_from_the_environment_appears_in_any_log_line_or_error(tmp_path: Path) -> None:
+    """Every secret setting at once, DEBUG logging, a whole run on a password-protected embedded
+    server, then failing commands: the secrets never show, in any output."""
+    import subprocess
+    import sys
+
+    import zmq.auth
+
+    from conftest import subprocess_env
+    from tickvault.curve import create_keys
+
+    _, server_secret = create_keys(tmp_path / "keys", "server")
+    curve_secret = zmq.auth.load_certificate(server_secret)[1]
+    assert curve_secret is not None
+    secrets = {
+        "VALKEY_PASSWORD": "Vk-s3cr3t-991",
+        "PROFIT_PASSWORD": "Pf-s3cr3t-992",
+        "PROFIT_KEY": "Pk-s3cr3t-993",
+    }
+    env = subprocess_env({
+        **secrets, "LOG_LEVEL": "DEBUG", "TICKVAULT_DATA_DIR": str(tmp_path / "data"),
+        "ZMQ_CURVE_SERVER_SECRET": str(server_secret), "PROFIT_USER": "someone",
+        "PROFIT_DLL_PATH": str(tmp_path / "no-such.so"), "TICKVAULT_SYMBOLS": "WDOFUT",
+    })  # fmt: skip
+    runs = [
+        ["run", "--duration", "3", "--no-dashboard", "--speed", "20", "--no-zmq"],
+        ["run", "--duration", "3", "--no-dashboard", "--speed", "20"],  # over CURVE, with the secret key
+        ["run", "--source", "profitdll", "--no-dashboard", "--duration", "3"],  # the DLL is missing
+        ["query", "WDOFUT", "--start", "2025-11-24", "--format", "csv"],
+        ["--valkey-url", "valkey://127.0.0.1:1/0", "query", "WDOFUT", "--start", "-1h"],  # unreachable
+    ]
+    outputs: list[str] = []
+    codes: list[int] = []
+    for args in runs:
+        done = subprocess.run([sys.executable, "-m", "tickvault.cli", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert "Traceback" not in done.stderr, (args, done.stderr[-2000:])
+        outputs.append(done.stdout + done.stderr)
+        codes.append(done.returncode)
+    assert " INFO " in outputs[0] and "stored=" in outputs[0]  # it did log and did run
+    assert codes[:2] == [0, 0]
+    assert codes[2] == 2 and "source failed: PROFIT_DLL_PATH" in outputs[2]  # one clear line, exit 2
+    assert codes[3:] == [0, 1]
+    everything = "\n".join(outputs)
+    for name, value in secrets.items():
+        assert value not in everything, name
+    assert curve_secret.decode() not in everything
+    with Connection.open(load_settings(valkey_url="embedded", data_dir=tmp_path / "data")) as conn:
+        assert conn.embedded is not None  # stop the embedded server this test started

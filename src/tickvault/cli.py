@@ -190,6 +190,9 @@ def run(
         if metrics is not None:
             metrics.stop()
         _print_summary(summary, settings)
+        if system.source_error is not None:
+            err_console.print(f"tickvault: error: source failed: {system.source_error}", markup=False)
+            raise typer.Exit(2 if isinstance(system.source_error, ConfigError | DataError) else 1)
         if not summary.drained:
             raise typer.Exit(1)
 

@@ -25,7 +25,7 @@ from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
 from tickvault.connection import Connection
 from tickvault.curve import ClientKeys, client_keys, is_loopback, server_keys
-from tickvault.errors import BusError, ConfigError, InsecureBind, StoreError
+from tickvault.errors import BusError, ConfigError, InsecureBind, StoreError, TickvaultError
 from tickvault.events import B3_TZ, Event, Tick
 from tickvault.feature_service import FeatureService, load_model
 from tickvault.features import FeatureConfig
@@ -134,6 +134,7 @@ class System:
         self.health: HealthReporter | None = None
         self._candles_stop = threading.Event()
         self._bus_lock = threading.Lock()
+        self.source_error: Exception | None = None  # why the source stopped early, if it failed
         self._bus_problem = ""
         self.started_at = 0.0
 
@@ -386,7 +387,11 @@ class System:
                 if self.stop_event.is_set():
                     break
                 self.ingest.on_tick(tick)
-        except Exception:
+        except TickvaultError as exc:  # a refused login, a missing library: one clear line, no traceback
+            self.source_error = exc
+            log.error("source failed: %s", exc)
+        except Exception as exc:
+            self.source_error = exc
             log.exception("source failed")
         finally:
             self._source_done.set()
