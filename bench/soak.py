@@ -909,6 +909,10 @@ class _Harness:
         os.kill(rec.pid, signal.SIGSTOP)
         stopped = _poll(lambda: _proc_state(rec.pid) == "T", 5)
         self._drive(until, flow=False)
+        if not _poll(lambda: self.source is not None and self.source.snapshot()[0]["n"] > n0, 10):
+            # the source was already at `until` (it runs up to a step ahead): let the market move on
+            self._drive(until + self.cfg.step_ms, flow=False)
+            _poll(lambda: self.source is not None and self.source.snapshot()[0]["n"] > n0, 30)
         n1 = self.source.snapshot()[0]["n"]
         os.kill(rec.pid, signal.SIGCONT)
         result.fired = stopped and n1 > n0

@@ -16,8 +16,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import valkey  # noqa: E402
+from valkey.cluster import ValkeyCluster  # noqa: E402
 
 from tickvault.bus import Subscriber  # noqa: E402
+from tickvault.cluster import EmbeddedCluster
+from tickvault.cluster import cluster_client as connect_cluster
 from tickvault.config import Settings
 from tickvault.recorder import Recorder
 from tickvault.server import EmbeddedValkey, ServerInfo, free_port
@@ -44,6 +47,24 @@ def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerIn
     info = server.ensure_running()
     yield info
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real 3-node Valkey Cluster on loopback (started once; its data is flushed per test)."""
+    cluster = EmbeddedCluster(tmp_path_factory.mktemp("valkey-cluster"), nodes=3)
+    cluster.ensure_running()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_client(valkey_cluster: EmbeddedCluster) -> Iterator[ValkeyCluster]:
+    client = connect_cluster(valkey_cluster.url)
+    for node in client.get_primaries():
+        client.get_valkey_connection(node).flushall()
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ import valkey
 
 from tickvault.blocks import Columns
 from tickvault.candles import TIMEFRAMES, bar_bounds, candles_from_ticks
+from tickvault.cluster import read_streams, transaction
 from tickvault.connection import store_error
 from tickvault.events import Candle, from_ms, to_fields
 from tickvault.history import columns_from_entries
@@ -193,9 +194,7 @@ class CandleWorker:
             if not self._loaded:
                 self._load()
             streams = {self.keys.ticks(s): self.state[s].position for s in self.symbols}
-            reply = (
-                self.client.xread(streams, count=self.batch, block=block_ms or None) or []
-            )  # BLOCK 0 waits forever
+            reply = read_streams(self.client, streams, count=self.batch, block_ms=block_ms)
             read = 0
             for key, entries in reply:
                 symbol = self._symbol_of(key)
@@ -237,10 +236,10 @@ class CandleWorker:
                 bar.incremental, bar.dirty = False, True
 
     def write(self, *, flush: bool) -> int:
-        """Write every due bar and the stream positions in one transaction."""
-        pipe = self.client.pipeline(transaction=True)
+        """Write every due bar and the stream position of each symbol in one transaction per symbol."""
         count = 0
         for symbol, state in self.state.items():
+            pipe = transaction(self.client, self.keys.ticks(symbol))
             due = {tf: sorted(state.due(tf, flush=flush), key=lambda b: b.open_ms) for tf in TIMEFRAMES}
             self._recompute(symbol, {tf: [b for b in bars if not b.incremental] for tf, bars in due.items()})
             for tf in TIMEFRAMES:
@@ -255,7 +254,7 @@ class CandleWorker:
                     count += 1
                 state.forget_before(tf, self.KEEP_BARS[tf])
             pipe.set(self.keys.candle_position(symbol), state.position)
-        pipe.execute()
+            pipe.execute()
         self.stats.written += count
         return count
 

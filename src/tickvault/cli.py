@@ -342,7 +342,7 @@ class Format(StrEnum):
 @app.command()
 def query(
     ctx: typer.Context,
-    symbol: Annotated[str, typer.Argument(help="Symbol, e.g. WDOFUT")],
+    symbol: Annotated[str, typer.Argument(help="Symbol, e.g. WDOFUT; ticks also take WDOFUT,WINFUT,...")],
     start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")],
     end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
     kind: Annotated[
@@ -362,8 +362,10 @@ def query(
 
     with _errors():
         settings = _settings(ctx)
-        validate_symbol(symbol)
+        symbols = [validate_symbol(s.strip()) for s in symbol.split(",")]
         events = ("features", "predictions", "signals")
+        if len(symbols) > 1 and kind != "ticks":
+            raise ConfigError("SYMBOL", symbol, "several symbols at once are for --kind ticks only")
         if kind != "ticks" and kind not in events:
             from tickvault.candles import TIMEFRAMES
 
@@ -381,7 +383,8 @@ def query(
             conn.check()
             store = Store(conn.client("query"))
             if kind == "ticks":
-                frame = store.ticks(symbol, start, end)
+                # several symbols: one frame in time order, read from their nodes in parallel
+                frame = store.ticks(symbols if len(symbols) > 1 else symbols[0], start, end)
             elif kind in events:
                 frame = store.events(kind, symbol, start, end)
             else:

@@ -104,10 +104,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_url(cls, value: str) -> str:
         if value != "embedded" and not value.startswith(
-            ("valkey://", "valkeys://", "redis://", "rediss://", "unix://")
-        ):
+            ("valkey://", "valkeys://", "redis://", "rediss://", "unix://", "valkey+cluster://",
+             "valkeys+cluster://", "redis+cluster://", "rediss+cluster://")
+        ):  # fmt: skip
             raise ValueError(
-                "must be 'embedded' or a valkey://, valkeys://, redis://, rediss:// or unix:// URL"
+                "must be 'embedded' or a valkey://, valkeys://, redis://, rediss://, unix:// or"
+                " valkey+cluster://host:port,host:port,... URL"
             )
         return value
 

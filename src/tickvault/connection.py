@@ -9,6 +9,7 @@ import valkey
 from valkey.backoff import ExponentialBackoff
 from valkey.retry import Retry
 
+from tickvault.cluster import cluster_client, is_cluster_url, parse_cluster_url
 from tickvault.config import Settings
 from tickvault.errors import StoreError, StoreUnavailable
 from tickvault.server import EmbeddedValkey, client_name
@@ -48,8 +49,15 @@ class Connection:
         return cls(settings, url=settings.external_url)
 
     @property
+    def cluster(self) -> bool:
+        return is_cluster_url(self.url)
+
+    @property
     def where(self) -> str:
         """Where the data lives, for the startup line (never includes a password)."""
+        if self.cluster:
+            seeds, _ = parse_cluster_url(self.url)
+            return "valkey cluster " + ",".join(f"{h}:{p}" for h, p in seeds)
         target = valkey.connection.parse_url(self.url)
         host = target.get("host") or target.get("path", "?")
         port = target.get("port", "")
@@ -72,12 +80,19 @@ class Connection:
             kwargs["password"] = password
         if self.url.startswith("unix://"):
             kwargs.pop("socket_connect_timeout")
-        if self.url.startswith(("valkeys://", "rediss://")):
+        if self.url.startswith(("valkeys://", "rediss://", "valkeys+cluster://", "rediss+cluster://")):
             kwargs["ssl_cert_reqs"] = "required"  # certificate and host name checked, never optional
             kwargs["ssl_check_hostname"] = True
             if self.settings.valkey_ca_cert is not None:
                 kwargs["ssl_ca_certs"] = str(self.settings.valkey_ca_cert)
-        client = valkey.Valkey.from_url(self.url, **kwargs)
+        client: valkey.Valkey
+        if self.cluster:
+            # the cluster client retries redirects itself; connection errors are retried per command
+            for name in ("retry", "retry_on_error", "health_check_interval"):
+                kwargs.pop(name)
+            client = cluster_client(self.url, **kwargs)  # type: ignore[assignment]
+        else:
+            client = valkey.Valkey.from_url(self.url, **kwargs)
         self._clients.append(client)
         return client
 

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import valkey
 
+from tickvault.cluster import is_cluster, transaction
 from tickvault.keys import KeySpace
 
 log = logging.getLogger("tickvault.health")
@@ -37,7 +38,7 @@ class HealthReporter:
         keys: KeySpace | None = None,
     ) -> None:
         self.client = client
-        self.key = (keys or KeySpace()).health(component)
+        self.key = (keys or KeySpace(cluster=is_cluster(client))).health(component)
         self.counters = counters
         self.interval = interval
         self._stop = threading.Event()
@@ -49,7 +50,7 @@ class HealthReporter:
     def report(self) -> None:
         values = {k: int(v) for k, v in self.counters().items()}
         # replaced whole, in one transaction: a counter the component no longer has must not linger
-        pipe = self.client.pipeline(transaction=True)
+        pipe = transaction(self.client, self.key)
         pipe.delete(self.key)
         pipe.hset(self.key, mapping={**values, "at": int(time.time())})  # type: ignore[arg-type]
         pipe.expire(self.key, timedelta(seconds=HEALTH_TTL_S))

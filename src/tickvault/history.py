@@ -18,6 +18,7 @@ import numpy as np
 import valkey
 
 from tickvault.blocks import AGGRESSOR_CODES, Columns, decode_block, encode_block
+from tickvault.cluster import transaction
 from tickvault.keys import KeySpace
 
 HOUR_MS = 3_600_000
@@ -85,7 +86,7 @@ class History:
         # time order inside a block (ties keep arrival order): compact deltas, simple reads
         cols = cols.take(np.argsort(cols.timestamp_ms, kind="stable"))
         hours = cols.timestamp_ms // HOUR_MS
-        pipe = self.client.pipeline(transaction=True)
+        pipe = transaction(self.client, self.keys.ticks(symbol))
         for hour in np.unique(hours).tolist():
             part = cols.take(np.flatnonzero(hours == hour))
             ref = BlockRef(
@@ -109,7 +110,7 @@ class History:
     def put(self, symbol: str, cols: Columns) -> None:
         """Store already-validated, time-sorted columns straight into blocks (bulk loads, benchmarks):
         it bypasses the live stream and its duplicate checks."""
-        pipe = self.client.pipeline(transaction=True)
+        pipe = transaction(self.client, self.keys.ticks(symbol))
         self._put(pipe, symbol, cols)
         pipe.execute()
 
@@ -139,7 +140,7 @@ class History:
         removed = 0
         for ref in self.refs(symbol, 0, cutoff_ms - 1):
             block_key = self.keys.block(symbol, ref.block_id)
-            pipe = self.client.pipeline(transaction=True)
+            pipe = transaction(self.client, self.keys.ticks(symbol))
             pipe.zrem(self.keys.block_index(symbol), ref.member)
             if ref.last_ms < cutoff_ms:
                 pipe.delete(block_key)

@@ -25,6 +25,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from tickvault.cluster import used_memory
 from tickvault.errors import StoreError, StoreUnavailable, TickvaultError
 from tickvault.events import B3_TZ, from_ms, to_ms
 from tickvault.store import Store
@@ -109,7 +110,7 @@ def gather(
 
 def _used_memory(store: Store) -> int | None:
     try:
-        return int(store.client.info("memory").get("used_memory", 0))
+        return used_memory(store.client)  # summed over the nodes of a cluster
     except valkey.ResponseError:  # e.g. an ACL user without INFO: memory unknown, not disconnected
         return None
 

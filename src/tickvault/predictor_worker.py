@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import valkey
 
+from tickvault.cluster import read_streams, transaction
 from tickvault.events import Features, Prediction, Signal, from_fields, to_fields
 from tickvault.feature_service import Model, decide
 from tickvault.store import Store
@@ -110,8 +111,8 @@ class PredictorWorker:
         if not self.owned:
             return 0
         streams = {self.keys.features(s): ">" for s in sorted(self.owned)}
-        reply = (
-            self.client.xreadgroup(GROUP, self.name, streams, count=self.batch, block=block_ms or None) or []
+        reply = read_streams(
+            self.client, streams, count=self.batch, block_ms=block_ms, group=(GROUP, self.name)
         )
         done = 0
         for key, entries in reply:
@@ -134,7 +135,7 @@ class PredictorWorker:
             stamp = {"symbol": symbol, "timestamp": features.timestamp, "timestamp_ms": features.timestamp_ms}
             prediction = Prediction(**stamp, model=self.model.name, probabilities=probabilities)  # type: ignore[arg-type]
             signal = Signal(**stamp, action=action, confidence=confidence, model=self.model.name)  # type: ignore[arg-type]
-            pipe = self.client.pipeline(transaction=True)
+            pipe = transaction(self.client, stream)
             pipe.xadd(self.keys.predictions(symbol), to_fields(prediction), id=entry_id)  # type: ignore[arg-type]
             pipe.xadd(self.keys.signals(symbol), to_fields(signal), id=entry_id)  # type: ignore[arg-type]
             pipe.xack(stream, GROUP, entry_id)

@@ -111,12 +111,19 @@ class EmbeddedValkey:
     """Start, find and stop the bundled Valkey server for one data directory."""
 
     def __init__(
-        self, data_dir: Path, *, password: str | None = None, host: str = "127.0.0.1", port: int | None = None
+        self,
+        data_dir: Path,
+        *,
+        password: str | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        cluster: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.password = password
         self.port = port  # None: the port it had last time if free, else any free port
+        self.cluster = cluster  # a Valkey Cluster node (see cluster.EmbeddedCluster)
 
     # -- locking and state ----------------------------------------------------------------------
 
@@ -200,6 +207,18 @@ class EmbeddedValkey:
         ]
         if self.password:
             lines.append(f"requirepass {json.dumps(self.password)}")
+            if self.cluster:
+                lines.append(f"masterauth {json.dumps(self.password)}")
+        if self.cluster:
+            # the bus port is port + 10000 by default, past 65535 for most free ports: pick one
+            bus = port + 10000 if port + 10000 <= 65535 and _port_free(self.host, port + 10000) else None
+            lines += [
+                "cluster-enabled yes",
+                f'cluster-config-file "{self.data_dir / "nodes.conf"}"',
+                f"cluster-port {bus or free_port(self.host)}",
+                "cluster-node-timeout 5000",
+                "cluster-require-full-coverage yes",
+            ]
         return "\n".join(lines) + "\n"
 
     def _start(self, port: int | None) -> ServerInfo:

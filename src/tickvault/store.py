@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +22,7 @@ import valkey
 
 from tickvault.blocks import AGGRESSOR_CODES, Columns
 from tickvault.candles import TIMEFRAMES, bar_bounds, candles_from_ticks, check_timeframe, empty_candles
+from tickvault.cluster import is_cluster, primaries_with_key
 from tickvault.connection import store_error
 from tickvault.errors import DataError
 from tickvault.events import (
@@ -60,7 +62,7 @@ class Store:
         writer_name: str | None = None,
     ) -> None:
         self.client = client
-        self.keys = keys or KeySpace()
+        self.keys = keys or KeySpace(cluster=is_cluster(client))
         self.writer = TickWriter(client, self.keys, owner=writer_name)
         self.history = History(client, self.keys)
         self._owner = owner
@@ -68,14 +70,17 @@ class Store:
     def wait_durable(self, timeout_ms: int = 5000) -> bool:
         """True once everything written so far is fsynced to Valkey's append-only file. A write on
         this connection followed by WAITAOF covers every earlier write too: the file is sequential."""
+        durable = True
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.incr(f"{self.keys.symbols()}:durability-probe")
-            pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
-            _, (local, _) = pipe.execute()
+            for node, probe in primaries_with_key(self.client, f"{self.keys.symbols()}:durability-probe"):
+                pipe = node.pipeline(transaction=False)  # in a cluster: every node's file
+                pipe.incr(probe)
+                pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+                _, (local, _) = pipe.execute()
+                durable = durable and int(local) >= 1
         except valkey.ValkeyError as exc:
             raise store_error(exc) from exc
-        return int(local) >= 1
+        return durable
 
     def close(self) -> None:
         """Close the connection this store opened (see `tickvault.connect`)."""
@@ -150,7 +155,11 @@ class Store:
         if isinstance(symbol, str):
             return columns_frame(symbol, self.columns(symbol, start_ms, end_ms))
         symbols = [validate_symbol(s) for s in symbol]
-        frames = [columns_frame(s, self.columns(s, start_ms, end_ms)) for s in symbols]
+        # one reader per symbol at once: in a cluster each goes to its own node (zstd and the socket
+        # wait release the GIL, so this helps on one server too)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(symbols), 8))) as pool:
+            found = list(pool.map(lambda s: self.columns(s, start_ms, end_ms), symbols))
+        frames = [columns_frame(s, cols) for s, cols in zip(symbols, found, strict=True)]
         merged = pd.concat(frames) if frames else columns_frame("", Columns.empty())
         merged["symbol"] = pd.Categorical(merged["symbol"].astype(str), categories=symbols)
         return merged.sort_index(kind="stable")

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import valkey
 
+from tickvault.cluster import is_cluster, refresh
 from tickvault.connection import store_error
 from tickvault.errors import StoreError
 from tickvault.events import B3_TZ
@@ -217,11 +218,12 @@ class TickWriter:
         """`owner` names this writer in its leases; a restarted writer with the same name takes over
         at once, a different one waits until the lease expires (LEASE_MS after the last write)."""
         self.client = client
-        self.keys = keys or KeySpace()
+        self.keys = keys or KeySpace(cluster=is_cluster(client))
         self.owner = owner or f"writer-{uuid.uuid4().hex[:12]}"
         self._leases: dict[str, float] = {}  # symbol -> monotonic time the lease is good until
-        self._conn: Any = None
-        self._in_flight: dict[str, tuple[int, int, int]] | None = None
+        self._conns: dict[str, tuple[Any, Any]] = {}  # node ("" standalone) -> (pool, connection)
+        # the batch in flight: (node, symbol) in send order, and each symbol's expected stream state
+        self._in_flight: tuple[list[tuple[str, str]], dict[str, tuple[int, int, int]]] | None = None
         self._state: dict[str, _SymbolState] = {}
         self._sessions = _Sessions()
         self._iso = _IsoClock()
@@ -233,9 +235,11 @@ class TickWriter:
             yield
         except valkey.ValkeyError as exc:
             self.reset()
+            refresh(self.client)  # in a cluster the slot may have moved: the retry goes to its new node
             raise store_error(exc) from exc
         except BaseException:
             self.reset()
+            refresh(self.client)
             raise
 
     def reset(self) -> None:
@@ -318,16 +322,16 @@ class TickWriter:
         by_symbol: dict[str, list[TickLike]] = {}
         for t in ticks:
             by_symbol.setdefault(t.symbol, []).append(t)
-        commands: list[bytes] = []
+        commands: dict[str, list[bytes]] = {}
         expected: dict[str, tuple[int, int, int]] = {}
         new_symbols = []
         for symbol, group in by_symbol.items():
             self._lease(symbol)
-            commands.append(_pack(("PEXPIRE", self.keys.writer_lease(symbol), str(LEASE_MS))))
+            out = commands[symbol] = [_pack(("PEXPIRE", self.keys.writer_lease(symbol), str(LEASE_MS)))]
             state = self._load(symbol)
             if not state.exists:
                 new_symbols.append(symbol)
-            stored, dups, late = self._commands(symbol, state, group, commands)
+            stored, dups, late = self._commands(symbol, state, group, out)
             result.stored += stored
             result.duplicates += dups
             result.late += late
@@ -335,9 +339,8 @@ class TickWriter:
                 result.stored_by_symbol[symbol] += stored
             expected[symbol] = (state.last_ms, state.last_seq, state.entries_added)
         if new_symbols:
-            commands.append(_pack(("SADD", self.keys.symbols(), *new_symbols)))
-        if commands:
-            self._send(commands, expected)
+            self.client.sadd(self.keys.symbols(), *new_symbols)  # another slot in a cluster: on its own
+        self._send(commands, expected)
         return result
 
     def _commands(
@@ -448,17 +451,30 @@ class TickWriter:
     # first. Valkey applies batch k while Python prepares batch k+1. A failure reported late is safe:
     # the recorder re-sends its recent batches after any failure, and writes are idempotent.
 
-    def _connection(self) -> Any:
-        if self._conn is None:
-            self._conn = self.client.connection_pool.get_connection("MULTI")
-        return self._conn
+    def _connection(self, symbol: str) -> tuple[str, Any]:
+        """(node, connection) for `symbol`'s stream: the one connection when standalone, the
+        connection to the node owning the symbol's slot in a cluster."""
+        if is_cluster(self.client):
+            node = self.client.get_node_from_key(self.keys.ticks(symbol))  # type: ignore[attr-defined]
+            name = node.name
+        else:
+            name = ""
+        held = self._conns.get(name)
+        if held is None:
+            pool = (
+                self.client.get_valkey_connection(node).connection_pool  # type: ignore[attr-defined]
+                if name
+                else self.client.connection_pool
+            )
+            held = self._conns[name] = (pool, pool.get_connection("MULTI"))
+        return name, held[1]
 
     def _drop_connection(self) -> None:
         self._in_flight = None
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
+        conns, self._conns = self._conns, {}
+        for pool, conn in conns.values():
             conn.disconnect()  # unread replies must not reach anyone else
-            self.client.connection_pool.release(conn)
+            pool.release(conn)
 
     def flush(self) -> None:
         """Wait for the batch in flight and check that Valkey applied it (raises like `write`)."""
@@ -466,33 +482,43 @@ class TickWriter:
             self._collect()
 
     def _collect(self) -> None:
-        expected, self._in_flight = self._in_flight, None
-        if expected is None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
             return
-        conn = self._connection()
+        order, expected = in_flight
+        replies = {}
         try:
-            conn.read_response()  # CLIENT REPLY ON
-            replies = [conn.read_response(disable_decoding=True) for _ in expected]
+            for name, symbol in order:  # per connection, in the order sent
+                conn = self._conns[name][1]
+                conn.read_response()  # CLIENT REPLY ON
+                replies[symbol] = conn.read_response(disable_decoding=True)
         except BaseException:
             self._drop_connection()
             raise
-        for (symbol, want), reply in zip(expected.items(), replies, strict=True):
-            got = _parse_info(reply)
+        for symbol, want in expected.items():
+            got = _parse_info(replies[symbol])
             if got != want:
                 raise StoreError(
                     f"{symbol}: after the batch the stream is at {got[0]}-{got[1]} with {got[2]} entries "
                     f"added, expected {want[0]}-{want[1]} with {want[2]} "
-                    "(refused batch, restarted server, or another writer); will reload and retry"
+                    "(refused batch, restarted server, moved slot, or another writer); will reload and retry"
                 )
 
-    def _send(self, commands: list[bytes], expected: dict[str, tuple[int, int, int]]) -> None:
+    def _send(self, commands: dict[str, list[bytes]], expected: dict[str, tuple[int, int, int]]) -> None:
+        """One transaction per symbol (its keys share a slot), each followed by XINFO STREAM; the
+        symbols of one node go out in one write."""
         self._collect()  # the batch before this one is checked before this one goes
-        checks = b"".join(_pack(("XINFO", "STREAM", self.keys.ticks(s))) for s in expected)
-        payload = b"".join((_REPLY_OFF, *commands, _REPLY_ON, checks))
-        conn = self._connection()
+        payloads: dict[str, list[bytes]] = {}
+        order: list[tuple[str, str]] = []
+        for symbol, cmds in commands.items():
+            name, _ = self._connection(symbol)
+            info = _pack(("XINFO", "STREAM", self.keys.ticks(symbol)))
+            payloads.setdefault(name, []).extend((_REPLY_OFF, *cmds, _REPLY_ON, info))
+            order.append((name, symbol))
         try:
-            conn.send_packed_command([payload])
+            for name, parts in payloads.items():
+                self._conns[name][1].send_packed_command([b"".join(parts)])
         except BaseException:
             self._drop_connection()
             raise
-        self._in_flight = expected
+        self._in_flight = (order, expected)

@@ -1,0 +1,168 @@
+"""Valkey Cluster on a real 3-node local cluster (`tickvault valkey --cluster 3`'s servers): keys of a
+symbol share one slot, and the whole flow (ingest through bus and recorder, time travel over blocks
+and the live tail, candles, the candle worker, features) gives exactly what one server gives."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import valkey
+from valkey.cluster import ValkeyCluster
+
+from conftest import subprocess_env
+from factories import BASE_MS
+from tickvault.candle_worker import CandleWorker
+from tickvault.candles import TIMEFRAMES
+from tickvault.cluster import EmbeddedCluster, is_cluster_url, parse_cluster_url
+from tickvault.errors import ConfigError
+from tickvault.events import Tick, from_ms
+from tickvault.features import FeatureConfig, FeatureEngine, backfill
+from tickvault.keys import KeySpace
+from tickvault.sources.simulator import MarketSimulator
+from tickvault.store import Store
+
+SYMBOLS = ("WDOFUT", "WINFUT", "DOLFUT", "INDFUT")
+HEADER = ",".join(
+    ["timestamp", "symbol", "timestamp_ms", "trade_id", "price", "volume", "quantity"]
+    + ["buyer", "seller", "trade_type", "aggressor", "is_edit", "seq"]
+)
+
+
+def _row(t: Tick) -> str:
+    return (
+        f"{t.timestamp.isoformat(timespec='milliseconds')},{t.symbol},{t.timestamp_ms},{t.trade_id},{t.price!r},"
+        f"{t.volume!r},{t.quantity},{t.buyer},{t.seller},{t.trade_type},{t.aggressor},"
+        f"{'true' if t.is_edit else 'false'},0"
+    )
+
+
+def market_file(path: Path) -> list[Tick]:
+    """Two sessions of four symbols, with late ticks and repeated rows, as a CSV file."""
+    start = from_ms(BASE_MS) - timedelta(hours=3)  # 10:00 on Monday
+    first = list(
+        itertools.islice(MarketSimulator(list(SYMBOLS), seed=11, start=start).ticks(), 0, 120_000, 4)
+    )
+    second = list(
+        itertools.islice(
+            MarketSimulator(list(SYMBOLS), seed=12, start=start + timedelta(days=1)).ticks(), 20_000
+        )
+    )
+    rows = first + second
+    late = rows[1000:1040]  # sent again, far later in the file: duplicates
+    moved = rows[5000:5010]
+    rows = rows[:5000] + rows[5010:]
+    rows = rows[:20_000] + moved + rows[20_000:] + late  # out of order by minutes
+    path.write_text("\n".join([HEADER, *map(_row, rows)]) + "\n")
+    return first + second
+
+
+def test_cluster_urls() -> None:
+    seeds, options = parse_cluster_url("valkey+cluster://user:p%40ss@10.0.0.1:7000,10.0.0.2:7001")
+    assert seeds == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
+    assert options == {"ssl": False, "username": "user", "password": "p@ss"}
+    assert parse_cluster_url("valkeys+cluster://h:1")[1]["ssl"] is True
+    assert is_cluster_url("valkey+cluster://h:1") and not is_cluster_url("valkey://h:1/0")
+    with pytest.raises(ConfigError, match="only database 0"):
+        parse_cluster_url("valkey+cluster://h:1/3")
+    with pytest.raises(ConfigError, match="not host:port"):
+        parse_cluster_url("valkey+cluster://h:1,nope")
+
+
+def test_the_local_cluster_covers_every_slot_on_three_nodes(
+    valkey_cluster: EmbeddedCluster, cluster_client: ValkeyCluster
+) -> None:
+    assert len(cluster_client.get_primaries()) == 3
+    for node in cluster_client.get_primaries():
+        info = cluster_client.get_valkey_connection(node).execute_command("CLUSTER", "INFO").decode()
+        assert "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
+        assert "cluster_known_nodes:3" in info
+    again = EmbeddedCluster(valkey_cluster.data_dir, nodes=3)  # found, not started twice
+    assert [i.pid for i in again.ensure_running()] == [i.pid for i in valkey_cluster.infos]
+
+
+def test_keys_of_one_symbol_are_in_one_slot_and_symbols_spread_over_nodes(
+    cluster_client: ValkeyCluster,
+) -> None:
+    keys = KeySpace(cluster=True)
+    nodes = set()
+    symbols = [f"SYM{i}" for i in range(12)]
+    for symbol in symbols:
+        names = [
+            keys.ticks(symbol), keys.features(symbol), keys.signals(symbol), keys.predictions(symbol),
+            keys.late(symbol), keys.block_index(symbol), keys.block(symbol, "abc"),
+            keys.writer_lease(symbol), keys.seen(symbol, "20251124", 0), keys.seen_edits(symbol, "20251124"),
+            keys.candle_position(symbol), *(keys.candles(tf, symbol) for tf in TIMEFRAMES),
+        ]  # fmt: skip
+        assert len({cluster_client.keyslot(k) for k in names}) == 1, symbol
+        nodes.add(cluster_client.get_node_from_key(keys.ticks(symbol)).name)
+    assert len(nodes) == 3
+
+
+def _tickvault(*args: str, url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = subprocess_env({"VALKEY_URL": url, "TICKVAULT_DATA_DIR": str(cwd / "data")})
+    return subprocess.run(
+        [sys.executable, "-m", "tickvault.cli", *args], env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(600)
+def test_the_whole_flow_on_the_cluster_equals_one_server(
+    valkey_cluster: EmbeddedCluster,
+    cluster_client: ValkeyCluster,
+    valkey_url: str,
+    valkey_client: valkey.Valkey,
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "market.csv"
+    produced = market_file(path)
+    single, clustered = Store(valkey_client), Store(cluster_client)
+    for url in (valkey_url, valkey_cluster.url):
+        done = _tickvault("ingest", str(path), url=url, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert f"stored={len(produced)} duplicates=40 rejected=0 durable=yes" in done.stdout, done.stdout
+    # the same stored entries, each symbol's keys on its own node; then seal part into blocks
+    for symbol in SYMBOLS:
+        assert clustered.count(symbol) == single.count(symbol) == sum(t.symbol == symbol for t in produced)
+        top = single.last_tick(symbol)
+        assert top is not None
+        for store in (single, clustered):
+            store.compact(symbol, 30 * 60_000)  # everything older than 30 min before the top: blocks
+        assert clustered.history.refs(symbol, 0, 2**62) and single.history.refs(symbol, 0, 2**62)
+    span = (BASE_MS - 4 * 3_600_000, BASE_MS + 2 * 86_400_000)
+    for symbol in SYMBOLS:
+        pd.testing.assert_frame_equal(clustered.ticks(symbol, *span), single.ticks(symbol, *span))
+        for tf in TIMEFRAMES:
+            pd.testing.assert_frame_equal(
+                clustered.candles(symbol, tf, *span), single.candles(symbol, tf, *span)
+            )
+    # several symbols in one frame: fanned out over the nodes
+    pd.testing.assert_frame_equal(clustered.ticks(list(SYMBOLS), *span), single.ticks(list(SYMBOLS), *span))
+    # the CLI prints the same bytes
+    args = ["query", ",".join(SYMBOLS), "--start", "2025-11-24", "--end", "2025-11-26", "--format", "csv"]
+    one, many = (_tickvault(*args, url=url, cwd=tmp_path) for url in (valkey_url, valkey_cluster.url))
+    assert one.returncode == many.returncode == 0, many.stderr
+    assert many.stdout == one.stdout and many.stdout.count("\n") == len(produced) + 1
+    # live candles: the worker follows the streams of every symbol on every node
+    for store in (single, clustered):
+        worker = CandleWorker(store, SYMBOLS)
+        while worker.step(block_ms=0):
+            pass
+        worker.write(flush=True)
+    for symbol in SYMBOLS:
+        for tf in ("1m", "1h"):
+            pd.testing.assert_frame_equal(
+                clustered.candle_stream(symbol, tf, *span), single.candle_stream(symbol, tf, *span)
+            )
+    # features from history
+    for symbol in SYMBOLS[:2]:
+        ticks_of = [clustered.tick_events(symbol, *span), single.tick_events(symbol, *span)]
+        assert ticks_of[0] == ticks_of[1]
+        found = [backfill(FeatureEngine([symbol], FeatureConfig(emit_interval_ms=5000)), t) for t in ticks_of]
+        assert found[0] == found[1] and len(found[0]) > 100
