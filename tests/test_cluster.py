@@ -166,3 +166,56 @@ def test_the_whole_flow_on_the_cluster_equals_one_server(
         assert ticks_of[0] == ticks_of[1]
         found = [backfill(FeatureEngine([symbol], FeatureConfig(emit_interval_ms=5000)), t) for t in ticks_of]
         assert found[0] == found[1] and len(found[0]) > 100
+
+
+@pytest.mark.timeout(600)
+def test_valkey_cluster_command_and_a_whole_run_on_it(tmp_path: Path) -> None:
+    """`tickvault valkey --cluster 3` prints the URL; `run` with it records every tick (recorder,
+    candles, features on the cluster); `query` reads them back; Ctrl+C stops the nodes."""
+    import re
+    import signal
+
+    from conftest import subprocess_env
+    from tickvault.server import free_port
+
+    base = {"TICKVAULT_DATA_DIR": str(tmp_path / "data")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tickvault.cli", "valkey", "--cluster", "3"],
+        env=subprocess_env(base), cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stderr is not None
+        lines: list[str] = []
+        while not any("export VALKEY_URL=" in line for line in lines) and len(lines) < 30:
+            lines.append(server.stderr.readline())
+        found = re.search(r"export VALKEY_URL=(\S+)", "".join(lines))
+        assert found, lines
+        url = found.group(1)
+        assert url.startswith("valkey+cluster://") and url.count(",") == 2
+        env = {**base, "VALKEY_URL": url, "TICKVAULT_SYMBOLS": "WDOFUT,WINFUT,DOLFUT"}
+        env.update(
+            {name: str(free_port()) for name in ("ZMQ_TICK_PORT", "ZMQ_SIGNAL_PORT", "ZMQ_REPLAY_PORT")}
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "tickvault.cli", "run", "--duration", "4", "--no-dashboard",
+             "--speed", "50"],
+            env=subprocess_env(env), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert "valkey cluster" in run.stderr and "drained=yes" in run.stdout
+        generated = int(re.search(r"generated=(\d+)", run.stdout).group(1))  # type: ignore[union-attr]
+        stored = int(re.search(r"stored=(\d+)", run.stdout).group(1))  # type: ignore[union-attr]
+        assert generated == stored > 0
+        query = subprocess.run(
+            [sys.executable, "-m", "tickvault.cli", "query", "WDOFUT,WINFUT,DOLFUT", "--start", "2000-01-01",
+             "--end", "2100-01-01", "--format", "csv"],
+            env=subprocess_env(env), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert query.returncode == 0, query.stderr
+        assert query.stdout.count("\n") == stored + 1
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=120)
+    assert server.returncode == 0
+    nodes = EmbeddedCluster(tmp_path / "data" / "valkey-cluster", nodes=3)
+    assert all(member.running() is None for member in nodes.members)

@@ -555,12 +555,21 @@ def cleanup(
 
 
 @app.command("valkey")
-def valkey_server(ctx: typer.Context) -> None:
+def valkey_server(
+    ctx: typer.Context,
+    cluster: Annotated[
+        int | None,
+        Opt(help="Start N cluster-mode servers on loopback, joined into one Valkey Cluster", min=1),
+    ] = None,
+) -> None:
     """Run the embedded Valkey in the foreground; Ctrl+C stops it unless other tickvault processes use it."""
     from tickvault.connection import Connection
 
     with _errors():
         settings = _settings(ctx)
+        if cluster is not None:
+            _run_cluster(settings, cluster)
+            return
         if not settings.embedded:
             raise ConfigError(
                 "VALKEY_URL", settings.valkey_url, "`tickvault valkey` runs the embedded server only"
@@ -583,6 +592,39 @@ def valkey_server(ctx: typer.Context) -> None:
                     pass
             except KeyboardInterrupt:
                 pass
+
+
+def _run_cluster(settings: Settings, nodes: int) -> None:
+    """`tickvault valkey --cluster N`: the local cluster in the foreground, its URL printed."""
+    import valkey
+
+    from tickvault.cluster import EmbeddedCluster
+    from tickvault.server import client_name
+
+    password = settings.valkey_password.get_secret_value() if settings.valkey_password else None
+    local = EmbeddedCluster(settings.data_dir / "valkey-cluster", nodes, password=password)
+    stop = threading.Event()
+    _stop_on_sigterm(stop)
+    local.ensure_running()
+    keepers = [valkey.Valkey(host=i.host, port=i.port, password=password, client_name=client_name("keeper"))
+               for i in local.infos]  # fmt: skip
+    for keeper in keepers:
+        keeper.ping()  # a named connection per node: other processes see the cluster is in use
+    err_console.print(
+        f"embedded valkey cluster ready: {nodes} nodes, data={local.data_dir}\n"
+        f"  export VALKEY_URL={local.url}\n  Ctrl+C to stop",
+        markup=False,
+        highlight=False,
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    for keeper in keepers:
+        keeper.close()
+    if local.release():
+        err_console.print("stopped the embedded cluster (data kept)", markup=False)
 
 
 def main() -> None:
