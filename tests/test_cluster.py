@@ -10,6 +10,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 import pandas as pd
 import pytest
 import valkey
@@ -219,3 +220,55 @@ def test_valkey_cluster_command_and_a_whole_run_on_it(tmp_path: Path) -> None:
     assert server.returncode == 0
     nodes = EmbeddedCluster(tmp_path / "data" / "valkey-cluster", nodes=3)
     assert all(member.running() is None for member in nodes.members)
+
+
+@pytest.mark.timeout(600)
+def test_a_slot_migrated_mid_ingest_loses_and_duplicates_nothing(
+    cluster_client: ValkeyCluster, tmp_path: Path
+) -> None:
+    import threading
+
+    from conftest import running_recorder, wait_until
+    from tickvault.cluster import migrate_slot
+
+    store = Store(cluster_client)
+    start = from_ms(BASE_MS)
+    produced = list(
+        itertools.islice(MarketSimulator(["WDOFUT", "WINFUT"], seed=5, start=start).ticks(), 40_000)
+    )
+    produced = [msgspec.structs.replace(t, seq=i + 1) for i, t in enumerate(produced)]
+    slot = cluster_client.keyslot(store.keys.ticks("WDOFUT"))
+    owner = cluster_client.get_node_from_key(store.keys.ticks("WDOFUT"))
+    target = next(n for n in cluster_client.get_primaries() if n.name != owner.name)
+    moving = threading.Event()
+    with running_recorder(store, spool_path=tmp_path / "spool") as recorder:
+        for i in range(0, 15_000, 500):
+            recorder.submit(produced[i : i + 500])
+        assert wait_until(lambda: store.count("WDOFUT") > 0, timeout=60)
+
+        def feed_while_moving() -> None:
+            moving.wait(60)
+            for i in range(15_000, len(produced), 500):
+                recorder.submit(produced[i : i + 500])
+
+        feeder = threading.Thread(target=feed_while_moving, daemon=True)
+        feeder.start()
+        batches: list[int] = []
+
+        def between() -> None:  # writes go on between the batches of keys being moved
+            moving.set()
+            batches.append(1)
+
+        moved = migrate_slot(cluster_client, slot, target, batch=1, between=between)
+        feeder.join(60)
+        want = {"WDOFUT": sum(t.symbol == "WDOFUT" for t in produced), "WINFUT": 0}
+        want["WINFUT"] = len(produced) - want["WDOFUT"]
+        assert wait_until(lambda: all(store.count(s) == n for s, n in want.items()), timeout=120), {
+            s: store.count(s) for s in want
+        }
+    assert moved >= 3 and len(batches) == moved  # the stream, its trade-id bitmap, the writer lease
+    assert cluster_client.get_node_from_key(store.keys.ticks("WDOFUT")).name == target.name
+    for symbol in ("WDOFUT", "WINFUT"):
+        back = store.tick_events(symbol, BASE_MS - 1, BASE_MS + 86_400_000)
+        mine = [t for t in produced if t.symbol == symbol]
+        assert sorted((t.trade_id, t.seq) for t in back) == sorted((t.trade_id, t.seq) for t in mine)

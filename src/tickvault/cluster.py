@@ -175,6 +175,31 @@ def read_streams(
     return out
 
 
+def migrate_slot(client: Any, slot: int, target: Any, *, batch: int = 100, between: Any = None) -> int:
+    """Move `slot` to the primary `target` (a ClusterNode) the way `valkey-cli --cluster reshard`
+    does: IMPORTING on the target, MIGRATING on the owner, MIGRATE the keys in batches, then assign
+    the slot to the target on every node. `between()` runs after each batch (tests slow the move
+    down to interleave writes). Returns how many keys moved."""
+    source = client.nodes_manager.slots_cache[slot][0]
+    if source.name == target.name:
+        return 0
+    src, dst = client.get_valkey_connection(source), client.get_valkey_connection(target)
+    src_id = src.execute_command("CLUSTER", "MYID")
+    dst_id = dst.execute_command("CLUSTER", "MYID")
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    moved = 0
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+        src.execute_command("MIGRATE", target.host, target.port, "", 0, 10_000, "REPLACE", "KEYS", *keys)
+        moved += len(keys)
+        if between is not None:
+            between()
+    for node in client.get_primaries():
+        client.get_valkey_connection(node).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    refresh(client)
+    return moved
+
+
 def used_memory(client: Any) -> int:
     """Bytes used over every primary."""
     return sum(int(node.info("memory").get("used_memory", 0)) for node in primaries(client))
