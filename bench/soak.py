@@ -506,6 +506,7 @@ class _Sampler(threading.Thread):
         self.samples: list[tuple[float, float]] = []  # (monotonic, lag s)
         self.stop = threading.Event()
         self._deep_at: dict[str, float] = {}
+        self._deep: dict[str, int] = {}
 
     def run(self) -> None:
         keys = self.store.keys
@@ -525,12 +526,14 @@ class _Sampler(threading.Thread):
                 tail, live, blocks = found[3 * i : 3 * i + 3]
                 last = max((int(fields[b"seq"]) for _, fields in tail), default=0)
                 count = int(live) + sum(BlockRef.parse(m).rows for m in blocks)
+                last = max(last, self._deep.get(symbol, 0))  # the highest stored seq only grows
                 if last < count and now >= self._deep_at.get(symbol, 0.0):
                     # more than TAIL entries stored late: walk back to the newest on-time one (costly
                     # while a clock step makes every entry late, hence at most twice a second)
                     self._deep_at[symbol] = now + 0.5
                     with contextlib.suppress(StoreError):
-                        last = max(last, self.store.last_seq(symbol))
+                        self._deep[symbol] = self.store.last_seq(symbol)
+                        last = max(last, self._deep[symbol])
                 prefix[symbol] = min(last, count)
             self.stored, self.fresh = prefix, now
             lag = 0.0

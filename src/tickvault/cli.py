@@ -142,7 +142,7 @@ def run(
         int | None, Opt(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)", min=0)
     ] = None,
     only: Annotated[
-        str | None, Opt(help="One component per process: source, recorder, candles, predictor")
+        str | None, Opt(help="One component per process: source, recorder, candles, features, predictor")
     ] = None,
 ) -> None:
     """Run the whole system: source, bus, recorder, dashboard."""

@@ -201,11 +201,11 @@ class FeatureService:
             self._rebind = (address, curve)
             self._next_bind = time.monotonic() + BIND_RETRY_S
             return
-        self._socket = sock
-        self.signal_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         if self._rebind is not None:
-            log.warning("signal port %s bound: signals flow on ZeroMQ again", self.signal_endpoint)
+            log.warning("signal port %s bound: signals flow on ZeroMQ again", address)
         self._rebind, self.signal_problem = None, ""
+        self._socket = sock
+        self.signal_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)  # last: the rest is done
 
     def _retry_bind(self) -> None:
         if self._rebind is not None and time.monotonic() >= self._next_bind:

@@ -66,6 +66,7 @@ class Store:
         self.writer = TickWriter(client, self.keys, owner=writer_name)
         self.history = History(client, self.keys)
         self._owner = owner
+        self._event_ids: dict[str, tuple[int, int]] = {}  # stream -> last (ms, n) appended
 
     def wait_durable(self, timeout_ms: int = 5000) -> bool:
         """True once everything written so far is fsynced to Valkey's append-only file. A write on
@@ -218,19 +219,24 @@ class Store:
     #    producer (issue 5 writes them); read back by the same range API
 
     def append_events(self, events: Sequence[Features | Prediction | Signal]) -> int:
-        """Append events to their streams (`stream:features:SYM`, ...); ids are their exchange ms.
-        An event not newer than its stream's last entry (a rerun over the same times) is skipped,
-        not an error. Returns how many were appended."""
+        """Append events to their streams (`stream:features:SYM`, ...). Ids are explicit: the
+        exchange ms and a counter of events of that stream within the ms (`ms-0`, `ms-1`, ...), the
+        same ids a feature or predictor worker computes for the same events, so whoever writes an
+        event second is refused. An event not newer than its stream's last entry (a rerun over the
+        same times, a second writer) is skipped, not an error. Returns how many were appended."""
         pipe = self.client.pipeline(transaction=False)
         for event in events:
-            pipe.xadd(
-                self.keys.stream(_EVENT_STREAM[type(event)], event.symbol),
-                to_fields(event),  # type: ignore[arg-type]
-                id=f"{event.timestamp_ms}-*",
-            )
+            key = self.keys.stream(_EVENT_STREAM[type(event)], event.symbol)
+            ms = event.timestamp_ms
+            last_ms, last_n = self._event_ids.get(key, (-1, -1))
+            n = last_n + 1 if ms == last_ms else 0
+            if ms >= last_ms:
+                self._event_ids[key] = (ms, n)
+            pipe.xadd(key, to_fields(event), id=f"{ms}-{n}")  # type: ignore[arg-type]
         try:
             replies = pipe.execute(raise_on_error=False)
         except valkey.ValkeyError as exc:
+            self._event_ids.clear()  # a retry of this batch must compute the same ids again
             raise store_error(exc) from exc
         errors = [r for r in replies if isinstance(r, Exception)]
         for error in errors:

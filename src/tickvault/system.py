@@ -28,6 +28,7 @@ from tickvault.curve import ClientKeys, client_keys, is_loopback, server_keys
 from tickvault.errors import BusError, ConfigError, InsecureBind, StoreError, TickvaultError
 from tickvault.events import B3_TZ, Event, Tick
 from tickvault.feature_service import FeatureService, load_model
+from tickvault.feature_worker import FeatureWorker
 from tickvault.features import FeatureConfig
 from tickvault.health import HealthReporter
 from tickvault.ingest import Ingest
@@ -40,7 +41,7 @@ from tickvault.store import Store
 log = logging.getLogger("tickvault.system")
 
 DRAIN_TIMEOUT_S = 60.0
-COMPONENTS = (None, "source", "recorder", "candles", "predictor")
+COMPONENTS = (None, "source", "recorder", "candles", "features", "predictor")
 
 
 @dataclass
@@ -106,8 +107,9 @@ class System:
     ) -> None:
         """`only` runs one component in this process: "source" (source, ingest, publisher, features),
         "recorder" (subscribes to the configured ports and records), "candles" (follows the stored
-        tick streams and writes the candle streams) or "predictor" (one of several workers sharing
-        the symbols' feature streams)."""
+        tick streams and writes the candle streams), "features" (one of several feature workers
+        sharing the symbols' tick streams) or "predictor" (one of several workers sharing the
+        symbols' feature streams)."""
         if only not in COMPONENTS:
             raise ConfigError("--only", only, f"must be one of {', '.join(c for c in COMPONENTS if c)}")
         self.only = only
@@ -131,6 +133,7 @@ class System:
         self.candles: CandleWorker | None = None
         self.features: FeatureService | None = None
         self.predictor: PredictorWorker | None = None
+        self.feature_worker: FeatureWorker | None = None
         self.health: HealthReporter | None = None
         self._candles_stop = threading.Event()
         self._bus_lock = threading.Lock()
@@ -168,6 +171,9 @@ class System:
             self._spawn("candles", self.candles.run, self._candles_stop)
         if self.only == "predictor":
             self._start_predictor_only()
+            return
+        if self.only == "features":
+            self._start_features_only()
             return
         if self.only == "candles":
             if self.candles is None:
@@ -246,9 +252,9 @@ class System:
                     publisher = self._bind_publisher()
                 except BusError:
                     continue
-                self.publisher = publisher
-                self.ingest.publisher = publisher
                 self.degraded.remove(self._bus_problem)
+                self.ingest.publisher = publisher
+                self.publisher = publisher  # last: whoever sees it sees the rest done
             log.warning("ZeroMQ bound on %s: the bus is back", publisher.endpoint)
             return
 
@@ -292,6 +298,20 @@ class System:
             Store(self.connection.client("predictor")), model, s.symbols, threshold=s.signal_threshold
         )
         self._spawn("predictor", self.predictor.run, self._candles_stop)
+        self.started_at = time.monotonic()
+
+    def _start_features_only(self) -> None:
+        """One of several feature workers sharing the symbols (see feature_worker.py)."""
+        s = self.settings
+        if self.connection is None:
+            raise ConfigError("VALKEY_ENABLED", False, "feature workers read the tick streams in Valkey")
+        self.feature_worker = FeatureWorker(
+            Store(self.connection.client("features")),
+            s.symbols,
+            FeatureConfig(emit_interval_ms=s.features_interval_ms),
+            name=f"features@{socket.gethostname()}:{os.getpid()}",  # who holds a lease, for operators
+        )
+        self._spawn("features", self.feature_worker.run, self._candles_stop)
         self.started_at = time.monotonic()
 
     def _own_client_keys(self) -> ClientKeys | None:
@@ -360,6 +380,12 @@ class System:
             out.update(
                 predicted=w.predicted, predictions_claimed=w.claimed, prediction_duplicates=w.duplicates
             )
+        if self.feature_worker is not None:
+            f = self.feature_worker.stats
+            out.update(
+                feature_ticks=f.ticks, features_written=f.written, features_replayed=f.replayed,
+                feature_duplicates=f.duplicates, feature_takeovers=f.takeovers, feature_errors=f.errors,
+            )  # fmt: skip
         if self.candles is not None:
             c = self.candles.stats
             out.update(candle_ticks=c.ticks, candles_written=c.written, candles_recomputed=c.recomputed)

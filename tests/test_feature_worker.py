@@ -1,0 +1,128 @@
+"""Feature workers (`tickvault run --only features`) on the 3-node cluster: three processes share
+the symbols through leases and a consumer group per tick stream; one is SIGKILLed mid-stream; the
+features streams end up exactly what one engine computes over the stored ticks, with no duplicates."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from valkey.cluster import ValkeyCluster
+
+from conftest import subprocess_env, wait_until
+from factories import BASE_MS
+from tickvault.cluster import EmbeddedCluster
+from tickvault.events import Features, from_ms, to_fields
+from tickvault.feature_service import store_history
+from tickvault.feature_worker import FeatureWorker
+from tickvault.features import FeatureConfig, FeatureEngine, backfill
+from tickvault.sources.simulator import MarketSimulator
+from tickvault.store import Store
+
+SYMBOLS = ("WDOFUT", "WINFUT", "DOLFUT")
+CONFIG = FeatureConfig(emit_interval_ms=5_000)
+
+
+def expected_entries(store: Store, symbol: str, ticks: list) -> list[tuple[str, dict[str, str]]]:
+    engine = FeatureEngine([symbol], CONFIG, history=store_history(store))
+    out, last = [], (-1, -1)
+    for features in backfill(engine, [t for t in ticks if t.symbol == symbol]):
+        ms = features.timestamp_ms
+        last = (ms, last[1] + 1 if ms == last[0] else 0)
+        out.append((f"{last[0]}-{last[1]}", to_fields(features)))
+    return out
+
+
+def stored_entries(store: Store, symbol: str) -> list[tuple[str, dict[str, str]]]:
+    found = store.client.xrange(store.keys.features(symbol))
+    return [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in found]
+
+
+def test_a_worker_takes_over_from_where_the_store_says(cluster_client: ValkeyCluster) -> None:
+    """In process: a worker stopped mid-stream, another takes over by replay; same entries."""
+    store = Store(cluster_client)
+    ticks = list(
+        itertools.islice(MarketSimulator(list(SYMBOLS), seed=21, start=from_ms(BASE_MS)).ticks(), 9000)
+    )
+    store.append_ticks(ticks[:4000])
+    first = FeatureWorker(store, SYMBOLS, CONFIG, name="first")
+    while first.step(block_ms=0):
+        pass
+    assert first.stats.written > 0 and set(first.owned) == set(SYMBOLS)
+    first.owned.clear()  # as if it died: its state is gone, its lease lapses
+    for symbol in SYMBOLS:
+        cluster_client.delete(first.lease_key(symbol))
+    store.append_ticks(ticks[4000:])
+    second = FeatureWorker(store, SYMBOLS, CONFIG, name="second")
+    while second.step(block_ms=0):
+        pass
+    assert second.stats.takeovers == 3 and second.stats.replayed > 0
+    for symbol in SYMBOLS:
+        assert stored_entries(store, symbol) == expected_entries(store, symbol, ticks)
+
+
+@pytest.mark.timeout(600)
+def test_three_worker_processes_one_sigkilled_mid_stream(
+    valkey_cluster: EmbeddedCluster, cluster_client: ValkeyCluster, tmp_path: Path
+) -> None:
+    store = Store(cluster_client)
+    ticks = list(
+        itertools.islice(MarketSimulator(list(SYMBOLS), seed=22, start=from_ms(BASE_MS)).ticks(), 30_000)
+    )
+    env = subprocess_env({
+        "VALKEY_URL": valkey_cluster.url, "TICKVAULT_SYMBOLS": ",".join(SYMBOLS),
+        "FEATURES_INTERVAL_MS": "5000", "TICKVAULT_DATA_DIR": str(tmp_path / "data"),
+    })  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tickvault.cli", "run", "--only", "features", "--no-dashboard"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    feeding = threading.Event()
+
+    def feed(part: list) -> None:
+        for i in range(0, len(part), 500):
+            store.append_ticks(part[i : i + 500])
+
+    try:
+        feed(ticks[:10_000])
+        assert wait_until(lambda: all(cluster_client.xlen(store.keys.features(s)) > 5 for s in SYMBOLS), 120)
+        holders = {cluster_client.get(f"tv:featureworker:{s}") for s in SYMBOLS}
+        victim_pid = int(sorted(h for h in holders if h)[0].decode().rsplit(":", 1)[1])
+        assert victim_pid in [w.pid for w in workers]
+        rest = threading.Thread(target=lambda: (feeding.set(), feed(ticks[10_000:])), daemon=True)
+        rest.start()
+        assert feeding.wait(10)
+        os.kill(victim_pid, signal.SIGKILL)  # mid-stream: ticks keep arriving
+        rest.join(120)
+        want = {s: expected_entries(store, s, ticks) for s in SYMBOLS}
+        assert wait_until(
+            lambda: all(cluster_client.xlen(store.keys.features(s)) >= len(want[s]) for s in SYMBOLS), 180
+        ), {s: (cluster_client.xlen(store.keys.features(s)), len(want[s])) for s in SYMBOLS}
+        for symbol in SYMBOLS:
+            assert stored_entries(store, symbol) == want[symbol]  # complete, in order, none twice
+        survivors = {cluster_client.get(f"tv:featureworker:{s}") for s in SYMBOLS}
+        assert all(h is not None and str(victim_pid).encode() not in h for h in survivors)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    assert [w.returncode for w in workers].count(-signal.SIGKILL) == 1
+    assert Features  # the type the entries decode to (see stored_entries)
