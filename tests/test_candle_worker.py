@@ -149,6 +149,35 @@ def test_several_symbols_each_get_their_own_streams(store: Store) -> None:
         assert_live_equals_history(store, symbol)
 
 
+def test_workers_share_symbols_by_lease_and_a_dead_ones_symbols_are_taken_over(store: Store) -> None:
+    from conftest import wait_until
+
+    symbols = ("WDOFUT", "WINFUT", "DOLFUT", "INDFUT")
+    ticks = sorted(
+        (t for i, s in enumerate(symbols) for t in market(1_500, seed=20 + i, symbol=s)),
+        key=lambda t: t.timestamp_ms,
+    )
+    a = CandleWorker(store, symbols, name="a", lease_ms=400)
+    b = CandleWorker(store, symbols, name="b", lease_ms=400)
+    a.step(block_ms=0)  # takes every free symbol
+    assert sorted(a.owned) == sorted(symbols) and b.step(block_ms=0) == 0 and b.owned == []
+    half = len(ticks) // 2
+    store.append_ticks(ticks[:half])
+    while a.step(block_ms=0):
+        pass
+    # `a` dies here (no flush, no release); its leases lapse and `b` takes every symbol over
+    store.append_ticks(ticks[half:])
+    assert wait_until(lambda: (b.step(block_ms=0), sorted(b.owned) == sorted(symbols))[1], timeout=30)
+    while b.step(block_ms=0):
+        pass
+    b.write(flush=True)
+    # a stalled `a` that wakes up cannot write over `b`: its write checks the lease in the transaction
+    a.write(flush=True)
+    assert a.owned == []
+    for symbol in symbols:
+        assert_live_equals_history(store, symbol)
+
+
 def test_bad_timeframe_is_refused(store: Store) -> None:
     with pytest.raises(Exception, match="timeframe"):
         store.candle_stream("WDOFUT", "2m", *WINDOW)

@@ -13,14 +13,22 @@ source of truth, when it closes or is corrected.
 A store-mode bar never adds ticks incrementally, so a tick is never counted twice.
 
 The position in each tick stream is saved with the bars it produced in one MULTI/EXEC: a restarted
-worker neither skips nor repeats work. If the worker fell so far behind that ticks were sealed out of
-the live stream before it read them, the bars of that stretch are recomputed from the store.
+worker neither skips nor repeats work. Several workers (`run --only candles`, started N times) share
+the symbols: each symbol is owned by one worker at a time through a lease (`tv:candlelease:{SYMBOL}`,
+in the symbol's slot), a worker that dies loses its symbols when the lease expires and the next owner
+resumes from the saved position; every write WATCHes the lease, so a worker that stalled past its
+lease cannot write a stale bar version after the new owner. If the worker fell so far behind that
+ticks were sealed out of the live stream before it read them, the bars of that stretch are
+recomputed from the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,46 +167,94 @@ class CandleWorker:
     # bars kept per timeframe and symbol (two days), so a late tick corrects its bar without a store read
     KEEP_BARS = {"1m": 2 * 1440, "5m": 2 * 288, "15m": 2 * 96, "1h": 48, "1d": 2}
 
-    def __init__(self, store: Store, symbols: tuple[str, ...], *, batch: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        symbols: tuple[str, ...],
+        *,
+        batch: int = 10_000,
+        name: str | None = None,
+        lease_ms: int | None = None,
+    ) -> None:
+        """`lease_ms` None: this worker owns every symbol (one worker). Else symbols are shared with
+        other workers by lease (see the module's doc)."""
         self.store = store
         self.client = store.client
         self.keys = store.keys
         self.symbols = symbols
         self.batch = batch
-        self.state = {s: SymbolBars() for s in symbols}
+        self.name = name or f"candles-{uuid.uuid4().hex[:8]}"
+        self.lease_ms = lease_ms
+        self.state: dict[str, SymbolBars] = {}
         self.stats = CandleStats()
         self._last_id: dict[tuple[str, str], int] = {}
-        self._loaded = False
 
-    def _load(self) -> None:
+    @property
+    def owned(self) -> list[str]:
+        return list(self.state)
+
+    def _claim(self) -> None:
+        """Own every symbol, or (shared) renew our leases and take free ones."""
         for symbol in self.symbols:
-            saved = self.client.get(self.keys.candle_position(symbol))
-            state = self.state[symbol]
-            state.position = saved.decode() if saved else "0-0"
-            if saved:
-                # the bars open when the last worker stopped may never have been written: the newest
-                # tick read so far sits at the position's time, so recompute the bars holding it
-                pos_ms = int(state.position.split("-")[0])
-                for tf in TIMEFRAMES:
-                    bar = state.bar(tf, pos_ms)
-                    bar.dirty = True
-                    state.current[tf] = bar.open_ms
+            if self.lease_ms is None:
+                if symbol not in self.state:
+                    self._load(symbol)
+                continue
+            key = self.keys.candle_lease(symbol)
+            holder = self.client.get(key)
+            mine = holder == self.name.encode()
+            if mine:
+                self.client.pexpire(key, self.lease_ms)
+            elif holder is None:
+                mine = bool(self.client.set(key, self.name, nx=True, px=self.lease_ms))
+            if not mine:
+                if self.state.pop(symbol, None) is not None:
+                    log.warning("%s lost the lease of %s", self.name, symbol)
+                continue
+            if symbol not in self.state:
+                self._load(symbol)
+
+    def release(self) -> None:
+        """A clean stop hands the symbols over at once instead of after the lease expires."""
+        if self.lease_ms is None:
+            return
+        for symbol in self.symbols:
+            key = self.keys.candle_lease(symbol)
+            with contextlib.suppress(valkey.ValkeyError):
+                if self.client.get(key) == self.name.encode():
+                    self.client.delete(key)
+
+    def _load(self, symbol: str) -> None:
+        saved = self.client.get(self.keys.candle_position(symbol))
+        state = self.state[symbol] = SymbolBars()
+        state.position = saved.decode() if saved else "0-0"
+        if saved:
+            # the bars open when the last worker stopped may never have been written: the newest
+            # tick read so far sits at the position's time, so recompute the bars holding it
+            pos_ms = int(state.position.split("-")[0])
             for tf in TIMEFRAMES:
-                top = self.client.xrevrange(self.keys.candles(tf, symbol), count=1)
-                self._last_id[(symbol, tf)] = int(top[0][0].split(b"-")[0]) if top else 0
-        self._loaded = True
+                bar = state.bar(tf, pos_ms)
+                bar.dirty = True
+                state.current[tf] = bar.open_ms
+        for tf in TIMEFRAMES:
+            top = self.client.xrevrange(self.keys.candles(tf, symbol), count=1)
+            self._last_id[(symbol, tf)] = int(top[0][0].split(b"-")[0]) if top else 0
 
     def step(self, block_ms: int = 100) -> int:
         """Read what is new in the tick streams, update bars, write the due ones; returns ticks read."""
         try:
-            if not self._loaded:
-                self._load()
-            streams = {self.keys.ticks(s): self.state[s].position for s in self.symbols}
+            self._claim()
+            if not self.state:
+                time.sleep(block_ms / 1000)  # every symbol is owned by another worker
+                return 0
+            streams = {self.keys.ticks(s): st.position for s, st in self.state.items()}
             reply = read_streams(self.client, streams, count=self.batch, block_ms=block_ms)
             read = 0
             for key, entries in reply:
                 symbol = self._symbol_of(key)
-                state = self.state[symbol]
+                state = self.state.get(symbol)
+                if state is None:
+                    continue
                 self._check_sealed_gap(symbol, state, entries[0][0])
                 state.apply(columns_from_entries(entries))
                 state.position = entries[-1][0].decode()
@@ -238,10 +294,19 @@ class CandleWorker:
     def write(self, *, flush: bool) -> int:
         """Write every due bar and the stream position of each symbol in one transaction per symbol."""
         count = 0
-        for symbol, state in self.state.items():
-            pipe = transaction(self.client, self.keys.ticks(symbol))
+        for symbol, state in list(self.state.items()):
             due = {tf: sorted(state.due(tf, flush=flush), key=lambda b: b.open_ms) for tf in TIMEFRAMES}
             self._recompute(symbol, {tf: [b for b in bars if not b.incremental] for tf, bars in due.items()})
+            pipe = transaction(self.client, self.keys.ticks(symbol))
+            if self.lease_ms is not None:
+                lease = self.keys.candle_lease(symbol)
+                pipe.watch(lease)  # the write happens only while the lease is still ours
+                if pipe.get(lease) != self.name.encode():
+                    pipe.reset()
+                    del self.state[symbol]
+                    log.warning("%s lost the lease of %s before writing its bars", self.name, symbol)
+                    continue
+                pipe.multi()
             for tf in TIMEFRAMES:
                 for bar in due[tf]:
                     if not bar.dirty:  # recomputed and found empty
@@ -254,7 +319,13 @@ class CandleWorker:
                     count += 1
                 state.forget_before(tf, self.KEEP_BARS[tf])
             pipe.set(self.keys.candle_position(symbol), state.position)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except valkey.WatchError:
+                del self.state[symbol]  # another worker owns it now; it resumes from the saved position
+                log.warning(
+                    "%s lost the lease of %s while writing; its bars are left to the owner", self.name, symbol
+                )
         self.stats.written += count
         return count
 
@@ -313,3 +384,4 @@ class CandleWorker:
             self.write(flush=True)
         except Exception as exc:  # noqa: BLE001
             log.error("candle worker could not write the open bars at stop: %s", exc)
+        self.release()

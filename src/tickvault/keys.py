@@ -73,6 +73,10 @@ class KeySpace:
         """Set of every symbol that has stored ticks."""
         return f"{META_PREFIX}:symbols"
 
+    def candle_lease(self, symbol: str) -> str:
+        """Which candle worker owns this symbol now (in the symbol's slot: checked inside its writes)."""
+        return f"{META_PREFIX}:candlelease:{self._sym(symbol)}"
+
     def health(self, component: str) -> str:
         """Hash of a running component's counters (expires when it stops reporting; "*" to SCAN)."""
         return f"{META_PREFIX}:health:{component}"

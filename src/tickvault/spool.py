@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 log = logging.getLogger("tickvault.spool")
 _LEN = struct.Struct("<I")
-CHUNK = 64 * 1024  # bytes per write: a nearly full disk still takes what fits
+CHUNK = 16 * 1024  # bytes per write: a nearly full disk still takes what fits
 T = TypeVar("T")
 
 

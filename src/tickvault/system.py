@@ -167,7 +167,12 @@ class System:
                 )
         if self.only in (None, "candles") and self.connection is not None:
             symbols = tuple(dict.fromkeys((*s.symbols, *(self.store.symbols() if self.store else ()))))
-            self.candles = CandleWorker(Store(self.connection.client("candles")), symbols)
+            self.candles = CandleWorker(
+                Store(self.connection.client("candles")),
+                symbols,
+                name=f"candles@{socket.gethostname()}:{os.getpid()}",
+                lease_ms=5_000,  # several `run --only candles` share the symbols
+            )
             self._spawn("candles", self.candles.run, self._candles_stop)
         if self.only == "predictor":
             self._start_predictor_only()
