@@ -24,7 +24,6 @@ recomputed from the store.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -40,6 +39,7 @@ from tickvault.cluster import read_streams, transaction
 from tickvault.connection import store_error
 from tickvault.events import Candle, from_ms, to_fields
 from tickvault.history import columns_from_entries
+from tickvault.leases import SymbolLeases
 from tickvault.store import Store, columns_frame
 
 log = logging.getLogger("tickvault.candles")
@@ -185,6 +185,11 @@ class CandleWorker:
         self.batch = batch
         self.name = name or f"candles-{uuid.uuid4().hex[:8]}"
         self.lease_ms = lease_ms
+        self.leases = (
+            None
+            if lease_ms is None
+            else SymbolLeases(self.client, self.keys.candle_lease, self.name, lease_ms)
+        )
         self.state: dict[str, SymbolBars] = {}
         self.stats = CandleStats()
         self._last_id: dict[tuple[str, str], int] = {}
@@ -195,34 +200,17 @@ class CandleWorker:
 
     def _claim(self) -> None:
         """Own every symbol, or (shared) renew our leases and take free ones."""
-        for symbol in self.symbols:
-            if self.lease_ms is None:
-                if symbol not in self.state:
-                    self._load(symbol)
-                continue
-            key = self.keys.candle_lease(symbol)
-            holder = self.client.get(key)
-            mine = holder == self.name.encode()
-            if mine:
-                self.client.pexpire(key, self.lease_ms)
-            elif holder is None:
-                mine = bool(self.client.set(key, self.name, nx=True, px=self.lease_ms))
-            if not mine:
-                if self.state.pop(symbol, None) is not None:
-                    log.warning("%s lost the lease of %s", self.name, symbol)
-                continue
+        held = self.symbols if self.leases is None else self.leases.held(self.symbols)
+        for symbol in [s for s in self.state if s not in held]:
+            log.warning("%s lost the lease of %s", self.name, symbol)
+            del self.state[symbol]
+        for symbol in held:
             if symbol not in self.state:
                 self._load(symbol)
 
     def release(self) -> None:
-        """A clean stop hands the symbols over at once instead of after the lease expires."""
-        if self.lease_ms is None:
-            return
-        for symbol in self.symbols:
-            key = self.keys.candle_lease(symbol)
-            with contextlib.suppress(valkey.ValkeyError):
-                if self.client.get(key) == self.name.encode():
-                    self.client.delete(key)
+        if self.leases is not None:
+            self.leases.release(self.symbols)
 
     def _load(self, symbol: str) -> None:
         saved = self.client.get(self.keys.candle_position(symbol))

@@ -582,16 +582,17 @@ def valkey_server(
             assert conn.embedded is not None
             info = conn.embedded.running()
             port = info.port if info else "?"
-            err_console.print(
-                f"embedded valkey ready: {conn.where}\n  valkey-cli -p {port}    Ctrl+C to stop",
-                markup=False,
-                highlight=False,
-            )
-            try:
-                while not stop.wait(0.5):
-                    pass
-            except KeyboardInterrupt:
-                pass
+            _hold(stop, f"embedded valkey ready: {conn.where}\n  valkey-cli -p {port}    Ctrl+C to stop")
+
+
+def _hold(stop: threading.Event, ready: str) -> None:
+    """Say `ready`, then wait for Ctrl+C or SIGTERM (a foreground server)."""
+    err_console.print(ready, markup=False, highlight=False)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
 def _run_cluster(settings: Settings, nodes: int) -> None:
@@ -610,17 +611,8 @@ def _run_cluster(settings: Settings, nodes: int) -> None:
                for i in local.infos]  # fmt: skip
     for keeper in keepers:
         keeper.ping()  # a named connection per node: other processes see the cluster is in use
-    err_console.print(
-        f"embedded valkey cluster ready: {nodes} nodes, data={local.data_dir}\n"
-        f"  export VALKEY_URL={local.url}\n  Ctrl+C to stop",
-        markup=False,
-        highlight=False,
-    )
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+    _hold(stop, f"embedded valkey cluster ready: {nodes} nodes, data={local.data_dir}\n"
+                f"  export VALKEY_URL={local.url}\n  Ctrl+C to stop")  # fmt: skip
     for keeper in keepers:
         keeper.close()
     if local.release():

@@ -33,6 +33,7 @@ from tickvault.cluster import read_streams, transaction
 from tickvault.events import B3_TZ, Features, Tick, from_fields, to_fields, to_ms
 from tickvault.feature_service import store_history
 from tickvault.features import FeatureConfig, FeatureEngine
+from tickvault.leases import SymbolLeases
 from tickvault.store import Store
 
 log = logging.getLogger("tickvault.featureworker")
@@ -92,6 +93,7 @@ class FeatureWorker:
         self.owned: dict[str, _Owned] = {}
         self.stats = FeatureWorkerStats()
         self._history = store_history(store)
+        self.leases = SymbolLeases(self.client, self.lease_key, self.name, lease_ms)
 
     def lease_key(self, symbol: str) -> str:
         return f"tv:featureworker:{symbol}"
@@ -101,23 +103,16 @@ class FeatureWorker:
     def _claim_symbols(self) -> None:
         """Renew our leases, take free ones; a symbol whose lease is ours but whose state is gone
         (after an error) is taken over again from the store."""
-        for symbol in self.symbols:
-            key = self.lease_key(symbol)
-            holder = self.client.get(key)
-            mine = holder == self.name.encode()
-            if mine:
-                self.client.pexpire(key, self.lease_ms)
-            elif holder is None:
-                mine = bool(self.client.set(key, self.name, nx=True, px=self.lease_ms))
-            if not mine:
-                if self.owned.pop(symbol, None) is not None:
-                    log.warning("%s lost the lease of %s", self.name, symbol)
-                continue
+        held = self.leases.held(self.symbols)
+        for symbol in [s for s in self.owned if s not in held]:
+            log.warning("%s lost the lease of %s", self.name, symbol)
+            del self.owned[symbol]
+        for symbol in held:
             if symbol not in self.owned:
                 try:
                     self._take_over(symbol)
                 except BaseException:
-                    self.client.delete(key)  # let another worker try
+                    self.leases.give_up(symbol)  # let another worker try
                     raise
 
     def _take_over(self, symbol: str) -> None:
@@ -209,9 +204,7 @@ class FeatureWorker:
         return read
 
     def release(self) -> None:
-        for symbol in list(self.owned):
-            if self.client.get(self.lease_key(symbol)) == self.name.encode():
-                self.client.delete(self.lease_key(symbol))
+        self.leases.release(list(self.owned))
         self.owned.clear()
 
     def run(self, stop: threading.Event) -> None:

@@ -25,6 +25,7 @@ import valkey
 from tickvault.cluster import read_streams, transaction
 from tickvault.events import Features, Prediction, Signal, from_fields, to_fields
 from tickvault.feature_service import Model, decide
+from tickvault.leases import SymbolLeases
 from tickvault.store import Store
 
 log = logging.getLogger("tickvault.predictor")
@@ -63,20 +64,17 @@ class PredictorWorker:
         self.owned: set[str] = set()
         self.stats = PredictorStats()
         self._groups: set[str] = set()
+        self.leases = SymbolLeases(self.client, self._lease_key, self.name, lease_ms)
 
     def _lease_key(self, symbol: str) -> str:
         return f"tv:predictor:{symbol}"
 
     def _claim_symbols(self) -> None:
         """Renew the leases we hold, take free ones (a dead owner's lease has expired)."""
-        for symbol in self.symbols:
-            key = self._lease_key(symbol)
-            if symbol in self.owned:
-                if self.client.get(key) == self.name.encode():
-                    self.client.pexpire(key, self.lease_ms)
-                    continue
-                self.owned.discard(symbol)
-            if self.client.set(key, self.name, nx=True, px=self.lease_ms):
+        held = self.leases.held(self.symbols)
+        self.owned &= set(held)
+        for symbol in held:
+            if symbol not in self.owned:
                 self.owned.add(symbol)
                 self._ensure_group(symbol)
                 self._take_over(symbol)
@@ -151,9 +149,7 @@ class PredictorWorker:
 
     def release(self) -> None:
         """A clean stop hands the symbols over at once instead of after the lease expires."""
-        for symbol in list(self.owned):
-            if self.client.get(self._lease_key(symbol)) == self.name.encode():
-                self.client.delete(self._lease_key(symbol))
+        self.leases.release(self.owned)
         self.owned.clear()
 
     def run(self, stop: threading.Event) -> None:

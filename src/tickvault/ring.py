@@ -118,11 +118,13 @@ class ReplayClient:
         *,
         context: zmq.Context | None = None,
         timeout_ms: int = 2000,
+        attempts: int = 4,
         curve: typing.Any = None,
     ) -> None:
         self.endpoint = endpoint
         self.curve = curve  # curve.ClientKeys when the publisher uses CURVE
         self.timeout_ms = timeout_ms
+        self.attempts = attempts  # timeouts double: 2 + 4 + 8 + 16 s by default
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
 
@@ -145,12 +147,8 @@ class ReplayClient:
         out: list[bytes] = []
         start = want = first
         while want <= last:
-            sock = self._connect()
-            sock.send_multipart([b"", msgspec.json.encode({"topic": topic, "from": want, "to": last})])
-            frames = sock.recv_multipart() if sock.poll(self.timeout_ms) else None
+            frames = self._ask(topic, want, last)
             if frames is None:
-                log.warning("replay endpoint %s did not answer", self.endpoint)
-                self.close()
                 break
             try:
                 header = msgspec.json.decode(frames[1], type=ReplayHeader)
@@ -163,6 +161,21 @@ class ReplayClient:
             out.extend(frames[2 : 2 + header.count])
             want = header.first + header.count
         return start, out
+
+    def _ask(self, topic: str, first: int, last: int) -> list[bytes] | None:
+        """One request, retried on a fresh socket with a doubling timeout: a publisher busy with a
+        backlog may answer late, and for a recorder an unanswered request is a gap nobody else fills."""
+        timeout = self.timeout_ms
+        for attempt in range(1, self.attempts + 1):
+            sock = self._connect()
+            sock.send_multipart([b"", msgspec.json.encode({"topic": topic, "from": first, "to": last})])
+            if sock.poll(timeout):
+                return sock.recv_multipart()  # type: ignore[no-any-return]
+            self.close()  # a late answer must not be read as the next request's
+            log.warning("replay endpoint %s did not answer in %d ms (attempt %d of %d)",
+                        self.endpoint, timeout, attempt, self.attempts)  # fmt: skip
+            timeout *= 2
+        return None
 
     def close(self) -> None:
         if self._socket is not None:
