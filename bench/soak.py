@@ -522,6 +522,7 @@ class _Sampler(threading.Thread):
                 continue  # Valkey is down: that is one of the faults
             now = time.monotonic()
             prefix: dict[str, int] = {}
+            exact = True
             for i, symbol in enumerate(self.symbols):
                 tail, live, blocks = found[3 * i : 3 * i + 3]
                 last = max((int(fields[b"seq"]) for _, fields in tail), default=0)
@@ -535,7 +536,10 @@ class _Sampler(threading.Thread):
                         self._deep[symbol] = self.store.last_seq(symbol)
                         last = max(last, self._deep[symbol])
                 prefix[symbol] = min(last, count)
+                exact = exact and last >= count
             self.stored, self.fresh = prefix, now
+            if not exact:
+                continue  # the highest seq is not known this round: no lag sample rather than a false one
             lag = 0.0
             for symbol, seq in prefix.items():
                 published = self.source.oldest_unstored(symbol, seq)
