@@ -138,3 +138,36 @@ def test_recorder_stopped_mid_stream_and_restarted_stores_everything_once(
     stored = store.tick_events("WDOFUT", BASE_MS, BASE_MS + 100_000)
     assert [t.seq for t in stored] == list(range(1, 6001))
     assert [t.trade_id for t in stored] == [t.trade_id for t in written]
+
+
+def test_a_replay_request_unanswered_at_first_is_asked_again() -> None:
+    """A publisher busy with a backlog may answer late: the client retries on a fresh socket (a
+    single 2 s timeout once made a restarted recorder give up on 9,305 ticks in the soak)."""
+    import msgspec
+    import zmq
+
+    from tickvault.ring import ReplayClient, ReplayHeader
+
+    server = zmq.Context.instance().socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        while len(requests) < 2 and server.poll(10_000):
+            identity, _, request = server.recv_multipart()
+            requests.append(request)
+            if len(requests) == 2:  # the first request is never answered
+                header = msgspec.json.encode(ReplayHeader("tick_WDOFUT", 5, 2, 1, 6))
+                server.send_multipart([identity, b"", header, b"five", b"six"])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = ReplayClient(f"tcp://127.0.0.1:{port}", timeout_ms=200)
+    try:
+        assert client.fetch("tick_WDOFUT", 5, 6) == (5, [b"five", b"six"])
+    finally:
+        client.close()
+        thread.join(10)
+        server.close()
+    assert len(requests) == 2
