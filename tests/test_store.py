@@ -254,3 +254,14 @@ def test_retention_also_trims_candles_and_features(store: Store, valkey_client: 
     kept = store.candle_stream("WDOFUT", "1m", 0, BASE_MS + day)
     assert list(kept.index) == list(store.candles("WDOFUT", "1m", BASE_MS - day, BASE_MS + day).index)
     assert len(store.features("WDOFUT", 0, BASE_MS + day)) == 1
+
+
+def test_a_tick_stored_late_takes_its_place_among_same_millisecond_ticks_by_seq(store: Store) -> None:
+    """A spool drained after newer ticks: the late tick shares a millisecond with stored ones and
+    is read back in the order the source produced it (seq), live or sealed."""
+    first = [tick(ts_ms=BASE_MS + 5, trade_id=i, seq=i) for i in (1, 3)]
+    store.append_ticks(first + [tick(ts_ms=BASE_MS + 9, trade_id=4, seq=4)])
+    store.append_ticks([tick(ts_ms=BASE_MS + 5, trade_id=2, seq=2)])  # arrives last
+    assert [t.seq for t in store.tick_events("WDOFUT", BASE_MS, BASE_MS + 10)] == [1, 2, 3, 4]
+    store.seal("WDOFUT", BASE_MS + 100)
+    assert [t.seq for t in store.tick_events("WDOFUT", BASE_MS, BASE_MS + 10)] == [1, 2, 3, 4]

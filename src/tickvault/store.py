@@ -129,19 +129,21 @@ class Store:
 
     def columns(self, symbol: str, start_ms: int, end_ms: int) -> Columns:
         """Ticks with exchange time in [start_ms, end_ms] from history blocks and the live stream,
-        ordered by exchange time (ties in arrival order)."""
+        ordered by exchange time, ties by the source's sequence number (a tick stored late shares
+        its millisecond in the order it was produced, not the order it reached Valkey)."""
         try:
             sealed = self.history.read(symbol, start_ms, end_ms)
             live = columns_from_entries(self._entries(symbol, start_ms, end_ms))
         except valkey.ValkeyError as exc:
             raise store_error(exc) from exc
-        if not len(sealed):
-            return live
-        both = Columns.concat([sealed, live]) if len(live) else sealed
+        parts = [p for p in (sealed, live) if len(p)]
+        both = Columns.concat(parts) if len(parts) > 1 else parts[0] if parts else live
+        if len(both) < 2:
+            return both
         step = np.diff(both.timestamp_ms)
         if np.all(step >= 0) and np.all(np.diff(both.seq)[step == 0] > 0):
             return both  # the usual case: blocks in time order, then the live tail; nothing to sort
-        # exchange time, then arrival: seq is per symbol and continues across runs, unlike block order
+        # exchange time, then seq: per symbol and continuing across runs, unlike arrival or block order
         return both.take(np.lexsort((both.seq, both.timestamp_ms)))
 
     def tick_events(self, symbol: str, start: TimeLike, end: TimeLike) -> list[Tick]:
