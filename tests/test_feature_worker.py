@@ -126,3 +126,27 @@ def test_three_worker_processes_one_sigkilled_mid_stream(
                 worker.kill()
     assert [w.returncode for w in workers].count(-signal.SIGKILL) == 1
     assert Features  # the type the entries decode to (see stored_entries)
+
+
+def test_the_sources_feature_service_and_a_worker_write_each_features_entry_once(store: Store) -> None:
+    """`run --only source` computes features in-process while `--only features` workers compute them
+    from the store: the same entries get the same ids, so the second writer is refused."""
+    from tickvault.feature_service import FeatureService
+
+    ticks = list(
+        itertools.islice(MarketSimulator(list(SYMBOLS), seed=23, start=from_ms(BASE_MS)).ticks(), 6000)
+    )
+    store.append_ticks(ticks)
+    worker = FeatureWorker(store, SYMBOLS, CONFIG, name="w")
+    while worker.step(block_ms=0):
+        pass
+    assert worker.stats.written > 0
+    # the in-process service computes the same features afterwards: Valkey refuses every one of them
+    service = FeatureService(SYMBOLS, store=store, model=None, config=CONFIG)
+    service.start()
+    for tick in ticks:
+        service.submit(tick)
+    service.stop()
+    assert service.stats.features == worker.stats.written and service.counters()["features_stored"] == 0
+    for symbol in SYMBOLS:
+        assert stored_entries(store, symbol) == expected_entries(store, symbol, ticks)
