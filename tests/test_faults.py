@@ -141,3 +141,61 @@ def test_recorder_process_sigkilled_mid_stream_and_restarted(
         proc.terminate()
         proc.wait(30)
         pub.close()
+
+
+def test_recorders_sharing_one_bus_by_symbol_store_each_tick_once(
+    system_env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    """`run --only recorder --symbols A` and `--symbols B,C` side by side: each records exactly its
+    symbols (WDOFUT26 shares the prefix `tick_WDOFUT` and must not reach the WDOFUT recorder)."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+    from tickvault.bus import endpoint
+
+    pub = Publisher(
+        endpoint("127.0.0.1", int(system_env["ZMQ_TICK_PORT"])),
+        replay_bind=endpoint("127.0.0.1", int(system_env["ZMQ_REPLAY_PORT"])),
+    )
+    shards = ("WDOFUT", "WDOFUT26,WINFUT")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tickvault.cli",
+                "run",
+                "--only",
+                "recorder",
+                "--no-dashboard",
+                "--symbols",
+                shard,
+            ],
+            env=subprocess_env(system_env),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for shard in shards
+    ]
+    sent = {s: ticks(3000, symbol=s) for s in ("WDOFUT", "WDOFUT26", "WINFUT")}
+    try:
+        assert _wait(lambda: {b"tick_WDOFUT", b"tick_WINFUT", b"tick_WDOFUT26"} <= set(pub.subscriptions()))
+        ingest = Ingest(pub)
+        for row in zip(*sent.values(), strict=True):
+            for t in row:
+                ingest.on_tick(t)
+        assert _wait(lambda: all(store.count(s) == 3000 for s in sent), timeout=120)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+        pub.close()
+    for symbol, mine in sent.items():
+        assert [t.trade_id for t in store.tick_events(symbol, 0, 2**42)] == [t.trade_id for t in mine]
+    # each process stored only its own symbols, without a lease conflict (a write error) on the way
+    first, second = (out for out, _ in outputs)
+    assert "stored=3000" in first and "write_errors=0" in first, outputs[0]
+    assert "stored=6000" in second and "write_errors=0" in second, outputs[1]

@@ -385,8 +385,13 @@ class Subscriber:
         rcvhwm: int = RCVHWM,
         context: zmq.Context | None = None,
         curve: ClientKeys | None = None,
+        exact: bool = False,
     ) -> None:
+        """`exact`: `topics` are whole topic names, not prefixes; messages of other topics that share
+        a prefix (`tick_WDOFUT26` for `tick_WDOFUT`) are dropped unseen, gaps and all."""
         self.endpoint = connect
+        topics = list(topics)
+        self._only = {t.encode() for t in topics} if exact else None
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -435,6 +440,8 @@ class Subscriber:
         return out
 
     def _admit(self, frames: list[bytes], out: list[list[bytes]]) -> None:
+        if self._only is not None and frames[0].removeprefix(HEARTBEAT_PREFIX) not in self._only:
+            return  # another topic that shares the subscribed prefix
         if frames[0].startswith(HEARTBEAT_PREFIX) and len(frames) == 2:
             self.stats.heartbeats += 1
             topic = frames[0][len(HEARTBEAT_PREFIX) :].decode("utf-8", "replace")

@@ -171,7 +171,9 @@ def run(
 
             stop = threading.Event()
             chosen = profitdll_source(settings, stop)
-        system = System(settings, handlers=[view], only=only, source=chosen)
+        # a recorder given --symbols records exactly those (recorders sharing one bus by symbol)
+        shard = settings.symbols if only == "recorder" and symbols is not None else None
+        system = System(settings, handlers=[view], only=only, source=chosen, record_only=shard)
         if source == "profitdll":
             system.stop_event = stop  # the DLL's tick queue ends when the system stops
         _stop_on_sigterm(system.stop_event)

@@ -104,6 +104,7 @@ class System:
         event_handlers: list[Callable[[Event], None]] | None = None,
         only: str | None = None,
         private_bus: bool = False,
+        record_only: tuple[str, ...] | None = None,
     ) -> None:
         """`only` runs one component in this process: "source" (source, ingest, publisher, features),
         "recorder" (subscribes to the configured ports and records), "candles" (follows the stored
@@ -113,6 +114,9 @@ class System:
         if only not in COMPONENTS:
             raise ConfigError("--only", only, f"must be one of {', '.join(c for c in COMPONENTS if c)}")
         self.only = only
+        # `run --only recorder --symbols A,B`: this recorder records exactly these symbols, so several
+        # recorders can share one bus (each symbol has one writer: see writer leases)
+        self.record_only = record_only
         self.private_bus = (
             private_bus  # a batch job (ingest) binds free loopback ports, not the configured ones
         )
@@ -157,11 +161,15 @@ class System:
             self.connection.check()
             # one name per data folder: a restarted recorder takes over its streams at once
             name = f"recorder@{socket.gethostname()}:{s.data_dir.resolve()}"
+            spool = "recorder.spool"
+            if self.record_only:  # one recorder per symbol group: its own writer name and spool file
+                name += f"[{','.join(self.record_only)}]"
+                spool = f"recorder-{'-'.join(self.record_only)}.spool"
             self.store = Store(self.connection.client("recorder"), writer_name=name)
             if self.only != "source":
                 self.recorder = Recorder(
                     self.store,
-                    spool_path=s.data_dir / "spool" / "recorder.spool",
+                    spool_path=s.data_dir / "spool" / spool,
                     retention_days=s.stream_retention_days,
                     stream_max_len=s.stream_max_len,
                 )
@@ -340,14 +348,16 @@ class System:
         if self.recorder is None or self.store is None:
             raise ConfigError("VALKEY_ENABLED", False, "the recorder needs Valkey")
         host = "127.0.0.1" if s.zmq_host in ("0.0.0.0", "*") else s.zmq_host
+        shard = self.record_only
         self._subscriber = Subscriber(
             endpoint(host, s.zmq_tick_port),
-            ["tick_"],
+            [tick_topic(sym) for sym in shard] if shard else ["tick_"],
             replay=endpoint(host, s.zmq_replay_port),
             recover=None,  # the recorder is the writer: what the ring lost, Valkey never had
             curve=self._client_keys(),
+            exact=bool(shard),
         )
-        symbols = tuple(dict.fromkeys((*s.symbols, *self.store.symbols())))
+        symbols = shard or tuple(dict.fromkeys((*s.symbols, *self.store.symbols())))
         lasts = last_stored(self.store, symbols)
         # a symbol with nothing stored yet starts at 0, so its first live message shows any gap before it
         self._subscriber.prime({tick_topic(sym): lasts[sym].seq if sym in lasts else 0 for sym in symbols})
