@@ -197,3 +197,15 @@ def test_run_dashboard_is_the_monitor_frame_and_falls_back_in_process_when_valke
         server.ensure_running()
         system.stop()
         client.close()
+
+
+def test_a_narrow_terminal_gets_the_essential_columns(store: Store) -> None:
+    store.append_ticks([tick(trade_id=1, price=5123.5)])
+    snap = gather(store, ("WDOFUT", "WINFUT"))
+    console = Console(record=True, width=80, file=io.StringIO())
+    console.print(render(snap, width=80))
+    narrow = console.export_text()
+    assert all(len(line) <= 80 for line in narrow.splitlines())
+    assert "WDOFUT" in narrow and "5,123.50" in narrow and "NO DATA" in narrow and "2025-11-24" not in narrow
+    wide = text_of(render(snap, width=200))
+    assert "2025-11-24" in wide and "trades/min" in wide

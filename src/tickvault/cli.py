@@ -247,9 +247,10 @@ def _live(system: Any, view: Any, duration: float | None) -> None:
 
     from tickvault.dashboard import RunDashboard
 
-    board = RunDashboard(system, view)
+    console = Console()
+    board = RunDashboard(system, view, width=console.width)
     deadline = None if duration is None else time.monotonic() + duration
-    with Live(board.frame(), refresh_per_second=4, console=Console()) as live:
+    with Live(board.frame(), refresh_per_second=4, console=console) as live:
         while not system.stop_event.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -419,13 +420,13 @@ def monitor(
             console = Console() if sys.stdout.isatty() else Console(width=200)  # a pipe gets whole rows
             snap = gather(store, settings.monitor_symbols)
             if once:
-                console.print(render(snap, conn.where))
+                console.print(render(snap, conn.where, width=console.width))
                 return
-            with Live(render(snap, conn.where), console=console, refresh_per_second=4) as live:
+            with Live(render(snap, conn.where, console.width), console=console, refresh_per_second=4) as live:
                 while True:
                     time.sleep(interval)
                     snap = gather(store, settings.monitor_symbols, snap)
-                    live.update(render(snap, conn.where))
+                    live.update(render(snap, conn.where, width=console.width))
         except KeyboardInterrupt:
             pass
         finally:

@@ -83,12 +83,13 @@ class LiveView:
 class RunDashboard:
     """What `tickvault run` shows each refresh (`frame()`); reads Valkey at most every `every_s`."""
 
-    def __init__(self, system: Any, view: LiveView, every_s: float = 1.0) -> None:
+    def __init__(self, system: Any, view: LiveView, every_s: float = 1.0, width: int | None = None) -> None:
         from tickvault.store import Store
 
         self.system = system
         self.view = view
         self.every_s = every_s
+        self.width = width  # the terminal's columns (a narrow one gets the compact table)
         self.store = Store(system.connection.client("dashboard")) if system.connection else None
         self.snap: Any = None
         self._next = 0.0
@@ -103,7 +104,8 @@ class RunDashboard:
                 self.snap = gather(self.store, self.system.settings.symbols, self.snap)
                 self._next = time.monotonic() + self.every_s
             if self.snap.connected:
-                return Group(render(self.snap, self.system.connection.where), Text(status, style=style))
+                frame = render(self.snap, self.system.connection.where, width=self.width)
+                return Group(frame, Text(status, style=style))
             problem = Text(f"Valkey DISCONNECTED: {self.snap.error} (the core flow goes on in-process; "
                            "ticks are buffered)", style="bold white on red")  # fmt: skip
             return Group(problem, self.view.render(status=status, stored=None))

@@ -195,30 +195,41 @@ def _num(value: object, fmt: str) -> str:
     )
 
 
-def render(snap: MonitorSnapshot, where: str = "") -> Group:
+COMPACT_BELOW = 120  # terminal columns: narrower terminals get the essential columns only
+_COMPACT = ("symbol", "time", "last", "chg %", "trades 5m", "ofi 60s", "signal")
+
+
+def render(snap: MonitorSnapshot, where: str = "", width: int | None = None) -> Group:
+    """The frame; `width` (the terminal's columns) below COMPACT_BELOW drops the date, the volume,
+    the sparkline, the 5-minute return and the regime so the rest stays readable."""
     if not snap.connected:
         banner = Text(f"DISCONNECTED from Valkey {where}: {snap.error}", style="bold white on red")
         return Group(banner, Text("retrying every refresh; nothing shown is current", style="dim"))
+    compact = width is not None and width < COMPACT_BELOW
     table = Table(title=f"tickvault monitor {where}".rstrip(), expand=False)
-    columns = ("symbol", "exchange time", "last", "chg %", "volume 5m", "trades 5m",
+    columns = ("symbol", "time" if compact else "exchange time", "last", "chg %", "volume 5m", "trades 5m",
                f"trades/min ({SPARK_MINUTES}m)", "ret 5m", "ofi 60s", "regime", "signal")  # fmt: skip
-    for name in columns:
-        table.add_column(
-            name, justify="left" if name in ("symbol", "exchange time", "regime", "signal") else "right"
-        )
+    keep = [not compact or name in _COMPACT for name in columns]
+    for name, shown in zip(columns, keep, strict=True):
+        if shown:
+            left = name in ("symbol", "exchange time", "time", "regime", "signal")
+            table.add_column(name, justify="left" if left else "right", no_wrap=name == "symbol")
+    blank = ["-"] * (sum(keep) - 2)
     for row in snap.rows:
         if row.error:
-            table.add_row(row.symbol, Text(f"UNREADABLE {row.error}", style="red"), *["-"] * 9)
+            table.add_row(row.symbol, Text(f"UNREADABLE {row.error}", style="red"), *blank)
             continue
         if row.last_price is None or row.last_time is None:
-            table.add_row(row.symbol, Text("NO DATA", style="yellow"), *["-"] * 9)
+            table.add_row(row.symbol, Text("NO DATA", style="yellow"), *blank)
             continue
         change = row.change_pct
         style = "green" if change and change > 0 else "red" if change and change < 0 else ""
         signal = "-" if row.signal is None else f"{row.signal} {row.confidence:.2f}"
-        table.add_row(
+        cells: tuple[str | Text, ...] = (
             row.symbol,
-            row.last_time.astimezone(B3_TZ).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            row.last_time.astimezone(B3_TZ).strftime("%H:%M:%S.%f" if compact else "%Y-%m-%d %H:%M:%S.%f")[
+                :-3
+            ],
             f"{row.last_price:,.2f}",
             Text(_num(change, "+.3f"), style=style),
             f"{row.volume_5m:,.0f}",
@@ -229,6 +240,7 @@ def render(snap: MonitorSnapshot, where: str = "") -> Group:
             str(row.features.get("volatility_regime_30d") or "-"),
             Text(signal, style="green" if row.signal == "BUY" else "red" if row.signal == "SELL" else ""),
         )
+        table.add_row(*(cell for cell, shown in zip(cells, keep, strict=True) if shown))
     return Group(table, Text(_health_line(snap), style="dim"))
 
 
