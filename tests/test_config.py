@@ -41,6 +41,7 @@ HONOURED = [
     ("ZMQ_ALLOW_INSECURE", "true", "zmq_allow_insecure", True),
     ("ZMQ_CURVE_SERVER_PUBLIC", "k/s.key", "zmq_curve_server_public", Path("k/s.key")),
     ("ZMQ_CURVE_CLIENT_SECRET", "k/c.key_secret", "zmq_curve_client_secret", Path("k/c.key_secret")),
+    ("ZMQ_CURVE_CLIENTS", "k/clients", "zmq_curve_clients", Path("k/clients")),
     ("VALKEY_CA_CERT", "/etc/tv/ca.pem", "valkey_ca_cert", Path("/etc/tv/ca.pem")),
 ]
 

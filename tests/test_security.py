@@ -171,6 +171,45 @@ def test_curve_subscriber_with_the_wrong_server_key_receives_nothing(tmp_path: P
         pub.close()
 
 
+def test_curve_allow_list_lets_only_listed_clients_in(tmp_path: Path) -> None:
+    """ZMQ_CURVE_CLIENTS: a client holding the right server key but not on the list gets nothing."""
+    import shutil
+
+    from tickvault.bus import Publisher, Subscriber
+    from tickvault.curve import client_keys, create_keys, server_keys, stop_authenticators
+    from tickvault.errors import ConfigError
+    from tickvault.ingest import Ingest
+
+    server_public, server_secret = create_keys(tmp_path / "server", "server")
+    alice_public, alice_secret = create_keys(tmp_path / "alice", "alice")
+    _, mallory_secret = create_keys(tmp_path / "mallory", "mallory")
+    allowed = tmp_path / "clients"
+    allowed.mkdir()
+    shutil.copy(alice_public, allowed)  # public keys only in the list
+    with pytest.raises(ConfigError, match="ZMQ_CURVE_CLIENTS"):
+        server_keys(server_secret, clients=tmp_path / "no-such-folder")
+    pub = Publisher("tcp://127.0.0.1:*", curve=server_keys(server_secret, clients=allowed))
+    alice = Subscriber(pub.endpoint, ["tick_"], curve=client_keys(alice_secret, server_public))
+    mallory = Subscriber(pub.endpoint, ["tick_"], curve=client_keys(mallory_secret, server_public))
+    try:
+        ingest = Ingest(pub)
+        got: dict[str, list[list[bytes]]] = {"alice": [], "mallory": []}
+
+        def both_polled() -> bool:
+            ingest.on_tick(ticks(1)[0])
+            got["alice"].extend(alice.receive(timeout_ms=20))
+            got["mallory"].extend(mallory.receive(timeout_ms=20))
+            return len(got["alice"]) >= 5
+
+        assert wait_until(both_polled, timeout=30)
+        assert got["mallory"] == []
+    finally:
+        alice.close()
+        mallory.close()
+        pub.close()
+        stop_authenticators()  # the ZAP handler would judge every later CURVE socket of this process
+
+
 def test_binding_beyond_loopback_needs_curve_or_force() -> None:
     from tickvault.bus import Publisher
     from tickvault.curve import is_loopback
@@ -202,6 +241,32 @@ def test_run_with_curve_records_everything(system_env: dict[str, str], store: St
     system.wait(60)
     summary = system.stop()
     assert summary.drained and summary.counters["delivered"] == 2000  # over the encrypted bus
+    assert store.count("WDOFUT") == 2000
+
+
+def test_run_with_a_curve_allow_list_records_everything(
+    system_env: dict[str, str], store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process recorder's own key pair is let in; nobody else is listed."""
+    import itertools
+
+    from tickvault.curve import create_keys, stop_authenticators
+    from tickvault.sources.simulator import MarketSimulator
+    from tickvault.system import System
+
+    _, secret = create_keys(tmp_path / "keys", "server")
+    (tmp_path / "clients").mkdir()
+    monkeypatch.setenv("ZMQ_CURVE_SERVER_SECRET", str(secret))
+    monkeypatch.setenv("ZMQ_CURVE_CLIENTS", str(tmp_path / "clients"))
+    sent = list(itertools.islice(MarketSimulator(["WDOFUT"], seed=2).ticks(), 2000))
+    system = System(load_settings(), source=lambda _: iter(sent))
+    try:
+        system.start()
+        system.wait(60)
+        summary = system.stop()
+    finally:
+        stop_authenticators()
+    assert summary.drained and summary.counters["delivered"] == 2000
     assert store.count("WDOFUT") == 2000
 
 

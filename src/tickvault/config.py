@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     zmq_curve_server_secret: Path | None = Field(None, validation_alias="ZMQ_CURVE_SERVER_SECRET")
     zmq_curve_server_public: Path | None = Field(None, validation_alias="ZMQ_CURVE_SERVER_PUBLIC")
     zmq_curve_client_secret: Path | None = Field(None, validation_alias="ZMQ_CURVE_CLIENT_SECRET")
+    # a folder of client public keys (*.key): only those clients may connect (ZAP); unset: any client
+    zmq_curve_clients: Path | None = Field(None, validation_alias="ZMQ_CURVE_CLIENTS")
     zmq_allow_insecure: bool = Field(False, validation_alias="ZMQ_ALLOW_INSECURE")
     zmq_replay_port: int = Field(5559, ge=1, le=65535, validation_alias="ZMQ_REPLAY_PORT")
 

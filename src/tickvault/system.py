@@ -24,7 +24,7 @@ from tickvault.bus import BIND_RETRY_S, Publisher, Subscriber, endpoint
 from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
 from tickvault.connection import Connection
-from tickvault.curve import ClientKeys, client_keys, is_loopback, server_keys
+from tickvault.curve import ClientKeys, ServerKeys, allow_client, client_keys, is_loopback, server_keys
 from tickvault.errors import BusError, ConfigError, InsecureBind, StoreError, TickvaultError
 from tickvault.events import B3_TZ, Event, Tick
 from tickvault.feature_service import FeatureService, load_model
@@ -249,7 +249,7 @@ class System:
         return Publisher(
             endpoint(s.zmq_host, s.zmq_tick_port),
             replay_bind=endpoint(s.zmq_host, s.zmq_replay_port),
-            curve=server_keys(s.zmq_curve_server_secret) if s.zmq_curve_server_secret else None,
+            curve=self._server_keys(),
             allow_insecure=s.zmq_allow_insecure,
         )
 
@@ -275,7 +275,7 @@ class System:
         """The core flow after ingest: features, predictions, signals (works with ZeroMQ and Valkey off)."""
         s = self.settings
         signal_bind = None
-        curve = server_keys(s.zmq_curve_server_secret) if s.zmq_curve_server_secret else None
+        curve = self._server_keys()
         if s.zmq_enabled:
             signal_bind = "tcp://127.0.0.1:*" if self.private_bus else endpoint(s.zmq_host, s.zmq_signal_port)
             if not is_loopback(signal_bind) and curve is None and not s.zmq_allow_insecure:
@@ -333,7 +333,14 @@ class System:
         if s.zmq_curve_server_secret is None or self.private_bus:
             return None
         public, secret = zmq.curve_keypair()
+        allow_client(zmq.Context.instance(), public)  # on the allow-list, if there is one
         return ClientKeys(public, secret, server_keys(s.zmq_curve_server_secret).public)
+
+    def _server_keys(self) -> ServerKeys | None:
+        s = self.settings
+        if s.zmq_curve_server_secret is None:
+            return None
+        return server_keys(s.zmq_curve_server_secret, clients=s.zmq_curve_clients)
 
     def _client_keys(self) -> ClientKeys | None:
         s = self.settings
