@@ -65,6 +65,45 @@ def test_valkey_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_batch_sent_to_a_valkey_that_dies_before_applying_it_is_sent_again(tmp_path: Path) -> None:
+    """The writer pipelines: a batch is sent, and its replies are read with the next write (or a flush
+    when nothing else is queued). Here Valkey holds the batch unapplied (CLIENT PAUSE WRITE) and dies:
+    the flush fails, and so does the first re-send, while Valkey is still down. The batch must be sent
+    again once Valkey is back, not counted as stored."""
+    server = EmbeddedValkey(tmp_path / "valkey")
+    info = server.ensure_running()
+    client = valkey.Valkey(host=info.host, port=info.port, socket_timeout=2, socket_connect_timeout=1)
+    admin = valkey.Valkey(host=info.host, port=info.port, socket_timeout=2)
+    store = Store(client)
+    sent = ticks(200)
+    try:
+        stamped: list[Tick] = []
+        ingest = Ingest(handlers=[stamped.append])
+        for t in sent:
+            ingest.on_tick(t)
+        with running_recorder(store, spool_path=tmp_path / "spool") as recorder:
+            recorder.submit(stamped[:100])
+            assert _wait(lambda: recorder.caught_up({"WDOFUT": 100}))
+            admin.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+            recorder.submit(stamped[100:])  # one batch, and then nothing queued: the flush finds the failure
+
+            def batch_held() -> bool:  # the writer's transaction is blocked (b) in MULTI (x) by the pause
+                return any({"x", "b"} <= set(c["flags"]) for c in admin.client_list())
+
+            assert _wait(batch_held)
+            os.kill(info.pid, signal.SIGKILL)
+            # the flush fails, then a re-send while Valkey is down: the held batch must not count as stored
+            assert _wait(lambda: recorder.caught_up(ingest.last_seq) or recorder.stats.write_errors >= 2)
+            assert not recorder.caught_up(ingest.last_seq)
+            assert server.ensure_running().port == info.port
+            assert _wait(lambda: recorder.caught_up(ingest.last_seq), timeout=90)
+        _assert_exactly_once(store, sent)
+    finally:
+        client.close()
+        admin.close()
+        server.stop()
+
+
 def test_same_ticks_ingested_twice_are_stored_once(store: Store) -> None:
     sent = ticks(3000)
     for _ in range(2):

@@ -98,6 +98,9 @@ class Recorder:
         self._wake = threading.Event()
         self._in_flight: dict[str, int] = {}  # topic -> highest seq sent but not yet confirmed
         self._retained: collections.deque[tuple[float, list[TickLike]]] = collections.deque()
+        # set by any failed write or check, cleared only by a re-send of `_retained` that went out: a
+        # batch whose replies were lost may never have been applied, whatever happens next
+        self._resend_owed = False
         # [arrival time, symbol, topic, highest seq], one per symbol per ARRIVAL_GRAIN_S: store_lag_ms
         self._arrivals: collections.deque[list[Any]] = collections.deque()
         self._last_arrival: dict[str, list[Any]] = {}
@@ -179,15 +182,14 @@ class Recorder:
         """Store one batch, retrying while Valkey fails (until `stop`). True if stored."""
         if not ticks:
             return True
-        delay, failed = BACKOFF_S[0], False
+        delay = BACKOFF_S[0]
         while True:
             try:
-                if failed:
-                    self._rewrite_retained()
+                self._resend_if_owed()
                 result = self.store.writer.write(ticks)  # checked by the next write or flush
                 break
             except StoreError as exc:
-                failed = True
+                self._resend_owed = True
                 self.stats.write_errors += 1
                 log.error("write of %d ticks failed, retrying in %.2f s: %s", len(ticks), delay, exc)
                 if stop is not None and stop.wait(delay):
@@ -212,13 +214,17 @@ class Recorder:
                     self._in_flight[topic] = tick.seq
         return True
 
-    def _rewrite_retained(self) -> None:
-        # Valkey may have restarted without its last second: the recent batches go again (idempotent)
+    def _resend_if_owed(self) -> None:
+        # Valkey may have restarted without its last second, or died holding a batch it never
+        # applied: the recent batches go again (idempotent). Raises StoreError while it cannot.
+        if not self._resend_owed:
+            return
         for _, batch in list(self._retained):
             result = self.store.writer.write(batch)
             self.stats.rewritten += result.stored
             with self._lock:
                 self.stats.stored.update(result.stored_by_symbol)
+        self._resend_owed = False
         if self.stats.rewritten:
             log.warning("re-stored %d ticks that Valkey had lost", self.stats.rewritten)
 
@@ -240,22 +246,26 @@ class Recorder:
         delay = BACKOFF_S[0]
         while True:
             try:
+                self._resend_if_owed()
                 self.store.writer.flush()
                 with self._lock:
                     self._confirm()
                 return True
             except StoreError as exc:
+                self._resend_owed = True
                 self.stats.write_errors += 1
                 log.error("the last batch was not confirmed, re-sending the recent ones: %s", exc)
             if stop.wait(delay):
-                self.spool.putback([t for _, batch in self._retained for t in batch])
-                self._retained.clear()
+                self._keep_unconfirmed()
                 return False
             delay = min(delay * 2, BACKOFF_S[1])
-            try:
-                self._rewrite_retained()
-            except StoreError:
-                continue
+
+    def _keep_unconfirmed(self) -> None:
+        """Stopping with a re-send owed: the recent batches go back to the spool (in front, they are
+        older), kept for the next run; storing them again is harmless."""
+        if self._resend_owed:
+            self.spool.putback([t for _, batch in self._retained for t in batch])
+            self._retained.clear()
 
     def _write_loop(self, stop: threading.Event) -> None:
         while True:
@@ -285,6 +295,7 @@ class Recorder:
             raise
         if not written:
             self.spool.putback(batch)
+            self._keep_unconfirmed()
             return False
         return True
 
