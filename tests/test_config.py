@@ -25,6 +25,7 @@ HONOURED = [
     ("VALKEY_ENABLED", "0", "valkey_enabled", False),
     ("TIME_TRAVEL_ENABLED", "false", "time_travel_enabled", False),
     ("LOG_LEVEL", "debug", "log_level", "DEBUG"),
+    ("LOG_FORMAT", "JSON", "log_format", "json"),
     ("MONITOR_SYMBOLS", "WINFUT, PETR4", "monitor_symbols", ("WINFUT", "PETR4")),
     ("VALKEY_URL", "valkey://10.1.1.1:7000/2", "valkey_url", "valkey://10.1.1.1:7000/2"),
     ("STREAM_MAX_LEN", "5000", "stream_max_len", 5000),

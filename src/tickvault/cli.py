@@ -34,6 +34,15 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("tickvault.cli")
+_json_logs = False  # LOG_FORMAT=json: what the CLI says on stderr goes out as log events too
+
+
+def _say(text: str, level: int = logging.INFO) -> None:
+    """A line for the user on stderr; with LOG_FORMAT=json an event like every other log line."""
+    if _json_logs:
+        log.log(level, "%s", text)
+    else:
+        err_console.print(text, markup=False, highlight=False)
 
 
 @contextlib.contextmanager
@@ -42,10 +51,10 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, DataError) as exc:
-        err_console.print(f"tickvault: error: {exc}", markup=False, highlight=False)
+        _say(f"tickvault: error: {exc}", logging.ERROR)
         raise typer.Exit(2) from None
     except (StoreError, TickvaultError) as exc:
-        err_console.print(f"tickvault: error: {exc}", markup=False, highlight=False)
+        _say(f"tickvault: error: {exc}", logging.ERROR)
         raise typer.Exit(1) from None
 
 
@@ -53,7 +62,9 @@ def _settings(ctx: typer.Context, **more: Any) -> Settings:
     overrides = dict(ctx.obj or {})
     overrides.update({k: v for k, v in more.items() if v is not None})
     settings = load_settings(**overrides)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
+    global _json_logs
+    _json_logs = settings.log_format == "json"
     return settings
 
 
@@ -87,6 +98,7 @@ def main_options(
     ] = None,
     monitor_symbols: Annotated[str | None, Opt(help="Comma-separated [MONITOR_SYMBOLS]")] = None,
     log_level: Annotated[str | None, Opt(help="DEBUG, INFO, WARNING, ERROR [LOG_LEVEL]")] = None,
+    log_format: Annotated[str | None, Opt(help="text or json, one line per event [LOG_FORMAT]")] = None,
     model_path: Annotated[Path | None, Opt("--model-path", help="Model file [TICKVAULT_MODEL]")] = None,
     signal_threshold: Annotated[float | None, Opt(help="P(UP)/P(DOWN) to act [SIGNAL_THRESHOLD]")] = None,
     features_interval_ms: Annotated[int | None, Opt(help="[FEATURES_INTERVAL_MS]")] = None,
@@ -110,6 +122,7 @@ def main_options(
         "time_travel_enabled": time_travel,
         "monitor_symbols": monitor_symbols,
         "log_level": log_level,
+        "log_format": log_format,
         "model_path": model_path,
         "signal_threshold": signal_threshold,
         "features_interval_ms": features_interval_ms,
@@ -178,7 +191,7 @@ def run(
             system.stop_event = stop  # the DLL's tick queue ends when the system stops
         _stop_on_sigterm(system.stop_event)
         system.start()
-        err_console.print(system.describe(), markup=False, highlight=False)
+        _say(system.describe())
         metrics = _serve_metrics(system, metrics_port) if metrics_port is not None else None
         try:
             if dashboard and only is None and sys.stdout.isatty():
@@ -187,13 +200,13 @@ def run(
                 system.wait(duration)
         except KeyboardInterrupt:
             pass
-        err_console.print("stopping: draining bus and recorder ...", markup=False)
+        _say("stopping: draining bus and recorder ...")
         summary = system.stop()
         if metrics is not None:
             metrics.stop()
         _print_summary(summary, settings)
         if system.source_error is not None:
-            err_console.print(f"tickvault: error: source failed: {system.source_error}", markup=False)
+            _say(f"tickvault: error: source failed: {system.source_error}", logging.ERROR)
             raise typer.Exit(2 if isinstance(system.source_error, ConfigError | DataError) else 1)
         if not summary.drained:
             raise typer.Exit(1)
@@ -208,9 +221,9 @@ def _serve_metrics(system: Any, port: int) -> Any:
             port, system.counters, lambda: list(system.features.stats.latency_ns) if system.features else []
         )
     except OSError as exc:
-        err_console.print(f"metrics port {port} unavailable ({exc}); running without metrics", markup=False)
+        _say(f"metrics port {port} unavailable ({exc}); running without metrics", logging.WARNING)
         return None
-    err_console.print(f"metrics: http://127.0.0.1:{server.port}/metrics", markup=False, highlight=False)
+    _say(f"metrics: http://127.0.0.1:{server.port}/metrics")
     return server
 
 
@@ -318,9 +331,9 @@ def ingest(
             system.wait()
         summary = system.stop()
         for row in bad[:show]:
-            err_console.print(f"rejected {path.name}:{row}", markup=False, highlight=False)
+            _say(f"rejected {path.name}:{row}", logging.WARNING)
         if len(bad) > show:
-            err_console.print(f"... and {len(bad) - show} more rejected rows", markup=False)
+            _say(f"... and {len(bad) - show} more rejected rows", logging.WARNING)
         reasons = Counter(row.error.field for row in bad)
         print(
             f"read={counts['read']} stored={sum(summary.stored.values())} duplicates={summary.duplicates} "
@@ -590,7 +603,7 @@ def valkey_server(
 
 def _hold(stop: threading.Event, ready: str) -> None:
     """Say `ready`, then wait for Ctrl+C or SIGTERM (a foreground server)."""
-    err_console.print(ready, markup=False, highlight=False)
+    _say(ready)
     try:
         while not stop.wait(0.5):
             pass
@@ -619,7 +632,7 @@ def _run_cluster(settings: Settings, nodes: int) -> None:
     for keeper in keepers:
         keeper.close()
     if local.release():
-        err_console.print("stopped the embedded cluster (data kept)", markup=False)
+        _say("stopped the embedded cluster (data kept)")
 
 
 def main() -> None:

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     stream_retention_days: int = Field(30, ge=0, validation_alias="STREAM_RETENTION_DAYS")
     time_travel_enabled: bool = Field(True, validation_alias="TIME_TRAVEL_ENABLED")
     log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
+    # text: for people; json: one object per line for log shippers (both: one line per event)
+    log_format: Literal["text", "json"] = Field("text", validation_alias="LOG_FORMAT")
     monitor_symbols: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_SYMBOLS, validation_alias="MONITOR_SYMBOLS"
     )
@@ -86,6 +88,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("symbols", "monitor_symbols", mode="before")
     @classmethod
