@@ -104,6 +104,20 @@ def test_range_end_includes_its_whole_millisecond(store: Store) -> None:
     assert len(store.ticks("WDOFUT", BASE_MS + 1, BASE_MS + 1)) == 3
 
 
+def test_an_end_given_as_a_date_takes_in_that_whole_day(store: Store) -> None:
+    from datetime import date
+
+    late = tick(ts_ms=BASE_MS + 5 * 3_600_000 + 59 * 60_000, trade_id=99)  # 2025-11-24 18:59 -03:00
+    next_day = tick(ts_ms=BASE_MS + 11 * 3_600_000, trade_id=100)  # 2025-11-25 00:00 -03:00
+    store.append_ticks([tick(), late, next_day])
+    assert list(store.ticks("WDOFUT", "2025-11-24", "2025-11-24").trade_id) == [1, 99]
+    assert list(store.ticks("WDOFUT", "2025-11-24", date(2025, 11, 24)).trade_id) == [1, 99]
+    assert list(store.ticks("WDOFUT", "2025-11-24", "2025-11-25").trade_id) == [1, 99, 100]
+    # a time is a time: midnight exactly, inclusive
+    assert list(store.ticks("WDOFUT", "2025-11-24", "2025-11-25T00:00:00-03:00").trade_id) == [1, 99, 100]
+    assert list(store.ticks("WDOFUT", "2025-11-24", "2025-11-24T23:59:59.999-03:00").trade_id) == [1, 99]
+
+
 def test_no_init_entry_and_types_restored(store: Store, valkey_client: valkey.Valkey) -> None:
     """Guide defects 2 and 3: an 'init' entry in the tick stream; every field came back as str."""
     store.append_ticks(ticks(3))

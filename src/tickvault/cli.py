@@ -545,6 +545,40 @@ def report(
         print(f"report={written}")
 
 
+# -- backfill ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    days: Annotated[int, Opt(help="How many past B3 sessions per symbol", min=1, max=250)] = 3,
+    symbols: Annotated[str | None, Opt(help="Comma-separated [TICKVAULT_SYMBOLS]")] = None,
+    before: Annotated[str | None, Opt(help="Sessions before this date (default: today in B3 time)")] = None,
+    seed: Annotated[int | None, Opt(help="Simulator seed [TICKVAULT_SEED]")] = None,
+) -> None:
+    """Fill history with simulated past sessions (for training and history-aware features on a new
+    installation); days that already hold ticks are left alone."""
+    from tickvault.backfill import backfill as fill
+    from tickvault.connection import Connection
+    from tickvault.events import B3_TZ
+    from tickvault.store import Store
+    from tickvault.timeparse import parse_time
+
+    with _errors():
+        settings = _settings(ctx, symbols=symbols, seed=seed)
+        end = parse_time(before, field="--before").astimezone(B3_TZ).date() if before is not None else None
+        with Connection.open(settings) as conn:
+            conn.check()
+            result = fill(
+                Store(conn.client("backfill")), settings.symbols, days, before=end, seed=settings.seed
+            )
+        for (symbol, day), count in sorted(result.written.items()):
+            print(f"{symbol} {day}: {count} simulated ticks")
+        for symbol, day in result.skipped:
+            print(f"{symbol} {day}: already has ticks, left as it is")
+        print(f"written={result.ticks} sessions={len(result.written)} skipped={len(result.skipped)}")
+
+
 # -- cleanup -----------------------------------------------------------------------------------------
 
 

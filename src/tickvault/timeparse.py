@@ -63,11 +63,21 @@ def parse_time(value: TimeLike, *, field: str = "time", now: datetime | None = N
     return parsed
 
 
+def _whole_day(value: TimeLike) -> bool:
+    if isinstance(value, str):
+        return bool(_DATE_ONLY.fullmatch(value.strip()))
+    return isinstance(value, date) and not isinstance(value, datetime)
+
+
 def to_ms_bounds(start: TimeLike, end: TimeLike) -> tuple[int, int]:
-    """Inclusive [start, end] in epoch ms; refuses an end before the start."""
+    """Inclusive [start, end] in epoch ms; refuses an end before the start. An end given as a bare
+    date takes in that whole B3 day (as pandas' `df["2025-11-24":"2025-11-24"]` does)."""
     now = datetime.now(B3_TZ)
     start_ms = to_ms(parse_time(start, field="start", now=now))
     end_ms = to_ms(parse_time(end, field="end", now=now))
+    if _whole_day(end):
+        day = parse_time(end, field="end").date() + timedelta(days=1)
+        end_ms = to_ms(datetime(day.year, day.month, day.day, tzinfo=B3_TZ)) - 1
     if end_ms < start_ms:
         raise DataError("end", f"is before start ({end!r} < {start!r})")
     return start_ms, end_ms
