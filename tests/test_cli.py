@@ -238,3 +238,27 @@ def test_query_kind_signals(system_env: dict[str, str], store: Store) -> None:
     rows = [msgspec.json.decode(line) for line in result.stdout.splitlines()]
     assert [r["action"] for r in rows] == ["SELL"] * 3
     assert rows[0]["timestamp"] == "2025-11-24T13:00:00.000-03:00"
+
+
+def test_query_table_shows_the_whole_time_and_drops_minor_columns_when_narrow(store: Store) -> None:
+    from tickvault.output import table_of
+
+    store.append_ticks(ticks(30))
+    frame = store.ticks("WDOFUT", BASE_MS, BASE_MS + 10_000)
+
+    def rendered(width: int) -> str:
+        from rich.console import Console
+
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(table_of(frame, 10, width=width))
+        return console.export_text()
+
+    wide, narrow = rendered(200), rendered(80)
+    assert "2025-11-24 13:00:00.000" in wide and "2025-11-24 13:00:00.009" in narrow  # never cut
+    assert "time (-03:00)" in narrow and "WDOFUT" in narrow.splitlines()[0]  # the symbol is the title
+    for name in ("trade_id", "price", "quantity", "seller", "seq"):
+        assert name in wide
+    assert "timestamp_ms" not in wide  # the time column says it
+    assert all(len(line) <= 80 for line in narrow.splitlines())
+    assert "seq" not in narrow.split("rows")[0] and "not shown at this width:" in narrow
+    assert "price" in narrow and "quantity" in narrow
