@@ -178,6 +178,48 @@ def test_workers_share_symbols_by_lease_and_a_dead_ones_symbols_are_taken_over(s
         assert_live_equals_history(store, symbol)
 
 
+def test_a_lapsed_lease_nobody_took_is_taken_back_and_the_work_goes_on(store: Store) -> None:
+    ticks = market(2_000, seed=31)
+    lease = store.keys.candle_lease("WDOFUT")
+    a = CandleWorker(store, ("WDOFUT",), name="a", lease_ms=60_000)
+    store.append_ticks(ticks[:1000])
+    while a.step(block_ms=0):
+        pass
+    store.client.delete(lease)  # a slow step: the lease lapses and nobody takes it
+    store.append_ticks(ticks[1000:1500])
+    assert a.step(block_ms=0) == 500
+    assert a.owned == ["WDOFUT"] and store.client.get(lease) == b"a"
+    store.append_ticks(ticks[1500:])
+    assert a.step(block_ms=0) == 500
+    store.client.delete(lease)  # lapsed again, between its read and its write
+    a.write(flush=True)
+    assert a.owned == ["WDOFUT"] and store.client.get(lease) == b"a"  # re-taken in the write
+    assert_live_equals_history(store, "WDOFUT")
+
+
+def test_a_lapsed_lease_another_worker_used_is_taken_back_from_its_position(store: Store) -> None:
+    ticks = market(3_000, seed=32)
+    a = CandleWorker(store, ("WDOFUT",), name="a", lease_ms=60_000)
+    b = CandleWorker(store, ("WDOFUT",), name="b", lease_ms=60_000)
+    store.append_ticks(ticks[:1000])
+    while a.step(block_ms=0):
+        pass
+    # `a` stalls past its lease; `b` takes the symbol, writes on, and stops cleanly
+    store.client.delete(store.keys.candle_lease("WDOFUT"))
+    store.append_ticks(ticks[1000:2000])
+    while b.step(block_ms=0):
+        pass
+    b.write(flush=True)
+    b.release()
+    # `a` wakes up and finds the lease free: it must resume from `b`'s position, not its own
+    store.append_ticks(ticks[2000:])
+    while a.step(block_ms=0):
+        pass
+    a.write(flush=True)
+    assert a.stats.errors == 0
+    assert_live_equals_history(store, "WDOFUT")
+
+
 def test_bad_timeframe_is_refused(store: Store) -> None:
     with pytest.raises(Exception, match="timeframe"):
         store.candle_stream("WDOFUT", "2m", *WINDOW)

@@ -109,6 +109,7 @@ class SymbolBars:
     bars: dict[str, dict[int, Bar]] = field(default_factory=lambda: {tf: {} for tf in TIMEFRAMES})
     current: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIMEFRAMES, -1))
     position: str = "0-0"  # last tick stream id processed
+    saved: str | None = None  # the position as Valkey holds it (None: no key), loaded or last written
 
     def bar(self, tf: str, ms: int) -> Bar:
         """The bar holding `ms`, created if new: a bar that opens after the current one starts
@@ -205,8 +206,21 @@ class CandleWorker:
             log.warning("%s lost the lease of %s", self.name, symbol)
             del self.state[symbol]
         for symbol in held:
-            if symbol not in self.state:
+            state = self.state.get(symbol)
+            retaken = state is not None and self.leases is not None and symbol in self.leases.taken
+            # our lease lapsed and we took it back: if another worker wrote meanwhile, its bars and
+            # position are newer than ours
+            if retaken and self._saved_position(symbol) != state.saved:  # type: ignore[union-attr]
+                log.info(
+                    "%s took %s back after another worker; resuming from its position", self.name, symbol
+                )
+                state = None
+            if state is None:
                 self._load(symbol)
+
+    def _saved_position(self, symbol: str) -> str | None:
+        saved = self.client.get(self.keys.candle_position(symbol))
+        return saved.decode() if saved else None
 
     def release(self) -> None:
         if self.leases is not None:
@@ -216,6 +230,7 @@ class CandleWorker:
         saved = self.client.get(self.keys.candle_position(symbol))
         state = self.state[symbol] = SymbolBars()
         state.position = saved.decode() if saved else "0-0"
+        state.saved = saved.decode() if saved else None
         if saved:
             # the bars open when the last worker stopped may never have been written: the newest
             # tick read so far sits at the position's time, so recompute the bars holding it
@@ -286,15 +301,21 @@ class CandleWorker:
             due = {tf: sorted(state.due(tf, flush=flush), key=lambda b: b.open_ms) for tf in TIMEFRAMES}
             self._recompute(symbol, {tf: [b for b in bars if not b.incremental] for tf, bars in due.items()})
             pipe = transaction(self.client, self.keys.ticks(symbol))
+            retake = False
             if self.lease_ms is not None:
-                lease = self.keys.candle_lease(symbol)
-                pipe.watch(lease)  # the write happens only while the lease is still ours
-                if pipe.get(lease) != self.name.encode():
+                lease, position = self.keys.candle_lease(symbol), self.keys.candle_position(symbol)
+                pipe.watch(lease, position)  # the write happens only while the lease is still ours
+                holder = pipe.get(lease)
+                if holder is None and self._saved_position(symbol) == state.saved:
+                    retake = True  # it lapsed (a slow step) and nobody wrote since: still ours to write
+                elif holder != self.name.encode():
                     pipe.reset()
                     del self.state[symbol]
                     log.warning("%s lost the lease of %s before writing its bars", self.name, symbol)
                     continue
                 pipe.multi()
+                if retake:
+                    pipe.set(lease, self.name, px=self.lease_ms)
             for tf in TIMEFRAMES:
                 for bar in due[tf]:
                     if not bar.dirty:  # recomputed and found empty
@@ -309,11 +330,17 @@ class CandleWorker:
             pipe.set(self.keys.candle_position(symbol), state.position)
             try:
                 pipe.execute()
+                state.saved = state.position
             except valkey.WatchError:
                 del self.state[symbol]  # another worker owns it now; it resumes from the saved position
                 log.warning(
                     "%s lost the lease of %s while writing; its bars are left to the owner", self.name, symbol
                 )
+            except valkey.ResponseError:
+                # refused (say, a bar id behind what the stream holds): start over from what Valkey
+                # has, or the same refusal would repeat on every step
+                del self.state[symbol]
+                raise
         self.stats.written += count
         return count
 

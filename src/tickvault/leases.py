@@ -17,11 +17,14 @@ class SymbolLeases:
         self.key_of = key_of
         self.name = name
         self.lease_ms = lease_ms
+        self.taken: set[str] = set()  # symbols the last `held` took (not renewed): maybe after a lapse
 
     def held(self, symbols: Iterable[str]) -> list[str]:
-        """Renew the leases we hold and take the free ones; returns the symbols we own now."""
+        """Renew the leases we hold and take the free ones; returns the symbols we own now. A symbol
+        in `taken` may have had another owner since we last held it: its state must be re-checked."""
         mine = self.name.encode()
         owned = []
+        self.taken = set()
         for symbol in symbols:
             key = self.key_of(symbol)
             holder = self.client.get(key)
@@ -29,6 +32,8 @@ class SymbolLeases:
                 self.client.pexpire(key, self.lease_ms)
             elif holder is not None or not self.client.set(key, self.name, nx=True, px=self.lease_ms):
                 continue
+            else:
+                self.taken.add(symbol)
             owned.append(symbol)
         return owned
 
