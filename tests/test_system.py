@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import msgspec
+import pytest
 import zmq
 
 from tickvault.config import load_settings
@@ -120,3 +121,28 @@ def test_a_second_run_continues_the_market_instead_of_repeating_it(
     keys = [(t.session, t.trade_id) for t in stored]
     assert len(set(keys)) == len(keys)
     assert [t.timestamp_ms for t in stored] == sorted(t.timestamp_ms for t in stored)
+
+
+def test_an_unpaced_source_is_held_back_until_the_recorder_catches_up(
+    system_env: dict[str, str], store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tickvault.system as system_module
+
+    monkeypatch.setattr(system_module, "MAX_UNSTORED", 2000)
+    expected = _sim(30_000)
+    worst = [0]
+
+    def watch(_: Tick) -> None:  # runs on the source's thread, before each tick is published
+        worst[0] = max(worst[0], system.unstored())
+
+    system = System(load_settings(speed=0), source=lambda _: iter(expected), handlers=[watch])
+    assert system.hold_back
+    system.start()
+    system.wait(120)
+    summary = system.stop()
+    assert summary.drained and summary.generated_total == len(expected)
+    assert 2000 < worst[0] <= 2000 + system_module._CHECK_EVERY  # it did wait, and never let more pile up
+    for symbol, ticks in _with_seq(expected).items():
+        assert _stored(store, symbol) == ticks
+    live = System(load_settings(speed=0), source=lambda _: iter(()), hold_back=False)
+    assert not live.hold_back  # a live feed is buffered, never held back (ProfitDLL)

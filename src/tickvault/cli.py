@@ -186,7 +186,15 @@ def run(
             chosen = profitdll_source(settings, stop)
         # a recorder given --symbols records exactly those (recorders sharing one bus by symbol)
         shard = settings.symbols if only == "recorder" and symbols is not None else None
-        system = System(settings, handlers=[view], only=only, source=chosen, record_only=shard)
+        live = source == "profitdll"  # a live feed is buffered, never held back
+        system = System(
+            settings,
+            handlers=[view],
+            only=only,
+            source=chosen,
+            record_only=shard,
+            hold_back=False if live else None,
+        )
         if source == "profitdll":
             system.stop_event = stop  # the DLL's tick queue ends when the system stops
         _stop_on_sigterm(system.stop_event)
@@ -324,7 +332,7 @@ def ingest(
                     continue
                 yield item
 
-        system = System(settings, source=rows, private_bus=True)
+        system = System(settings, source=rows, private_bus=True, hold_back=True)
         _stop_on_sigterm(system.stop_event)
         system.start()
         with contextlib.suppress(KeyboardInterrupt):

@@ -41,6 +41,11 @@ from tickvault.store import Store
 log = logging.getLogger("tickvault.system")
 
 DRAIN_TIMEOUT_S = 60.0
+# An unpaced source (a file, the simulator at speed 0) is held back while this many of its ticks are
+# not yet in Valkey: memory stays bounded, --duration means market produced and stored, and a stop
+# drains in seconds. A live source (ProfitDLL, a paced simulator) is never held back: it is buffered.
+MAX_UNSTORED = 20_000
+_CHECK_EVERY = 1024
 COMPONENTS = (None, "source", "recorder", "candles", "features", "predictor")
 
 
@@ -105,12 +110,14 @@ class System:
         only: str | None = None,
         private_bus: bool = False,
         record_only: tuple[str, ...] | None = None,
+        hold_back: bool | None = None,
     ) -> None:
         """`only` runs one component in this process: "source" (source, ingest, publisher, features),
         "recorder" (subscribes to the configured ports and records), "candles" (follows the stored
         tick streams and writes the candle streams), "features" (one of several feature workers
         sharing the symbols' tick streams) or "predictor" (one of several workers sharing the
-        symbols' feature streams)."""
+        symbols' feature streams). `hold_back`: whether the source may wait for the recorder
+        (default: when it is unpaced, speed 0; never for a live feed)."""
         if only not in COMPONENTS:
             raise ConfigError("--only", only, f"must be one of {', '.join(c for c in COMPONENTS if c)}")
         self.only = only
@@ -122,6 +129,7 @@ class System:
         )
         self.settings = settings
         self._source_factory = source
+        self.hold_back = settings.speed == 0 if hold_back is None else hold_back
         self.connection: Connection | None = None
         self.store: Store | None = None
         self.publisher: Publisher | None = None
@@ -429,11 +437,27 @@ class System:
         thread.start()
         self._threads.append(thread)
 
+    def unstored(self) -> int:
+        """Ticks this run produced that the in-process recorder has not stored (or refused) yet."""
+        if self.recorder is None:
+            return 0
+        stats = self.recorder.stats
+        return (
+            sum(self.ingest.stats.generated.values())
+            - stats.stored_total
+            - stats.duplicates
+            - stats.rejected_total
+        )
+
     def _pump(self, ticks: Iterator[Tick]) -> None:
+        hold = self.hold_back and self.recorder is not None
         try:
-            for tick in ticks:
+            for n, tick in enumerate(ticks):
                 if self.stop_event.is_set():
                     break
+                if hold and n % _CHECK_EVERY == 0:
+                    while self.unstored() > MAX_UNSTORED and not self.stop_event.wait(0.005):
+                        pass
                 self.ingest.on_tick(tick)
         except TickvaultError as exc:  # a refused login, a missing library: one clear line, no traceback
             self.source_error = exc
