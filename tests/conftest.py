@@ -19,7 +19,7 @@ import valkey  # noqa: E402
 from valkey.cluster import ValkeyCluster  # noqa: E402
 
 from tickvault.bus import Subscriber  # noqa: E402
-from tickvault.cluster import EmbeddedCluster
+from tickvault.cluster import EmbeddedCluster, close_client
 from tickvault.cluster import cluster_client as connect_cluster
 from tickvault.config import Settings
 from tickvault.recorder import Recorder
@@ -64,7 +64,7 @@ def cluster_client(valkey_cluster: EmbeddedCluster) -> Iterator[ValkeyCluster]:
     for node in client.get_primaries():
         client.get_valkey_connection(node).flushall()
     yield client
-    client.close()
+    close_client(client)
 
 
 @pytest.fixture

@@ -83,6 +83,17 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, ValkeyCluster)
 
 
+def close_client(client: Any) -> None:
+    """Close a client and every connection it holds. A cluster client's `close` leaves its nodes'
+    connection pools open (valkey-py builds them with the pool given, so nothing closes them): their
+    sockets would linger until garbage collection."""
+    if is_cluster(client):
+        for node in list(client.get_nodes()):
+            if node.valkey_connection is not None:
+                node.valkey_connection.connection_pool.disconnect()
+    client.close()
+
+
 def node_client(client: Any, key: str) -> valkey.Valkey:
     """A plain client of the node that owns `key`'s slot (the client itself when not a cluster)."""
     if not is_cluster(client):

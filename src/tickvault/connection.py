@@ -9,7 +9,7 @@ import valkey
 from valkey.backoff import ExponentialBackoff
 from valkey.retry import Retry
 
-from tickvault.cluster import cluster_client, is_cluster_url, parse_cluster_url
+from tickvault.cluster import close_client, cluster_client, is_cluster_url, parse_cluster_url
 from tickvault.config import Settings
 from tickvault.errors import StoreError, StoreUnavailable
 from tickvault.server import EmbeddedValkey, client_name
@@ -109,7 +109,7 @@ class Connection:
     def close(self) -> None:
         """Close clients; the last tickvault process out stops the embedded server."""
         for client in self._clients:
-            client.close()
+            close_client(client)
         self._clients.clear()
         if self.embedded is not None and self.embedded.release():
             log.info("stopped embedded valkey (data kept in %s)", self.embedded.data_dir)
