@@ -114,7 +114,30 @@ def test_parquet_file_and_missing_columns(system_env: dict[str, str], store: Sto
     bad.write_text("symbol,price\nWDOFUT,1\n")
     proc = _ingest(bad, system_env, tmp_path)
     assert proc.returncode == 2
-    assert "columns: bad.csv lacks trade_id, quantity, timestamp or timestamp_ms" in proc.stderr
+    assert "columns: bad.csv lacks quantity, timestamp, timestamp_ms, or date and time columns" in proc.stderr
+
+
+def test_a_file_of_one_symbol_without_trade_ids_is_ingested_once_even_twice(
+    system_env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    path = tmp_path / "wdo.csv"
+    rows = ["Data;Hora;Preço;Quantidade;Agressor"] + [
+        f"24/11/2025;10:00:{i // 10:02d}.{i % 10:03d};5400,{5 * (i % 2)};{1 + i % 3};{'CV'[i % 2]}"
+        for i in range(300)
+    ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    args = [sys.executable, "-m", "tickvault.cli", "ingest", str(path), "--symbol", "WDOFUT"]
+    for stored in (300, 0):
+        env = subprocess_env(system_env)
+        proc = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert f"read=300 stored={stored} duplicates={300 - stored} rejected=0" in proc.stdout
+    back = store.tick_events("WDOFUT", "2025-11-24", "2025-11-24")
+    assert [t.trade_id for t in back] == list(range(1, 301))
+    assert back[1].price == 5400.5 and back[1].aggressor == "sell" and back[0].aggressor == "buy"
+    without = subprocess.run(args[:-2], env=subprocess_env(system_env), cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+    assert without.returncode == 2 and "lacks symbol" in without.stderr
 
 
 def test_reader_yields_bad_rows_without_stopping(tmp_path: Path) -> None:

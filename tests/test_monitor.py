@@ -197,6 +197,7 @@ def test_run_dashboard_is_the_monitor_frame_and_falls_back_in_process_when_valke
         server.ensure_running()
         system.stop()
         client.close()
+        server.stop()  # restarted for the drain above: not left running after the test
 
 
 def test_a_narrow_terminal_gets_the_essential_columns(store: Store) -> None:

@@ -164,6 +164,7 @@ def run(
 
     with _errors():
         replay: Path | None = None
+        file_symbol: str | None = None
         if source.startswith("replay:"):
             replay = Path(source.removeprefix("replay:"))
             if not replay.is_file():
@@ -172,13 +173,15 @@ def run(
                 from tickvault.sources.files import file_symbols
 
                 symbols = ",".join(file_symbols(replay)) or None
+            # a file without a symbol column plays as the one symbol given
+            file_symbol = symbols if symbols and "," not in symbols else None
         elif source not in ("sim", "profitdll"):
             raise ConfigError("--source", source, "must be sim, replay:PATH or profitdll")
         settings = _settings(
             ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey
         )
         view = LiveView(settings.symbols)
-        chosen = _replay_source(replay, settings) if replay else None
+        chosen = _replay_source(replay, settings, file_symbol) if replay else None
         if source == "profitdll":
             from tickvault.sources.profitdll import profitdll_source
 
@@ -235,7 +238,7 @@ def _serve_metrics(system: Any, port: int) -> Any:
     return server
 
 
-def _replay_source(path: Path, settings: Settings) -> Any:
+def _replay_source(path: Path, settings: Settings, symbol: str | None = None) -> Any:
     """A tick file as the market: paced at --speed (0: as fast as possible); a bad row is logged
     with its line and reason and skipped, the rest plays on."""
     import logging
@@ -247,7 +250,7 @@ def _replay_source(path: Path, settings: Settings) -> Any:
 
     def source(_: object) -> Iterator[Any]:
         def good() -> Iterator[Any]:
-            for item in read_ticks(path):
+            for item in read_ticks(path, symbol=symbol):
                 if isinstance(item, BadRow):
                     log.error("replay %s: rejected %s", path.name, item)
                     continue
@@ -311,21 +314,27 @@ def ingest(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="CSV or Parquet file with the tick fields")],
     show: Annotated[int, Opt(help="How many rejected rows to list", min=0)] = 50,
+    symbol: Annotated[str | None, Opt(help="The symbol of a file without a symbol column")] = None,
 ) -> None:
-    """Replay a tick file through the bus and the recorder; exits when everything is durable."""
+    """Replay a tick file through the bus and the recorder; exits when everything is durable.
+    Columns may have tickvault's names or other common ones (B3's trade files, Portuguese, English)."""
     from collections import Counter
 
     from tickvault.sources.files import BadRow, file_symbols, read_ticks
     from tickvault.system import System
 
     with _errors():
-        symbols = file_symbols(path)
+        if symbol is not None:
+            from tickvault.events import validate_symbol
+
+            symbol = validate_symbol(symbol)
+        symbols = file_symbols(path, symbol=symbol)
         settings = _settings(ctx, symbols=",".join(symbols) or None)
         counts: Counter[str] = Counter()
         bad: list[BadRow] = []
 
         def rows(_: object) -> Iterator[Any]:
-            for item in read_ticks(path):
+            for item in read_ticks(path, symbol=symbol):
                 counts["read"] += 1
                 if isinstance(item, BadRow):
                     bad.append(item)

@@ -1,14 +1,17 @@
 """Tick files: CSV or Parquet with the tick fields of DESIGN.md, read row by row with line numbers.
 
-Required columns: `symbol`, `trade_id`, `price`, `quantity`, and `timestamp` (ISO 8601 with an
-offset) or `timestamp_ms`. Optional: `volume` (default price x quantity x the symbol's multiplier),
-`buyer`, `seller`, `trade_type`, `aggressor` (default from trade_type: 2 buy, 3 sell), `is_edit`,
-`seq` (ignored: ingest numbers ticks itself). A row that breaks a rule is yielded as a `BadRow` with
+Fields: `symbol`, `price`, `quantity`, and `timestamp` (ISO 8601 with an offset) or `timestamp_ms`;
+optional `trade_id` (default: the trade's number in its symbol and session, in file order),
+`volume` (default price x quantity x the symbol's multiplier), `buyer`, `seller`, `trade_type`,
+`aggressor` (default from trade_type: 2 buy, 3 sell), `is_edit`, `seq` (ignored: ingest numbers
+ticks itself). Columns may carry other common names (see `layouts`: English, Portuguese, B3's trade
+files); CSV may be `,`, `;` or tab separated. A row that breaks a rule is yielded as a `BadRow` with
 its line number and reason; the rows around it are unaffected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 from collections.abc import Iterator
@@ -18,9 +21,9 @@ from typing import Any
 
 from tickvault.errors import DataError
 from tickvault.events import SYMBOL_PATTERN, Tick, make_tick, to_ms
+from tickvault.sources.layouts import Layout
 from tickvault.timeparse import parse_time
 
-REQUIRED = ("symbol", "trade_id", "price", "quantity")
 KNOWN = frozenset(Tick.__struct_fields__)
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n", ""}
@@ -86,14 +89,7 @@ def _bool(row: dict[str, Any], name: str) -> bool:
     raise DataError(name, f"expected true or false, got {raw!r}")
 
 
-def tick_from_row(row: dict[str, Any]) -> Tick:
-    """One file row (text or typed values) -> a validated Tick; DataError names the field."""
-    symbol = row.get("symbol")
-    if not isinstance(symbol, str):
-        raise DataError(
-            "symbol", "required field is missing" if symbol is None else f"must be text, got {symbol!r}"
-        )
-    symbol = symbol.strip()
+def _time_ms(row: dict[str, Any]) -> int:
     if row.get("timestamp") not in (None, ""):
         stamp = row["timestamp"]
         moment = parse_time(
@@ -102,8 +98,25 @@ def tick_from_row(row: dict[str, Any]) -> Tick:
         ms = to_ms(moment)
         if row.get("timestamp_ms") not in (None, "") and _int(row, "timestamp_ms") != ms:
             raise DataError("timestamp_ms", f"{row['timestamp_ms']} does not match timestamp {stamp}")
-    else:
-        ms = _int(row, "timestamp_ms")
+        return ms
+    return _int(row, "timestamp_ms")
+
+
+def tick_from_row(row: dict[str, Any], layout: Layout | None = None) -> Tick:
+    """One file row (text or typed values) -> a validated Tick; DataError names the field. With a
+    `layout`, the row is in the file's own column names."""
+    if layout is not None:
+        row = layout.row(row)
+    symbol = row.get("symbol")
+    if not isinstance(symbol, str):
+        raise DataError(
+            "symbol", "required field is missing" if symbol is None else f"must be text, got {symbol!r}"
+        )
+    symbol = symbol.strip()
+    ms = _time_ms(row)
+    if layout is not None:
+        row["symbol"] = symbol
+        layout.number(row, ms)
     price, quantity = _float(row, "price"), _int(row, "quantity")
     volume = _float(row, "volume") if row.get("volume") not in (None, "") else None
     aggressor = str(row["aggressor"]).strip() if row.get("aggressor") not in (None, "") else None
@@ -125,28 +138,26 @@ def tick_from_row(row: dict[str, Any]) -> Tick:
     )
 
 
-def _check_columns(columns: list[str], path: Path) -> None:
-    missing = [c for c in REQUIRED if c not in columns]
-    if "timestamp" not in columns and "timestamp_ms" not in columns:
-        missing.append("timestamp or timestamp_ms")
-    if missing:
-        raise DataError(
-            "columns", f"{path.name} lacks {', '.join(missing)} (has {', '.join(columns) or 'none'})"
-        )
+def _layout(columns: list[str], path: Path, symbol: str | None, delimiter: str = ",") -> Layout:
+    try:
+        return Layout.detect(columns, symbol=symbol, delimiter=delimiter)
+    except DataError as exc:
+        raise DataError("columns", f"{path.name} {exc.reason}") from None
 
 
-def read_ticks(path: Path) -> Iterator[Tick | BadRow]:
-    """Ticks of a .csv or .parquet file in file order, bad rows as BadRow (line 1 is the CSV header)."""
+def read_ticks(path: Path, *, symbol: str | None = None) -> Iterator[Tick | BadRow]:
+    """Ticks of a .csv or .parquet file in file order, bad rows as BadRow (line 1 is the CSV header).
+    `symbol` is the symbol of a file that has no symbol column."""
     path = Path(path)
     if not path.exists():
         raise DataError("path", f"{path} does not exist")
     if path.suffix.lower() in (".parquet", ".pq"):
-        yield from _read_parquet(path)
+        yield from _read_parquet(path, symbol)
     else:
-        yield from _read_csv(path)
+        yield from _read_csv(path, symbol)
 
 
-def file_symbols(path: Path) -> list[str]:
+def file_symbols(path: Path, *, symbol: str | None = None) -> list[str]:
     """The distinct symbols of a tick file, in order of appearance (a cheap first pass)."""
     path = Path(path)
     if not path.exists():
@@ -156,26 +167,45 @@ def file_symbols(path: Path) -> list[str]:
         import pyarrow.parquet as pq
 
         try:
-            column = pq.read_table(path, columns=["symbol"]).column("symbol")
+            names = pq.read_schema(path).names
         except Exception as exc:
-            raise DataError("path", f"{path.name}: no readable symbol column: {exc}") from None
-        seen.update(dict.fromkeys(str(v) for v in column.unique().to_pylist() if v is not None))
+            raise DataError("path", f"{path.name} is not a readable Parquet file: {exc}") from None
+        layout = _layout(names, path, symbol)
+        column = next((c for c, f in layout.fields.items() if f == "symbol"), None)
+        if column is None:
+            return [symbol] if symbol and SYMBOL_PATTERN.fullmatch(symbol) else []
+        values = pq.read_table(path, columns=[column]).column(column)
+        seen.update(dict.fromkeys(str(v).strip() for v in values.unique().to_pylist() if v is not None))
     else:
-        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-            reader = csv.DictReader(fh)
-            _check_columns([c.strip() for c in reader.fieldnames or []], path)
+        with _csv_reader(path) as (reader, delimiter):
+            layout = _layout([c.strip() for c in reader.fieldnames or []], path, symbol, delimiter)
+            column = next((c for c, f in layout.fields.items() if f == "symbol"), None)
+            if column is None:
+                return [symbol] if symbol and SYMBOL_PATTERN.fullmatch(symbol) else []
             for row in reader:
-                symbol = (row.get("symbol") or "").strip()
-                if symbol and symbol not in seen:
-                    seen[symbol] = None
+                found = (row.get(column) or "").strip() or symbol or ""
+                if found and found not in seen:
+                    seen[found] = None
     # an invalid symbol's rows are reported as bad rows on the second pass
-    return [symbol for symbol in seen if SYMBOL_PATTERN.fullmatch(symbol)]
+    return [s for s in seen if SYMBOL_PATTERN.fullmatch(s)]
 
 
-def _read_csv(path: Path) -> Iterator[Tick | BadRow]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.DictReader(fh)
-        _check_columns([c.strip() for c in reader.fieldnames or []], path)
+@contextlib.contextmanager
+def _csv_reader(path: Path) -> Iterator[tuple[csv.DictReader[str], str]]:
+    """A DictReader with the delimiter the header line uses (`,`, `;` or tab), header names stripped."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+        header = fh.readline()
+        fh.seek(0)
+        delimiter = max((",", ";", "\t"), key=header.count) if header else ","
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        if reader.fieldnames:
+            reader.fieldnames = [c.strip() for c in reader.fieldnames]
+        yield reader, delimiter
+
+
+def _read_csv(path: Path, symbol: str | None) -> Iterator[Tick | BadRow]:
+    with _csv_reader(path) as (reader, delimiter):
+        layout = _layout(list(reader.fieldnames or []), path, symbol, delimiter)
         for row in reader:
             line = reader.line_num
             if None in row or None in row.values():  # too many values, or too few
@@ -186,24 +216,24 @@ def _read_csv(path: Path) -> Iterator[Tick | BadRow]:
                 yield BadRow(line, DataError("row", f"{values} values for {columns} columns"))
                 continue
             try:
-                yield tick_from_row({k.strip(): v for k, v in row.items()})
+                yield tick_from_row(row, layout)
             except DataError as exc:
                 yield BadRow(line, exc)
 
 
-def _read_parquet(path: Path) -> Iterator[Tick | BadRow]:
+def _read_parquet(path: Path, symbol: str | None) -> Iterator[Tick | BadRow]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DataError("path", f"{path.name} is not a readable Parquet file: {exc}") from None
-    _check_columns(table.column_names, path)
+    layout = _layout(table.column_names, path, symbol)
     row_number = 0
     for batch in table.to_batches(max_chunksize=65_536):
         for row in batch.to_pylist():
             row_number += 1
             try:
-                yield tick_from_row(row)
+                yield tick_from_row(row, layout)
             except DataError as exc:
                 yield BadRow(row_number, exc)
