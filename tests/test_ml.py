@@ -326,3 +326,5 @@ def test_train_and_report_commands_as_subprocesses(
                          "--model", str(tmp_path / "x.pkl"), env=env, cwd=tmp_path)  # fmt: skip
     assert one_day.returncode == 2 and "at least 2 sessions" in one_day.stderr, one_day.stderr
     assert not (tmp_path / "x.pkl").exists()
+    missing = _tickvault("report", "--model", str(tmp_path / "none.pkl"), env=env, cwd=tmp_path)
+    assert missing.returncode == 2 and "TICKVAULT_MODEL" in missing.stderr
