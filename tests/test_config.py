@@ -40,6 +40,7 @@ HONOURED = [
     ("PROFIT_DLL_PATH", "C:/Profit/ProfitDLL64.dll", "profit_dll_path", Path("C:/Profit/ProfitDLL64.dll")),
     ("PROFIT_USER", "trader@example.com", "profit_user", "trader@example.com"),
     ("ZMQ_ALLOW_INSECURE", "true", "zmq_allow_insecure", True),
+    ("ZMQ_CONSUME_ENABLED", "true", "zmq_consume_enabled", True),
     ("ZMQ_CURVE_SERVER_PUBLIC", "k/s.key", "zmq_curve_server_public", Path("k/s.key")),
     ("ZMQ_CURVE_CLIENT_SECRET", "k/c.key_secret", "zmq_curve_client_secret", Path("k/c.key_secret")),
     ("ZMQ_CURVE_CLIENTS", "k/clients", "zmq_curve_clients", Path("k/clients")),

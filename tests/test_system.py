@@ -146,3 +146,33 @@ def test_an_unpaced_source_is_held_back_until_the_recorder_catches_up(
         assert _stored(store, symbol) == ticks
     live = System(load_settings(speed=0), source=lambda _: iter(()), hold_back=False)
     assert not live.hold_back  # a live feed is buffered, never held back (ProfitDLL)
+
+
+def test_the_core_flow_fed_from_the_bus_computes_what_it_computes_in_process(
+    system_env: dict[str, str], store: Store
+) -> None:
+    from tickvault.events import Features, encode
+
+    expected = _sim(6000)
+
+    def features_of(**settings: object) -> list[bytes]:
+        store.client.flushall()
+        seen: list[object] = []
+        system = System(
+            load_settings(features_interval_ms=2000, **settings),
+            source=lambda _: iter(expected),
+            event_handlers=[seen.append],
+        )
+        system.start()
+        consuming = system._consumer is not None
+        system.wait(120)
+        summary = system.stop()
+        assert summary.drained and summary.generated_total == len(expected)
+        assert consuming == (bool(settings.get("zmq_consume_enabled")) and settings.get("zmq_enabled", True))
+        return [encode(e) for e in seen if isinstance(e, Features)]
+
+    in_process = features_of()
+    from_bus = features_of(zmq_consume_enabled=True)
+    assert len(in_process) > 20 and from_bus == in_process
+    # no bus to consume from: the core flow is fed in-process and goes on
+    assert features_of(zmq_consume_enabled=True, zmq_enabled=False) == in_process

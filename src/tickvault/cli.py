@@ -147,6 +147,13 @@ def run(
         float | None, Opt(help="Stop after this many seconds (default: until Ctrl+C)", min=0)
     ] = None,
     zmq: Annotated[bool | None, Opt("--zmq/--no-zmq", help="Publish on ZeroMQ [ZMQ_ENABLED]")] = None,
+    consume: Annotated[
+        bool | None,
+        Opt(
+            "--consume/--no-consume",
+            help="Core flow reads ticks from the bus, not in-process [ZMQ_CONSUME_ENABLED]",
+        ),
+    ] = None,
     valkey: Annotated[
         bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")
     ] = None,
@@ -178,8 +185,9 @@ def run(
         elif source not in ("sim", "profitdll"):
             raise ConfigError("--source", source, "must be sim, replay:PATH or profitdll")
         settings = _settings(
-            ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey
-        )
+            ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey,
+            zmq_consume_enabled=consume,
+        )  # fmt: skip
         view = LiveView(settings.symbols)
         chosen = _replay_source(replay, settings, file_symbol) if replay else None
         if source == "profitdll":

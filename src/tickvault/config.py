@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # a folder of client public keys (*.key): only those clients may connect (ZAP); unset: any client
     zmq_curve_clients: Path | None = Field(None, validation_alias="ZMQ_CURVE_CLIENTS")
     zmq_allow_insecure: bool = Field(False, validation_alias="ZMQ_ALLOW_INSECURE")
+    # the guide's zmq_consume_enabled: the core flow reads ticks from the bus instead of in-process
+    zmq_consume_enabled: bool = Field(False, validation_alias="ZMQ_CONSUME_ENABLED")
     zmq_replay_port: int = Field(5559, ge=1, le=65535, validation_alias="ZMQ_REPLAY_PORT")
 
     # Valkey: VALKEY_URL wins; else an explicit VALKEY_HOST/VALKEY_PORT means that server; else embedded.

@@ -20,13 +20,13 @@ from datetime import datetime, timedelta
 import msgspec
 import zmq
 
-from tickvault.bus import BIND_RETRY_S, Publisher, Subscriber, endpoint
+from tickvault.bus import BIND_RETRY_S, Publisher, Subscriber, endpoint, store_recovery
 from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
 from tickvault.connection import Connection
 from tickvault.curve import ClientKeys, ServerKeys, allow_client, client_keys, is_loopback, server_keys
-from tickvault.errors import BusError, ConfigError, InsecureBind, StoreError, TickvaultError
-from tickvault.events import B3_TZ, Event, Tick
+from tickvault.errors import BusError, ConfigError, DataError, InsecureBind, StoreError, TickvaultError
+from tickvault.events import B3_TZ, Event, Tick, decode_tick
 from tickvault.feature_service import FeatureService, load_model
 from tickvault.feature_worker import FeatureWorker
 from tickvault.features import FeatureConfig
@@ -148,6 +148,10 @@ class System:
         self.feature_worker: FeatureWorker | None = None
         self.health: HealthReporter | None = None
         self._candles_stop = threading.Event()
+        # ZMQ_CONSUME_ENABLED: the core flow takes its ticks from the bus, as any other consumer
+        self._consumer: Subscriber | None = None
+        self._consumer_stop = threading.Event()
+        self.consume_rejected = 0
         self._bus_lock = threading.Lock()
         self.source_error: Exception | None = None  # why the source stopped early, if it failed
         self._bus_problem = ""
@@ -244,6 +248,7 @@ class System:
             else:
                 self.ingest.add_handler(self.recorder.submit_one)
                 self._spawn("recorder", self.recorder.run, None, self._recorder_stop)
+        self._feed_features(lasts)
         ticks = (
             self._source_factory(self.store)
             if self._source_factory
@@ -251,6 +256,46 @@ class System:
         )
         self.started_at = time.monotonic()
         self._spawn("source", self._pump, ticks)
+
+    def _feed_features(self, lasts: dict[str, Tick]) -> None:
+        """The core flow gets each tick in-process (the default: fastest, works with ZeroMQ off), or,
+        with ZMQ_CONSUME_ENABLED, from the bus like any other consumer: gaps filled from the replay
+        ring, then Valkey, so a consumer elsewhere would see exactly what it sees."""
+        if self.features is None:
+            return
+        if not self.settings.zmq_consume_enabled or self.publisher is None:
+            if self.settings.zmq_consume_enabled:
+                log.warning("ZMQ_CONSUME_ENABLED but no bus: the core flow is fed in-process")
+            self.ingest.add_handler(self.features.submit)
+            return
+        self._consumer = Subscriber(
+            endpoint("127.0.0.1", self.publisher.port),
+            ["tick_"],
+            replay=self.publisher.replay_endpoint,
+            recover=store_recovery(self.store) if self.store is not None else None,
+            curve=self._own_client_keys(),
+        )
+        self._consumer.prime({tick_topic(sym): t.seq for sym, t in lasts.items()})
+        self._spawn("bus-consumer", self._consume, self._consumer, self._consumer_stop)
+
+    def _consume(self, subscriber: Subscriber, stop: threading.Event) -> None:
+        assert self.features is not None
+        while not stop.is_set():
+            for frames in subscriber.receive(timeout_ms=50, max_messages=1000):
+                try:
+                    if len(frames) != 2:
+                        raise DataError("frames", f"expected [topic, payload], got {len(frames)} frames")
+                    tick = decode_tick(frames[1])
+                except DataError as exc:
+                    self.consume_rejected += 1
+                    log.warning("bus consumer rejected a message: %s", exc)
+                    continue
+                self.features.submit(tick)
+
+    def _consumer_caught_up(self) -> bool:
+        assert self._consumer is not None
+        done = self._consumer.stats.last_seq
+        return all(done.get(tick_topic(s), 0) >= n for s, n in self.ingest.produced_seq().items())
 
     def _bind_publisher(self) -> Publisher:
         s = self.settings
@@ -300,8 +345,7 @@ class System:
             handlers=self.event_handlers,
             curve=curve,
         )
-        self.ingest.add_handler(self.features.submit)
-        self.features.start()
+        self.features.start()  # fed by `_feed_features` once the bus is up (or not)
 
     def _start_predictor_only(self) -> None:
         """One of several predictor processes sharing the symbols (see predictor_worker.py)."""
@@ -488,6 +532,13 @@ class System:
         summary = RunSummary(generated=Counter(self.ingest.stats.generated))
         if self.health is not None:
             self.health.stop()
+        if self._consumer is not None and self.publisher is not None:
+            # the core flow must see every tick produced before it stops: let the bus deliver them
+            self.publisher.flush(DRAIN_TIMEOUT_S)
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while not self._consumer_caught_up() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self._consumer_stop.set()
         if self.features is not None:
             self.features.stop()
         if self.publisher is not None:
@@ -506,6 +557,8 @@ class System:
             summary.published = self.publisher.stats.published
         if self._subscriber is not None:
             self._subscriber.close()
+        if self._consumer is not None:
+            self._consumer.close()
         if self.recorder is not None:
             summary.stored = Counter(self.recorder.stats.stored)
             summary.duplicates = self.recorder.stats.duplicates
