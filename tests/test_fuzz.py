@@ -79,6 +79,29 @@ def test_csv_reader_yields_ticks_or_bad_rows(tmp_path: Path, rows: list[str]) ->
             assert item.line >= 2 and str(item.error)
 
 
+_B3_HEADER = "DataNegocio;CodigoInstrumento;PrecoNegocio;QuantidadeNegociada;HoraFechamento;AcaoAtualizacao"
+_cell = st.one_of(
+    st.text(alphabet=string.digits + ",.:/- ", max_size=14),
+    st.sampled_from(["24/11/2025", "2025-11-24", "100000123", "10:00:00.5", "5412,500", "1.234,5", "0", "2"]),
+    st.text(alphabet=string.printable.replace("\n", "").replace("\r", ""), max_size=10),
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(_cell, min_size=6, max_size=6), max_size=6))
+def test_other_layouts_yield_ticks_or_bad_rows(tmp_path: Path, rows: list[list[str]]) -> None:
+    """B3's trade file layout (';', decimal comma, split date and clock) with any cell values."""
+    path = tmp_path / "fuzz.txt"
+    good = "2025-11-24;WDOZ25;5412,500;5;100000123;0"
+    path.write_text("\n".join([_B3_HEADER, good, *(";".join(r) for r in rows)]) + "\n")
+    items = list(read_ticks(path))
+    assert isinstance(items[0], Tick) and items[0].price == 5412.5
+    for item in items:
+        assert isinstance(item, Tick | BadRow)
+        if isinstance(item, BadRow):
+            assert item.line >= 3 and str(item.error)
+
+
 _parquet_columns = {
     "timestamp_ms": st.one_of(st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=12)),
     "symbol": st.one_of(st.text(max_size=40), st.integers()),
