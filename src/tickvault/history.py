@@ -77,12 +77,14 @@ class History:
 
     def seal(self, symbol: str, before_ms: int, *, max_entries: int = 500_000) -> int:
         """Move stream entries with ids older than `before_ms` into hour blocks; returns how many."""
+        from tickvault.entries import columns_of, raw_command  # entries builds on this module's parser
+
         key = self.keys.ticks(symbol)
-        entries = self.client.xrange(key, min="-", max=f"({before_ms}", count=max_entries)
+        entries = raw_command(self.client, key, "XRANGE", key, "-", f"({before_ms}", "COUNT", max_entries)
         if not entries:
             return 0
         ids = [entry_id for entry_id, _ in entries]
-        cols = columns_from_entries(entries)
+        cols = columns_of(entries)
         # time order inside a block (ties keep arrival order): compact deltas, simple reads
         cols = cols.take(np.argsort(cols.timestamp_ms, kind="stable"))
         hours = cols.timestamp_ms // HOUR_MS

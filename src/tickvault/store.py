@@ -24,6 +24,7 @@ from tickvault.blocks import AGGRESSOR_CODES, Columns
 from tickvault.candles import TIMEFRAMES, bar_bounds, candles_from_ticks, check_timeframe, empty_candles
 from tickvault.cluster import is_cluster, primaries_with_key
 from tickvault.connection import store_error
+from tickvault.entries import columns_of, id_ms, raw_command
 from tickvault.errors import DataError
 from tickvault.events import (
     B3_TZ,
@@ -106,11 +107,11 @@ class Store:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def _entries(self, symbol: str, start_ms: int, end_ms: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Stream entries whose exchange time lies in [start_ms, end_ms], ordered by exchange time."""
+    def _live(self, symbol: str, start_ms: int, end_ms: int) -> Columns:
+        """Live stream ticks whose exchange time lies in [start_ms, end_ms] (in no particular order)."""
         key = self.keys.ticks(symbol)
         try:
-            in_range = self.client.xrange(key, min=str(start_ms), max=str(end_ms))
+            raw = raw_command(self.client, key, "XRANGE", key, str(start_ms), str(end_ms))
             late_ids = self.client.zrangebyscore(self.keys.late(symbol), start_ms, end_ms)
             late: list[tuple[bytes, dict[bytes, bytes]]] = []
             if late_ids:
@@ -121,11 +122,13 @@ class Store:
         except valkey.ValkeyError as exc:
             raise store_error(exc) from exc
         # entries stored late sit at ids past their time; keep each exactly once, at its exchange time
-        on_time = [e for e in in_range if e[1][b"timestamp_ms"] == e[0].split(b"-", 1)[0]]
-        merged = on_time + late
-        if late:
-            merged.sort(key=lambda e: (int(e[1][b"timestamp_ms"]), _id_key(e[0])))
-        return merged
+        in_range = columns_of(raw)
+        on_time = in_range.timestamp_ms == id_ms(raw) if raw else np.ones(0, dtype=np.bool_)
+        if not on_time.all():
+            in_range = in_range.take(np.flatnonzero(on_time))
+        if not late:
+            return in_range
+        return Columns.concat([in_range, columns_from_entries(late)])
 
     def columns(self, symbol: str, start_ms: int, end_ms: int) -> Columns:
         """Ticks with exchange time in [start_ms, end_ms] from history blocks and the live stream,
@@ -133,7 +136,7 @@ class Store:
         its millisecond in the order it was produced, not the order it reached Valkey)."""
         try:
             sealed = self.history.read(symbol, start_ms, end_ms)
-            live = columns_from_entries(self._entries(symbol, start_ms, end_ms))
+            live = self._live(symbol, start_ms, end_ms)
         except valkey.ValkeyError as exc:
             raise store_error(exc) from exc
         parts = [p for p in (sealed, live) if len(p)]

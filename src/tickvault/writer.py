@@ -36,6 +36,7 @@ import valkey
 
 from tickvault.cluster import is_cluster, refresh
 from tickvault.connection import store_error
+from tickvault.entries import FIELDS
 from tickvault.errors import StoreError
 from tickvault.events import B3_TZ
 from tickvault.keys import KeySpace
@@ -49,11 +50,7 @@ _B3_TS = pa.timestamp("ms", tz="America/Sao_Paulo")
 _pack = libvalkey.pack_command
 _REPLY_OFF = _pack(("CLIENT", "REPLY", "OFF")) + _pack(("MULTI",))
 _REPLY_ON = _pack(("EXEC",)) + _pack(("CLIENT", "REPLY", "ON"))
-# stream fields after the id, in order; each is (name, column builder key)
-_FIELDS = (
-    "symbol", "timestamp", "timestamp_ms", "trade_id", "price", "volume", "quantity",
-    "buyer", "seller", "trade_type", "aggressor", "is_edit", "seq",
-)  # fmt: skip
+_FIELDS = FIELDS  # stream fields after the id, in this order (the fast reader relies on it)
 
 
 _ROW_FIELDS = (
