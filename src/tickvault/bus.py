@@ -164,12 +164,12 @@ class Publisher:
             except OSError:
                 pass  # the pipe is full of wake-ups already, or the publisher is closed
 
-    def wait_for_subscriber(self, prefix: str, timeout: float = 10.0) -> bool:
-        """Block until a subscriber has subscribed to a topic prefix covering `prefix`."""
+    def wait_for_subscriber(self, prefix: str, timeout: float = 10.0, *, count: int = 1) -> bool:
+        """Block until `count` subscriptions cover the topic prefix `prefix` (one per subscriber)."""
         want = prefix.encode()
         deadline = time.monotonic() + timeout
         with self._sub_cond:
-            while not any(want.startswith(sub) for sub in self._subscribed):
+            while sum(want.startswith(sub) for sub in self._subscribed) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

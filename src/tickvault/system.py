@@ -151,6 +151,7 @@ class System:
         # ZMQ_CONSUME_ENABLED: the core flow takes its ticks from the bus, as any other consumer
         self._consumer: Subscriber | None = None
         self._consumer_stop = threading.Event()
+        self._consumer_thread: threading.Thread | None = None
         self.consume_rejected = 0
         self._bus_lock = threading.Lock()
         self.source_error: Exception | None = None  # why the source stopped early, if it failed
@@ -241,7 +242,7 @@ class System:
                     replay=self.publisher.replay_endpoint,
                     curve=self._own_client_keys(),
                 )
-                self._subscriber.prime({tick_topic(sym): t.seq for sym, t in lasts.items()})
+                self._subscriber.prime(self._primed(lasts))
                 self._spawn("recorder", self.recorder.run, self._subscriber, self._recorder_stop)
                 if not self.publisher.wait_for_subscriber("tick_", timeout=10):
                     log.warning("recorder did not subscribe within 10 s; early ticks may need recovery")
@@ -275,8 +276,22 @@ class System:
             recover=store_recovery(self.store) if self.store is not None else None,
             curve=self._own_client_keys(),
         )
-        self._consumer.prime({tick_topic(sym): t.seq for sym, t in lasts.items()})
-        self._spawn("bus-consumer", self._consume, self._consumer, self._consumer_stop)
+        self._consumer.prime(self._primed(lasts))
+        self._consumer_thread = self._spawn(
+            "bus-consumer", self._consume, self._consumer, self._consumer_stop
+        )
+        # subscribed before the first tick: a fill at start would deliver the early ticks of one
+        # symbol after later ticks of another, and cross-symbol features see the order
+        joined = 1 + (self._subscriber is not None)
+        if not self.publisher.wait_for_subscriber("tick_", timeout=10, count=joined):
+            log.warning("the bus consumer did not subscribe within 10 s; early ticks may need recovery")
+
+    def _primed(self, lasts: dict[str, Tick]) -> dict[str, int]:
+        """What an in-process subscriber already has: up to the last stored tick, or nothing (0) of a
+        symbol never stored, so a first message it misses is a gap to fill, not a start to accept."""
+        have = {tick_topic(sym): 0 for sym in self.settings.symbols}
+        have.update({tick_topic(sym): t.seq for sym, t in lasts.items()})
+        return have
 
     def _consume(self, subscriber: Subscriber, stop: threading.Event) -> None:
         assert self.features is not None
@@ -476,10 +491,11 @@ class System:
         parts += [f"DEGRADED: {problem}" for problem in problems]
         return "tickvault running: " + " ".join(parts)
 
-    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
     def unstored(self) -> int:
         """Ticks this run produced that the in-process recorder has not stored (or refused) yet."""
@@ -539,6 +555,8 @@ class System:
             while not self._consumer_caught_up() and time.monotonic() < deadline:
                 time.sleep(0.01)
         self._consumer_stop.set()
+        if self._consumer_thread is not None:
+            self._consumer_thread.join(10)  # it hands the features the rest of its last batch first
         if self.features is not None:
             self.features.stop()
         if self.publisher is not None:
