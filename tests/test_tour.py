@@ -18,7 +18,7 @@ from conftest import subprocess_env
 from tickvault.server import EmbeddedValkey, free_port
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-RUN_SECONDS = "8"
+RUN_SECONDS = "6"
 
 
 def tour_lines() -> list[str]:
