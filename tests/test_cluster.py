@@ -46,9 +46,7 @@ def _row(t: Tick) -> str:
 def market_file(path: Path) -> list[Tick]:
     """Two sessions of four symbols, with late ticks and repeated rows, as a CSV file."""
     start = from_ms(BASE_MS) - timedelta(hours=3)  # 10:00 on Monday
-    first = list(
-        itertools.islice(MarketSimulator(list(SYMBOLS), seed=11, start=start).ticks(), 0, 80_000, 4)
-    )
+    first = list(itertools.islice(MarketSimulator(list(SYMBOLS), seed=11, start=start).ticks(), 0, 80_000, 4))
     second = list(
         itertools.islice(
             MarketSimulator(list(SYMBOLS), seed=12, start=start + timedelta(days=1)).ticks(), 14_000

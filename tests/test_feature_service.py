@@ -95,6 +95,24 @@ def test_outputs_reach_zeromq_and_survive_a_dead_valkey_writer(store: Store) -> 
     assert service.stats.stored == service.stats.features
 
 
+def test_a_model_predicts_only_the_symbols_it_was_trained_for() -> None:
+    class WdoModel:  # as a trained model says what it learnt (TrainedModel.symbols)
+        name, symbols = "hgb-WDOFUT-test", ("WDOFUT",)
+
+        def predict_proba_one(self, values: dict[str, object]) -> dict[str, float]:
+            return {"DOWN": 0.1, "FLAT": 0.2, "UP": 0.7}
+
+    service = FeatureService(SYMBOLS, model=WdoModel(), config=FeatureConfig(emit_interval_ms=0))
+    out: list[Event] = []
+    for i in range(20):
+        for symbol, price in (("WDOFUT", 5400.0), ("WINFUT", 130_000.0)):
+            out += service.process(tick(symbol, to_ms(TODAY) + i, i + 1, price))
+    service.stop()
+    features = {e.symbol for e in out if isinstance(e, Features)}
+    predicted = {e.symbol for e in out if isinstance(e, Prediction)}
+    assert features == {"WDOFUT", "WINFUT"} and predicted == {"WDOFUT"}
+
+
 def test_decide() -> None:
     assert decide({"UP": 0.7, "FLAT": 0.2, "DOWN": 0.1}, 0.55) == ("BUY", 0.7)
     assert decide({"UP": 0.1, "FLAT": 0.2, "DOWN": 0.7}, 0.55) == ("SELL", 0.7)

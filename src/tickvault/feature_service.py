@@ -54,6 +54,13 @@ class Model(Protocol):
     def predict_proba_one(self, values: dict[str, Any]) -> dict[str, float]: ...
 
 
+def model_covers(model: Model, symbol: str) -> bool:
+    """Whether `model` was trained for `symbol` (a model that names no symbols takes any). A WDO
+    model fed WIN's features would still answer, with signals that mean nothing."""
+    symbols = getattr(model, "symbols", None)
+    return symbols is None or symbol in symbols
+
+
 class _Summary(msgspec.Struct):
     close: list[float | None]
     quantity: list[int]
@@ -159,6 +166,7 @@ class FeatureService:
         self.store = store
         self.engine = FeatureEngine(symbols, config, history=store_history(store) if store else None)
         self.model = model
+        self._unmodelled: set[str] = set()
         self.threshold = threshold
         self.handlers = list(handlers or [])
         self.stats = FeatureStats()
@@ -269,7 +277,7 @@ class FeatureService:
             return []
         out: list[Event] = [features]
         self.stats.features += 1
-        if self.model is not None:
+        if self.model is not None and self._predicts(tick.symbol):
             try:
                 probabilities = self.model.predict_proba_one(features.values)
                 action, confidence = decide(probabilities, self.threshold)
@@ -300,6 +308,15 @@ class FeatureService:
         for event in out:
             self._emit(event)
         return out
+
+    def _predicts(self, symbol: str) -> bool:
+        assert self.model is not None
+        if model_covers(self.model, symbol):
+            return True
+        if symbol not in self._unmodelled:
+            self._unmodelled.add(symbol)
+            log.warning("%s is not a symbol of model %s: features only for it", symbol, self.model.name)
+        return False
 
     def _emit(self, event: Event) -> None:
         for handler in self.handlers:

@@ -231,6 +231,7 @@ class TrainedModel:
         self.clf = clf
         self.info = info
         self.name = f"hgb-{info.symbol}-{info.train_end}"
+        self.symbols = (info.symbol,)  # what it learnt; another symbol's features are not its input
         self._forest = CompiledForest(clf)
         self._row = np.empty(len(FEATURE_NAMES))
         self._classes = [LABELS[int(c)] for c in clf.classes_]

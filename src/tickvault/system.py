@@ -27,7 +27,7 @@ from tickvault.connection import Connection
 from tickvault.curve import ClientKeys, ServerKeys, allow_client, client_keys, is_loopback, server_keys
 from tickvault.errors import BusError, ConfigError, DataError, InsecureBind, StoreError, TickvaultError
 from tickvault.events import B3_TZ, Event, Tick, decode_tick
-from tickvault.feature_service import FeatureService, load_model
+from tickvault.feature_service import FeatureService, load_model, model_covers
 from tickvault.feature_worker import FeatureWorker
 from tickvault.features import FeatureConfig
 from tickvault.health import HealthReporter
@@ -374,8 +374,15 @@ class System:
             raise ConfigError(
                 "TICKVAULT_MODEL", str(s.model_file), "does not exist; run `tickvault train` first"
             )
+        symbols = tuple(sym for sym in s.symbols if model_covers(model, sym))
+        if not symbols:
+            raise ConfigError(
+                "TICKVAULT_SYMBOLS", ",".join(s.symbols), f"none is a symbol of model {model.name}"
+            )
+        if len(symbols) < len(s.symbols):
+            log.warning("model %s predicts only %s", model.name, ",".join(symbols))
         self.predictor = PredictorWorker(
-            Store(self.connection.client("predictor")), model, s.symbols, threshold=s.signal_threshold
+            Store(self.connection.client("predictor")), model, symbols, threshold=s.signal_threshold
         )
         self._spawn("predictor", self.predictor.run, self._candles_stop)
         self.started_at = time.monotonic()
