@@ -127,6 +127,12 @@ def test_valkey_down_is_disconnected_not_a_crash() -> None:
     assert "DISCONNECTED" in text_of(render(snap, f"127.0.0.1:{port}"))
 
 
+def test_money_is_short_enough_never_to_be_cut() -> None:
+    from tickvault.monitor import _money
+
+    assert [_money(v) for v in (1_398_063_945.0, 123_456_789.0, 98_765.0)] == ["1.40 B", "123.5 M", "98,765"]
+
+
 def test_sparkline() -> None:
     assert sparkline([0, 0]) == "▁▁"
     assert sparkline([0, 4, 8]) == "▁▄█"

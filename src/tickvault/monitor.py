@@ -196,7 +196,18 @@ def _num(value: object, fmt: str) -> str:
 
 
 COMPACT_BELOW = 120  # terminal columns: narrower terminals get the essential columns only
+DATED_FROM = 150  # terminal columns: from here the time column carries the date too
+_WHOLE = ("symbol", "exchange time", "time", "last")
 _COMPACT = ("symbol", "time", "last", "chg %", "trades 5m", "ofi 60s", "signal")
+
+
+def _money(value: float) -> str:
+    """Financial volume short enough never to be cut: 1.40 B, 123.4 M, 98,765."""
+    if abs(value) >= 1e9:
+        return f"{value / 1e9:,.2f} B"
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:,.1f} M"
+    return f"{value:,.0f}"
 
 
 def render(snap: MonitorSnapshot, where: str = "", width: int | None = None) -> Group:
@@ -206,14 +217,18 @@ def render(snap: MonitorSnapshot, where: str = "", width: int | None = None) -> 
         banner = Text(f"DISCONNECTED from Valkey {where}: {snap.error}", style="bold white on red")
         return Group(banner, Text("retrying every refresh; nothing shown is current", style="dim"))
     compact = width is not None and width < COMPACT_BELOW
+    dated = width is None or width >= DATED_FROM
     table = Table(title=f"tickvault monitor {where}".rstrip(), expand=False)
-    columns = ("symbol", "time" if compact else "exchange time", "last", "chg %", "volume 5m", "trades 5m",
+    columns = ("symbol", "exchange time" if dated else "time", "last", "chg %", "volume 5m", "trades 5m",
                f"trades/min ({SPARK_MINUTES}m)", "ret 5m", "ofi 60s", "regime", "signal")  # fmt: skip
     keep = [not compact or name in _COMPACT for name in columns]
     for name, shown in zip(columns, keep, strict=True):
         if shown:
             left = name in ("symbol", "exchange time", "time", "regime", "signal")
-            table.add_column(name, justify="left" if left else "right", no_wrap=name == "symbol")
+            # a time split over two lines is hard to read: the other columns give way instead
+            table.add_column(
+                name, justify="left" if left else "right", no_wrap=name in ("symbol", "exchange time")
+            )
     blank = ["-"] * (sum(keep) - 2)
     for row in snap.rows:
         if row.error:
@@ -227,12 +242,10 @@ def render(snap: MonitorSnapshot, where: str = "", width: int | None = None) -> 
         signal = "-" if row.signal is None else f"{row.signal} {row.confidence:.2f}"
         cells: tuple[str | Text, ...] = (
             row.symbol,
-            row.last_time.astimezone(B3_TZ).strftime("%H:%M:%S.%f" if compact else "%Y-%m-%d %H:%M:%S.%f")[
-                :-3
-            ],
+            row.last_time.astimezone(B3_TZ).strftime("%Y-%m-%d %H:%M:%S.%f" if dated else "%H:%M:%S.%f")[:-3],
             f"{row.last_price:,.2f}",
             Text(_num(change, "+.3f"), style=style),
-            f"{row.volume_5m:,.0f}",
+            _money(row.volume_5m),
             f"{row.trades_5m:,}",
             sparkline(row.spark),
             _num(row.features.get("ret_5m"), "+.5f"),
