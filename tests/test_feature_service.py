@@ -70,6 +70,31 @@ def test_live_features_equal_a_backfill_from_history(system_env: dict[str, str],
     assert [f.values for f in again] == [f.values for f in live]
 
 
+def test_a_run_restarted_mid_session_goes_on_as_if_it_had_never_stopped(
+    system_env: dict[str, str], store: Store
+) -> None:
+    past_sessions(store, days=2)
+    today = list(itertools.islice(MarketSimulator(list(SYMBOLS), seed=4, start=TODAY).ticks(), 0, 120_000, 4))
+    half = len(today) // 2
+    live: list[Features] = []
+    for part, warm in ((today[:half], True), (today[half:], True)):
+        seen: list[Event] = []
+        system = System(load_settings(), source=lambda _, p=part: iter(p), event_handlers=[seen.append],
+                        warm_up=warm)  # fmt: skip
+        system.start()
+        system.wait(120)
+        summary = system.stop()
+        assert summary.drained
+        live += [e for e in seen if isinstance(e, Features)]
+    assert summary.counters["features_warmed_up"] == half  # the second run folded the first's ticks
+    frame = store.ticks(list(SYMBOLS), today[0].timestamp_ms, today[-1].timestamp_ms)
+    again = backfill(
+        FeatureEngine(SYMBOLS, FeatureConfig(), history=store_history(store)), frame_to_ticks(frame)
+    )
+    assert [(f.symbol, f.timestamp_ms) for f in again] == [(f.symbol, f.timestamp_ms) for f in live]
+    assert [f.values for f in again] == [f.values for f in live]  # ret_5m, EMAs, VWAP... across the restart
+
+
 def test_outputs_reach_zeromq_and_survive_a_dead_valkey_writer(store: Store) -> None:
     service = FeatureService(
         SYMBOLS, store=store, config=FeatureConfig(emit_interval_ms=0), signal_bind="tcp://127.0.0.1:*"

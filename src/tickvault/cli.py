@@ -205,6 +205,7 @@ def run(
             source=chosen,
             record_only=shard,
             hold_back=False if live else None,
+            warm_up=True if live else None,  # a live feed continues the stored session
         )
         if source == "profitdll":
             system.stop_event = stop  # the DLL's tick queue ends when the system stops

@@ -146,6 +146,7 @@ class FeatureStats:
     stored: int = 0
     store_errors: int = 0
     dropped: int = 0  # events not written to Valkey because it was down too long (recomputable)
+    warmed_up: int = 0  # stored ticks of the session folded in at start (a restart mid-session)
     latency_ns: list[int] = field(default_factory=list)  # tick handed in -> prediction out (last 100k)
 
 
@@ -170,7 +171,9 @@ class FeatureService:
         self.threshold = threshold
         self.handlers = list(handlers or [])
         self.stats = FeatureStats()
-        self._inbox: queue.SimpleQueue[tuple[Tick, int] | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[Tick, int] | Callable[[], Iterable[Tick]] | None] = (
+            queue.SimpleQueue()
+        )
         self._pending: list[Event] = []
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -225,6 +228,13 @@ class FeatureService:
         """The ingest handler: never blocks, never raises into the source."""
         self._inbox.put((tick, time.perf_counter_ns()))
 
+    def warm_up(self, load: Callable[[], Iterable[Tick]]) -> None:
+        """Before the live ticks: fold the ticks `load` returns (the session so far, from the store)
+        into the engine without sending anything, so a restarted run's features go on as if it had
+        never stopped (and equal a backfill of the whole session). Runs on the feature thread:
+        the source never waits for it; live ticks queue meanwhile."""
+        self._inbox.put(load)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="features", daemon=True)
         self._thread.start()
@@ -251,10 +261,31 @@ class FeatureService:
                 if item is None:
                     return
                 self.idle.clear()
+                if callable(item):
+                    self._replay(item)
+                    continue
                 self.process(*item)
             except queue.Empty:
                 self.idle.set()
             self._retry_bind()
+
+    def _replay(self, load: Callable[[], Iterable[Tick]]) -> None:
+        started = time.monotonic()
+        try:
+            folded = 0
+            for tick in load():
+                self.engine.on_tick(tick)  # what it would emit was emitted then (and stored)
+                folded += 1
+        except Exception as exc:  # a store that cannot be read: the features start cold, loudly
+            self.stats.errors += 1
+            log.error("features start without the session so far (could not read it: %s)", exc)
+            return
+        self.stats.warmed_up = folded
+        self.stats.late = self.engine.late
+        if folded:
+            log.info(
+                "features warmed up on %d ticks of the session in %.1f s", folded, time.monotonic() - started
+            )
 
     def _write_loop(self) -> None:
         while not self._done.wait(0.05):
@@ -367,5 +398,5 @@ class FeatureService:
             "feature_ticks": s.ticks, "features": s.features, "predictions": s.predictions,
             "signals": s.signals,
             "feature_errors": s.errors, "features_stored": s.stored, "feature_store_errors": s.store_errors,
-            "features_dropped": s.dropped, "late_for_features": s.late,
+            "features_dropped": s.dropped, "late_for_features": s.late, "features_warmed_up": s.warmed_up,
         }  # fmt: skip

@@ -36,7 +36,7 @@ from tickvault.keys import tick_topic
 from tickvault.predictor_worker import PredictorWorker
 from tickvault.recorder import Recorder
 from tickvault.sources.simulator import MarketSimulator, pace, session_start_for, trading_moment
-from tickvault.store import Store
+from tickvault.store import Store, frame_to_ticks
 
 log = logging.getLogger("tickvault.system")
 
@@ -111,13 +111,16 @@ class System:
         private_bus: bool = False,
         record_only: tuple[str, ...] | None = None,
         hold_back: bool | None = None,
+        warm_up: bool | None = None,
     ) -> None:
         """`only` runs one component in this process: "source" (source, ingest, publisher, features),
         "recorder" (subscribes to the configured ports and records), "candles" (follows the stored
         tick streams and writes the candle streams), "features" (one of several feature workers
         sharing the symbols' tick streams) or "predictor" (one of several workers sharing the
         symbols' feature streams). `hold_back`: whether the source may wait for the recorder
-        (default: when it is unpaced, speed 0; never for a live feed)."""
+        (default: when it is unpaced, speed 0; never for a live feed). `warm_up`: whether the
+        features start from the stored session so far (default: for the simulator, which continues
+        the stored market; a file of older ticks would only find a warmed engine ahead of it)."""
         if only not in COMPONENTS:
             raise ConfigError("--only", only, f"must be one of {', '.join(c for c in COMPONENTS if c)}")
         self.only = only
@@ -130,6 +133,7 @@ class System:
         self.settings = settings
         self._source_factory = source
         self.hold_back = settings.speed == 0 if hold_back is None else hold_back
+        self.warm_up = source is None if warm_up is None else warm_up
         self.connection: Connection | None = None
         self.store: Store | None = None
         self.publisher: Publisher | None = None
@@ -250,6 +254,8 @@ class System:
                 self.ingest.add_handler(self.recorder.submit_one)
                 self._spawn("recorder", self.recorder.run, None, self._recorder_stop)
         self._feed_features(lasts)
+        if self.warm_up and self.features is not None and self.store is not None and lasts:
+            self.features.warm_up(self._session_so_far(lasts))
         ticks = (
             self._source_factory(self.store)
             if self._source_factory
@@ -257,6 +263,15 @@ class System:
         )
         self.started_at = time.monotonic()
         self._spawn("source", self._pump, ticks)
+
+    def _session_so_far(self, lasts: dict[str, Tick]) -> Callable[[], list[Tick]]:
+        """The stored ticks of the session of the newest stored tick, every symbol, in time order."""
+        assert self.store is not None
+        store, symbols = self.store, tuple(lasts)
+        newest = max(t.timestamp_ms for t in lasts.values())
+        day = datetime.fromtimestamp(newest / 1000, B3_TZ).date()
+        start = datetime.combine(day, datetime.min.time(), B3_TZ)
+        return lambda: frame_to_ticks(store.ticks(list(symbols), start, newest))
 
     def _feed_features(self, lasts: dict[str, Tick]) -> None:
         """The core flow gets each tick in-process (the default: fastest, works with ZeroMQ off), or,
