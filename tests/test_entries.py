@@ -7,8 +7,7 @@ import valkey
 
 from factories import BASE_MS, ticks
 from tickvault.blocks import COLUMNS
-from tickvault.entries import columns_of, id_ms, raw_command
-from tickvault.history import columns_from_entries
+from tickvault.entries import columns_from_entries, columns_of, id_ms, raw_command
 from tickvault.store import Store
 
 

@@ -37,8 +37,8 @@ from tickvault.blocks import Columns
 from tickvault.candles import TIMEFRAMES, bar_bounds, candles_from_ticks
 from tickvault.cluster import read_streams, transaction
 from tickvault.connection import store_error
+from tickvault.entries import columns_from_entries
 from tickvault.events import Candle, from_ms, to_fields
-from tickvault.history import columns_from_entries
 from tickvault.leases import SymbolLeases
 from tickvault.store import Store, columns_frame
 

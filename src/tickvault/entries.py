@@ -69,6 +69,29 @@ def as_entries(raw: Sequence[Any]) -> list[Entry]:
     return out
 
 
+def columns_from_entries(entries: Sequence[Entry]) -> Columns:
+    """Stream entries (XRANGE replies) -> Columns, in entry order."""
+    if not entries:
+        return Columns.empty()
+
+    def col(name: bytes, kind: type) -> np.ndarray:
+        return np.array([fields[name] for _, fields in entries], dtype="S").astype(kind)
+
+    return Columns(
+        timestamp_ms=col(b"timestamp_ms", np.int64),
+        trade_id=col(b"trade_id", np.int64),
+        price=col(b"price", np.float64),
+        volume=col(b"volume", np.float64),
+        quantity=col(b"quantity", np.int64),
+        buyer=col(b"buyer", np.int64),
+        seller=col(b"seller", np.int64),
+        trade_type=col(b"trade_type", np.int64),
+        aggressor=np.array([_AGGRESSOR.get(f[b"aggressor"], 0) for _, f in entries], dtype=np.int8),
+        is_edit=np.array([f[b"is_edit"] == b"true" for _, f in entries], dtype=np.bool_),
+        seq=col(b"seq", np.int64),
+    )
+
+
 def columns_of(raw: Sequence[Any]) -> Columns:
     """Raw tick entries -> Columns, in entry order."""
     if not raw:
@@ -83,9 +106,7 @@ def columns_of(raw: Sequence[Any]) -> Columns:
         or grid.shape[1] != 2 * len(FIELDS)
         or not (grid[:, 0::2] == _NAMES).all()
     ):
-        from tickvault.history import columns_from_entries  # the per-entry path: any field order
-
-        return columns_from_entries(as_entries(raw))
+        return columns_from_entries(as_entries(raw))  # the per-entry path: any field order
 
     def col(name: str, kind: pa.DataType) -> np.ndarray:  # arrow's text -> number casts: ~3x numpy's
         return pc.cast(pa.array(grid[:, _AT[name]], type=pa.binary()).cast(pa.string()), kind).to_numpy()

@@ -11,18 +11,17 @@ killed at any point, it leaves every tick either in the stream or in a block, ne
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import valkey
 
-from tickvault.blocks import AGGRESSOR_CODES, Columns, decode_block, encode_block
+from tickvault.blocks import Columns, decode_block, encode_block
 from tickvault.cluster import transaction
+from tickvault.entries import columns_of, raw_command
 from tickvault.keys import KeySpace
 
 HOUR_MS = 3_600_000
-_AGGRESSOR = {name.encode(): code for code, name in enumerate(AGGRESSOR_CODES)}
 
 
 @dataclass(frozen=True)
@@ -47,29 +46,6 @@ def _ref(cols: Columns, block_id: str) -> BlockRef:
     return BlockRef(int(cols.timestamp_ms.min()), int(cols.timestamp_ms.max()), len(cols), block_id)
 
 
-def columns_from_entries(entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> Columns:
-    """Stream entries (XRANGE replies) -> Columns, in entry order."""
-    if not entries:
-        return Columns.empty()
-
-    def col(name: bytes, kind: type) -> np.ndarray:
-        return np.array([fields[name] for _, fields in entries], dtype="S").astype(kind)
-
-    return Columns(
-        timestamp_ms=col(b"timestamp_ms", np.int64),
-        trade_id=col(b"trade_id", np.int64),
-        price=col(b"price", np.float64),
-        volume=col(b"volume", np.float64),
-        quantity=col(b"quantity", np.int64),
-        buyer=col(b"buyer", np.int64),
-        seller=col(b"seller", np.int64),
-        trade_type=col(b"trade_type", np.int64),
-        aggressor=np.array([_AGGRESSOR.get(f[b"aggressor"], 0) for _, f in entries], dtype=np.int8),
-        is_edit=np.array([f[b"is_edit"] == b"true" for _, f in entries], dtype=np.bool_),
-        seq=col(b"seq", np.int64),
-    )
-
-
 class History:
     def __init__(self, client: valkey.Valkey, keys: KeySpace) -> None:
         self.client = client
@@ -77,8 +53,6 @@ class History:
 
     def seal(self, symbol: str, before_ms: int, *, max_entries: int = 500_000) -> int:
         """Move stream entries with ids older than `before_ms` into hour blocks; returns how many."""
-        from tickvault.entries import columns_of, raw_command  # entries builds on this module's parser
-
         key = self.keys.ticks(symbol)
         entries = raw_command(self.client, key, "XRANGE", key, "-", f"({before_ms}", "COUNT", max_entries)
         if not entries:

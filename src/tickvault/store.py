@@ -24,7 +24,7 @@ from tickvault.blocks import AGGRESSOR_CODES, Columns
 from tickvault.candles import TIMEFRAMES, bar_bounds, candles_from_ticks, check_timeframe, empty_candles
 from tickvault.cluster import is_cluster, primaries_with_key
 from tickvault.connection import store_error
-from tickvault.entries import columns_of, id_ms, raw_command
+from tickvault.entries import columns_from_entries, columns_of, id_ms, raw_command
 from tickvault.errors import DataError
 from tickvault.events import (
     B3_TZ,
@@ -40,7 +40,7 @@ from tickvault.events import (
     to_ms,
     validate_symbol,
 )
-from tickvault.history import History, columns_from_entries
+from tickvault.history import History
 from tickvault.keys import KeySpace
 from tickvault.timeparse import TimeLike, parse_time, to_ms_bounds
 from tickvault.writer import AppendResult, TickLike, TickWriter

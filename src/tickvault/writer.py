@@ -36,7 +36,7 @@ import valkey
 
 from tickvault.cluster import is_cluster, refresh
 from tickvault.connection import store_error
-from tickvault.entries import FIELDS
+from tickvault.entries import FIELDS  # stream fields after the id, in order (the fast reader relies on it)
 from tickvault.errors import StoreError
 from tickvault.events import B3_TZ
 from tickvault.keys import KeySpace
@@ -50,7 +50,6 @@ _B3_TS = pa.timestamp("ms", tz="America/Sao_Paulo")
 _pack = libvalkey.pack_command
 _REPLY_OFF = _pack(("CLIENT", "REPLY", "OFF")) + _pack(("MULTI",))
 _REPLY_ON = _pack(("EXEC",)) + _pack(("CLIENT", "REPLY", "ON"))
-_FIELDS = FIELDS  # stream fields after the id, in this order (the fast reader relies on it)
 
 
 _ROW_FIELDS = (
@@ -176,7 +175,7 @@ class _IsoClock:
 def _resp_xadd(stream: str, ids: pa.Array, columns: dict[str, pa.Array]) -> bytes:
     """RESP bytes of one `XADD stream id field value ...` per row, built with pyarrow kernels."""
     key = stream.encode()
-    head = f"*{3 + 2 * len(_FIELDS)}\r\n$4\r\nXADD\r\n${len(key)}\r\n{stream}\r\n"
+    head = f"*{3 + 2 * len(FIELDS)}\r\n$4\r\nXADD\r\n${len(key)}\r\n{stream}\r\n"
     pieces: list[Any] = [pa.scalar(head)]
 
     def bulk(values: pa.Array) -> None:
@@ -185,7 +184,7 @@ def _resp_xadd(stream: str, ids: pa.Array, columns: dict[str, pa.Array]) -> byte
         )
 
     bulk(ids)
-    for name in _FIELDS:
+    for name in FIELDS:
         pieces.append(pa.scalar(f"${len(name)}\r\n{name}\r\n"))
         bulk(columns[name])
     return _concat(pc.binary_join_element_wise(*pieces, ""))
