@@ -227,10 +227,10 @@ class CandleWorker:
             self.leases.release(self.symbols)
 
     def _load(self, symbol: str) -> None:
-        saved = self.client.get(self.keys.candle_position(symbol))
+        saved = self._saved_position(symbol)
         state = self.state[symbol] = SymbolBars()
-        state.position = saved.decode() if saved else "0-0"
-        state.saved = saved.decode() if saved else None
+        state.position = saved or "0-0"
+        state.saved = saved
         if saved:
             # the bars open when the last worker stopped may never have been written: the newest
             # tick read so far sits at the position's time, so recompute the bars holding it

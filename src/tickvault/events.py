@@ -63,6 +63,12 @@ def from_ms(ms: int, tz: ZoneInfo = B3_TZ) -> datetime:
     return (_EPOCH + ms * _MS).astimezone(tz)
 
 
+def day_start_ms(ms: int) -> int:
+    """Midnight in B3 time of the day `ms` falls on: where that B3 session's ticks begin."""
+    day = from_ms(ms).date()
+    return to_ms(datetime(day.year, day.month, day.day, tzinfo=B3_TZ))
+
+
 def _check_time(ts: datetime, ms: int) -> None:
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise DataError("timestamp", f"{ts.isoformat()} has no timezone offset")

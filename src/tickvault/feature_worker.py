@@ -25,12 +25,11 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, time
 
 import valkey
 
 from tickvault.cluster import read_streams, transaction
-from tickvault.events import B3_TZ, Features, Tick, from_fields, to_fields, to_ms
+from tickvault.events import Features, Tick, day_start_ms, from_fields, to_fields
 from tickvault.feature_service import store_history
 from tickvault.features import FeatureConfig, FeatureEngine
 from tickvault.leases import SymbolLeases
@@ -58,11 +57,6 @@ class _Owned:
     written: tuple[int, int]  # (ms, n) of the newest features entry in the stream at takeover
     read_after: bytes  # tick entries up to this id are folded already
     last_id: tuple[int, int] = (-1, -1)  # (ms, n) of the last features the engine emitted
-
-
-def _session_start_ms(ms: int) -> int:
-    day = datetime.fromtimestamp(ms / 1000, B3_TZ).date()
-    return to_ms(datetime.combine(day, time(0), B3_TZ))
 
 
 def _id(entry_id: bytes | str) -> tuple[int, int]:
@@ -129,7 +123,7 @@ class FeatureWorker:
         engine = FeatureEngine([symbol], self.config, history=self._history)
         owned = _Owned(engine, last_out, end)
         if top:
-            start = _session_start_ms(last_out[0] if written else _id(end)[0])
+            start = day_start_ms(last_out[0] if written else _id(end)[0])
             replay = self.store.tick_events(symbol, start, _id(end)[0])
             self.stats.replayed += len(replay)
             self._fold(symbol, owned, replay, [])

@@ -211,8 +211,9 @@ def _money(value: float) -> str:
 
 
 def render(snap: MonitorSnapshot, where: str = "", width: int | None = None) -> Group:
-    """The frame; `width` (the terminal's columns) below COMPACT_BELOW drops the date, the volume,
-    the sparkline, the 5-minute return and the regime so the rest stays readable."""
+    """The frame; `width` (the terminal's columns) below DATED_FROM drops the date from the time,
+    below COMPACT_BELOW also the volume, the sparkline, the 5-minute return and the regime, so the
+    rest stays readable."""
     if not snap.connected:
         banner = Text(f"DISCONNECTED from Valkey {where}: {snap.error}", style="bold white on red")
         return Group(banner, Text("retrying every refresh; nothing shown is current", style="dim"))

@@ -26,7 +26,7 @@ from tickvault.config import Settings
 from tickvault.connection import Connection
 from tickvault.curve import ClientKeys, ServerKeys, allow_client, client_keys, is_loopback, server_keys
 from tickvault.errors import BusError, ConfigError, DataError, InsecureBind, StoreError, TickvaultError
-from tickvault.events import B3_TZ, Event, Tick, decode_tick
+from tickvault.events import B3_TZ, Event, Tick, day_start_ms, decode_tick
 from tickvault.feature_service import FeatureService, load_model, model_covers
 from tickvault.feature_worker import FeatureWorker
 from tickvault.features import FeatureConfig
@@ -269,9 +269,7 @@ class System:
         assert self.store is not None
         store, symbols = self.store, tuple(lasts)
         newest = max(t.timestamp_ms for t in lasts.values())
-        day = datetime.fromtimestamp(newest / 1000, B3_TZ).date()
-        start = datetime.combine(day, datetime.min.time(), B3_TZ)
-        return lambda: frame_to_ticks(store.ticks(list(symbols), start, newest))
+        return lambda: frame_to_ticks(store.ticks(list(symbols), day_start_ms(newest), newest))
 
     def _feed_features(self, lasts: dict[str, Tick]) -> None:
         """The core flow gets each tick in-process (the default: fastest, works with ZeroMQ off), or,

@@ -115,8 +115,7 @@ def tick_from_row(row: dict[str, Any], layout: Layout | None = None) -> Tick:
     symbol = symbol.strip()
     ms = _time_ms(row)
     if layout is not None:
-        row["symbol"] = symbol
-        layout.number(row, ms)
+        layout.number(row, symbol, ms)
     price, quantity = _float(row, "price"), _int(row, "quantity")
     volume = _float(row, "volume") if row.get("volume") not in (None, "") else None
     aggressor = str(row["aggressor"]).strip() if row.get("aggressor") not in (None, "") else None
@@ -170,16 +169,14 @@ def file_symbols(path: Path, *, symbol: str | None = None) -> list[str]:
             names = pq.read_schema(path).names
         except Exception as exc:
             raise DataError("path", f"{path.name} is not a readable Parquet file: {exc}") from None
-        layout = _layout(names, path, symbol)
-        column = next((c for c, f in layout.fields.items() if f == "symbol"), None)
+        column = _layout(names, path, symbol).symbol_column
         if column is None:
             return [symbol] if symbol and SYMBOL_PATTERN.fullmatch(symbol) else []
         values = pq.read_table(path, columns=[column]).column(column)
         seen.update(dict.fromkeys(str(v).strip() for v in values.unique().to_pylist() if v is not None))
     else:
         with _csv_reader(path) as (reader, delimiter):
-            layout = _layout([c.strip() for c in reader.fieldnames or []], path, symbol, delimiter)
-            column = next((c for c, f in layout.fields.items() if f == "symbol"), None)
+            column = _layout(list(reader.fieldnames or []), path, symbol, delimiter).symbol_column
             if column is None:
                 return [symbol] if symbol and SYMBOL_PATTERN.fullmatch(symbol) else []
             for row in reader:

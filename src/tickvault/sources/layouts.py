@@ -87,11 +87,9 @@ class Layout:
         missing = [name for name in ("price", "quantity") if name not in have]
         if "symbol" not in have and symbol is None:
             missing.append("symbol (a column, or the file's one symbol named on the command line)")
-        if not have & {"timestamp", "timestamp_ms"} and not {"date", "clock"} <= have:
-            if "date" in have and "clock" not in have:
-                pass  # a date column may hold the whole time ("27/11/2025 10:00:00.123")
-            else:
-                missing.append("timestamp, timestamp_ms, or date and time columns")
+        # a date column alone may hold the whole time ("27/11/2025 10:00:00.123")
+        if not have & {"timestamp", "timestamp_ms", "date"}:
+            missing.append("timestamp, timestamp_ms, or date and time columns")
         if missing:
             raise DataError("columns", f"lacks {', '.join(missing)} (has {', '.join(columns) or 'none'})")
         return cls(fields, symbol=symbol, decimal_comma=delimiter == ";")
@@ -108,10 +106,9 @@ class Layout:
                 value = out.get(name)
                 if isinstance(value, str) and "," in value:
                     out[name] = value.replace(".", "").replace(",", ".")
+        day, clock = out.pop("date", None), out.pop("clock", None)
         if "timestamp" not in out and "timestamp_ms" not in out:
-            out["timestamp"] = _local_time(out.pop("date", None), out.pop("clock", None))
-        else:
-            out.pop("date", None), out.pop("clock", None)
+            out["timestamp"] = _local_time(day, clock)
         side = out.get("aggressor")
         if isinstance(side, str):
             folded = fold(side)
@@ -126,17 +123,17 @@ class Layout:
             )
         return out
 
-    def number(self, out: dict[str, Any], ms: int) -> None:
+    def number(self, out: dict[str, Any], symbol: str, ms: int) -> None:
         """Give a row without a trade id the next id of its symbol and B3 session."""
         if out.get("trade_id") not in (None, ""):
             return
-        day = datetime.fromtimestamp(ms / 1000, B3_TZ).strftime("%Y%m%d")
-        key = (str(out.get("symbol")), day)
+        key = (symbol, datetime.fromtimestamp(ms / 1000, B3_TZ).strftime("%Y%m%d"))
         out["trade_id"] = self._next_id[key] = self._next_id.get(key, 0) + 1
 
     @property
-    def numbers_trades(self) -> bool:
-        return "trade_id" not in self.fields.values()
+    def symbol_column(self) -> str | None:
+        """The file's column that holds the symbol, if it has one."""
+        return next((column for column, name in self.fields.items() if name == "symbol"), None)
 
 
 def _local_time(day: Any, clock: Any) -> str:
