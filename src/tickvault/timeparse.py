@@ -74,9 +74,10 @@ def to_ms_bounds(start: TimeLike, end: TimeLike) -> tuple[int, int]:
     date takes in that whole B3 day (as pandas' `df["2025-11-24":"2025-11-24"]` does)."""
     now = datetime.now(B3_TZ)
     start_ms = to_ms(parse_time(start, field="start", now=now))
-    end_ms = to_ms(parse_time(end, field="end", now=now))
-    if _whole_day(end):
-        day = parse_time(end, field="end").date() + timedelta(days=1)
+    end_at = parse_time(end, field="end", now=now)
+    end_ms = to_ms(end_at)
+    if _whole_day(end):  # up to the next B3 midnight, exclusive
+        day = end_at.date() + timedelta(days=1)
         end_ms = to_ms(datetime(day.year, day.month, day.day, tzinfo=B3_TZ)) - 1
     if end_ms < start_ms:
         raise DataError("end", f"is before start ({end!r} < {start!r})")
