@@ -169,6 +169,8 @@ def test_the_core_flow_fed_from_the_bus_computes_what_it_computes_in_process(
         summary = system.stop()
         assert summary.drained and summary.generated_total == len(expected)
         assert consuming == (bool(settings.get("zmq_consume_enabled")) and settings.get("zmq_enabled", True))
+        if consuming:
+            assert summary.counters["consume_rejected"] == summary.counters["consumer_unrecovered"] == 0
         return [encode(e) for e in seen if isinstance(e, Features)]
 
     in_process = features_of()

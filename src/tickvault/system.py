@@ -474,6 +474,12 @@ class System:
                 delivered=b.received - b.heartbeats, gaps=b.gaps, missing=b.missing, recovered=b.recovered,
                 unrecovered=b.unrecovered, duplicates_dropped=b.duplicates,
             )  # fmt: skip
+        if self._consumer is not None:  # ZMQ_CONSUME_ENABLED: the core flow's own bus subscriber
+            bus = self._consumer.stats
+            out.update(
+                consumer_gaps=bus.gaps, consumer_recovered=bus.recovered, consumer_unrecovered=bus.unrecovered,
+                consume_rejected=self.consume_rejected,
+            )  # fmt: skip
         if self.recorder is not None:
             r = self.recorder.stats
             out.update(
