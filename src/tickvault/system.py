@@ -477,8 +477,8 @@ class System:
         if self._consumer is not None:  # ZMQ_CONSUME_ENABLED: the core flow's own bus subscriber
             bus = self._consumer.stats
             out.update(
-                consumer_gaps=bus.gaps, consumer_recovered=bus.recovered, consumer_unrecovered=bus.unrecovered,
-                consume_rejected=self.consume_rejected,
+                consumer_gaps=bus.gaps, consumer_recovered=bus.recovered,
+                consumer_unrecovered=bus.unrecovered, consume_rejected=self.consume_rejected,
             )  # fmt: skip
         if self.recorder is not None:
             r = self.recorder.stats
