@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import zstandard
 
-from tickvault.blocks import AGGRESSOR_CODES, COLUMNS, Columns, decode_block, encode_block
+from tickvault.store.block_codec import AGGRESSOR_CODES, COLUMNS, Columns, decode_block, encode_block
 
 N = 360_000
 START_MS = 1_764_000_000_000  # 2025-11-24 13:00 in B3 time (16:00 UTC)

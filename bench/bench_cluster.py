@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tickvault.cluster import EmbeddedCluster, cluster_client, primaries
-from tickvault.events import make_tick
-from tickvault.store import Store
+from tickvault.domain.events import make_tick
+from tickvault.store.api import Store
+from tickvault.store.cluster import EmbeddedCluster, cluster_client, primaries
 
 SYMBOLS = tuple(f"FUT{i:02d}" for i in range(12))
 PER_SYMBOL = 25_000

@@ -29,13 +29,13 @@ import pandas as pd
 import valkey
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from tickvault.events import B3_TZ, Tick, from_ms, make_tick, to_ms
-from tickvault.fast_predict import CompiledForest
-from tickvault.feature_service import FeatureService, store_history
-from tickvault.features import FEATURE_NAMES, REGIMES, FeatureConfig
-from tickvault.server import EmbeddedValkey
+from tickvault.analytics.features import FEATURE_NAMES, REGIMES, FeatureConfig
+from tickvault.domain.events import B3_TZ, Tick, from_ms, make_tick, to_ms
+from tickvault.ml.compiled_forest import CompiledForest
 from tickvault.sources.simulator import MarketSimulator
-from tickvault.store import Store
+from tickvault.store.api import Store
+from tickvault.store.server import EmbeddedValkey
+from tickvault.workers.core_flow import FeatureService, store_history
 
 SYMBOLS = ("WDOFUT", "WINFUT")
 TODAY = datetime(2025, 11, 24, 9, 0, tzinfo=B3_TZ)

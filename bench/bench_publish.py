@@ -13,9 +13,9 @@ import msgspec
 import numpy as np
 import zmq
 
-from tickvault.bus import Publisher, Subscriber
-from tickvault.events import Tick
-from tickvault.ingest import Ingest
+from tickvault.bus.ingest import Ingest
+from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.domain.events import Tick
 from tickvault.sources.simulator import MarketSimulator
 
 N = 200_000

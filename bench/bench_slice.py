@@ -17,13 +17,13 @@ from pathlib import Path
 
 import valkey
 
-from tickvault.bus import Publisher, Subscriber, endpoint
-from tickvault.events import Tick
-from tickvault.ingest import Ingest
-from tickvault.recorder import Recorder
-from tickvault.server import EmbeddedValkey, free_port
+from tickvault.bus.ingest import Ingest
+from tickvault.bus.pubsub import Publisher, Subscriber, endpoint
+from tickvault.domain.events import Tick
+from tickvault.recorder.recorder import Recorder
 from tickvault.sources.simulator import MarketSimulator
-from tickvault.store import Store
+from tickvault.store.api import Store
+from tickvault.store.server import EmbeddedValkey, free_port
 
 N_TICKS = 200_000
 N_BASELINE = 20_000
@@ -82,7 +82,7 @@ def _recorder_process(client: valkey.Valkey, port: int, ticks: list[Tick], tmp: 
     }
     pub = Publisher(endpoint("127.0.0.1", tick_port), replay_bind=endpoint("127.0.0.1", replay_port))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tickvault.cli", "run", "--only", "recorder", "--no-dashboard"],
+        [sys.executable, "-m", "tickvault", "run", "--only", "recorder", "--no-dashboard"],
         env=env,
         stdout=subprocess.DEVNULL,
     )

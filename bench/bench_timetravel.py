@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import valkey
 
-from tickvault.blocks import Columns
-from tickvault.server import EmbeddedValkey
-from tickvault.store import Store
-from tickvault.writer import TickWriter
+from tickvault.store.api import Store
+from tickvault.store.block_codec import Columns
+from tickvault.store.server import EmbeddedValkey
+from tickvault.store.tick_writer import TickWriter
 
 HOUR_MS = 3_600_000
 START_MS = 1_764_000_000_000 - 4 * HOUR_MS  # 2025-11-24 09:00 -03:00

@@ -14,7 +14,7 @@ from pathlib import Path
 import libvalkey
 import valkey
 
-from tickvault.server import EmbeddedValkey
+from tickvault.store.server import EmbeddedValkey
 
 FIELDS_13 = (
     "symbol", "WDOFUT", "timestamp", "2025-11-24T13:00:00.000-03:00", "timestamp_ms", "1764000000000",

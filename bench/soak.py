@@ -52,14 +52,15 @@ import numpy as np
 import pandas as pd
 import valkey
 
-from tickvault.bus import Subscriber, endpoint, store_recovery
+from tickvault.bus.pubsub import Subscriber, endpoint
 from tickvault.config import Settings
+from tickvault.domain.events import B3_TZ, Tick, from_ms, to_ms
 from tickvault.errors import StoreError
-from tickvault.events import B3_TZ, Tick, from_ms, to_ms
-from tickvault.history import BlockRef
-from tickvault.server import EmbeddedValkey, ServerInfo, free_port
+from tickvault.recorder.recovery import store_recovery
 from tickvault.sources.simulator import MarketSimulator
-from tickvault.store import Store
+from tickvault.store.api import Store
+from tickvault.store.sealing import BlockRef
+from tickvault.store.server import EmbeddedValkey, ServerInfo, free_port
 
 RECORDER_KILL = "recorder_kill"
 VALKEY_KILL = "valkey_kill"
@@ -285,9 +286,9 @@ class _Gate:
 def _child_source(spec: StreamSpec) -> int:
     """The source process: System(only="source") fed by the gated stream; commands on stdin
     (`{"limit": ms}`, `{"stop": true}`), progress as JSON lines on stdout."""
+    from tickvault.app.logs import setup_logging
+    from tickvault.app.system import System
     from tickvault.config import load_settings
-    from tickvault.logs import setup_logging
-    from tickvault.system import System
 
     settings = load_settings()
     setup_logging(settings.log_level)
@@ -348,9 +349,9 @@ def _child_recorder(stats_path: Path, spool_memory: int, fsize_limit: int) -> in
     if fsize_limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death, like a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    from tickvault.app.logs import setup_logging
+    from tickvault.app.system import System
     from tickvault.config import load_settings
-    from tickvault.logs import setup_logging
-    from tickvault.system import System
 
     settings = load_settings()
     setup_logging(settings.log_level)

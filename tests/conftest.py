@@ -18,13 +18,13 @@ import pytest  # noqa: E402
 import valkey  # noqa: E402
 from valkey.cluster import ValkeyCluster  # noqa: E402
 
-from tickvault.bus import Subscriber  # noqa: E402
-from tickvault.cluster import EmbeddedCluster, close_client
-from tickvault.cluster import cluster_client as connect_cluster
+from tickvault.bus.pubsub import Subscriber  # noqa: E402
 from tickvault.config import Settings
-from tickvault.recorder import Recorder
-from tickvault.server import EmbeddedValkey, ServerInfo, free_port
-from tickvault.store import Store
+from tickvault.recorder.recorder import Recorder
+from tickvault.store.api import Store
+from tickvault.store.cluster import EmbeddedCluster, close_client
+from tickvault.store.cluster import cluster_client as connect_cluster
+from tickvault.store.server import EmbeddedValkey, ServerInfo, free_port
 
 SETTING_ENV_NAMES = [
     str(info.validation_alias)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tickvault.events import Tick, make_tick
+from tickvault.domain.events import Tick, make_tick
 
 BASE_MS = 1_764_000_000_000  # 2025-11-24 13:00:00 -03:00, a Monday session
 

@@ -9,10 +9,10 @@ import numpy as np
 from typer.testing import CliRunner
 
 from factories import tick
-from tickvault.backfill import backfill, previous_trading_days, simulated_session
-from tickvault.cli import app
-from tickvault.events import B3_TZ, to_ms
-from tickvault.store import Store
+from tickvault.app.cli import app
+from tickvault.domain.events import B3_TZ, to_ms
+from tickvault.sources.backfill import backfill, previous_trading_days, simulated_session
+from tickvault.store.api import Store
 
 MONDAY = date(2025, 11, 24)  # the Thursday before, 2025-11-20, is a BVMF holiday
 SYMBOL = "PETR4"  # a generic instrument: about 20k trades a session, quick to simulate

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tickvault.blocks import (
+from tickvault.errors import DataError
+from tickvault.store.block_codec import (
     AGGRESSOR_CODES,
     COLUMNS,
     MAGIC,
@@ -22,7 +23,6 @@ from tickvault.blocks import (
     decode_block,
     encode_block,
 )
-from tickvault.errors import DataError
 
 DTYPES = {
     "timestamp_ms": np.int64, "trade_id": np.int64, "price": np.float64, "volume": np.float64,

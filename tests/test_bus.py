@@ -9,11 +9,11 @@ import pytest
 import zmq
 
 from factories import BASE_MS, ticks
-from tickvault.bus import Publisher, Subscriber
+from tickvault.bus.ingest import Ingest
+from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.domain.events import decode_tick, encode
+from tickvault.domain.keys import tick_topic
 from tickvault.errors import BusError
-from tickvault.events import decode_tick, encode
-from tickvault.ingest import Ingest
-from tickvault.keys import tick_topic
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from factories import BASE_MS, tick
-from tickvault.candle_worker import CandleWorker
-from tickvault.candles import TIMEFRAMES, bar_bounds, candles_from_ticks
-from tickvault.events import Tick
-from tickvault.store import Store
+from tickvault.analytics.candles import TIMEFRAMES, bar_bounds, candles_from_ticks
+from tickvault.domain.events import Tick
+from tickvault.store.api import Store
+from tickvault.workers.candle_worker import CandleWorker
 
 DAY_MS = 86_400_000
 WINDOW = (BASE_MS - 2 * DAY_MS, BASE_MS + 3 * DAY_MS)
@@ -228,9 +228,9 @@ def test_bad_timeframe_is_refused(store: Store) -> None:
 def test_the_running_system_writes_candles_equal_to_history(system_env: dict[str, str], store: Store) -> None:
     import itertools
 
+    from tickvault.app.system import System
     from tickvault.config import load_settings
     from tickvault.sources.simulator import MarketSimulator
-    from tickvault.system import System
 
     ticks = list(itertools.islice(MarketSimulator(["WDOFUT", "WINFUT"], seed=3).ticks(), 20_000))
     system = System(load_settings(), source=lambda _: iter(ticks))

@@ -12,12 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from factories import BASE_MS, tick, ticks
-from tickvault.candles import candles_from_ticks
-from tickvault.cli import app
+from tickvault.analytics.candles import candles_from_ticks
+from tickvault.app.cli import app
+from tickvault.domain.events import B3_TZ, Tick
 from tickvault.errors import DataError
-from tickvault.events import B3_TZ, Tick
 from tickvault.sources.simulator import MarketSimulator
-from tickvault.store import Store
+from tickvault.store.api import Store
 
 RULES = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "1h"}
 
@@ -94,7 +94,7 @@ def test_late_ticks_and_edits_correct_their_candle(store: Store) -> None:
 
 
 def test_query_kind_candles_prints_what_the_api_returns(system_env: dict[str, str], store: Store) -> None:
-    from tickvault.output import to_csv_text
+    from tickvault.app.output import to_csv_text
 
     written = _session(3000)
     store.append_ticks(written)

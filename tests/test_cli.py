@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from conftest import subprocess_env
 from factories import BASE_MS, ticks
-from tickvault.cli import app
-from tickvault.events import Tick, decode_tick
-from tickvault.output import to_csv_text
-from tickvault.server import EmbeddedValkey, free_port
-from tickvault.store import Store
+from tickvault.app.cli import app
+from tickvault.app.output import to_csv_text
+from tickvault.domain.events import Tick, decode_tick
+from tickvault.store.api import Store
+from tickvault.store.server import EmbeddedValkey, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -31,7 +31,7 @@ def _tickvault(
     *args: str, env: dict[str, str], cwd: Path, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", *args],
+        [sys.executable, "-m", "tickvault", *args],
         env=subprocess_env(env),
         cwd=cwd,
         capture_output=True,
@@ -162,7 +162,7 @@ def test_make_run_then_query_on_the_embedded_server(tmp_path: Path) -> None:
 def test_valkey_command_runs_the_server_in_the_foreground_and_shares_it(tmp_path: Path) -> None:
     env = {"TICKVAULT_DATA_DIR": str(tmp_path / "data")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "tickvault.cli", "valkey"],
+        [sys.executable, "-m", "tickvault", "valkey"],
         env=subprocess_env(env),
         cwd=tmp_path,
         stderr=subprocess.PIPE,
@@ -204,7 +204,7 @@ def test_sigterm_during_a_run_loses_nothing_produced_before_it(
     from conftest import wait_until
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tickvault.cli", "run", "--no-dashboard", "--speed", "100"],
+        [sys.executable, "-m", "tickvault", "run", "--no-dashboard", "--speed", "100"],
         env=subprocess_env(system_env),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -224,7 +224,7 @@ def test_sigterm_during_a_run_loses_nothing_produced_before_it(
 
 
 def test_query_kind_signals(system_env: dict[str, str], store: Store) -> None:
-    from tickvault.events import Signal, from_ms
+    from tickvault.domain.events import Signal, from_ms
 
     stamps = [(from_ms(BASE_MS + i), BASE_MS + i) for i in range(3)]
     store.append_events(
@@ -241,7 +241,7 @@ def test_query_kind_signals(system_env: dict[str, str], store: Store) -> None:
 
 
 def test_query_table_shows_the_whole_time_and_drops_minor_columns_when_narrow(store: Store) -> None:
-    from tickvault.output import table_of
+    from tickvault.app.output import table_of
 
     store.append_ticks(ticks(30))
     frame = store.ticks("WDOFUT", BASE_MS, BASE_MS + 10_000)

@@ -18,15 +18,15 @@ from valkey.cluster import ValkeyCluster
 
 from conftest import subprocess_env
 from factories import BASE_MS
-from tickvault.candle_worker import CandleWorker
-from tickvault.candles import TIMEFRAMES
-from tickvault.cluster import EmbeddedCluster, is_cluster_url, parse_cluster_url
+from tickvault.analytics.candles import TIMEFRAMES
+from tickvault.analytics.features import FeatureConfig, FeatureEngine, backfill
+from tickvault.domain.events import Tick, from_ms
+from tickvault.domain.keys import KeySpace
 from tickvault.errors import ConfigError
-from tickvault.events import Tick, from_ms
-from tickvault.features import FeatureConfig, FeatureEngine, backfill
-from tickvault.keys import KeySpace
 from tickvault.sources.simulator import MarketSimulator
-from tickvault.store import Store
+from tickvault.store.api import Store
+from tickvault.store.cluster import EmbeddedCluster, is_cluster_url, parse_cluster_url
+from tickvault.workers.candle_worker import CandleWorker
 
 SYMBOLS = ("WDOFUT", "WINFUT", "DOLFUT", "INDFUT")
 HEADER = ",".join(
@@ -106,7 +106,7 @@ def test_keys_of_one_symbol_are_in_one_slot_and_symbols_spread_over_nodes(
 def _tickvault(*args: str, url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = subprocess_env({"VALKEY_URL": url, "TICKVAULT_DATA_DIR": str(cwd / "data")})
     return subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", *args], env=env, cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "tickvault", *args], env=env, cwd=cwd, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
 
@@ -175,11 +175,11 @@ def test_valkey_cluster_command_and_a_whole_run_on_it(tmp_path: Path) -> None:
     import signal
 
     from conftest import subprocess_env
-    from tickvault.server import free_port
+    from tickvault.store.server import free_port
 
     base = {"TICKVAULT_DATA_DIR": str(tmp_path / "data")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "tickvault.cli", "valkey", "--cluster", "3"],
+        [sys.executable, "-m", "tickvault", "valkey", "--cluster", "3"],
         env=subprocess_env(base), cwd=tmp_path, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -196,7 +196,7 @@ def test_valkey_cluster_command_and_a_whole_run_on_it(tmp_path: Path) -> None:
             {name: str(free_port()) for name in ("ZMQ_TICK_PORT", "ZMQ_SIGNAL_PORT", "ZMQ_REPLAY_PORT")}
         )
         run = subprocess.run(
-            [sys.executable, "-m", "tickvault.cli", "run", "--duration", "4", "--no-dashboard",
+            [sys.executable, "-m", "tickvault", "run", "--duration", "4", "--no-dashboard",
              "--speed", "50"],
             env=subprocess_env(env), cwd=tmp_path, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
@@ -206,7 +206,7 @@ def test_valkey_cluster_command_and_a_whole_run_on_it(tmp_path: Path) -> None:
         stored = int(re.search(r"stored=(\d+)", run.stdout).group(1))  # type: ignore[union-attr]
         assert generated == stored > 0
         query = subprocess.run(
-            [sys.executable, "-m", "tickvault.cli", "query", "WDOFUT,WINFUT,DOLFUT", "--start", "2000-01-01",
+            [sys.executable, "-m", "tickvault", "query", "WDOFUT,WINFUT,DOLFUT", "--start", "2000-01-01",
              "--end", "2100-01-01", "--format", "csv"],
             env=subprocess_env(env), cwd=tmp_path, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
@@ -227,7 +227,7 @@ def test_a_slot_migrated_mid_ingest_loses_and_duplicates_nothing(
     import threading
 
     from conftest import running_recorder, wait_until
-    from tickvault.cluster import migrate_slot
+    from tickvault.store.cluster import migrate_slot
 
     store = Store(cluster_client)
     start = from_ms(BASE_MS)

@@ -131,7 +131,7 @@ def test_bad_flag_value_is_named_like_its_variable() -> None:
 
 def test_cli_with_bad_env_value_exits_2_with_one_clear_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", "query", "WDOFUT", "--start", "-1h"],
+        [sys.executable, "-m", "tickvault", "query", "WDOFUT", "--start", "-1h"],
         env=subprocess_env({"VALKEY_PORT": "abc"}),
         cwd=tmp_path,
         capture_output=True,
@@ -166,7 +166,7 @@ def test_a_password_never_appears_in_errors(tmp_path: Path, valkey_url: str) -> 
     ]
     for env in cases:
         proc = subprocess.run(
-            [sys.executable, "-m", "tickvault.cli", "query", "WDOFUT", "--start", "-1h", "--format", "csv"],
+            [sys.executable, "-m", "tickvault", "query", "WDOFUT", "--start", "-1h", "--format", "csv"],
             env=subprocess_env(env),
             cwd=tmp_path,
             capture_output=True,

@@ -6,9 +6,9 @@ import numpy as np
 import valkey
 
 from factories import BASE_MS, ticks
-from tickvault.blocks import COLUMNS
-from tickvault.entries import columns_from_entries, columns_of, id_ms, raw_command
-from tickvault.store import Store
+from tickvault.store.api import Store
+from tickvault.store.block_codec import COLUMNS
+from tickvault.store.stream_codec import columns_from_entries, columns_of, id_ms, raw_command
 
 
 def _same(a: object, b: object) -> None:

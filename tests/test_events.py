@@ -9,8 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from factories import BASE_MS, tick
-from tickvault.errors import DataError
-from tickvault.events import (
+from tickvault.domain.events import (
     B3_TZ,
     EVENT_TYPES,
     BookUpdate,
@@ -27,6 +26,7 @@ from tickvault.events import (
     to_fields,
     to_ms,
 )
+from tickvault.errors import DataError
 
 symbols = st.from_regex(r"[A-Z0-9._-]{1,32}", fullmatch=True)
 millis = st.integers(min_value=0, max_value=4_102_444_800_000)  # 1970..2100

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from tickvault.fast_predict import CompiledForest
+from tickvault.ml.compiled_forest import CompiledForest
 
 
 @pytest.mark.parametrize("classes", [2, 3])

@@ -12,12 +12,12 @@ import valkey
 
 from conftest import running_recorder, wait_until
 from factories import BASE_MS, ticks
-from tickvault.bus import Publisher, Subscriber
-from tickvault.events import Tick
-from tickvault.ingest import Ingest
-from tickvault.recorder import Recorder
-from tickvault.server import EmbeddedValkey
-from tickvault.store import Store
+from tickvault.bus.ingest import Ingest
+from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.domain.events import Tick
+from tickvault.recorder.recorder import Recorder
+from tickvault.store.api import Store
+from tickvault.store.server import EmbeddedValkey
 
 _wait = wait_until
 
@@ -138,7 +138,7 @@ def test_recorder_process_sigkilled_mid_stream_and_restarted(
     import sys
 
     from conftest import subprocess_env
-    from tickvault.bus import endpoint
+    from tickvault.bus.pubsub import endpoint
 
     pub = Publisher(
         endpoint("127.0.0.1", int(system_env["ZMQ_TICK_PORT"])),
@@ -147,7 +147,7 @@ def test_recorder_process_sigkilled_mid_stream_and_restarted(
 
     def recorder_process() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "tickvault.cli", "run", "--only", "recorder", "--no-dashboard"],
+            [sys.executable, "-m", "tickvault", "run", "--only", "recorder", "--no-dashboard"],
             env=subprocess_env({**system_env, "TICKVAULT_SYMBOLS": "WDOFUT"}),
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
@@ -191,7 +191,7 @@ def test_recorders_sharing_one_bus_by_symbol_store_each_tick_once(
     import sys
 
     from conftest import subprocess_env
-    from tickvault.bus import endpoint
+    from tickvault.bus.pubsub import endpoint
 
     pub = Publisher(
         endpoint("127.0.0.1", int(system_env["ZMQ_TICK_PORT"])),
@@ -203,7 +203,7 @@ def test_recorders_sharing_one_bus_by_symbol_store_each_tick_once(
             [
                 sys.executable,
                 "-m",
-                "tickvault.cli",
+                "tickvault",
                 "run",
                 "--only",
                 "recorder",

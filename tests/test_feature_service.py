@@ -14,13 +14,13 @@ import pytest
 import zmq
 
 from factories import tick
+from tickvault.analytics.features import FeatureConfig, FeatureEngine, backfill
+from tickvault.app.system import System
 from tickvault.config import load_settings
-from tickvault.events import B3_TZ, Event, Features, Prediction, Tick, decode, to_ms
-from tickvault.feature_service import FeatureService, decide, store_history
-from tickvault.features import FeatureConfig, FeatureEngine, backfill
+from tickvault.domain.events import B3_TZ, Event, Features, Prediction, Tick, decode, to_ms
 from tickvault.sources.simulator import MarketSimulator
-from tickvault.store import Store, frame_to_ticks
-from tickvault.system import System
+from tickvault.store.api import Store, frame_to_ticks
+from tickvault.workers.core_flow import FeatureService, decide, store_history
 
 SYMBOLS = ("WDOFUT", "WINFUT")
 TODAY = datetime(2025, 11, 24, 9, 0, tzinfo=B3_TZ)
@@ -160,11 +160,11 @@ def test_history_summaries_are_cached_per_day(store: Store) -> None:
 def test_with_the_zeromq_ports_taken_the_core_flow_still_predicts_and_the_bus_returns_when_they_free_up(
     system_env: dict[str, str], store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tickvault.model as model_module
+    import tickvault.ml.model as model_module
     from conftest import wait_until
     from test_model import planted_sessions
-    from tickvault.bus import Subscriber, endpoint
-    from tickvault.model import save, train, training_set
+    from tickvault.bus.pubsub import Subscriber, endpoint
+    from tickvault.ml.model import save, train, training_set
 
     monkeypatch.setattr(model_module, "ITERATIONS", 30)
 
@@ -242,11 +242,11 @@ def test_valkey_dying_mid_run_keeps_the_core_flow_predicting_and_loses_no_tick(
 
     import valkey
 
-    import tickvault.model as model_module
+    import tickvault.ml.model as model_module
     from conftest import wait_until
     from test_model import planted_sessions
-    from tickvault.model import save, train, training_set
-    from tickvault.server import EmbeddedValkey
+    from tickvault.ml.model import save, train, training_set
+    from tickvault.store.server import EmbeddedValkey
 
     monkeypatch.setattr(model_module, "ITERATIONS", 30)
     data = training_set(planted_sessions(2), "WDOFUT", horizon_ms=60_000, tick_size=0.5,

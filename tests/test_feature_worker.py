@@ -17,13 +17,13 @@ from valkey.cluster import ValkeyCluster
 
 from conftest import subprocess_env, wait_until
 from factories import BASE_MS
-from tickvault.cluster import EmbeddedCluster
-from tickvault.events import Features, from_ms, to_fields
-from tickvault.feature_service import store_history
-from tickvault.feature_worker import FeatureWorker
-from tickvault.features import FeatureConfig, FeatureEngine, backfill
+from tickvault.analytics.features import FeatureConfig, FeatureEngine, backfill
+from tickvault.domain.events import Features, from_ms, to_fields
 from tickvault.sources.simulator import MarketSimulator
-from tickvault.store import Store
+from tickvault.store.api import Store
+from tickvault.store.cluster import EmbeddedCluster
+from tickvault.workers.core_flow import store_history
+from tickvault.workers.feature_worker import FeatureWorker
 
 SYMBOLS = ("WDOFUT", "WINFUT", "DOLFUT")
 CONFIG = FeatureConfig(emit_interval_ms=5_000)
@@ -81,7 +81,7 @@ def test_three_worker_processes_one_sigkilled_mid_stream(
     })  # fmt: skip
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "tickvault.cli", "run", "--only", "features", "--no-dashboard"],
+            [sys.executable, "-m", "tickvault", "run", "--only", "features", "--no-dashboard"],
             env=env,
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
@@ -131,7 +131,7 @@ def test_three_worker_processes_one_sigkilled_mid_stream(
 def test_the_sources_feature_service_and_a_worker_write_each_features_entry_once(store: Store) -> None:
     """`run --only source` computes features in-process while `--only features` workers compute them
     from the store: the same entries get the same ids, so the second writer is refused."""
-    from tickvault.feature_service import FeatureService
+    from tickvault.workers.core_flow import FeatureService
 
     ticks = list(
         itertools.islice(MarketSimulator(list(SYMBOLS), seed=23, start=from_ms(BASE_MS)).ticks(), 6000)

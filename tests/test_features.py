@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from factories import BASE_MS, tick
-from tickvault.events import B3_TZ, Tick
-from tickvault.features import (
+from tickvault.analytics.features import (
     FEATURE_NAMES,
     FeatureConfig,
     FeatureEngine,
@@ -25,6 +24,7 @@ from tickvault.features import (
     quantile_of,
     summarize_session,
 )
+from tickvault.domain.events import B3_TZ, Tick
 from tickvault.sources.simulator import MarketSimulator
 
 OPEN_MS = BASE_MS - 4 * 3_600_000  # 09:00 local on the factories' Monday

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from factories import ticks
-from tickvault.batch import decode_frames
+from tickvault.domain.events import Tick, encode
+from tickvault.domain.timeparse import parse_time
 from tickvault.errors import DataError
-from tickvault.events import Tick, encode
+from tickvault.recorder.frames import decode_frames
 from tickvault.sources.files import BadRow, read_ticks
-from tickvault.timeparse import parse_time
 
 VALID = encode(ticks(1)[0])
 FIELDS = list(msgspec.json.decode(VALID))
@@ -155,7 +155,7 @@ def test_cli_arguments_give_a_result_or_a_clear_error(
 ) -> None:
     from typer.testing import CliRunner
 
-    from tickvault.cli import app
+    from tickvault.app.cli import app
 
     monkeypatch.chdir(tmp_path)
     env = {"VALKEY_URL": "valkey://127.0.0.1:1/0", "TICKVAULT_DATA_DIR": str(tmp_path), "LOG_LEVEL": "ERROR"}

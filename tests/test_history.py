@@ -16,11 +16,11 @@ import valkey
 
 from conftest import subprocess_env, wait_until
 from factories import tick
-from tickvault.blocks import Columns, decode_block, encode_block
+from tickvault.domain.events import B3_TZ, Tick
 from tickvault.errors import DataError
-from tickvault.events import B3_TZ, Tick
 from tickvault.sources.simulator import MarketSimulator
-from tickvault.store import Store
+from tickvault.store.api import Store
+from tickvault.store.block_codec import Columns, decode_block, encode_block
 
 DAY = 86_400_000
 
@@ -103,7 +103,7 @@ def test_seal_killed_mid_way_loses_and_duplicates_nothing(store: Store, valkey_u
     _write(store, written)
     first, last = min(t.timestamp_ms for t in written), max(t.timestamp_ms for t in written)
     script = (
-        "import sys, valkey; from tickvault.store import Store\n"
+        "import sys, valkey; from tickvault.store.api import Store\n"
         "s = Store(valkey.Valkey.from_url(sys.argv[1]))\n"
         f"for c in range({first}, {last + 2}, 20_000):\n"
         "    s.seal('WDOFUT', c)\n"

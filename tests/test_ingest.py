@@ -10,9 +10,9 @@ import pandas as pd
 
 from conftest import subprocess_env
 from factories import BASE_MS, ticks
-from tickvault.events import Tick
+from tickvault.domain.events import Tick
 from tickvault.sources.files import BadRow, read_ticks
-from tickvault.store import Store
+from tickvault.store.api import Store
 
 HEADER = ",".join(
     ["timestamp", "symbol", "timestamp_ms", "trade_id", "price", "volume", "quantity"]
@@ -40,7 +40,7 @@ def _csv(path: Path, n: int = 500) -> list[Tick]:
 
 def _ingest(path: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", "ingest", str(path)],
+        [sys.executable, "-m", "tickvault", "ingest", str(path)],
         env=subprocess_env(env),
         cwd=cwd,
         capture_output=True,
@@ -126,7 +126,7 @@ def test_a_file_of_one_symbol_without_trade_ids_is_ingested_once_even_twice(
         for i in range(300)
     ]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    args = [sys.executable, "-m", "tickvault.cli", "ingest", str(path), "--symbol", "WDOFUT"]
+    args = [sys.executable, "-m", "tickvault", "ingest", str(path), "--symbol", "WDOFUT"]
     for stored in (300, 0):
         env = subprocess_env(system_env)
         proc = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
@@ -161,7 +161,7 @@ def test_run_replays_a_file_as_the_market(system_env: dict[str, str], store: Sto
     lines.insert(5, _set(lines[5], 4, "nan"))  # a NaN price on line 6 (a duplicate of line 5's trade)
     path.write_text("\n".join(lines) + "\n")
     result = subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", "run", "--source", f"replay:{path}", "--speed", "0",
+        [sys.executable, "-m", "tickvault", "run", "--source", f"replay:{path}", "--speed", "0",
          "--no-dashboard", "--duration", "60"],
         env=subprocess_env(system_env), cwd=tmp_path, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
@@ -172,7 +172,7 @@ def test_run_replays_a_file_as_the_market(system_env: dict[str, str], store: Sto
         got = [(t.trade_id, t.price) for t in store.tick_events(symbol, 0, BASE_MS + 86_400_000)]
         assert got == expected
     bad = subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", "run", "--source", "replay:/no/such.csv", "--no-dashboard"],
+        [sys.executable, "-m", "tickvault", "run", "--source", "replay:/no/such.csv", "--no-dashboard"],
         env=subprocess_env(system_env), cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "/no/such.csv is not a file" in bad.stderr

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tickvault.domain.events import Tick, to_ms
+from tickvault.domain.timeparse import parse_time
 from tickvault.errors import DataError
-from tickvault.events import Tick, to_ms
 from tickvault.sources.files import BadRow, file_symbols, read_ticks
 from tickvault.sources.layouts import fold
-from tickvault.timeparse import parse_time
 
 B3_TRADES = """\
 DataReferencia;CodigoInstrumento;AcaoAtualizacao;PrecoNegocio;QuantidadeNegociada;HoraFechamento;CodigoIdentificadorNegocio;TipoSessaoPregao;DataNegocio;CodigoParticipanteComprador;CodigoParticipanteVendedor

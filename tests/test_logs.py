@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import subprocess_env
-from tickvault.logs import JsonFormatter, LineFormatter
+from tickvault.app.logs import JsonFormatter, LineFormatter
 
 
 def _record_with_traceback() -> logging.LogRecord:
@@ -45,7 +45,7 @@ def test_a_run_with_json_logs_writes_only_json_lines_to_stderr(
     system_env: dict[str, str], tmp_path: Path
 ) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", "--log-format", "json",
+        [sys.executable, "-m", "tickvault", "--log-format", "json",
          "run", "--duration", "2", "--no-dashboard", "--speed", "50"],
         env=subprocess_env(system_env), cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -59,7 +59,7 @@ def test_a_run_with_json_logs_writes_only_json_lines_to_stderr(
 
 def test_log_format_env_is_honoured_and_a_bad_one_named(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", "query", "WDOFUT", "--start", "-1h"],
+        [sys.executable, "-m", "tickvault", "query", "WDOFUT", "--start", "-1h"],
         env=subprocess_env({"LOG_FORMAT": "xml"}), cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2

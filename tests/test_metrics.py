@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 from conftest import subprocess_env, wait_until
-from tickvault.metrics import start_metrics
+from tickvault.app.metrics import start_metrics
 
 
 def scrape(port: int) -> str:
@@ -52,7 +52,7 @@ def test_tick_latency_is_observed_by_callers_and_each_server_has_its_own_registr
 
 def test_run_serves_metrics(system_env: dict[str, str], tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tickvault.cli", "run", "--no-dashboard", "--speed", "50",
+        [sys.executable, "-m", "tickvault", "run", "--no-dashboard", "--speed", "50",
          "--metrics-port", "0", "--duration", "60"],
         env=subprocess_env(system_env), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True,

@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import tickvault.model as model_module
+import tickvault.ml.model as model_module
 from conftest import subprocess_env
-from tickvault.events import B3_TZ, Tick, make_tick, to_ms
-from tickvault.features import FEATURE_NAMES, FeatureConfig
-from tickvault.model import LABELS, Dataset, label_moves, training_set, walk_forward
-from tickvault.report import equity, multiplier_for
+from tickvault.analytics.features import FEATURE_NAMES, FeatureConfig
+from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
+from tickvault.ml.model import LABELS, Dataset, label_moves, training_set, walk_forward
+from tickvault.ml.report import equity, multiplier_for
 from tickvault.sources.simulator import spec_for
-from tickvault.store import Store
+from tickvault.store.api import Store
 
 DAY0 = datetime(2025, 11, 3, 9, 0, tzinfo=B3_TZ)  # a Monday; sessions are consecutive calendar days
 DAY_MS = 86_400_000
@@ -282,7 +282,7 @@ def test_equity_rule_costs_and_b3_multipliers() -> None:
 
 def _tickvault(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", *args],
+        [sys.executable, "-m", "tickvault", *args],
         env=subprocess_env(env), cwd=cwd, capture_output=True, text=True, timeout=110,
     )  # fmt: skip
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import tickvault
-import tickvault.model as model_module
+import tickvault.ml.model as model_module
+from tickvault.analytics.features import FEATURE_NAMES, FeatureConfig
+from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
 from tickvault.errors import ConfigError
-from tickvault.events import B3_TZ, Tick, make_tick, to_ms
-from tickvault.features import FEATURE_NAMES, FeatureConfig
-from tickvault.model import LABELS, Dataset, label_moves, load, save, train, training_set, walk_forward
+from tickvault.ml.model import LABELS, Dataset, label_moves, load, save, train, training_set, walk_forward
 from tickvault.sources.simulator import MarketSimulator
 
 

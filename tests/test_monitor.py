@@ -15,10 +15,10 @@ from rich.console import Console
 
 from conftest import subprocess_env, wait_until
 from factories import BASE_MS, tick
-from tickvault.events import Features, Signal, from_ms
-from tickvault.health import HealthReporter
-from tickvault.monitor import gather, render, sparkline
-from tickvault.store import Store
+from tickvault.app.monitor import gather, render, sparkline
+from tickvault.domain.events import Features, Signal, from_ms
+from tickvault.store.api import Store
+from tickvault.store.health import HealthReporter
 
 
 def text_of(renderable: object) -> str:
@@ -128,7 +128,7 @@ def test_valkey_down_is_disconnected_not_a_crash() -> None:
 
 
 def test_money_is_short_enough_never_to_be_cut() -> None:
-    from tickvault.monitor import _money
+    from tickvault.app.monitor import _money
 
     assert [_money(v) for v in (1_398_063_945.0, 123_456_789.0, 98_765.0)] == ["1.40 B", "123.5 M", "98,765"]
 
@@ -141,7 +141,7 @@ def test_sparkline() -> None:
 def test_monitor_once_prints_one_frame(system_env: dict[str, str], store: Store, tmp_path: Path) -> None:
     store.append_ticks([tick(trade_id=1, price=5123.5)])
     result = subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", "monitor", "--once", "--symbols", "WDOFUT,WINFUT"],
+        [sys.executable, "-m", "tickvault", "monitor", "--once", "--symbols", "WDOFUT,WINFUT"],
         env=subprocess_env(system_env), cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -151,7 +151,7 @@ def test_monitor_once_prints_one_frame(system_env: dict[str, str], store: Store,
 def test_monitor_once_with_valkey_down_prints_disconnected(tmp_path: Path) -> None:
     port = closed_port()
     result = subprocess.run(
-        [sys.executable, "-m", "tickvault.cli", "monitor", "--once", "--symbols", "WDOFUT"],
+        [sys.executable, "-m", "tickvault", "monitor", "--once", "--symbols", "WDOFUT"],
         env=subprocess_env({"VALKEY_URL": f"valkey://127.0.0.1:{port}/0"}), cwd=tmp_path,
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -167,11 +167,11 @@ def test_run_dashboard_is_the_monitor_frame_and_falls_back_in_process_when_valke
     import os
     import signal
 
+    from tickvault.app.dashboard import LiveView, RunDashboard
+    from tickvault.app.system import System
     from tickvault.config import load_settings
-    from tickvault.dashboard import LiveView, RunDashboard
-    from tickvault.server import EmbeddedValkey
     from tickvault.sources.simulator import MarketSimulator
-    from tickvault.system import System
+    from tickvault.store.server import EmbeddedValkey
 
     server = EmbeddedValkey(tmp_path / "valkey")
     info = server.ensure_running()

@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 from factories import BASE_MS
-from tickvault.events import Features, from_ms
-from tickvault.predictor_worker import GROUP, PredictorWorker
-from tickvault.store import Store
+from tickvault.domain.events import Features, from_ms
+from tickvault.store.api import Store
+from tickvault.workers.predictor_worker import GROUP, PredictorWorker
 
 SYMBOLS = ("WDOFUT", "WINFUT", "DOLFUT", "INDFUT")
 N = 300
@@ -77,7 +77,7 @@ def test_a_repeated_write_is_refused_not_duplicated(store: Store) -> None:
 def test_run_only_predictor_needs_a_model(system_env: dict[str, str], tmp_path: Any) -> None:
     from typer.testing import CliRunner
 
-    from tickvault.cli import app
+    from tickvault.app.cli import app
 
     result = CliRunner().invoke(
         app, ["--model-path", str(tmp_path / "none.pkl"), "run", "--only", "predictor", "--no-dashboard"]

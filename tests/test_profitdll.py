@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import wait_until
+from tickvault.domain.events import B3_TZ, Tick
 from tickvault.errors import ConfigError, DataError
-from tickvault.events import B3_TZ, Tick
 from tickvault.sources.profitdll import ProfitDLLSource, parse_profit_date
 
 NATIVE = Path(__file__).parent / "native" / "fake_profitdll.c"
@@ -126,10 +126,10 @@ def test_date_parser_never_crashes(text: str) -> None:
 def test_the_fake_dll_feeds_the_whole_system(
     fake_dll: Path, system_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tickvault.app.system import System
     from tickvault.config import load_settings
     from tickvault.sources.profitdll import profitdll_source
-    from tickvault.store import Store
-    from tickvault.system import System
+    from tickvault.store.api import Store
 
     for name, value in (
         ("PROFIT_DLL_PATH", str(fake_dll)),

@@ -10,11 +10,11 @@ import valkey
 
 from conftest import running_recorder, wait_until
 from factories import BASE_MS, ticks
-from tickvault.bus import Publisher, Subscriber
-from tickvault.events import encode
-from tickvault.ingest import Ingest
-from tickvault.recorder import Recorder
-from tickvault.store import Store
+from tickvault.bus.ingest import Ingest
+from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.domain.events import encode
+from tickvault.recorder.recorder import Recorder
+from tickvault.store.api import Store
 
 
 @pytest.fixture

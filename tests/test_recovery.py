@@ -10,11 +10,12 @@ from collections.abc import Iterator
 import pytest
 
 from factories import BASE_MS, ticks
-from tickvault.bus import Publisher, Subscriber, store_recovery
-from tickvault.events import decode_tick
-from tickvault.ingest import Ingest
-from tickvault.recorder import Recorder
-from tickvault.store import Store
+from tickvault.bus.ingest import Ingest
+from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.domain.events import decode_tick
+from tickvault.recorder.recorder import Recorder
+from tickvault.recorder.recovery import store_recovery
+from tickvault.store.api import Store
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_a_replay_request_unanswered_at_first_is_asked_again() -> None:
     import msgspec
     import zmq
 
-    from tickvault.ring import ReplayClient, ReplayHeader
+    from tickvault.bus.ring import ReplayClient, ReplayHeader
 
     server = zmq.Context.instance().socket(zmq.ROUTER)
     server.setsockopt(zmq.LINGER, 0)

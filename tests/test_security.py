@@ -17,10 +17,10 @@ import valkey
 from conftest import wait_until
 from factories import BASE_MS, ticks
 from tickvault.config import load_settings
-from tickvault.connection import Connection
 from tickvault.errors import StoreUnavailable
-from tickvault.server import ServerInfo
-from tickvault.store import Store
+from tickvault.store.api import Store
+from tickvault.store.connection import Connection
+from tickvault.store.server import ServerInfo
 
 
 def connections_received(client: valkey.Valkey) -> int:
@@ -140,9 +140,9 @@ def test_tls_works_and_a_wrong_certificate_is_refused(valkey_server: ServerInfo,
 
 
 def test_curve_subscriber_with_the_wrong_server_key_receives_nothing(tmp_path: Path) -> None:
-    from tickvault.bus import Publisher, Subscriber
-    from tickvault.curve import client_keys, create_keys, server_keys
-    from tickvault.ingest import Ingest
+    from tickvault.bus.curve import client_keys, create_keys, server_keys
+    from tickvault.bus.ingest import Ingest
+    from tickvault.bus.pubsub import Publisher, Subscriber
 
     _, server_secret = create_keys(tmp_path, "server")
     impostor_public, _ = create_keys(tmp_path, "impostor")
@@ -175,10 +175,10 @@ def test_curve_allow_list_lets_only_listed_clients_in(tmp_path: Path) -> None:
     """ZMQ_CURVE_CLIENTS: a client holding the right server key but not on the list gets nothing."""
     import shutil
 
-    from tickvault.bus import Publisher, Subscriber
-    from tickvault.curve import client_keys, create_keys, server_keys, stop_authenticators
+    from tickvault.bus.curve import client_keys, create_keys, server_keys, stop_authenticators
+    from tickvault.bus.ingest import Ingest
+    from tickvault.bus.pubsub import Publisher, Subscriber
     from tickvault.errors import ConfigError
-    from tickvault.ingest import Ingest
 
     server_public, server_secret = create_keys(tmp_path / "server", "server")
     alice_public, alice_secret = create_keys(tmp_path / "alice", "alice")
@@ -211,8 +211,8 @@ def test_curve_allow_list_lets_only_listed_clients_in(tmp_path: Path) -> None:
 
 
 def test_binding_beyond_loopback_needs_curve_or_force() -> None:
-    from tickvault.bus import Publisher
-    from tickvault.curve import is_loopback
+    from tickvault.bus.curve import is_loopback
+    from tickvault.bus.pubsub import Publisher
     from tickvault.errors import BusError
 
     with pytest.raises(BusError, match="beyond loopback without CURVE"):
@@ -229,9 +229,9 @@ def test_run_with_curve_records_everything(system_env: dict[str, str], store: St
                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import itertools
 
-    from tickvault.curve import create_keys
+    from tickvault.app.system import System
+    from tickvault.bus.curve import create_keys
     from tickvault.sources.simulator import MarketSimulator
-    from tickvault.system import System
 
     _, secret = create_keys(tmp_path / "keys", "server")
     monkeypatch.setenv("ZMQ_CURVE_SERVER_SECRET", str(secret))
@@ -250,9 +250,9 @@ def test_run_with_a_curve_allow_list_records_everything(
     """The in-process recorder's own key pair is let in; nobody else is listed."""
     import itertools
 
-    from tickvault.curve import create_keys, stop_authenticators
+    from tickvault.app.system import System
+    from tickvault.bus.curve import create_keys, stop_authenticators
     from tickvault.sources.simulator import MarketSimulator
-    from tickvault.system import System
 
     _, secret = create_keys(tmp_path / "keys", "server")
     (tmp_path / "clients").mkdir()
@@ -275,8 +275,8 @@ def test_run_refuses_to_listen_beyond_loopback_without_curve(
 ) -> None:
     import itertools
 
+    from tickvault.app.system import System
     from tickvault.sources.simulator import MarketSimulator
-    from tickvault.system import System
 
     monkeypatch.setenv("ZMQ_HOST", "0.0.0.0")
     sent = list(itertools.islice(MarketSimulator(["WDOFUT"], seed=3).ticks(), 500))
@@ -301,7 +301,7 @@ def test_no_secret_from_the_environment_appears_in_any_log_line_or_error(tmp_pat
     import zmq.auth
 
     from conftest import subprocess_env
-    from tickvault.curve import create_keys
+    from tickvault.bus.curve import create_keys
 
     _, server_secret = create_keys(tmp_path / "keys", "server")
     curve_secret = zmq.auth.load_certificate(server_secret)[1]
@@ -326,7 +326,7 @@ def test_no_secret_from_the_environment_appears_in_any_log_line_or_error(tmp_pat
     outputs: list[str] = []
     codes: list[int] = []
     for args in runs:
-        done = subprocess.run([sys.executable, "-m", "tickvault.cli", *args], env=env, cwd=tmp_path,
+        done = subprocess.run([sys.executable, "-m", "tickvault", *args], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert "Traceback" not in done.stderr, (args, done.stderr[-2000:])
         outputs.append(done.stdout + done.stderr)

@@ -14,12 +14,12 @@ import valkey
 
 from conftest import subprocess_env
 from tickvault.config import load_settings
-from tickvault.connection import Connection
-from tickvault.server import STATE_FILE, EmbeddedValkey
+from tickvault.store.connection import Connection
+from tickvault.store.server import STATE_FILE, EmbeddedValkey
 
 FIND_SERVER = """
 import json, sys
-from tickvault.server import EmbeddedValkey
+from tickvault.store.server import EmbeddedValkey
 info = EmbeddedValkey(sys.argv[1]).ensure_running()
 print(json.dumps({"port": info.port, "pid": info.pid}))
 """

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import tickvault
+from tickvault.domain.events import B3_TZ, Tick, decode_tick, encode, make_tick
 from tickvault.errors import DataError
-from tickvault.events import B3_TZ, Tick, decode_tick, encode, make_tick
 from tickvault.sources.simulator import (
     BROKERS,
     SESSION_CLOSE,
@@ -74,7 +74,7 @@ def test_streams_do_not_depend_on_the_process_hash_seed() -> None:
     """Seeds come from crc32 of the symbol, not Python's salted hash(): another process agrees."""
     code = (
         "import hashlib, itertools; from datetime import datetime;"
-        "from tickvault.events import B3_TZ, encode;"
+        "from tickvault.domain.events import B3_TZ, encode;"
         "from tickvault.sources.simulator import MarketSimulator;"
         "s = MarketSimulator(['WDOFUT', 'PETR4'], seed=5, start=datetime(2025, 11, 24, 9, tzinfo=B3_TZ));"
         "print(hashlib.sha256(b''.join(encode(t) for t in itertools.islice(s.ticks(), 2000))).hexdigest())"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tickvault.spool import Spool
+from tickvault.bus.spool import Spool
 
 
 def _spool(path: Path, max_memory: int = 3) -> Spool[bytes]:
@@ -63,7 +63,7 @@ def test_length_is_exact(tmp_path: Path, n: int) -> None:
 _FULL_DISK_SCRIPT = """
 import resource, signal, sys
 from pathlib import Path
-from tickvault.spool import Spool
+from tickvault.bus.spool import Spool
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))

@@ -6,9 +6,9 @@ import pytest
 import valkey
 
 from factories import BASE_MS, tick, ticks
+from tickvault.domain.events import from_ms
 from tickvault.errors import DataError, StoreUnavailable
-from tickvault.events import from_ms
-from tickvault.store import Store, frame_to_ticks
+from tickvault.store.api import Store, frame_to_ticks
 
 
 def test_written_ticks_come_back_exactly_in_order(store: Store) -> None:
@@ -166,7 +166,7 @@ def test_as_of_returns_last_tick_at_or_before(store: Store) -> None:
 
 def test_unreachable_valkey_is_an_error_not_empty_data() -> None:
     """Guide defect 9: an unreachable server looked the same as 'no data' ([])."""
-    from tickvault.server import free_port
+    from tickvault.store.server import free_port
 
     dead = Store(valkey.Valkey(port=free_port(), socket_connect_timeout=0.5))
     with pytest.raises(StoreUnavailable):
@@ -203,7 +203,7 @@ def test_retention_never_deletes_old_research_data_on_arrival(store: Store) -> N
     """Guide defect 7 (the other half): retention counted from the wall clock would delete 2013 data."""
     from datetime import datetime
 
-    from tickvault.events import B3_TZ, to_ms
+    from tickvault.domain.events import B3_TZ, to_ms
 
     t2013 = to_ms(datetime(2013, 5, 2, 10, 0, tzinfo=B3_TZ))
     store.append_ticks(ticks(1000, start_ms=t2013))
@@ -223,7 +223,7 @@ def test_several_symbols_in_one_frame_in_time_order(store: Store) -> None:
 
 
 def test_features_predictions_and_signals_by_the_same_range_api(store: Store) -> None:
-    from tickvault.events import Features, Prediction, Signal
+    from tickvault.domain.events import Features, Prediction, Signal
 
     stamps = [(BASE_MS + i * 1000, from_ms(BASE_MS + i * 1000)) for i in range(5)]
     base = {"symbol": "WDOFUT"}
@@ -248,8 +248,8 @@ def test_features_predictions_and_signals_by_the_same_range_api(store: Store) ->
 
 
 def test_retention_also_trims_candles_and_features(store: Store, valkey_client: valkey.Valkey) -> None:
-    from tickvault.candle_worker import CandleWorker
-    from tickvault.events import Features
+    from tickvault.domain.events import Features
+    from tickvault.workers.candle_worker import CandleWorker
 
     day = 86_400_000
     store.append_ticks(ticks(300, start_ms=BASE_MS - 40 * day) + ticks(300, start_ms=BASE_MS))

@@ -10,11 +10,11 @@ import msgspec
 import pytest
 import zmq
 
+from tickvault.app.system import System
 from tickvault.config import load_settings
-from tickvault.events import Tick, decode_tick
+from tickvault.domain.events import Tick, decode_tick
 from tickvault.sources.simulator import MarketSimulator
-from tickvault.store import Store
-from tickvault.system import System
+from tickvault.store.api import Store
 
 N = 3000
 
@@ -126,7 +126,7 @@ def test_a_second_run_continues_the_market_instead_of_repeating_it(
 def test_an_unpaced_source_is_held_back_until_the_recorder_catches_up(
     system_env: dict[str, str], store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tickvault.system as system_module
+    import tickvault.app.system as system_module
 
     monkeypatch.setattr(system_module, "MAX_UNSTORED", 2000)
     expected = _sim(30_000)
@@ -151,7 +151,7 @@ def test_an_unpaced_source_is_held_back_until_the_recorder_catches_up(
 def test_the_core_flow_fed_from_the_bus_computes_what_it_computes_in_process(
     system_env: dict[str, str], store: Store
 ) -> None:
-    from tickvault.events import Features, encode
+    from tickvault.domain.events import Features, encode
 
     expected = _sim(6000)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import subprocess_env
-from tickvault.server import EmbeddedValkey, free_port
+from tickvault.store.server import EmbeddedValkey, free_port
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 RUN_SECONDS = "6"
@@ -40,7 +40,7 @@ def as_argv(line: str) -> list[str]:
         args[args.index("--duration") + 1] = RUN_SECONDS
     if args[0] == "monitor":
         args.append("--once")
-    return [sys.executable, "-m", "tickvault.cli", *args]
+    return [sys.executable, "-m", "tickvault", *args]
 
 
 def test_the_tour_is_what_this_test_runs() -> None:

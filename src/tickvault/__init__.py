@@ -6,8 +6,9 @@ df = store.ticks("WDOFUT", "2026-11-24T10:00-03:00", "2026-11-24T10:05-03:00")
 
 from __future__ import annotations
 
-from tickvault.bus import Publisher, Subscriber
+from tickvault.bus.pubsub import Publisher, Subscriber
 from tickvault.config import Settings, load_settings
+from tickvault.domain.events import BookUpdate, Candle, Features, Prediction, Signal, Tick, make_tick
 from tickvault.errors import (
     BusError,
     ConfigError,
@@ -16,8 +17,7 @@ from tickvault.errors import (
     StoreUnavailable,
     TickvaultError,
 )
-from tickvault.events import BookUpdate, Candle, Features, Prediction, Signal, Tick, make_tick
-from tickvault.store import Store
+from tickvault.store.api import Store
 
 __version__ = "0.1.0"
 
@@ -26,7 +26,7 @@ def connect(url: str | None = None) -> Store:
     """Open the store: `url` ('embedded' or valkey[s]://...) or, by default, settings (VALKEY_URL,
     .env), which in the same folder finds the embedded server that `tickvault run` uses.
     Close it (or use `with`) when done: the last tickvault process out stops the embedded server."""
-    from tickvault.connection import Connection
+    from tickvault.store.connection import Connection
 
     settings = load_settings(valkey_url=url)
     conn = Connection.open(settings)

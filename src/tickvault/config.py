@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tickvault.domain.events import validate_symbol
 from tickvault.errors import ConfigError, DataError
-from tickvault.events import validate_symbol
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 DEFAULT_SYMBOLS = ("WDOFUT", "WINFUT")

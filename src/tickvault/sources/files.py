@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tickvault.domain.events import SYMBOL_PATTERN, Tick, make_tick, to_ms
+from tickvault.domain.timeparse import parse_time
 from tickvault.errors import DataError
-from tickvault.events import SYMBOL_PATTERN, Tick, make_tick, to_ms
 from tickvault.sources.layouts import Layout
-from tickvault.timeparse import parse_time
 
 KNOWN = frozenset(Tick.__struct_fields__)
 _TRUE = {"true", "1", "yes", "t", "y"}

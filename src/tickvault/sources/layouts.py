@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tickvault.domain.events import B3_TZ
 from tickvault.errors import DataError
-from tickvault.events import B3_TZ
 
 # folded header name -> tick field; "date" and "clock" are the two halves of a split time
 _ALIASES: dict[str, tuple[str, ...]] = {

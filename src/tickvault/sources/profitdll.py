@@ -29,8 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
 from tickvault.errors import ConfigError, DataError, TickvaultError
-from tickvault.events import B3_TZ, Tick, make_tick, to_ms
 
 log = logging.getLogger("tickvault.profitdll")
 

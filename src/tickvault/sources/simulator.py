@@ -45,7 +45,7 @@ from datetime import date, datetime, time, timedelta
 import msgspec
 import numpy as np
 
-from tickvault.events import B3_TZ, Tick, make_tick, to_ms
+from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
 
 log = logging.getLogger("tickvault.simulator")
 

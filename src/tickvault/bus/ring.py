@@ -1,0 +1,183 @@
+"""Replay of recent bus messages by sequence number (the ZeroMQ guide's Clone pattern).
+
+A PUB socket drops messages for a subscriber that is slow or not yet connected; that is how ZeroMQ
+keeps one slow consumer from stalling everyone. The publisher therefore keeps the most recent
+messages of each topic in a ring and answers requests on a ROUTER socket, so a subscriber that sees
+a gap in the sequence numbers asks for exactly what it missed.
+
+Request (a DEALER sends `["", json]`): `{"topic": "tick_WDOFUT", "from": 101, "to": 250}`.
+Reply: `["", header, payload, payload, ...]`, header `{"topic", "from", "count", "oldest", "newest"}`;
+the payloads are seq `from` .. `from + count - 1`. If `from` is older than the ring the reply starts at
+`oldest` and the caller looks elsewhere (Valkey) for the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+
+import msgspec
+import zmq
+
+log = logging.getLogger("tickvault.ring")
+
+MAX_REPLY = 10_000  # messages per reply; a client asks again for the rest
+DEFAULT_RING = 100_000  # messages kept per topic
+
+
+class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
+    topic: str
+    first: int = msgspec.field(name="from")
+    last: int = msgspec.field(name="to")
+
+
+class ReplayHeader(msgspec.Struct):
+    topic: str
+    first: int = msgspec.field(name="from")
+    count: int = 0
+    oldest: int = 0
+    newest: int = 0
+
+
+class _TopicRing:
+    """Fixed-capacity circular buffer of (seq -> payload) with contiguous sequence numbers."""
+
+    __slots__ = ("capacity", "items", "first_seq", "size", "start")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: list[bytes | None] = [None] * capacity
+        self.first_seq = 0
+        self.size = 0
+        self.start = 0
+
+    def append(self, seq: int, payload: bytes) -> None:
+        if self.size and seq != self.first_seq + self.size:
+            self.size = 0  # a jump (publisher restarted its numbering): start over
+        if self.size == 0:
+            self.first_seq, self.start = seq, 0
+        if self.size < self.capacity:
+            self.items[(self.start + self.size) % self.capacity] = payload
+            self.size += 1
+        else:
+            self.items[self.start] = payload
+            self.start = (self.start + 1) % self.capacity
+            self.first_seq += 1
+
+    def read(self, first: int, last: int, limit: int) -> tuple[int, list[bytes]]:
+        newest = self.first_seq + self.size - 1
+        begin = max(first, self.first_seq)
+        end = min(last, newest, begin + limit - 1)
+        out = []
+        for seq in range(begin, end + 1):
+            item = self.items[(self.start + seq - self.first_seq) % self.capacity]
+            assert item is not None
+            out.append(item)
+        return begin, out
+
+
+class Ring:
+    """The publisher's memory of recent messages, per topic."""
+
+    def __init__(self, capacity: int = DEFAULT_RING) -> None:
+        self.capacity = capacity
+        self._topics: dict[bytes, _TopicRing] = {}
+
+    def append(self, topic: bytes, seq: int, payload: bytes) -> None:
+        ring = self._topics.get(topic)
+        if ring is None:
+            ring = self._topics[topic] = _TopicRing(self.capacity)
+        ring.append(seq, payload)
+
+    def newest(self) -> dict[bytes, int]:
+        """Topic -> newest sequence number held."""
+        return {t: r.first_seq + r.size - 1 for t, r in self._topics.items() if r.size}
+
+    def answer(self, request: bytes) -> list[bytes]:
+        """Reply frames (after the envelope) for one request; a bad request gets a header with count 0."""
+        try:
+            req = msgspec.json.decode(request, type=ReplayRequest)
+        except msgspec.MsgspecError as exc:
+            log.warning("bad replay request %r: %s", request[:100], exc)
+            return [msgspec.json.encode({"error": str(exc)})]
+        ring = self._topics.get(req.topic.encode())
+        if ring is None or ring.size == 0:
+            return [msgspec.json.encode(ReplayHeader(req.topic, req.first))]
+        begin, payloads = ring.read(req.first, req.last, MAX_REPLY)
+        header = ReplayHeader(req.topic, begin, len(payloads), ring.first_seq, ring.first_seq + ring.size - 1)
+        return [msgspec.json.encode(header), *payloads]
+
+
+class ReplayClient:
+    """Asks a publisher's replay endpoint for missed messages (a lazy-pirate DEALER: a fresh socket
+    after a timeout, so a dead publisher never wedges the subscriber)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        timeout_ms: int = 2000,
+        attempts: int = 4,
+        curve: typing.Any = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.curve = curve  # curve.ClientKeys when the publisher uses CURVE
+        self.timeout_ms = timeout_ms
+        self.attempts = attempts  # timeouts double: 2 + 4 + 8 + 16 s by default
+        self._context = context or zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+
+    def _connect(self) -> zmq.Socket:
+        if self._socket is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                from tickvault.bus.curve import as_client
+
+                as_client(sock, self.curve)
+            sock.connect(self.endpoint)
+            self._socket = sock
+        return self._socket
+
+    def fetch(self, topic: str, first: int, last: int) -> tuple[int, list[bytes]]:
+        """(start, payloads): the messages seq start..start+len-1 the publisher still has within
+        first..last. `start` > `first` when the ring no longer holds the oldest ones; an empty list
+        when it holds none or does not answer."""
+        out: list[bytes] = []
+        start = want = first
+        while want <= last:
+            frames = self._ask(topic, want, last)
+            if frames is None:
+                break
+            try:
+                header = msgspec.json.decode(frames[1], type=ReplayHeader)
+            except (msgspec.MsgspecError, IndexError):
+                break
+            if header.count == 0 or (out and header.first != want):
+                break
+            if not out:
+                start = header.first
+            out.extend(frames[2 : 2 + header.count])
+            want = header.first + header.count
+        return start, out
+
+    def _ask(self, topic: str, first: int, last: int) -> list[bytes] | None:
+        """One request, retried on a fresh socket with a doubling timeout: a publisher busy with a
+        backlog may answer late, and for a recorder an unanswered request is a gap nobody else fills."""
+        timeout = self.timeout_ms
+        for attempt in range(1, self.attempts + 1):
+            sock = self._connect()
+            sock.send_multipart([b"", msgspec.json.encode({"topic": topic, "from": first, "to": last})])
+            if sock.poll(timeout):
+                return sock.recv_multipart()  # type: ignore[no-any-return]
+            self.close()  # a late answer must not be read as the next request's
+            log.warning("replay endpoint %s did not answer in %d ms (attempt %d of %d)",
+                        self.endpoint, timeout, attempt, self.attempts)  # fmt: skip
+            timeout *= 2
+        return None
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(0)
+            self._socket = None

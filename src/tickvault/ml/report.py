@@ -1,0 +1,92 @@
+"""`tickvault report`: one self-contained HTML file about a trained model (plotly.js inline, so it
+opens offline): walk-forward metrics, confusion matrix, permutation importance, and the equity curve
+of a simple rule on the out-of-sample predictions, after costs.
+
+The rule: long one contract when P(UP) >= threshold, short when P(DOWN) >= threshold, else flat;
+each position is held for the model's horizon. P&L per trade = direction x move in points x the
+contract multiplier (BRL per point: WDO 10, WIN 0.2) - fee per contract per side x 2. Trades
+overlap when predictions come faster than the horizon; each is counted on its own (a signal's
+quality, not a portfolio).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.io import to_html
+
+from tickvault.ml.model import LABELS, ModelInfo
+
+MULTIPLIERS = {"WDO": 10.0, "DOL": 50.0, "WIN": 0.2, "IND": 1.0}
+
+
+def multiplier_for(symbol: str) -> float:
+    return MULTIPLIERS.get(symbol[:3], 1.0)
+
+
+def equity(oos: pd.DataFrame, *, threshold: float, multiplier: float, fee: float) -> pd.DataFrame:
+    """Per out-of-sample row: position taken, P&L after costs, cumulative equity (BRL)."""
+    up, down = oos["UP"].to_numpy(float), oos["DOWN"].to_numpy(float)
+    position = np.where((up >= threshold) & (up >= down), 1, np.where(down >= threshold, -1, 0))
+    pnl = position * oos["move"].to_numpy(float) * multiplier - np.abs(position) * 2 * fee
+    return pd.DataFrame({"position": position, "pnl": pnl, "equity": np.cumsum(pnl)}, index=oos.index)
+
+
+def write_report(
+    info: ModelInfo,
+    oos: pd.DataFrame,
+    path: Path,
+    *,
+    threshold: float,
+    fee: float,
+    multiplier: float | None = None,
+) -> Path:
+    mult = multiplier if multiplier is not None else multiplier_for(info.symbol)
+    curve = equity(oos, threshold=threshold, multiplier=mult, fee=fee)
+    folds = pd.DataFrame(info.folds)
+    parts = [f"<h1>tickvault model report: {info.symbol}</h1>",
+             f"<p>Trained {info.train_start} to {info.train_end}: {info.sessions} sessions,"
+             f" {info.rows:,} rows;"
+             f" horizon {info.horizon_ms / 1000:g} s; dead band one tick ({info.tick_size:g}).</p>",
+             "<h2>Walk-forward metrics</h2>"]  # fmt: skip
+    if len(folds):
+        table = folds[
+            [
+                "test_session",
+                "n_train",
+                "n_test",
+                "accuracy",
+                "majority_rate",
+                "balanced_accuracy",
+                "log_loss",
+            ]
+        ]
+        parts.append(table.to_html(index=False, float_format=lambda v: f"{v:.4f}"))
+        confusion = np.sum([np.array(c) for c in folds["confusion"]], axis=0)
+    else:
+        parts.append("<p>No fold could be evaluated.</p>")
+        confusion = np.zeros((3, 3), dtype=int)
+    heat = go.Figure(
+        go.Heatmap(z=confusion, x=list(LABELS), y=list(LABELS), text=confusion, texttemplate="%{text}")
+    )
+    heat.update_layout(title="Confusion matrix (all folds): rows true, columns predicted", height=420)
+    parts += ["<h2>Confusion matrix</h2>", to_html(heat, full_html=False, include_plotlyjs="inline")]
+    ranked = sorted(info.importance.items(), key=lambda kv: kv[1])
+    bars = go.Figure(go.Bar(x=[v for _, v in ranked], y=[k for k, _ in ranked], orientation="h"))
+    bars.update_layout(title="Permutation importance on the last test session (accuracy drop)", height=560)
+    parts += ["<h2>Feature importance</h2>", to_html(bars, full_html=False, include_plotlyjs=False)]
+    trades = int(np.abs(curve["position"]).sum())
+    line = go.Figure(go.Scatter(x=curve.index, y=curve["equity"], mode="lines"))
+    title = f"Equity after costs (BRL): threshold {threshold}, fee {fee}/contract/side, multiplier {mult}"
+    line.update_layout(title=title, height=420)
+    final = float(curve["equity"].iloc[-1]) if len(curve) else 0.0
+    parts += ["<h2>Equity curve (out of sample)</h2>",
+              f"<p>{trades:,} trades, final equity {final:,.2f} BRL.</p>",
+              to_html(line, full_html=False, include_plotlyjs=False)]  # fmt: skip
+    html = "<!doctype html><html><head><meta charset='utf-8'><title>tickvault report</title></head><body>"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html + "\n".join(parts) + "</body></html>", encoding="utf-8")
+    return path

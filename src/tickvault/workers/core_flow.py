@@ -1,0 +1,402 @@
+"""Live features, predictions and signals: the in-process core flow after ingest.
+
+Ingest hands each tick to `FeatureService.submit` (a queue put: the source callback never waits for
+feature work). The service's own thread runs the feature engine, then the model if one is loaded, and
+fans the results out: in-process handlers first (the core flow works with ZeroMQ and Valkey off), then
+the ZeroMQ signal port (`features_{SYMBOL}`, `signal_{SYMBOL}`), then Valkey streams
+(`stream:features|predictions|signals:{SYMBOL}`) in batches. A failing output is counted and logged;
+it never stops the others.
+
+Previous sessions' statistics come from the store (`store_history`), cached in Valkey per symbol and
+day, so every process and every backfill sees the same history for the same day.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+import zmq
+
+from tickvault.analytics.features import (
+    FeatureConfig,
+    FeatureEngine,
+    HistoryProvider,
+    SessionSummary,
+    summarize_session,
+)
+from tickvault.bus.curve import ServerKeys, as_server
+from tickvault.bus.pubsub import BIND_RETRY_S
+from tickvault.domain.events import B3_TZ, Action, Event, Features, Prediction, Signal, Tick, encode, to_ms
+from tickvault.domain.keys import features_topic, signal_topic
+from tickvault.errors import StoreError, StoreUnavailable
+from tickvault.store.api import Store
+
+log = logging.getLogger("tickvault.features")
+
+SUMMARY_KEY = "tv:daysum:{symbol}:{day}"
+_HISTORY_CALENDAR_DAYS = 50  # enough calendar days to find 30 sessions around B3 holidays
+
+
+class Model(Protocol):
+    name: str
+
+    def predict_proba_one(self, values: dict[str, Any]) -> dict[str, float]: ...
+
+
+def model_covers(model: Model, symbol: str) -> bool:
+    """Whether `model` was trained for `symbol` (a model that names no symbols takes any). A WDO
+    model fed WIN's features would still answer, with signals that mean nothing."""
+    symbols = getattr(model, "symbols", None)
+    return symbols is None or symbol in symbols
+
+
+class _Summary(msgspec.Struct):
+    close: list[float | None]
+    quantity: list[int]
+    quantities: dict[int, int]
+
+
+def store_history(store: Store) -> HistoryProvider:
+    """Summaries of the sessions before `day`, read once from the ticks and then kept in Valkey
+    (`tv:daysum:{SYMBOL}:{YYYYMMDD}`). Only past days are cached, never the day in progress."""
+
+    def summary(symbol: str, day: date) -> SessionSummary | None:
+        key = SUMMARY_KEY.format(symbol=symbol, day=day.strftime("%Y%m%d"))
+        raw = store.client.get(key)
+        if raw is not None:
+            if raw == b"-":
+                return None
+            s = msgspec.msgpack.decode(raw, type=_Summary)
+            close = np.array([np.nan if c is None else c for c in s.close])
+            return SessionSummary(day, close, np.array(s.quantity, dtype=np.int64), _counter(s.quantities))
+        start = datetime(day.year, day.month, day.day, tzinfo=B3_TZ)
+        cols = store.columns(symbol, to_ms(start), to_ms(start + timedelta(days=1)) - 1)
+        if not len(cols):
+            store.client.set(key, b"-", ex=86_400)  # no session that day; a late load may still come
+            return None
+        built = summarize_session(day, cols.timestamp_ms, cols.price, cols.quantity)
+        packed = _Summary(
+            close=[None if not np.isfinite(c) else float(c) for c in built.minute_close],
+            quantity=built.minute_quantity.tolist(),
+            quantities=dict(built.quantities),
+        )
+        store.client.set(key, msgspec.msgpack.encode(packed))
+        return built
+
+    def provider(symbol: str, day: date, n: int) -> list[SessionSummary]:
+        found: list[SessionSummary] = []
+        for back in range(1, _HISTORY_CALENDAR_DAYS + 1):
+            if len(found) == n:
+                break
+            got = summary(symbol, day - timedelta(days=back))
+            if got is not None:
+                found.append(got)
+        return found[::-1]
+
+    return provider
+
+
+def _counter(d: dict[int, int]) -> Counter[int]:
+    return Counter(d)
+
+
+def load_model(path: Path) -> Model | None:
+    """The model `tickvault train` saved at `path`, or None when there is none yet (features only).
+    A file that exists but cannot be used is an error, not a silent "no predictions"."""
+    if not path.exists():
+        log.info("no model at %s: features only (train one with `tickvault train`)", path)
+        return None
+    from tickvault.ml.model import load  # scikit-learn is imported only when there is a model
+
+    return load(path)
+
+
+def decide(probabilities: dict[str, float], threshold: float) -> tuple[Action, float]:
+    """BUY when P(UP) reaches `threshold`, SELL when P(DOWN) does, else HOLD; confidence is the
+    probability behind the decision."""
+    up, down = probabilities.get("UP", 0.0), probabilities.get("DOWN", 0.0)
+    if up >= threshold and up >= down:
+        return "BUY", up
+    if down >= threshold:
+        return "SELL", down
+    return "HOLD", max(probabilities.values(), default=0.0)
+
+
+@dataclass
+class FeatureStats:
+    ticks: int = 0
+    features: int = 0
+    predictions: int = 0
+    signals: int = 0
+    late: int = 0
+    errors: int = 0
+    published: int = 0
+    publish_errors: int = 0
+    stored: int = 0
+    store_errors: int = 0
+    dropped: int = 0  # events not written to Valkey because it was down too long (recomputable)
+    warmed_up: int = 0  # stored ticks of the session folded in at start (a restart mid-session)
+    latency_ns: list[int] = field(default_factory=list)  # tick handed in -> prediction out (last 100k)
+
+
+class FeatureService:
+    def __init__(
+        self,
+        symbols: Iterable[str],
+        *,
+        store: Store | None = None,
+        model: Model | None = None,
+        threshold: float = 0.55,
+        config: FeatureConfig | None = None,
+        signal_bind: str | None = None,
+        handlers: list[Callable[[Event], None]] | None = None,
+        max_pending_writes: int = 100_000,
+        curve: ServerKeys | None = None,
+    ) -> None:
+        self.store = store
+        self.engine = FeatureEngine(symbols, config, history=store_history(store) if store else None)
+        self.model = model
+        self._unmodelled: set[str] = set()
+        self.threshold = threshold
+        self.handlers = list(handlers or [])
+        self.stats = FeatureStats()
+        self._inbox: queue.SimpleQueue[tuple[Tick, int] | Callable[[], Iterable[Tick]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._pending: list[Event] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._max_pending = max_pending_writes
+        self._socket: zmq.Socket[bytes] | None = None
+        self.signal_endpoint: str | None = None
+        # a taken signal port is retried every BIND_RETRY_S from the feature thread (the socket's owner)
+        self.signal_problem = ""
+        self._rebind: tuple[str, ServerKeys | None] | None = None
+        self._next_bind = 0.0
+        if signal_bind:
+            self._bind(signal_bind, curve)
+        self._thread: threading.Thread | None = None
+        self.idle = threading.Event()
+
+    def _bind(self, address: str, curve: ServerKeys | None) -> None:
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            as_server(sock, curve)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close()
+            if self._rebind is None:
+                log.error(
+                    "signal port %s unavailable (%s): features and signals stay in-process and in Valkey;"
+                    " retrying every %g s",
+                    address,
+                    exc,
+                    BIND_RETRY_S,
+                )
+            self.signal_problem = f"signal port {address} unavailable ({exc})"
+            self._rebind = (address, curve)
+            self._next_bind = time.monotonic() + BIND_RETRY_S
+            return
+        if self._rebind is not None:
+            log.warning("signal port %s bound: signals flow on ZeroMQ again", address)
+        self._rebind, self.signal_problem = None, ""
+        self._socket = sock
+        self.signal_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)  # last: the rest is done
+
+    def _retry_bind(self) -> None:
+        if self._rebind is not None and time.monotonic() >= self._next_bind:
+            self._bind(*self._rebind)
+
+    # -- input -----------------------------------------------------------------------------------
+
+    def submit(self, tick: Tick) -> None:
+        """The ingest handler: never blocks, never raises into the source."""
+        self._inbox.put((tick, time.perf_counter_ns()))
+
+    def warm_up(self, load: Callable[[], Iterable[Tick]]) -> None:
+        """Before the live ticks: fold the ticks `load` returns (the session so far, from the store)
+        into the engine without sending anything, so a restarted run's features go on as if it had
+        never stopped (and equal a backfill of the whole session). Runs on the feature thread:
+        the source never waits for it; live ticks queue meanwhile."""
+        self._inbox.put(load)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="features", daemon=True)
+        self._thread.start()
+        # Valkey writes on their own thread: a slow or dead server never delays features or signals
+        self._writer = threading.Thread(target=self._write_loop, name="features-writer", daemon=True)
+        self._writer.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Process everything submitted, write what is pending, close."""
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._done.set()
+        if self._writer is not None:
+            self._writer.join(timeout)
+        self._flush()
+        if self._socket is not None:
+            self._socket.close()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get(timeout=0.05)
+                if item is None:
+                    return
+                self.idle.clear()
+                if callable(item):
+                    self._replay(item)
+                    continue
+                self.process(*item)
+            except queue.Empty:
+                self.idle.set()
+            self._retry_bind()
+
+    def _replay(self, load: Callable[[], Iterable[Tick]]) -> None:
+        started = time.monotonic()
+        try:
+            folded = 0
+            for tick in load():
+                self.engine.on_tick(tick)  # what it would emit was emitted then (and stored)
+                folded += 1
+        except Exception as exc:  # a store that cannot be read: the features start cold, loudly
+            self.stats.errors += 1
+            log.error("features start without the session so far (could not read it: %s)", exc)
+            return
+        self.stats.warmed_up = folded
+        self.stats.late = self.engine.late
+        if folded:
+            log.info(
+                "features warmed up on %d ticks of the session in %.1f s", folded, time.monotonic() - started
+            )
+
+    def _write_loop(self) -> None:
+        while not self._done.wait(0.05):
+            if not self._flush():
+                self._done.wait(0.5)  # Valkey unreachable: try again shortly, events stay queued
+
+    # -- work ------------------------------------------------------------------------------------
+
+    def process(self, tick: Tick, received_ns: int | None = None) -> list[Event]:
+        """Fold one tick; return (and send out) the features, prediction and signal it produced."""
+        self.stats.ticks += 1
+        try:
+            features = self.engine.on_tick(tick)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("feature engine failed on %s trade %s", tick.symbol, tick.trade_id)
+            return []
+        self.stats.late = self.engine.late
+        if features is None:
+            return []
+        out: list[Event] = [features]
+        self.stats.features += 1
+        if self.model is not None and self._predicts(tick.symbol):
+            try:
+                probabilities = self.model.predict_proba_one(features.values)
+                action, confidence = decide(probabilities, self.threshold)
+                sym, ts, ms, name = tick.symbol, tick.timestamp, tick.timestamp_ms, self.model.name
+                out.append(
+                    Prediction(
+                        symbol=sym, timestamp=ts, timestamp_ms=ms, model=name, probabilities=probabilities
+                    )
+                )
+                signal = Signal(
+                    symbol=sym,
+                    timestamp=ts,
+                    timestamp_ms=ms,
+                    action=action,
+                    confidence=confidence,
+                    model=name,
+                )  # type: ignore[arg-type]
+                out.append(signal)
+                self.stats.predictions += 1
+                self.stats.signals += 1
+            except Exception:
+                self.stats.errors += 1
+                log.exception("model failed on the features of %s at %s", tick.symbol, tick.timestamp)
+        if received_ns is not None:
+            if len(self.stats.latency_ns) >= 100_000:
+                del self.stats.latency_ns[:50_000]
+            self.stats.latency_ns.append(time.perf_counter_ns() - received_ns)
+        for event in out:
+            self._emit(event)
+        return out
+
+    def _predicts(self, symbol: str) -> bool:
+        assert self.model is not None
+        if model_covers(self.model, symbol):
+            return True
+        if symbol not in self._unmodelled:
+            self._unmodelled.add(symbol)
+            log.warning("%s is not a symbol of model %s: features only for it", symbol, self.model.name)
+        return False
+
+    def _emit(self, event: Event) -> None:
+        for handler in self.handlers:
+            try:
+                handler(event)
+            except Exception:
+                self.stats.errors += 1
+                log.exception("features handler %r failed", handler)
+        if self._socket is not None and not isinstance(event, Prediction):
+            topic = (
+                features_topic(event.symbol) if isinstance(event, Features) else signal_topic(event.symbol)
+            )
+            try:
+                self._socket.send_multipart([topic.encode(), encode(event)], flags=zmq.NOBLOCK)
+                self.stats.published += 1
+            except zmq.ZMQError:
+                self.stats.publish_errors += 1
+        if self.store is not None:
+            with self._lock:
+                if len(self._pending) >= self._max_pending:
+                    self.stats.dropped += 1
+                else:
+                    self._pending.append(event)
+
+    def _flush(self) -> bool:
+        """Write what is pending; False if Valkey was unreachable (the events stay queued)."""
+        with self._lock:
+            if self.store is None or not self._pending:
+                return True
+            batch, self._pending = self._pending, []
+        try:
+            self.stats.stored += self.store.append_events(batch)  # type: ignore[arg-type]
+        except StoreUnavailable as exc:
+            self.stats.store_errors += 1
+            with self._lock:
+                self._pending = batch + self._pending  # kept for the next try (bounded in _emit)
+            log.warning("features not written to Valkey yet (%s); %d waiting", exc, len(self._pending))
+            return False
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            self.stats.dropped += len(batch)
+            log.error("features refused by Valkey (%s); %d events not stored", exc, len(batch))
+        return True
+
+    def counters(self) -> dict[str, int]:
+        s = self.stats
+        return {
+            "feature_ticks": s.ticks, "features": s.features, "predictions": s.predictions,
+            "signals": s.signals,
+            "feature_errors": s.errors, "features_stored": s.stored, "feature_store_errors": s.store_errors,
+            "features_dropped": s.dropped, "late_for_features": s.late, "features_warmed_up": s.warmed_up,
+        }  # fmt: skip
