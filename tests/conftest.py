@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 import valkey  # noqa: E402
 from valkey.cluster import ValkeyCluster  # noqa: E402
 
+import leaks  # noqa: E402
 from tickvault.bus.pubsub import Subscriber  # noqa: E402
 from tickvault.config import Settings
 from tickvault.recorder.recorder import Recorder
@@ -31,6 +32,27 @@ SETTING_ENV_NAMES = [
     for info in Settings.model_fields.values()
     if isinstance(info.validation_alias, str)
 ]
+
+
+_BEFORE = pytest.StashKey[leaks.Snapshot]()
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(request: pytest.FixtureRequest) -> None:
+    """Snapshot threads and children once the wider-scoped fixtures (servers) are up; checked after
+    the test's teardown (pytest_runtest_teardown below)."""
+    request.node.stash[_BEFORE] = leaks.snapshot()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield
+    before = item.stash.get(_BEFORE, None)
+    if before is None:
+        return
+    left = leaks.leftovers(before)
+    if left:
+        raise AssertionError(f"{item.nodeid} left running after its teardown: " + "; ".join(left))
 
 
 @pytest.fixture(autouse=True)
