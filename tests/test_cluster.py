@@ -4,9 +4,12 @@ and the live tail, candles, the candle worker, features) gives exactly what one 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import valkey
 from valkey.cluster import ValkeyCluster
 
 from conftest import subprocess_env
-from factories import BASE_MS
+from factories import BASE_MS, ticks
 from tickvault.analytics.candles import TIMEFRAMES
 from tickvault.analytics.features import FeatureConfig, FeatureEngine, backfill
 from tickvault.domain.events import Tick, from_ms
@@ -25,10 +28,11 @@ from tickvault.domain.keys import KeySpace
 from tickvault.errors import ConfigError
 from tickvault.sources.simulator import MarketSimulator
 from tickvault.store.api import Store
-from tickvault.store.cluster import EmbeddedCluster, is_cluster_url, parse_cluster_url
+from tickvault.store.cluster import EmbeddedCluster, close_client, is_cluster_url, parse_cluster_url
 from tickvault.workers.candle_worker import CandleWorker
 
 SYMBOLS = ("WDOFUT", "WINFUT", "DOLFUT", "INDFUT")
+SPAN = (BASE_MS - 86_400_000, BASE_MS + 86_400_000)
 HEADER = ",".join(
     ["timestamp", "symbol", "timestamp_ms", "trade_id", "price", "volume", "quantity"]
     + ["buyer", "seller", "trade_type", "aggressor", "is_edit", "seq"]
@@ -270,3 +274,175 @@ def test_a_slot_migrated_mid_ingest_loses_and_duplicates_nothing(
         back = store.tick_events(symbol, BASE_MS - 1, BASE_MS + 86_400_000)
         mine = [t for t in produced if t.symbol == symbol]
         assert sorted((t.trade_id, t.seq) for t in back) == sorted((t.trade_id, t.seq) for t in mine)
+
+
+class ClusterCommand:
+    """`tickvault valkey --cluster 3` in a subprocess on one data folder, run as a user runs it."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.data = cwd / "data"
+        self.running: subprocess.Popen[str] | None = None
+
+    def start(self) -> tuple[str, str]:
+        """Start it; returns the URL it prints and what it said up to "Ctrl+C to stop"."""
+        import re
+
+        self.running = subprocess.Popen(
+            [sys.executable, "-m", "tickvault", "valkey", "--cluster", "3"],
+            env=subprocess_env({"TICKVAULT_DATA_DIR": str(self.data)}), cwd=self.cwd,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.running.stderr is not None
+        said = ""
+        while (line := self.running.stderr.readline()) and "Ctrl+C to stop" not in line:
+            said += line
+        found = re.search(r"export VALKEY_URL=(\S+)", said)
+        assert found, said
+        return found.group(1), said
+
+    def stop(self, sig: int) -> tuple[int, str]:
+        """Ctrl+C (SIGINT) or SIGTERM; returns its exit code and the rest of what it said."""
+        assert self.running is not None
+        self.running.send_signal(sig)
+        _, said = self.running.communicate(timeout=120)
+        self.running, code = None, self.running.returncode
+        return code, said
+
+    def close(self) -> None:
+        if self.running is not None:
+            self.running.kill()
+            self.running.communicate(timeout=60)
+        EmbeddedCluster(self.data / "valkey-cluster", nodes=3).stop()
+
+
+@pytest.fixture
+def cluster_command(tmp_path: Path) -> Iterator[ClusterCommand]:
+    command = ClusterCommand(tmp_path)
+    try:
+        yield command
+    finally:
+        command.close()
+
+
+def _assert_same_cluster(url: str, keys: dict[str, bytes], symbols: list[str], stored: pd.DataFrame) -> None:
+    """Every node of `url` says cluster_state:ok and lists exactly the nodes of `url` as the slots'
+    owners; a client that discovers the topology from any single node reads back all of `keys`;
+    `tickvault.connect` reads back the ticks `stored` of `symbols`."""
+    import tickvault
+
+    seeds, _ = parse_cluster_url(url)
+    for host, port in seeds:
+        with valkey.Valkey(host=host, port=port) as node:
+            assert "cluster_state:ok" in node.execute_command("CLUSTER", "INFO").decode(), (host, port)
+            owners = {(o[0].decode(), o[1]) for r in node.execute_command("CLUSTER", "SLOTS") for o in r[2:]}
+            assert owners == set(seeds), (port, owners)
+        client = ValkeyCluster(host=host, port=port)  # the rest of the topology: from this node
+        try:
+            assert client.mget_nonatomic(list(keys)) == list(keys.values())
+        finally:
+            close_client(client)
+    with tickvault.connect(url) as store:
+        pd.testing.assert_frame_equal(store.ticks(symbols, *SPAN), stored)
+
+
+@contextlib.contextmanager
+def _listening(*addresses: tuple[str, int]) -> Iterator[None]:
+    """Someone else listens on these ports meanwhile."""
+    import socket
+
+    with contextlib.ExitStack() as stack:
+        for address in addresses:
+            taken = stack.enter_context(socket.socket())
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the stopped node's TIME_WAIT
+            taken.bind(address)
+            taken.listen()
+        yield
+
+
+@pytest.mark.timeout(600)
+def test_the_cluster_command_stopped_and_started_again_is_the_same_cluster_with_its_data(
+    cluster_command: ClusterCommand,
+) -> None:
+    """Stopped with Ctrl+C and started again, `tickvault valkey --cluster 3` comes back on its ports
+    with its data; when a port was taken meanwhile, that node moves and its peers learn where; after
+    a crash (the command and its nodes killed) it comes back too."""
+    import os
+    import signal
+
+    import tickvault
+    from tickvault.store.server import EmbeddedValkey
+
+    url, _ = cluster_command.start()
+    symbols = [f"SYM{i}" for i in range(12)]  # spread over the three nodes
+    keys = {f"restart:{{{i}}}": str(i).encode() for i in range(300)}
+    host, port = parse_cluster_url(url)[0][0]
+    written = ValkeyCluster(host=host, port=port)
+    try:
+        written.mset_nonatomic(keys)
+    finally:
+        close_client(written)
+    with tickvault.connect(url) as store:
+        store.append_ticks([t for s in symbols for t in ticks(50, symbol=s)])
+        assert store.wait_durable()  # every node's file on disk: the crash below loses nothing
+        stored = store.ticks(symbols, *SPAN)
+    assert len(stored) == 600
+
+    code, said = cluster_command.stop(signal.SIGINT)
+    assert code == 0 and "stopped the embedded cluster (data kept)" in said, said
+    again, said = cluster_command.start()
+    assert again == url and "the same URL as the last start" in said, said
+    _assert_same_cluster(again, keys, symbols, stored)
+
+    # a port taken while it was stopped: that node starts elsewhere, the others are told where
+    code, said = cluster_command.stop(signal.SIGTERM)
+    assert code == 0, said
+    seeds = parse_cluster_url(url)[0]
+    with _listening(seeds[1]):
+        moved, said = cluster_command.start()
+    assert f"the URL changed, a port was taken; was {url}" in said, said
+    now = parse_cluster_url(moved)[0]
+    assert now[0] == seeds[0] and now[2] == seeds[2] and now[1] != seeds[1]
+    _assert_same_cluster(moved, keys, symbols, stored)
+
+    # every port taken, the cluster bus ports too: no node can reach a peer where its nodes.conf
+    # says, each must be told
+    buses = []
+    for host, port in now:
+        with valkey.Valkey(host=host, port=port) as node:
+            buses.append((host, int(node.config_get("cluster-port")["cluster-port"])))
+    code, said = cluster_command.stop(signal.SIGINT)
+    assert code == 0, said
+    with _listening(*now, *buses):
+        elsewhere, said = cluster_command.start()
+    assert not set(parse_cluster_url(elsewhere)[0]) & set(now), elsewhere
+    _assert_same_cluster(elsewhere, keys, symbols, stored)
+
+    # a crash: the command and every node killed; they come back where they were
+    nodes = [EmbeddedValkey(cluster_command.data / "valkey-cluster" / f"node-{k}") for k in range(3)]
+    pids = [info.pid for info in (node.running() for node in nodes) if info is not None]
+    assert len(pids) == 3
+    cluster_command.stop(signal.SIGKILL)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    back, said = cluster_command.start()
+    assert back == elsewhere and "the same URL as the last start" in said, said
+    _assert_same_cluster(back, keys, symbols, stored)
+    code, said = cluster_command.stop(signal.SIGINT)
+    assert code == 0 and "stopped the embedded cluster (data kept)" in said, said
+
+
+def test_a_cluster_folder_started_with_another_node_count_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "valkey-cluster"
+    folder.mkdir()
+    nodes = [
+        {"id": f"{k:040x}", "host": "127.0.0.1", "port": 7000 + k, "bus_port": 17000 + k} for k in range(3)
+    ]
+    (folder / "cluster.json").write_text(json.dumps(nodes))
+    local = EmbeddedCluster(folder, nodes=4)
+    try:
+        with pytest.raises(ConfigError, match="holds a cluster of 3 nodes"):
+            local.ensure_running()
+        assert all(member.running() is None for member in local.members), "nothing started"
+    finally:
+        local.stop()

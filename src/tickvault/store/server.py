@@ -118,12 +118,14 @@ class EmbeddedValkey:
         host: str = "127.0.0.1",
         port: int | None = None,
         cluster: bool = False,
+        bus_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.password = password
         self.port = port  # None: the port it had last time if free, else any free port
         self.cluster = cluster  # a Valkey Cluster node (see cluster.EmbeddedCluster)
+        self.bus_port = bus_port  # cluster bus port wanted (the one its peers know) if free
 
     # -- locking and state ----------------------------------------------------------------------
 
@@ -212,6 +214,8 @@ class EmbeddedValkey:
         if self.cluster:
             # the bus port is port + 10000 by default, past 65535 for most free ports: pick one
             bus = port + 10000 if port + 10000 <= 65535 and _port_free(self.host, port + 10000) else None
+            if self.bus_port and _port_free(self.host, self.bus_port):
+                bus = self.bus_port
             lines += [
                 "cluster-enabled yes",
                 f'cluster-config-file "{self.data_dir / "nodes.conf"}"',
