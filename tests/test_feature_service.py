@@ -4,22 +4,26 @@ Valkey and in-process handlers; the history cache is per day."""
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+import valkey
 import zmq
 
+from conftest import wait_until
 from factories import tick
 from tickvault.analytics.features import FeatureConfig, FeatureEngine, backfill
 from tickvault.app.system import System
 from tickvault.config import load_settings
-from tickvault.domain.events import B3_TZ, Event, Features, Prediction, Tick, decode, to_ms
+from tickvault.domain.events import B3_TZ, Event, Features, Prediction, Tick, day_start_ms, decode, to_ms
 from tickvault.sources.simulator import MarketSimulator
 from tickvault.store.api import Store, frame_to_ticks
+from tickvault.store.server import EmbeddedValkey, free_port
 from tickvault.workers.core_flow import FeatureService, decide, store_history
 
 SYMBOLS = ("WDOFUT", "WINFUT")
@@ -297,3 +301,132 @@ def test_valkey_dying_mid_run_keeps_the_core_flow_predicting_and_loses_no_tick(
         system.stop_event.set()
         client.close()
         server.stop()
+
+
+@pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[tuple[EmbeddedValkey, valkey.Valkey]]:
+    """A Valkey of this test alone, to stop and start again (the session's server is never stopped)."""
+    server = EmbeddedValkey(tmp_path / "valkey", port=free_port())
+    info = server.ensure_running()
+    client = valkey.Valkey(host=info.host, port=info.port, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop()
+
+
+class FixedModel:
+    """A model of any symbol that always answers the same: it shows that predictions flow."""
+
+    name, symbols = "fixed-test", None
+
+    def predict_proba_one(self, values: dict[str, object]) -> dict[str, float]:
+        return {"DOWN": 0.2, "FLAT": 0.5, "UP": 0.3}
+
+
+def history_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], int]:
+    """Counts the feature log's records containing a text (whatever an in-process CLI test set up)."""
+    monkeypatch.setattr(logging.getLogger("tickvault"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="tickvault")
+    return lambda text: sum(text in r.getMessage() for r in caplog.records if r.name == "tickvault.features")
+
+
+UNAVAILABLE = "history of previous sessions unavailable"
+BACK = "history of previous sessions is back"
+
+
+def test_a_session_starting_while_valkey_is_down_starts_without_history_and_catches_up_when_it_returns(
+    own_valkey: tuple[EmbeddedValkey, valkey.Valkey],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, client = own_valkey
+    logged = history_log(caplog, monkeypatch)
+    store = Store(client)
+    past_sessions(store)
+    day_ms = 86_400_000
+    yesterday = frame_to_ticks(store.ticks(list(SYMBOLS), to_ms(TODAY) - day_ms, to_ms(TODAY) - 1))
+    sim = MarketSimulator(list(SYMBOLS), seed=6, start=TODAY)
+    today = list(itertools.islice(sim.ticks(), 0, 280_000, 14))  # 96 minutes of the session
+    outage, after = today[:16_000], today[16_000:]  # Valkey is back 77 minutes in
+    seen: list[Event] = []
+    every_tick = FeatureConfig(emit_interval_ms=0)
+    service = FeatureService(
+        SYMBOLS, store=store, model=FixedModel(), config=every_tick, handlers=[seen.append]
+    )
+
+    def feed(ticks: list[Tick]) -> list[Event]:
+        """Every tick gives features, a prediction and a signal."""
+        mark = len(seen)
+        for t in ticks:
+            service.submit(t)
+        assert wait_until(lambda: len(seen) == mark + 3 * len(ticks), timeout=60)
+        return seen[mark:]
+
+    service.start()
+    try:
+        features = [e for e in feed(yesterday) if isinstance(e, Features)]
+        assert features[-1].values["microstructure_imbalance"] is not None  # the history, Valkey up
+        server.stop()  # returns once the server has exited
+        assert server.running() is None
+        # the first tick of a new session comes now, with Valkey down: the core flow goes on at once
+        during = feed(outage)
+        features = [e for e in during if isinstance(e, Features)]
+        assert len(features) == sum(isinstance(e, Prediction) for e in during) == len(outage)
+        for f in features:
+            assert f.values["volume_pattern_score"] is None
+            assert f.values["historical_momentum_rank"] is None
+            assert f.values["microstructure_imbalance"] is None
+            assert f.values["volatility_regime_30d"] == "UNKNOWN"
+        assert service.stats.errors == 0
+        assert logged(UNAVAILABLE) == 1 and logged(BACK) == 0  # one line, not one per tick or symbol
+        assert not [r for r in caplog.records if r.exc_info]  # and no traceback
+        assert service.counters()["feature_sessions_without_history"] == 2  # both symbols' sessions
+        assert server.ensure_running().port == client.connection_pool.connection_kwargs["port"]
+        assert wait_until(lambda: logged(BACK) == 1, timeout=60)  # looked up again in the background
+        resumed = [e for e in feed(after) if isinstance(e, Features)]
+    finally:
+        service.stop()
+    assert logged(UNAVAILABLE) == 1 and logged(BACK) == 1
+    for name in ("volume_pattern_score", "historical_momentum_rank", "microstructure_imbalance"):
+        assert resumed[0].values[name] is not None, name
+    assert resumed[0].values["volatility_regime_30d"] != "UNKNOWN"
+    # from there on the values are those of a run that had the history all along
+    whole = backfill(FeatureEngine(SYMBOLS, every_tick, history=store_history(store)), yesterday + today)
+    assert [(f.symbol, f.timestamp_ms) for f in resumed] == [(t.symbol, t.timestamp_ms) for t in after]
+    assert [f.values for f in whole[-len(after) :]] == [f.values for f in resumed]
+
+
+def test_a_run_starting_while_valkey_is_down_warms_up_cold_and_its_history_look_up_ends_with_it(
+    own_valkey: tuple[EmbeddedValkey, valkey.Valkey],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, client = own_valkey
+    logged = history_log(caplog, monkeypatch)
+    store = Store(client)
+    past_sessions(store, days=2)
+    today = list(itertools.islice(MarketSimulator(list(SYMBOLS), seed=2, start=TODAY).ticks(), 0, 30_000, 10))
+    store.append_ticks(today[:1000])  # the session so far, stored by the run before
+    server.stop()
+    newest = today[999].timestamp_ms
+    seen: list[Event] = []
+    service = FeatureService(
+        SYMBOLS, store=store, config=FeatureConfig(emit_interval_ms=0), handlers=[seen.append]
+    )
+    # what System does for a restarted run: fold the stored session first, on the feature thread
+    service.warm_up(lambda: frame_to_ticks(store.ticks(list(SYMBOLS), day_start_ms(newest), newest)))
+    service.start()
+    try:
+        for t in today[1000:]:
+            service.submit(t)
+        assert wait_until(lambda: sum(isinstance(e, Features) for e in seen) == len(today) - 1000, timeout=60)
+        assert service.stats.warmed_up == 0 and service.stats.errors == 1  # the session could not be read
+        assert logged("features start without the session so far") == 1
+        assert logged(UNAVAILABLE) == 1
+        assert [t for t in threading.enumerate() if t.name == "features-history"]  # still looking
+    finally:
+        service.stop()
+    assert not [t for t in threading.enumerate() if t.name == "features-history"]  # ended with its owner
+    assert logged(BACK) == 0

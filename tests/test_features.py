@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from datetime import date
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,7 @@ from tickvault.domain.events import B3_TZ, Tick
 from tickvault.sources.simulator import MarketSimulator
 
 OPEN_MS = BASE_MS - 4 * 3_600_000  # 09:00 local on the factories' Monday
+SYMBOLS = ("WDOFUT", "WINFUT")
 
 
 def every_tick() -> FeatureConfig:
@@ -207,3 +208,53 @@ def test_pattern_momentum_and_correlation_against_direct_numpy() -> None:
         a, b = np.diff(np.log(wdo[j - 30 : j + 1])), np.diff(np.log(win[j - 30 : j + 1]))
         samples.append(np.corrcoef(a, b)[0, 1])
     assert last["correlation_stability"] == pytest.approx(1 - np.std(samples), rel=1e-9)
+
+
+def test_history_that_arrives_late_catches_the_session_up_exactly() -> None:
+    """A provider that cannot give the history at the session start (None: Valkey unreachable): the
+    session starts without it (the values of a symbol without history), and once `set_history`
+    brings it the features are those of an engine that had it from the start."""
+    start = datetime(2025, 11, 24, 9, 0, tzinfo=B3_TZ)
+    sim = MarketSimulator(["WDOFUT", "WINFUT"], seed=3, start=start)
+    ticks = list(itertools.islice(sim.ticks(), 0, 280_000, 14))  # 96 minutes of both symbols
+    day = start.date()
+    history = {"WDOFUT": flat_history(day, 10, 1e-4, seed=1), "WINFUT": flat_history(day, 10, 1e-4, seed=2)}
+    asked: list[tuple[str, date]] = []
+
+    def unreachable(symbol: str, on: date, n: int) -> list[SessionSummary] | None:
+        asked.append((symbol, on))
+        return None
+
+    whole = backfill(FeatureEngine(SYMBOLS, every_tick(), history=lambda s, d, n: history[s]), ticks)
+    late = FeatureEngine(SYMBOLS, every_tick(), history=unreachable)
+    arrive = {"WDOFUT": int(len(ticks) * 0.8), "WINFUT": int(len(ticks) * 0.9)}  # 60+ minutes in
+    out = []
+    for i, t in enumerate(ticks):
+        for symbol, at in arrive.items():
+            if i == at:
+                assert not late.set_history(symbol, date(2025, 11, 21), history[symbol])  # not its session
+                assert late.set_history(symbol, day, history[symbol])
+                assert not late.set_history(symbol, day, history[symbol])  # not waiting any more
+        found = late.on_tick(t)
+        assert found is not None
+        out.append(found)
+    assert asked == [("WDOFUT", day), ("WINFUT", day)]  # once per session, not per tick
+    assert [(f.symbol, f.timestamp_ms) for f in out] == [(f.symbol, f.timestamp_ms) for f in whole]
+    for i, (got, want) in enumerate(zip(out, whole, strict=True)):
+        if i >= arrive[got.symbol]:
+            assert got.values == want.values, (i, got.symbol)
+            continue
+        for name in FEATURE_NAMES:  # before it arrives: the base features, none from the history
+            if name in ("volume_pattern_score", "historical_momentum_rank", "microstructure_imbalance"):
+                assert got.values[name] is None
+            elif name == "volatility_regime_30d":
+                assert got.values[name] == "UNKNOWN"
+            else:
+                assert got.values[name] == want.values[name], (i, name)
+    # the catch-up had something to catch up: the history-aware values right after it are set
+    for symbol, at in arrive.items():
+        values = next(f.values for f in out[at:] if f.symbol == symbol)
+        assert values["microstructure_imbalance"] not in (None, 0.0)
+        assert values["volume_pattern_score"] is not None
+        assert values["historical_momentum_rank"] is not None
+        assert values["volatility_regime_30d"] != "UNKNOWN"

@@ -17,7 +17,8 @@ Base features, updated per tick or per closed minute (minutes are B3 wall-clock 
   (buy + sell) in the last 60 seconds (None without aggressor trades).
 - `spread`, `book_imbalance`: from book updates when a source sends them, else None.
 
-History-aware features (previous sessions' statistics are computed once per session day):
+History-aware features (previous sessions' statistics are computed once per session day; when they
+cannot be had at the session start, see `FeatureEngine.set_history`):
 - `volume_pattern_score`: Pearson correlation between this session's per-minute traded quantity over
   the last 60 closed minutes and the mean quantity of the same clock minutes over the previous sessions
   (up to 30). None with fewer than 10 closed minutes today or no previous session.
@@ -220,6 +221,10 @@ class SymbolState:
     closed: list[float] = field(default_factory=list)  # closes of the closed minutes, in order
     history: list[SessionSummary] = field(default_factory=list)
     large_threshold: float | None = None
+    # the provider could not give the history at the session start: aggressor trades of the last
+    # `large` window (second, quantity, buy, sell) are kept so `set_history` can rebuild that window
+    history_pending: bool = False
+    recent: deque[tuple[int, int, int, int]] = field(default_factory=deque)
     cached: dict[str, float | str | None] = field(default_factory=dict)  # values updated at minute close
     corr_samples: dict[str, deque[float]] = field(default_factory=dict)
     bid: tuple[float, int] | None = None
@@ -235,7 +240,9 @@ class SymbolState:
         return _carry_forward(self.close[: minute + 1])
 
 
-HistoryProvider = Callable[[str, date, int], list[SessionSummary]]
+# (symbol, day, n) -> the summaries of up to n sessions before day, oldest first; None when they cannot
+# be had now (the store is unreachable): the session starts without them, `set_history` brings them
+HistoryProvider = Callable[[str, date, int], list[SessionSummary] | None]
 
 
 class FeatureEngine:
@@ -243,7 +250,8 @@ class FeatureEngine:
     event due at that tick (at most one per `emit_interval_ms` of exchange time per symbol) or None.
 
     `history(symbol, day, n)` gives the summaries of the `n` sessions before `day` (from the store in
-    a running system); without it, the engine remembers the sessions it has seen itself."""
+    a running system), or None when it cannot now (see `set_history`); without it, the engine
+    remembers the sessions it has seen itself."""
 
     def __init__(
         self,
@@ -307,6 +315,10 @@ class FeatureEngine:
         state.large.advance(second)
         if state.large_threshold is not None and tick.quantity >= state.large_threshold and (buy or sell):
             state.large.add(second, (buy, sell))
+        if state.history_pending and (buy or sell):
+            state.recent.append((second, tick.quantity, buy, sell))
+            while state.recent[0][0] <= second - state.large.n:
+                state.recent.popleft()
 
     def values(self, state: SymbolState) -> dict[str, float | str | None]:
         second = state.last_ms // 1000
@@ -343,18 +355,55 @@ class FeatureEngine:
     # -- per session and per closed minute -------------------------------------------------------
 
     def _new_session(self, state: SymbolState, day: date) -> None:
+        pending = False
         if state.day is not None and self.history is None:
             state.history = [*state.history, state.summary()][-self.config.lookback_sessions :]
         if self.history is not None:
-            state.history = self.history(state.symbol, day, self.config.lookback_sessions)
+            found = self.history(state.symbol, day, self.config.lookback_sessions)
+            pending = found is None
+            state.history = found or []
         fresh = SymbolState(state.symbol, self.config, history=state.history, bid=state.bid, ask=state.ask)
         fresh.day = day
-        merged: Counter[int] = Counter()
-        for past in state.history:
-            merged.update(past.quantities)
-        fresh.large_threshold = quantile_of(merged, self.config.large_trade_quantile)
+        fresh.history_pending = pending
+        fresh.large_threshold = self._large_threshold(state.history)
         fresh.last_ms = state.last_ms
         state.__dict__.update(fresh.__dict__)
+
+    def _large_threshold(self, history: list[SessionSummary]) -> float | None:
+        merged: Counter[int] = Counter()
+        for past in history:
+            merged.update(past.quantities)
+        return quantile_of(merged, self.config.large_trade_quantile)
+
+    def set_history(self, symbol: str, day: date, history: list[SessionSummary]) -> bool:
+        """The history the provider could not give when `symbol`'s session `day` began (it returned
+        None) has arrived. Until now the history-aware features were those of a symbol without
+        history (volume_pattern_score, historical_momentum_rank, microstructure_imbalance None,
+        volatility_regime_30d UNKNOWN); from here on the state is what it would have been with the
+        history from the start, so the next features equal a backfill's: the large-trade window is
+        rebuilt from the session's last 5 minutes of aggressor trades and the history-aware values of
+        the last closed minute are computed again. False (and nothing changes) if that session is no
+        longer the symbol's current one or it was not waiting for history."""
+        state = self.states.get(symbol)
+        if state is None or state.day != day or not state.history_pending:
+            return False
+        state.history = history
+        state.large_threshold = threshold = self._large_threshold(history)
+        large = SecondWindow(state.large.n, 2)
+        if threshold is not None:
+            for second, quantity, buy, sell in state.recent:
+                if quantity >= threshold:
+                    large.add(second, (buy, sell))
+        if state.large.head >= 0:
+            large.advance(state.large.head)
+        state.large = large
+        state.history_pending, state.recent = False, deque()
+        if state.closed:  # minutes close up to the open one: the last closed is the one before it
+            minute = state.minute - 1
+            vol = state.cached.get("realized_vol_30m")
+            assert vol is None or isinstance(vol, float)
+            self._history_values(state, state.closes_until(minute), vol, minute)
+        return True
 
     def _close_minute(self, state: SymbolState, minute: int) -> None:
         """Minute `minute` closed: update the indicators on minute closes and the cached features."""
@@ -383,10 +432,14 @@ class FeatureEngine:
             minute, c.vol_window
         )
         state.cached["realized_vol_30m"] = vol
+        self._history_values(state, closes, vol, minute)
+        state.cached["correlation_stability"] = self._correlation_stability(state, closes, minute)
+
+    def _history_values(self, state: SymbolState, closes: np.ndarray, vol: float | None, minute: int) -> None:
+        """The features that compare closed minute `minute` with the previous sessions."""
         state.cached["volume_pattern_score"] = self._volume_pattern(state, minute)
         state.cached["historical_momentum_rank"] = self._momentum_rank(state, closes, minute)
         state.cached["volatility_regime_30d"] = self._regime(state, vol, minute)
-        state.cached["correlation_stability"] = self._correlation_stability(state, closes, minute)
 
     def _volume_pattern(self, state: SymbolState, minute: int) -> float | None:
         c = self.config

@@ -8,7 +8,9 @@ the ZeroMQ signal port (`features_{SYMBOL}`, `signal_{SYMBOL}`), then Valkey str
 it never stops the others.
 
 Previous sessions' statistics come from the store (`store_history`), cached in Valkey per symbol and
-day, so every process and every backfill sees the same history for the same day.
+day, so every process and every backfill sees the same history for the same day. A session that
+starts while Valkey is unreachable starts at once without them (`HistoryLookup`): they are looked
+up again in the background and the engine catches up when they arrive.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from typing import Any, Protocol
 
 import msgspec
 import numpy as np
+import valkey
 import zmq
 
 from tickvault.analytics.features import (
     FeatureConfig,
     FeatureEngine,
-    HistoryProvider,
     SessionSummary,
     summarize_session,
 )
@@ -41,11 +43,13 @@ from tickvault.domain.events import B3_TZ, Action, Event, Features, Prediction, 
 from tickvault.domain.keys import features_topic, signal_topic
 from tickvault.errors import StoreError, StoreUnavailable
 from tickvault.store.api import Store
+from tickvault.store.connection import store_error
 
 log = logging.getLogger("tickvault.features")
 
 SUMMARY_KEY = "tv:daysum:{symbol}:{day}"
 _HISTORY_CALENDAR_DAYS = 50  # enough calendar days to find 30 sessions around B3 holidays
+HISTORY_RETRY_S = (0.5, 10.0)  # first and longest wait between background look-ups of the history
 
 
 class Model(Protocol):
@@ -67,11 +71,19 @@ class _Summary(msgspec.Struct):
     quantities: dict[int, int]
 
 
-def store_history(store: Store) -> HistoryProvider:
+def store_history(store: Store) -> Callable[[str, date, int], list[SessionSummary]]:
     """Summaries of the sessions before `day`, read once from the ticks and then kept in Valkey
-    (`tv:daysum:{SYMBOL}:{YYYYMMDD}`). Only past days are cached, never the day in progress."""
+    (`tv:daysum:{SYMBOL}:{YYYYMMDD}`). Only past days are cached, never the day in progress.
+    An unreachable Valkey raises StoreUnavailable (a backfill must not go on without history; the
+    live service wraps this in `HistoryLookup`)."""
 
     def summary(symbol: str, day: date) -> SessionSummary | None:
+        try:
+            return _summary(symbol, day)
+        except valkey.ValkeyError as exc:
+            raise store_error(exc) from exc
+
+    def _summary(symbol: str, day: date) -> SessionSummary | None:
         key = SUMMARY_KEY.format(symbol=symbol, day=day.strftime("%Y%m%d"))
         raw = store.client.get(key)
         if raw is not None:
@@ -109,6 +121,110 @@ def store_history(store: Store) -> HistoryProvider:
 
 def _counter(d: dict[int, int]) -> Counter[int]:
     return Counter(d)
+
+
+class HistoryLookup:
+    """The live engine's history provider: `provider` on the feature thread while it works; once it
+    fails (Valkey unreachable), the session starts at once without history (None) and a background
+    thread looks it up again with backoff, for that and any session that starts meanwhile (those do
+    not try: no connection attempt per tick or per symbol). One line is logged when it gives up for
+    now, one when the history is back. What arrives is collected by `take_arrived` on the feature
+    thread, which hands it to the engine (`FeatureEngine.set_history`). The thread starts at the
+    first miss and ends with `stop`."""
+
+    def __init__(
+        self,
+        provider: Callable[[str, date, int], list[SessionSummary]],
+        *,
+        retry_s: tuple[float, float] = HISTORY_RETRY_S,
+    ) -> None:
+        self._provider = provider
+        self._retry_s = retry_s
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # a session misses its history, or stop
+        self._wanted: dict[str, tuple[date, int]] = {}  # symbol -> (day, n) still to look up
+        self._arrived: list[tuple[str, date, list[SessionSummary]]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.misses = 0  # sessions started without their history
+
+    def __call__(self, symbol: str, day: date, n: int) -> list[SessionSummary] | None:
+        with self._lock:
+            if self._wanted:  # known to be unreachable: the background look-up takes this one too
+                self._wanted[symbol] = (day, n)
+                self.misses += 1
+                return None
+        try:
+            return self._provider(symbol, day, n)
+        except Exception as exc:  # unreachable, or a cache entry that cannot be read: never lose ticks
+            log.warning(
+                "history of previous sessions unavailable (%s): %s starts its %s session without it"
+                " (history-aware features empty); looking it up again in the background",
+                exc,
+                symbol,
+                day,
+            )  # before the look-up starts: its "back" line comes after this one
+            with self._wake:
+                self._wanted[symbol] = (day, n)
+                self.misses += 1
+                if self._thread is None and not self._stop.is_set():
+                    self._thread = threading.Thread(target=self._run, name="features-history", daemon=True)
+                    self._thread.start()
+                self._wake.notify_all()
+            return None
+
+    def _run(self) -> None:
+        first, longest = self._retry_s
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._stop.is_set() or bool(self._wanted))
+            wait, tries = first, 0
+            while not self._stop.wait(wait):
+                tries += 1
+                try:
+                    if self._look_up():
+                        break
+                    wait = first  # sessions that started meanwhile: look them up promptly
+                except Exception:  # still unreachable: wait longer
+                    wait = min(wait * 2, longest)
+            if self._stop.is_set():  # no logging once the owner has stopped
+                return
+            log.warning(
+                "history of previous sessions is back after %d tries: history-aware features resume", tries
+            )
+
+    def _look_up(self) -> bool:
+        """Look up what is wanted; True when nothing is wanted any more."""
+        with self._lock:
+            wanted = dict(self._wanted)
+        for symbol, (day, n) in wanted.items():
+            found = self._provider(symbol, day, n)
+            with self._lock:
+                self._arrived.append((symbol, day, found))
+                if self._wanted.get(symbol) == (day, n):  # not replaced by a newer session meanwhile
+                    del self._wanted[symbol]
+            if self._stop.is_set():
+                return False
+        with self._lock:
+            return not self._wanted
+
+    @property
+    def arrived(self) -> bool:
+        return bool(self._arrived)
+
+    def take_arrived(self) -> list[tuple[str, date, list[SessionSummary]]]:
+        with self._lock:
+            out, self._arrived = self._arrived, []
+        return out
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the background look-up (one in progress finishes its current Valkey call first)."""
+        with self._wake:
+            self._stop.set()
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
 
 def load_model(path: Path) -> Model | None:
@@ -165,7 +281,8 @@ class FeatureService:
         curve: ServerKeys | None = None,
     ) -> None:
         self.store = store
-        self.engine = FeatureEngine(symbols, config, history=store_history(store) if store else None)
+        self._history = HistoryLookup(store_history(store)) if store is not None else None
+        self.engine = FeatureEngine(symbols, config, history=self._history)
         self.model = model
         self._unmodelled: set[str] = set()
         self.threshold = threshold
@@ -247,6 +364,8 @@ class FeatureService:
         self._inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._history is not None:
+            self._history.stop(timeout)
         self._done.set()
         if self._writer is not None:
             self._writer.join(timeout)
@@ -297,6 +416,9 @@ class FeatureService:
     def process(self, tick: Tick, received_ns: int | None = None) -> list[Event]:
         """Fold one tick; return (and send out) the features, prediction and signal it produced."""
         self.stats.ticks += 1
+        if self._history is not None and self._history.arrived:
+            for symbol, day, history in self._history.take_arrived():
+                self.engine.set_history(symbol, day, history)
         try:
             features = self.engine.on_tick(tick)
         except Exception:
@@ -399,4 +521,5 @@ class FeatureService:
             "signals": s.signals,
             "feature_errors": s.errors, "features_stored": s.stored, "feature_store_errors": s.store_errors,
             "features_dropped": s.dropped, "late_for_features": s.late, "features_warmed_up": s.warmed_up,
+            "feature_sessions_without_history": self._history.misses if self._history else 0,
         }  # fmt: skip
