@@ -38,10 +38,10 @@ from tickvault.domain.events import B3_TZ
 from tickvault.domain.keys import KeySpace
 from tickvault.errors import StoreError
 from tickvault.store.cluster import is_cluster, refresh
-from tickvault.store.connection import store_error
 from tickvault.store.stream_codec import (
     FIELDS,  # stream fields after the id, in order (the fast reader relies on it)
 )
+from tickvault.store.valkey_errors import map_valkey_errors
 
 log = logging.getLogger("tickvault.writer")
 
@@ -229,16 +229,13 @@ class TickWriter:
     @contextlib.contextmanager
     def _reset_on_failure(self) -> Iterator[None]:
         """Any failure drops the cached state, so the caller's retry is decided against Valkey's."""
-        try:
-            yield
-        except valkey.ValkeyError as exc:
-            self.reset()
-            refresh(self.client)  # in a cluster the slot may have moved: the retry goes to its new node
-            raise store_error(exc) from exc
-        except BaseException:
-            self.reset()
-            refresh(self.client)
-            raise
+        with map_valkey_errors():
+            try:
+                yield
+            except BaseException:
+                self.reset()
+                refresh(self.client)  # in a cluster the slot may have moved: the retry goes to its new node
+                raise
 
     def reset(self) -> None:
         """Forget cached state (and the batch in flight); state is reloaded from Valkey on the next write."""
