@@ -11,9 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import libvalkey
 import valkey
 
+from tickvault.store.raw_resp import EXEC_REPLY_ON, REPLY_OFF_MULTI, RawConnection, pack
 from tickvault.store.server import EmbeddedValkey
 
 FIELDS_13 = (
@@ -30,16 +30,14 @@ ONE_JSON = (
 BATCHES, BATCH = 10, 5000
 
 
-def _cost(conn: object, key: str, fields: tuple[str, ...]) -> float:
-    pack = libvalkey.pack_command
+def _cost(conn: RawConnection, key: str, fields: tuple[str, ...]) -> float:
     total = 0.0
     for b in range(BATCHES):
         body = b"".join(pack(("XADD", key, f"{1000 + b}-{k}", *fields)) for k in range(BATCH))
-        payload = pack(("CLIENT", "REPLY", "OFF")) + pack(("MULTI",)) + body + pack(("EXEC",))
-        payload += pack(("CLIENT", "REPLY", "ON"))
+        payload = REPLY_OFF_MULTI + body + EXEC_REPLY_ON
         start = time.perf_counter()
-        conn.send_packed_command([payload])  # type: ignore[attr-defined]
-        conn.read_response()  # type: ignore[attr-defined]
+        conn.send(payload)
+        conn.read()
         total += time.perf_counter() - start
     return total / (BATCHES * BATCH) * 1e6
 
@@ -49,7 +47,7 @@ def main() -> None:
         server = EmbeddedValkey(Path(tmp) / "valkey")
         info = server.ensure_running()
         client = valkey.Valkey(host=info.host, port=info.port)
-        conn = client.connection_pool.get_connection("XADD")
+        conn = RawConnection(client, "XADD")
         try:
             for aof in ("yes", "no"):
                 client.config_set("appendonly", aof)
@@ -59,7 +57,7 @@ def main() -> None:
                 tail = f"one JSON field {narrow:.2f} µs/tick (ceiling {1e6 / narrow:,.0f}/s)"
                 print(f"{head}, {tail}, ratio {wide / narrow:.1f}x")
         finally:
-            client.connection_pool.release(conn)
+            conn.release()
             client.close()
             server.stop()
 

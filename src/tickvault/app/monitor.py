@@ -29,6 +29,7 @@ from tickvault.domain.events import B3_TZ, from_ms, to_ms
 from tickvault.errors import StoreError, StoreUnavailable, TickvaultError
 from tickvault.store.api import Store
 from tickvault.store.cluster import used_memory
+from tickvault.store.valkey_errors import UNREACHABLE
 
 log = logging.getLogger("tickvault.monitor")
 
@@ -143,7 +144,7 @@ def _symbol_row(store: Store, symbol: str) -> SymbolRow:
     row = SymbolRow(symbol)
     try:
         _fill_row(store, row)
-    except (StoreUnavailable, valkey.ConnectionError, valkey.TimeoutError, OSError):
+    except (StoreUnavailable, *UNREACHABLE, OSError):
         raise  # the server, not the data: the whole frame is DISCONNECTED
     except (TickvaultError, valkey.ValkeyError, ValueError, KeyError, IndexError) as exc:
         # a malformed stored entry must not take the monitor down: shown in the row, logged

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 import numpy as np
-import valkey
 
 from tickvault.domain.events import B3_TZ, to_ms
 from tickvault.errors import DataError
 from tickvault.sources.simulator import SESSION_CLOSE, SESSION_OPEN, MarketSimulator, is_trading_day
 from tickvault.store.api import Store
 from tickvault.store.block_codec import AGGRESSOR_CODES, Columns
-from tickvault.store.connection import store_error
+from tickvault.store.valkey_errors import map_valkey_errors
 
 log = logging.getLogger("tickvault.backfill")
 
@@ -127,11 +126,9 @@ def backfill(
                 log.info("backfill: %s already has ticks on %s; left as it is", symbol, day)
                 continue
             cols = simulated_session(symbol, day, seed)
-            try:
+            with map_valkey_errors():
                 store.history.put(symbol, cols)
                 store.client.sadd(store.keys.symbols(), symbol)
-            except valkey.ValkeyError as exc:
-                raise store_error(exc) from exc
             result.written[(symbol, day)] = len(cols)
             log.info("backfill: %s %s: %d simulated ticks", symbol, day, len(cols))
     return result

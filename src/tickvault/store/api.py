@@ -46,10 +46,10 @@ from tickvault.domain.timeparse import TimeLike, parse_time, to_ms_bounds
 from tickvault.errors import DataError
 from tickvault.store.block_codec import AGGRESSOR_CODES, Columns
 from tickvault.store.cluster import is_cluster, primaries_with_key
-from tickvault.store.connection import store_error
 from tickvault.store.sealing import History
 from tickvault.store.stream_codec import columns_from_entries, columns_of, id_ms, raw_command
 from tickvault.store.tick_writer import AppendResult, TickLike, TickWriter
+from tickvault.store.valkey_errors import map_valkey_errors, store_error
 
 if TYPE_CHECKING:
     from tickvault.store.connection import Connection
@@ -79,15 +79,13 @@ class Store:
         """True once everything written so far is fsynced to Valkey's append-only file. A write on
         this connection followed by WAITAOF covers every earlier write too: the file is sequential."""
         durable = True
-        try:
+        with map_valkey_errors():
             for node, probe in primaries_with_key(self.client, f"{self.keys.symbols()}:durability-probe"):
                 pipe = node.pipeline(transaction=False)  # in a cluster: every node's file
                 pipe.incr(probe)
                 pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
                 _, (local, _) = pipe.execute()
                 durable = durable and int(local) >= 1
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         return durable
 
     def close(self) -> None:
@@ -116,7 +114,7 @@ class Store:
     def _live(self, symbol: str, start_ms: int, end_ms: int) -> Columns:
         """Live stream ticks whose exchange time lies in [start_ms, end_ms] (in no particular order)."""
         key = self.keys.ticks(symbol)
-        try:
+        with map_valkey_errors():
             raw = raw_command(self.client, key, "XRANGE", key, str(start_ms), str(end_ms))
             late_ids = self.client.zrangebyscore(self.keys.late(symbol), start_ms, end_ms)
             late: list[tuple[bytes, dict[bytes, bytes]]] = []
@@ -125,8 +123,6 @@ class Store:
                 for entry_id in late_ids:
                     pipe.xrange(key, min=entry_id, max=entry_id)
                 late = [entry for found in pipe.execute() for entry in found]
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         # entries stored late sit at ids past their time; keep each exactly once, at its exchange time
         in_range = columns_of(raw)
         on_time = in_range.timestamp_ms == id_ms(raw) if raw else np.ones(0, dtype=np.bool_)
@@ -140,11 +136,9 @@ class Store:
         """Ticks with exchange time in [start_ms, end_ms] from history blocks and the live stream,
         ordered by exchange time, ties by the source's sequence number (a tick stored late shares
         its millisecond in the order it was produced, not the order it reached Valkey)."""
-        try:
+        with map_valkey_errors():
             sealed = self.history.read(symbol, start_ms, end_ms)
             live = self._live(symbol, start_ms, end_ms)
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         parts = [p for p in (sealed, live) if len(p)]
         both = Columns.concat(parts) if len(parts) > 1 else parts[0] if parts else live
         if len(both) < 2:
@@ -180,7 +174,7 @@ class Store:
         """Seal what is older than `live_ms` before the newest tick, and beyond `max_len` live
         entries (0: no bound) the oldest; the newest tick always stays live. Returns ticks sealed."""
         key = self.keys.ticks(symbol)
-        try:
+        with map_valkey_errors():
             top = self.client.xrevrange(key, count=1)
             if not top:
                 return 0
@@ -189,8 +183,6 @@ class Store:
             if excess > 0:
                 oldest = self.client.xrange(key, count=excess + 1)
                 sealed += self.history.seal(symbol, _id_key(oldest[-1][0])[0])
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         return sealed
 
     def candles(self, symbol: str, tf: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
@@ -206,11 +198,9 @@ class Store:
         check_timeframe(tf)
         start_ms, end_ms = to_ms_bounds(start, end)
         start_ms = bar_bounds(start_ms, tf)[0]
-        try:
+        with map_valkey_errors():
             # corrections sit at ids after their open time, so read on to the stream's end
             entries = self.client.xrange(self.keys.candles(tf, symbol), min=str(start_ms), max="+")
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         latest: dict[int, Candle] = {}
         for _, fields in entries:
             bar = from_fields({k.decode(): v.decode() for k, v in fields.items()}, Candle)
@@ -244,11 +234,12 @@ class Store:
             if ms >= last_ms:
                 self._event_ids[key] = (ms, n)
             pipe.xadd(key, to_fields(event), id=f"{ms}-{n}")  # type: ignore[arg-type]
-        try:
-            replies = pipe.execute(raise_on_error=False)
-        except valkey.ValkeyError as exc:
-            self._event_ids.clear()  # a retry of this batch must compute the same ids again
-            raise store_error(exc) from exc
+        with map_valkey_errors():
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except valkey.ValkeyError:
+                self._event_ids.clear()  # a retry of this batch must compute the same ids again
+                raise
         errors = [r for r in replies if isinstance(r, Exception)]
         for error in errors:
             if not isinstance(error, valkey.ResponseError) or "equal or smaller" not in str(error):
@@ -262,10 +253,8 @@ class Store:
         if event_type is None:
             raise DataError("kind", f"{kind!r} must be features, predictions or signals")
         start_ms, end_ms = to_ms_bounds(start, end)
-        try:
+        with map_valkey_errors():
             entries = self.client.xrange(self.keys.stream(kind, symbol), min=str(start_ms), max=str(end_ms))
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         rows = []
         for _, fields in entries:
             event: Event = from_fields({k.decode(): v.decode() for k, v in fields.items()}, event_type)
@@ -289,23 +278,19 @@ class Store:
     def signals(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         return self.events("signals", symbol, start, end)
 
+    @map_valkey_errors()
     def seal(self, symbol: str, before_ms: int) -> int:
         """Move live-stream ticks stored before `before_ms` into history blocks (see history.py)."""
-        try:
-            return self.history.seal(symbol, before_ms)
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
+        return self.history.seal(symbol, before_ms)
 
     def as_of(self, symbol: str, when: TimeLike) -> Tick | None:
         """The last tick with exchange time at or before `when` (None if there is none)."""
         at_ms = to_ms(parse_time(when, field="when"))
         key = self.keys.ticks(symbol)
-        try:
+        with map_valkey_errors():
             found = self.client.xrevrange(key, max=str(at_ms), min="-", count=64)
             late_ids = self.client.zrevrangebyscore(self.keys.late(symbol), at_ms, "-inf", start=0, num=1)
             late = self.client.xrange(key, min=late_ids[0], max=late_ids[0]) if late_ids else []
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         candidates = [e for e in found if e[1][b"timestamp_ms"] == e[0].split(b"-", 1)[0]][:1] + late
         if candidates:
             best = max(candidates, key=lambda e: (int(e[1][b"timestamp_ms"]), _id_key(e[0])))
@@ -324,7 +309,7 @@ class Store:
         found: dict[int, Tick] = {}
         upper = "+"
         scanned = 0
-        try:
+        with map_valkey_errors():
             while scanned < scan:
                 chunk = self.client.xrevrange(key, max=upper, min="-", count=2000)
                 if not chunk:
@@ -339,8 +324,6 @@ class Store:
                 if len(found) == last - first + 1 or (lowest is not None and lowest < first - 10_000):
                     break  # arrival order is seq order up to recovered gaps: far enough back
                 upper = "(" + chunk[-1][0].decode()
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         return [found[seq] for seq in sorted(found)]
 
     def last_tick(self, symbol: str) -> Tick | None:
@@ -360,7 +343,7 @@ class Store:
         key, late = self.keys.ticks(symbol), self.keys.late(symbol)
         out: list[tuple[bytes, dict[bytes, bytes]]] = []
         end: bytes | str = "+"
-        try:
+        with map_valkey_errors():
             while page := self.client.xrevrange(key, max=end, count=256):
                 scores = self.client.zmscore(late, [entry_id for entry_id, _ in page])
                 for entry, score in zip(page, scores, strict=True):
@@ -368,24 +351,20 @@ class Store:
                     if score is None:
                         return out
                 end = b"(" + page[-1][0]
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         return out
 
+    @map_valkey_errors()
     def count(self, symbol: str) -> int:
         """Ticks stored for `symbol`: live entries plus sealed rows."""
-        try:
-            sealed = sum(ref.rows for ref in self.history.refs(symbol, 0, 2**62))
-            return int(self.client.xlen(self.keys.ticks(symbol))) + sealed
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
+        sealed = sum(ref.rows for ref in self.history.refs(symbol, 0, 2**62))
+        return int(self.client.xlen(self.keys.ticks(symbol))) + sealed
 
     def apply_retention(self, symbol: str, days: float) -> int:
         """Remove ticks whose exchange time is more than `days` before the symbol's newest tick
         (not the wall clock: loading 2013 data for research must not delete it on arrival). Exact:
         nothing newer is removed, nothing older remains. Returns how many entries were removed."""
         key, late = self.keys.ticks(symbol), self.keys.late(symbol)
-        try:
+        with map_valkey_errors():
             top = self.client.xrevrange(key, count=1)
             # the newest exchange time stored is the top id's ms (a late tick never raises it)
             newest = max([_id_key(top[0][0])[0]] if top else [], default=self.history.newest_ms(symbol))
@@ -411,19 +390,15 @@ class Store:
             ]
             if stale:
                 self.client.delete(*stale)
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
         return removed
 
     def cleanup(self, days: float) -> dict[str, int]:
         """`apply_retention` for every stored symbol: symbol -> entries removed."""
         return {symbol: self.apply_retention(symbol, days) for symbol in self.symbols()}
 
+    @map_valkey_errors()
     def symbols(self) -> list[str]:
-        try:
-            return sorted(s.decode() for s in self.client.smembers(self.keys.symbols()))
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
+        return sorted(s.decode() for s in self.client.smembers(self.keys.symbols()))
 
 
 _EVENT_STREAM: dict[type[Event], str] = {Features: "features", Prediction: "predictions", Signal: "signals"}

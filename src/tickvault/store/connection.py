@@ -10,18 +10,15 @@ from valkey.backoff import ExponentialBackoff
 from valkey.retry import Retry
 
 from tickvault.config import Settings
-from tickvault.errors import StoreError, StoreUnavailable
+from tickvault.errors import StoreUnavailable
 from tickvault.store.cluster import close_client, cluster_client, is_cluster_url, parse_cluster_url
 from tickvault.store.server import EmbeddedValkey, client_name
 
+# the error map lives in valkey_errors; still importable from here for code not yet moved over
+from tickvault.store.valkey_errors import UNREACHABLE
+from tickvault.store.valkey_errors import store_error as store_error
+
 log = logging.getLogger("tickvault.connection")
-
-
-def store_error(exc: valkey.ValkeyError) -> StoreError:
-    """A valkey-py error as tickvault's: unreachable servers are StoreUnavailable, never "no data"."""
-    if isinstance(exc, valkey.ConnectionError | valkey.TimeoutError):
-        return StoreUnavailable(f"valkey unreachable: {exc}")
-    return StoreError(str(exc))
 
 
 def _retry() -> Retry:
@@ -72,7 +69,7 @@ class Connection:
             "socket_timeout": 10,
             "socket_connect_timeout": 3,
             "retry": _retry(),
-            "retry_on_error": [valkey.ConnectionError, valkey.TimeoutError],
+            "retry_on_error": list(UNREACHABLE),
             "health_check_interval": 30,
             "client_name": client_name(role),
         }

@@ -2,9 +2,9 @@
 
 valkey-py turns every XRANGE entry into a dict (and its fields into a list of pairs first), which
 costs more than the C reply parser itself: ~16 µs per 13-field entry against ~7 µs. Here a
-command's reply is read as the C parser leaves it (no response callback), and since the tick
-writer always writes the same fields in the same order (`FIELDS`), the entries become one 2-D
-array whose columns convert in numpy. A reply of any other shape (entries written by hand, a field
+command's reply is read as the C parser leaves it (no response callback; see raw_resp), and since
+the tick writer always writes the same fields in the same order (`FIELDS`), the entries become one
+2-D array whose columns convert in numpy. A reply of any other shape (entries written by hand, a field
 missing) falls back to the per-entry path, so nothing is lost to the shortcut, only time.
 """
 
@@ -21,6 +21,7 @@ import valkey
 
 from tickvault.store.block_codec import AGGRESSOR_CODES, Columns
 from tickvault.store.cluster import node_client
+from tickvault.store.raw_resp import RawConnection
 
 # the stream fields of a tick, in the order the tick writer writes them
 FIELDS = (
@@ -38,11 +39,10 @@ def raw_command(client: Any, key: str, *command: Any) -> Any:
     """`command` on the node that owns `key`, its reply as the C parser gives it (bytes, lists).
     Falls back to the client's own path (retries, redirects) on any connection or reply error."""
     target = node_client(client, key)
-    pool = target.connection_pool
-    conn = pool.get_connection(str(command[0]))
+    conn = RawConnection(target, str(command[0]))
     try:
         conn.send_command(*command)
-        return conn.read_response(disable_decoding=True)
+        return conn.read()
     except valkey.ValkeyError:
         conn.disconnect()
         raw = target.execute_command(*command)  # valkey-py's path: retried, dicts; normalised below
@@ -51,7 +51,7 @@ def raw_command(client: Any, key: str, *command: Any) -> Any:
         conn.disconnect()
         raise
     finally:
-        pool.release(conn)
+        conn.release()
 
 
 def _flat(fields: Any) -> list[bytes]:

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-import libvalkey
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,11 +36,13 @@ import valkey
 from tickvault.domain.events import B3_TZ
 from tickvault.domain.keys import KeySpace
 from tickvault.errors import StoreError
-from tickvault.store.cluster import is_cluster, refresh
-from tickvault.store.connection import store_error
+from tickvault.store.cluster import is_cluster, node_client, refresh
+from tickvault.store.raw_resp import EXEC_REPLY_ON, REPLY_OFF_MULTI, RawConnection
+from tickvault.store.raw_resp import pack as _pack
 from tickvault.store.stream_codec import (
     FIELDS,  # stream fields after the id, in order (the fast reader relies on it)
 )
+from tickvault.store.valkey_errors import map_valkey_errors
 
 log = logging.getLogger("tickvault.writer")
 
@@ -49,9 +50,6 @@ LEASE_MS = 10_000
 SEEN_CHUNK_BITS = 23  # one bitmap key per 8M trade ids: at most 1 MiB each
 _CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
 _B3_TS = pa.timestamp("ms", tz="America/Sao_Paulo")
-_pack = libvalkey.pack_command
-_REPLY_OFF = _pack(("CLIENT", "REPLY", "OFF")) + _pack(("MULTI",))
-_REPLY_ON = _pack(("EXEC",)) + _pack(("CLIENT", "REPLY", "ON"))
 
 
 _ROW_FIELDS = (
@@ -219,7 +217,7 @@ class TickWriter:
         self.keys = keys or KeySpace(cluster=is_cluster(client))
         self.owner = owner or f"writer-{uuid.uuid4().hex[:12]}"
         self._leases: dict[str, float] = {}  # symbol -> monotonic time the lease is good until
-        self._conns: dict[str, tuple[Any, Any]] = {}  # node ("" standalone) -> (pool, connection)
+        self._conns: dict[str, RawConnection] = {}  # node ("" standalone) -> its connection
         # the batch in flight: (node, symbol) in send order, and each symbol's expected stream state
         self._in_flight: tuple[list[tuple[str, str]], dict[str, tuple[int, int, int]]] | None = None
         self._state: dict[str, _SymbolState] = {}
@@ -229,16 +227,13 @@ class TickWriter:
     @contextlib.contextmanager
     def _reset_on_failure(self) -> Iterator[None]:
         """Any failure drops the cached state, so the caller's retry is decided against Valkey's."""
-        try:
-            yield
-        except valkey.ValkeyError as exc:
-            self.reset()
-            refresh(self.client)  # in a cluster the slot may have moved: the retry goes to its new node
-            raise store_error(exc) from exc
-        except BaseException:
-            self.reset()
-            refresh(self.client)
-            raise
+        with map_valkey_errors():
+            try:
+                yield
+            except BaseException:
+                self.reset()
+                refresh(self.client)  # in a cluster the slot may have moved: the retry goes to its new node
+                raise
 
     def reset(self) -> None:
         """Forget cached state (and the batch in flight); state is reloaded from Valkey on the next write."""
@@ -449,30 +444,24 @@ class TickWriter:
     # first. Valkey applies batch k while Python prepares batch k+1. A failure reported late is safe:
     # the recorder re-sends its recent batches after any failure, and writes are idempotent.
 
-    def _connection(self, symbol: str) -> tuple[str, Any]:
+    def _connection(self, symbol: str) -> tuple[str, RawConnection]:
         """(node, connection) for `symbol`'s stream: the one connection when standalone, the
         connection to the node owning the symbol's slot in a cluster."""
+        key = self.keys.ticks(symbol)
+        name = ""
         if is_cluster(self.client):
-            node = self.client.get_node_from_key(self.keys.ticks(symbol))  # type: ignore[attr-defined]
-            name = node.name
-        else:
-            name = ""
+            name = self.client.get_node_from_key(key).name  # type: ignore[attr-defined]
         held = self._conns.get(name)
         if held is None:
-            pool = (
-                self.client.get_valkey_connection(node).connection_pool  # type: ignore[attr-defined]
-                if name
-                else self.client.connection_pool
-            )
-            held = self._conns[name] = (pool, pool.get_connection("MULTI"))
-        return name, held[1]
+            held = self._conns[name] = RawConnection(node_client(self.client, key))
+        return name, held
 
     def _drop_connection(self) -> None:
         self._in_flight = None
         conns, self._conns = self._conns, {}
-        for pool, conn in conns.values():
+        for conn in conns.values():
             conn.disconnect()  # unread replies must not reach anyone else
-            pool.release(conn)
+            conn.release()
 
     def flush(self) -> None:
         """Wait for the batch in flight and check that Valkey applied it (raises like `write`)."""
@@ -487,9 +476,9 @@ class TickWriter:
         replies = {}
         try:
             for name, symbol in order:  # per connection, in the order sent
-                conn = self._conns[name][1]
-                conn.read_response()  # CLIENT REPLY ON
-                replies[symbol] = conn.read_response(disable_decoding=True)
+                conn = self._conns[name]
+                conn.read()  # the +OK of CLIENT REPLY ON: the transaction itself answers nothing
+                replies[symbol] = conn.read()  # XINFO STREAM
         except BaseException:
             self._drop_connection()
             raise
@@ -511,11 +500,11 @@ class TickWriter:
         for symbol, cmds in commands.items():
             name, _ = self._connection(symbol)
             info = _pack(("XINFO", "STREAM", self.keys.ticks(symbol)))
-            payloads.setdefault(name, []).extend((_REPLY_OFF, *cmds, _REPLY_ON, info))
+            payloads.setdefault(name, []).extend((REPLY_OFF_MULTI, *cmds, EXEC_REPLY_ON, info))
             order.append((name, symbol))
         try:
             for name, parts in payloads.items():
-                self._conns[name][1].send_packed_command([b"".join(parts)])
+                self._conns[name].send(b"".join(parts))
         except BaseException:
             self._drop_connection()
             raise
