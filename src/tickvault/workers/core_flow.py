@@ -28,7 +28,6 @@ from typing import Any, Protocol
 
 import msgspec
 import numpy as np
-import valkey
 import zmq
 
 from tickvault.analytics.features import (
@@ -43,7 +42,7 @@ from tickvault.domain.events import B3_TZ, Action, Event, Features, Prediction, 
 from tickvault.domain.keys import features_topic, signal_topic
 from tickvault.errors import StoreError, StoreUnavailable
 from tickvault.store.api import Store
-from tickvault.store.connection import store_error
+from tickvault.store.valkey_errors import map_valkey_errors
 
 log = logging.getLogger("tickvault.features")
 
@@ -77,13 +76,8 @@ def store_history(store: Store) -> Callable[[str, date, int], list[SessionSummar
     An unreachable Valkey raises StoreUnavailable (a backfill must not go on without history; the
     live service wraps this in `HistoryLookup`)."""
 
+    @map_valkey_errors()
     def summary(symbol: str, day: date) -> SessionSummary | None:
-        try:
-            return _summary(symbol, day)
-        except valkey.ValkeyError as exc:
-            raise store_error(exc) from exc
-
-    def _summary(symbol: str, day: date) -> SessionSummary | None:
         key = SUMMARY_KEY.format(symbol=symbol, day=day.strftime("%Y%m%d"))
         raw = store.client.get(key)
         if raw is not None:
