@@ -30,7 +30,7 @@ from tickvault.domain.keys import tick_topic
 from tickvault.errors import BusError, ConfigError, DataError, InsecureBind, StoreError, TickvaultError
 from tickvault.recorder.recorder import Recorder
 from tickvault.recorder.recovery import store_recovery
-from tickvault.sources.simulator import MarketSimulator, pace, session_start_for, trading_moment
+from tickvault.sources.simulator import SESSION, MarketSimulator, pace
 from tickvault.store.api import Store, frame_to_ticks
 from tickvault.store.connection import Connection
 from tickvault.store.health import HealthReporter
@@ -84,12 +84,12 @@ def last_stored(store: Store | None, symbols: tuple[str, ...]) -> dict[str, Tick
 def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimulator:
     """A simulator that continues after what the store already holds, so a second run adds new
     ticks (new times, new trade ids) instead of replaying the first run's ones as duplicates."""
-    start = session_start_for(datetime.now(B3_TZ))
+    start = SESSION.start_for(datetime.now(B3_TZ))
     first_ids: dict[str, int] = {}
     if lasts:
         # the moment the simulator will really start (a stop at the close resumes at the next open,
         # where trade ids restart at 1)
-        start = trading_moment(
+        start = SESSION.trading_moment(
             max(start, max(t.timestamp for t in lasts.values()) + timedelta(milliseconds=1))
         )
         session = start.astimezone(B3_TZ).strftime("%Y%m%d")
