@@ -48,7 +48,6 @@ log = logging.getLogger("tickvault.writer")
 LEASE_MS = 10_000
 SEEN_CHUNK_BITS = 23  # one bitmap key per 8M trade ids: at most 1 MiB each
 _CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
-_B3_TS = pa.timestamp("ms", tz="America/Sao_Paulo")
 _pack = libvalkey.pack_command
 _REPLY_OFF = _pack(("CLIENT", "REPLY", "OFF")) + _pack(("MULTI",))
 _REPLY_ON = _pack(("EXEC",)) + _pack(("CLIENT", "REPLY", "ON"))

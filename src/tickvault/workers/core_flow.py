@@ -44,7 +44,6 @@ from tickvault.store.api import Store
 
 log = logging.getLogger("tickvault.features")
 
-SUMMARY_KEY = "tv:daysum:{symbol}:{day}"
 _HISTORY_CALENDAR_DAYS = 50  # enough calendar days to find 30 sessions around B3 holidays
 
 
@@ -69,10 +68,11 @@ class _Summary(msgspec.Struct):
 
 def store_history(store: Store) -> HistoryProvider:
     """Summaries of the sessions before `day`, read once from the ticks and then kept in Valkey
-    (`tv:daysum:{SYMBOL}:{YYYYMMDD}`). Only past days are cached, never the day in progress."""
+    (`KeySpace.day_summary`: `tv:daysum:{SYMBOL}:{YYYYMMDD}`). Only past days are cached, never the
+    day in progress."""
 
     def summary(symbol: str, day: date) -> SessionSummary | None:
-        key = SUMMARY_KEY.format(symbol=symbol, day=day.strftime("%Y%m%d"))
+        key = store.keys.day_summary(symbol, day.strftime("%Y%m%d"))
         raw = store.client.get(key)
         if raw is not None:
             if raw == b"-":
@@ -399,4 +399,5 @@ class FeatureService:
             "signals": s.signals,
             "feature_errors": s.errors, "features_stored": s.stored, "feature_store_errors": s.store_errors,
             "features_dropped": s.dropped, "late_for_features": s.late, "features_warmed_up": s.warmed_up,
+            "features_published": s.published, "feature_publish_errors": s.publish_errors,
         }  # fmt: skip
