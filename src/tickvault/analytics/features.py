@@ -17,7 +17,9 @@ Base features, updated per tick or per closed minute (minutes are B3 wall-clock 
   (buy + sell) in the last 60 seconds (None without aggressor trades).
 - `spread`, `book_imbalance`: from book updates when a source sends them, else None.
 
-History-aware features (previous sessions' statistics are computed once per session day):
+History-aware features (previous sessions' statistics are computed once per session day). With
+`FeatureConfig.time_travel` off (TIME_TRAVEL_ENABLED=false) none of them is computed: all five are
+None and no history is read or kept.
 - `volume_pattern_score`: Pearson correlation between this session's per-minute traded quantity over
   the last 60 closed minutes and the mean quantity of the same clock minutes over the previous sessions
   (up to 30). None with fewer than 10 closed minutes today or no previous session.
@@ -75,6 +77,7 @@ class FeatureConfig:
     pattern_window: int = 60
     corr_window: int = 30
     corr_samples: int = 12
+    time_travel: bool = True  # False: no previous sessions, the HISTORY_FEATURES are all None
 
 
 @dataclass
@@ -330,6 +333,9 @@ class FeatureEngine:
             out["book_imbalance"] = (state.bid[1] - state.ask[1]) / size if size else None
         else:
             out["spread"] = out["book_imbalance"] = None
+        if not self.config.time_travel:
+            out.update(dict.fromkeys(HISTORY_FEATURES))
+            return out
         for name in ("volume_pattern_score", "historical_momentum_rank", "correlation_stability"):
             out[name] = state.cached.get(name)
         out["volatility_regime_30d"] = state.cached.get("volatility_regime_30d", "UNKNOWN")
@@ -343,10 +349,11 @@ class FeatureEngine:
     # -- per session and per closed minute -------------------------------------------------------
 
     def _new_session(self, state: SymbolState, day: date) -> None:
-        if state.day is not None and self.history is None:
-            state.history = [*state.history, state.summary()][-self.config.lookback_sessions :]
-        if self.history is not None:
-            state.history = self.history(state.symbol, day, self.config.lookback_sessions)
+        if self.config.time_travel:  # off: no history is read or kept (no large-trade threshold either)
+            if self.history is not None:
+                state.history = self.history(state.symbol, day, self.config.lookback_sessions)
+            elif state.day is not None:
+                state.history = [*state.history, state.summary()][-self.config.lookback_sessions :]
         fresh = SymbolState(state.symbol, self.config, history=state.history, bid=state.bid, ask=state.ask)
         fresh.day = day
         merged: Counter[int] = Counter()
@@ -383,6 +390,8 @@ class FeatureEngine:
             minute, c.vol_window
         )
         state.cached["realized_vol_30m"] = vol
+        if not c.time_travel:
+            return
         state.cached["volume_pattern_score"] = self._volume_pattern(state, minute)
         state.cached["historical_momentum_rank"] = self._momentum_rank(state, closes, minute)
         state.cached["volatility_regime_30d"] = self._regime(state, vol, minute)

@@ -505,7 +505,7 @@ def train(
     model: Annotated[Path | None, Opt(help="Where to save (default: TICKVAULT_MODEL)")] = None,
 ) -> None:
     """Train the direction model on stored history, evaluate it walk-forward, save it."""
-    from tickvault.analytics.features import FeatureConfig
+    from tickvault.app.system import feature_config
     from tickvault.domain.events import validate_symbol
     from tickvault.domain.instruments import instrument_for
     from tickvault.ml.model import save, training_set
@@ -526,7 +526,7 @@ def train(
             tick_size = instrument_for(symbol).tick_size
             data = training_set(
                 ticks, symbol, horizon_ms=int(horizon * 1000), tick_size=tick_size, symbols=symbols,
-                config=FeatureConfig(emit_interval_ms=settings.features_interval_ms),
+                config=feature_config(settings),
                 history=store_history(store),
             )  # fmt: skip
         trained, oos = fit_model(
