@@ -17,7 +17,7 @@ import zmq
 
 from conftest import wait_until
 from factories import tick
-from tickvault.analytics.features import FeatureConfig, FeatureEngine, backfill
+from tickvault.analytics.features import HISTORY_FEATURES, FeatureConfig, FeatureEngine, backfill
 from tickvault.app.system import System
 from tickvault.config import load_settings
 from tickvault.domain.events import B3_TZ, Event, Features, Prediction, Tick, day_start_ms, decode, to_ms
@@ -99,6 +99,27 @@ def test_a_run_restarted_mid_session_goes_on_as_if_it_had_never_stopped(
     assert [f.values for f in again] == [f.values for f in live]  # ret_5m, EMAs, VWAP... across the restart
 
 
+def test_time_travel_disabled_reads_no_history_and_leaves_the_history_features_empty(
+    system_env: dict[str, str], store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TIME_TRAVEL_ENABLED=false reaches the running system's feature engine."""
+    past_sessions(store, days=2)
+    monkeypatch.setenv("TIME_TRAVEL_ENABLED", "false")
+    today = list(itertools.islice(MarketSimulator(list(SYMBOLS), seed=9, start=TODAY).ticks(), 0, 20_000, 5))
+    seen: list[Event] = []
+    system = System(load_settings(), source=lambda _: iter(today), event_handlers=[seen.append])
+    try:
+        system.start()
+        system.wait(120)
+    finally:
+        summary = system.stop()
+    live = [e for e in seen if isinstance(e, Features)]
+    assert summary.drained and live
+    assert all(f.values[name] is None for f in live for name in HISTORY_FEATURES)
+    assert any(f.values["ret_1m"] is not None for f in live)  # the base features are computed
+    assert not list(store.client.scan_iter(store.keys.day_summary("*", "*")))  # no session summary read
+
+
 def test_outputs_reach_zeromq_and_survive_a_dead_valkey_writer(store: Store) -> None:
     service = FeatureService(
         SYMBOLS, store=store, config=FeatureConfig(emit_interval_ms=0), signal_bind="tcp://127.0.0.1:*"
@@ -122,6 +143,7 @@ def test_outputs_reach_zeromq_and_survive_a_dead_valkey_writer(store: Store) -> 
     service.stop()
     sub.close()
     assert service.stats.stored == service.stats.features
+    assert service.counters()["features_published"] >= 1 and service.counters()["feature_publish_errors"] == 0
 
 
 def test_a_model_predicts_only_the_symbols_it_was_trained_for() -> None:

@@ -99,7 +99,7 @@ def test_three_worker_processes_one_sigkilled_mid_stream(
     try:
         feed(ticks[:10_000])
         assert wait_until(lambda: all(cluster_client.xlen(store.keys.features(s)) > 5 for s in SYMBOLS), 120)
-        holders = {cluster_client.get(f"tv:featureworker:{s}") for s in SYMBOLS}
+        holders = {cluster_client.get(store.keys.feature_lease(s)) for s in SYMBOLS}
         victim_pid = int(sorted(h for h in holders if h)[0].decode().rsplit(":", 1)[1])
         assert victim_pid in [w.pid for w in workers]
         rest = threading.Thread(target=lambda: (feeding.set(), feed(ticks[10_000:])), daemon=True)
@@ -113,7 +113,7 @@ def test_three_worker_processes_one_sigkilled_mid_stream(
         ), {s: (cluster_client.xlen(store.keys.features(s)), len(want[s])) for s in SYMBOLS}
         for symbol in SYMBOLS:
             assert stored_entries(store, symbol) == want[symbol]  # complete, in order, none twice
-        survivors = {cluster_client.get(f"tv:featureworker:{s}") for s in SYMBOLS}
+        survivors = {cluster_client.get(store.keys.feature_lease(s)) for s in SYMBOLS}
         assert all(h is not None and str(victim_pid).encode() not in h for h in survivors)
     finally:
         for worker in workers:

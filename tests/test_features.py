@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from factories import BASE_MS, tick
 from tickvault.analytics.features import (
+    BASE_FEATURES,
     FEATURE_NAMES,
+    HISTORY_FEATURES,
     FeatureConfig,
     FeatureEngine,
     SessionSummary,
@@ -258,3 +260,36 @@ def test_history_that_arrives_late_catches_the_session_up_exactly() -> None:
         assert values["volume_pattern_score"] is not None
         assert values["historical_momentum_rank"] is not None
         assert values["volatility_regime_30d"] != "UNKNOWN"
+
+
+def test_without_time_travel_no_history_is_read_and_the_history_features_are_none() -> None:
+    """TIME_TRAVEL_ENABLED=false (FeatureConfig.time_travel): the base features are unchanged, the five
+    history-aware ones are None, and the history provider is never asked (nor are sessions remembered)."""
+    history = flat_history(date(2025, 11, 24), 6, 1e-3, seed=3)
+    asked: list[tuple[str, date]] = []
+
+    def provider(symbol: str, day: date, n: int) -> list[SessionSummary]:
+        asked.append((symbol, day))
+        return history
+
+    rng = np.random.default_rng(5)
+    trades, prices = [], {"WDOFUT": 5000.0, "WINFUT": 130_000.0}
+    for i in range(90 * 2):  # 90 minutes, each symbol every minute
+        symbol = ("WDOFUT", "WINFUT")[i % 2]
+        prices[symbol] *= math.exp(rng.normal(0, 1e-3))
+        trades.append(tick(symbol, OPEN_MS + i * 30_000, i // 2 + 1, prices[symbol], int(rng.integers(1, 60)),
+                           trade_type=int(rng.choice([2, 3]))))  # fmt: skip
+    on = backfill(FeatureEngine(["WDOFUT", "WINFUT"], every_tick(), history=provider), trades)
+    assert asked and all(on[-2].values[name] is not None for name in HISTORY_FEATURES)  # they can be computed
+    asked.clear()
+    off_config = FeatureConfig(emit_interval_ms=0, time_travel=False)
+    off = backfill(FeatureEngine(["WDOFUT", "WINFUT"], off_config, history=provider), trades)
+    assert asked == []
+    assert [f.timestamp_ms for f in off] == [f.timestamp_ms for f in on]
+    for a, b in zip(on, off, strict=True):
+        assert all(b.values[name] is None for name in HISTORY_FEATURES)
+        assert {n: b.values[n] for n in BASE_FEATURES} == {n: a.values[n] for n in BASE_FEATURES}
+    # without a provider the engine would remember the sessions it saw: not with time travel off
+    alone = FeatureEngine(["WDOFUT"], off_config)
+    backfill(alone, [tick(ts_ms=OPEN_MS + day * 86_400_000, trade_id=1) for day in range(3)])
+    assert alone.states["WDOFUT"].history == [] and alone.states["WDOFUT"].large_threshold is None

@@ -25,8 +25,7 @@ from conftest import subprocess_env
 from tickvault.analytics.features import FEATURE_NAMES, FeatureConfig
 from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
 from tickvault.ml.model import LABELS, Dataset, label_moves, training_set, walk_forward
-from tickvault.ml.report import equity, multiplier_for
-from tickvault.sources.simulator import spec_for
+from tickvault.ml.report import equity
 from tickvault.store.api import Store
 
 DAY0 = datetime(2025, 11, 3, 9, 0, tzinfo=B3_TZ)  # a Monday; sessions are consecutive calendar days
@@ -258,9 +257,7 @@ def test_a_planted_momentum_signal_beats_chance_clearly() -> None:
 # -- the report's trading rule -----------------------------------------------------------------------
 
 
-def test_equity_rule_costs_and_b3_multipliers() -> None:
-    assert multiplier_for("WDOFUT") == spec_for("WDOFUT").multiplier == 10.0
-    assert multiplier_for("WINZ25") == spec_for("WINZ25").multiplier == 0.2
+def test_equity_rule_and_costs() -> None:
     oos = pd.DataFrame(
         {
             "DOWN": [0.10, 0.70, 0.30, 0.20, 0.60],

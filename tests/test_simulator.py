@@ -11,7 +11,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 import numpy as np
 import pytest
@@ -21,12 +21,9 @@ from tickvault.domain.events import B3_TZ, Tick, decode_tick, encode, make_tick
 from tickvault.errors import DataError
 from tickvault.sources.simulator import (
     BROKERS,
-    SESSION_CLOSE,
-    SESSION_OPEN,
+    SESSION,
     MarketSimulator,
-    is_trading_day,
     pace,
-    session_start_for,
     spec_for,
 )
 
@@ -118,13 +115,6 @@ def test_prices_on_the_tick_grid_positive_and_volume_is_price_quantity_multiplie
     assert all(t.price % 5 == 0 for t in ticks if t.symbol == "WINFUT")
 
 
-def test_spec_for_families() -> None:
-    assert spec_for("WDOZ25") == spec_for("DOLF26") and spec_for("WDOFUT").tick_size == 0.5
-    assert spec_for("WINZ25") == spec_for("INDG26") and spec_for("WINFUT").tick_size == 5.0
-    assert spec_for("WDOFUT").multiplier == 10.0 and spec_for("WINFUT").multiplier == 0.2
-    assert spec_for("PETR4").family == "GENERIC" and spec_for("PETR4").tick_size == 0.01
-
-
 # --- sessions and the calendar ----------------------------------------------------------------------
 
 
@@ -146,8 +136,8 @@ def test_sessions_cross_the_night_on_bvmf_trading_days(start: datetime, next_day
             break
     for t in ticks:
         local = _local(t)
-        assert is_trading_day(local.date())
-        assert SESSION_OPEN <= local.time() < SESSION_CLOSE
+        assert SESSION.is_trading_day(local.date())
+        assert SESSION.open <= local.time() < SESSION.close
     assert sorted({_local(t).date() for t in ticks}) == [start.date(), next_day]
     stamps = [t.timestamp_ms for t in ticks]
     assert stamps == sorted(stamps)
@@ -157,17 +147,9 @@ def test_sessions_cross_the_night_on_bvmf_trading_days(start: datetime, next_day
     assert [t.trade_id for t in before] == list(range(1, len(before) + 1))
     assert [t.trade_id for t in later] == list(range(1, len(later) + 1))  # ids restart each session
     auction = later[0]
-    assert _local(auction) == datetime.combine(next_day, SESSION_OPEN, tzinfo=B3_TZ)
+    assert _local(auction) == SESSION.open_of(next_day)
     assert (auction.trade_type, auction.aggressor) == (4, "none")
     assert 4 not in {t.trade_type for t in before + later[1:]}
-
-
-def test_the_calendar_knows_b3_holidays() -> None:
-    assert not is_trading_day(date(2025, 11, 20))  # Consciencia Negra, a BVMF holiday since 2024
-    assert is_trading_day(date(2023, 11, 20))  # not yet a holiday then: dates come from the calendar
-    assert not is_trading_day(date(2025, 12, 24)) and not is_trading_day(date(2025, 12, 25))
-    assert not is_trading_day(date(2025, 11, 22))  # Saturday
-    assert is_trading_day(date(2025, 11, 21))
 
 
 @pytest.mark.parametrize(
@@ -186,17 +168,6 @@ def test_a_start_outside_trading_hours_moves_to_the_next_open(start: datetime, o
     first = next(sim.ticks())
     assert first.timestamp == opening and first.trade_type == 4 and first.trade_id == 1
     assert sim.clock == first.timestamp
-
-
-def test_session_start_for_is_the_current_or_last_open() -> None:
-    assert session_start_for(datetime(2025, 11, 24, 23, 0, tzinfo=B3_TZ)) == MONDAY
-    assert session_start_for(datetime(2025, 11, 24, 13, 0, tzinfo=B3_TZ)) == MONDAY
-    friday = datetime(2025, 11, 21, 9, 0, tzinfo=B3_TZ)
-    assert session_start_for(datetime(2025, 11, 24, 8, 59, tzinfo=B3_TZ)) == friday
-    assert session_start_for(datetime(2025, 11, 23, 15, 0, tzinfo=B3_TZ)) == friday
-    thursday = datetime(2025, 11, 20, 12, 0, tzinfo=B3_TZ)  # a holiday: the session before it
-    assert session_start_for(thursday) == datetime(2025, 11, 19, 9, 0, tzinfo=B3_TZ)
-    assert session_start_for(datetime(2025, 11, 24, 19, 0, tzinfo=UTC)) == MONDAY  # 16:00 local
 
 
 def test_order_ids_and_first_trade_ids() -> None:

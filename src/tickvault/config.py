@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     zmq_enabled: bool = Field(True, validation_alias="ZMQ_ENABLED")
     zmq_host: str = Field("127.0.0.1", validation_alias="ZMQ_HOST")
     zmq_tick_port: int = Field(5555, ge=1, le=65535, validation_alias="ZMQ_TICK_PORT")
+    # reserved for the order book (5556) / history downloads (5557): nothing binds them yet
     zmq_book_port: int = Field(5556, ge=1, le=65535, validation_alias="ZMQ_BOOK_PORT")
     zmq_history_port: int = Field(5557, ge=1, le=65535, validation_alias="ZMQ_HISTORY_PORT")
     zmq_signal_port: int = Field(5558, ge=1, le=65535, validation_alias="ZMQ_SIGNAL_PORT")
@@ -61,6 +62,7 @@ class Settings(BaseSettings):
 
     stream_max_len: int = Field(1_000_000, ge=0, validation_alias="STREAM_MAX_LEN")
     stream_retention_days: int = Field(30, ge=0, validation_alias="STREAM_RETENTION_DAYS")
+    # off: the history-aware features are None and no previous session is read (see features.py)
     time_travel_enabled: bool = Field(True, validation_alias="TIME_TRAVEL_ENABLED")
     log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL")
     # text: for people; json: one object per line for log shippers (both: one line per event)

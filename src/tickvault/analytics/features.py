@@ -18,7 +18,9 @@ Base features, updated per tick or per closed minute (minutes are B3 wall-clock 
 - `spread`, `book_imbalance`: from book updates when a source sends them, else None.
 
 History-aware features (previous sessions' statistics are computed once per session day; when they
-cannot be had at the session start, see `FeatureEngine.set_history`):
+cannot be had at the session start, see `FeatureEngine.set_history`). With
+`FeatureConfig.time_travel` off (TIME_TRAVEL_ENABLED=false) none of them is computed: all five are
+None and no history is read or kept.
 - `volume_pattern_score`: Pearson correlation between this session's per-minute traded quantity over
   the last 60 closed minutes and the mean quantity of the same clock minutes over the previous sessions
   (up to 30). None with fewer than 10 closed minutes today or no previous session.
@@ -76,6 +78,7 @@ class FeatureConfig:
     pattern_window: int = 60
     corr_window: int = 30
     corr_samples: int = 12
+    time_travel: bool = True  # False: no previous sessions, the HISTORY_FEATURES are all None
 
 
 @dataclass
@@ -342,6 +345,9 @@ class FeatureEngine:
             out["book_imbalance"] = (state.bid[1] - state.ask[1]) / size if size else None
         else:
             out["spread"] = out["book_imbalance"] = None
+        if not self.config.time_travel:
+            out.update(dict.fromkeys(HISTORY_FEATURES))
+            return out
         for name in ("volume_pattern_score", "historical_momentum_rank", "correlation_stability"):
             out[name] = state.cached.get(name)
         out["volatility_regime_30d"] = state.cached.get("volatility_regime_30d", "UNKNOWN")
@@ -356,12 +362,13 @@ class FeatureEngine:
 
     def _new_session(self, state: SymbolState, day: date) -> None:
         pending = False
-        if state.day is not None and self.history is None:
-            state.history = [*state.history, state.summary()][-self.config.lookback_sessions :]
-        if self.history is not None:
-            found = self.history(state.symbol, day, self.config.lookback_sessions)
-            pending = found is None
-            state.history = found or []
+        if self.config.time_travel:  # off: no history is read or kept (no large-trade threshold either)
+            if state.day is not None and self.history is None:
+                state.history = [*state.history, state.summary()][-self.config.lookback_sessions :]
+            if self.history is not None:
+                found = self.history(state.symbol, day, self.config.lookback_sessions)
+                pending = found is None
+                state.history = found or []
         fresh = SymbolState(state.symbol, self.config, history=state.history, bid=state.bid, ask=state.ask)
         fresh.day = day
         fresh.history_pending = pending
@@ -432,8 +439,10 @@ class FeatureEngine:
             minute, c.vol_window
         )
         state.cached["realized_vol_30m"] = vol
-        self._history_values(state, closes, vol, minute)
-        state.cached["correlation_stability"] = self._correlation_stability(state, closes, minute)
+        if c.time_travel:
+            self._history_values(state, closes, vol, minute)
+            # not in _history_values: it keeps a rolling sample, so it must run once per closed minute
+            state.cached["correlation_stability"] = self._correlation_stability(state, closes, minute)
 
     def _history_values(self, state: SymbolState, closes: np.ndarray, vol: float | None, minute: int) -> None:
         """The features that compare closed minute `minute` with the previous sessions."""

@@ -505,11 +505,11 @@ def train(
     model: Annotated[Path | None, Opt(help="Where to save (default: TICKVAULT_MODEL)")] = None,
 ) -> None:
     """Train the direction model on stored history, evaluate it walk-forward, save it."""
-    from tickvault.analytics.features import FeatureConfig
+    from tickvault.app.system import feature_config
     from tickvault.domain.events import validate_symbol
+    from tickvault.domain.instruments import instrument_for
     from tickvault.ml.model import save, training_set
     from tickvault.ml.model import train as fit_model
-    from tickvault.sources.simulator import spec_for
     from tickvault.store.api import Store, frame_to_ticks
     from tickvault.store.connection import Connection
     from tickvault.workers.core_flow import store_history
@@ -523,10 +523,10 @@ def train(
             conn.check()
             store = Store(conn.client("train"))
             ticks = frame_to_ticks(store.ticks(symbols, start, end))
-            tick_size = spec_for(symbol).tick_size
+            tick_size = instrument_for(symbol).tick_size
             data = training_set(
                 ticks, symbol, horizon_ms=int(horizon * 1000), tick_size=tick_size, symbols=symbols,
-                config=FeatureConfig(emit_interval_ms=settings.features_interval_ms),
+                config=feature_config(settings),
                 history=store_history(store),
             )  # fmt: skip
         trained, oos = fit_model(
@@ -546,7 +546,7 @@ def report(
     model: Annotated[Path | None, Opt(help="Model saved by `train` (default: TICKVAULT_MODEL)")] = None,
     output: Annotated[Path, Opt(help="HTML file to write")] = Path("report.html"),
     fee: Annotated[float, Opt(help="Fee in BRL per contract per side", min=0.0)] = 1.0,
-    multiplier: Annotated[float | None, Opt(help="BRL per point (default: WDO 10, WIN 0.2)", min=0.0)] = None,
+    multiplier: Annotated[float | None, Opt(help="BRL per point (default: the symbol's)", min=0.0)] = None,
     threshold: Annotated[float | None, Opt(help="Probability to act (default: SIGNAL_THRESHOLD)")] = None,
 ) -> None:
     """Write an HTML report of a trained model: metrics, confusion matrix, importance, equity curve."""

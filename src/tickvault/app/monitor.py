@@ -198,7 +198,6 @@ def _num(value: object, fmt: str) -> str:
 
 COMPACT_BELOW = 120  # terminal columns: narrower terminals get the essential columns only
 DATED_FROM = 150  # terminal columns: from here the time column carries the date too
-_WHOLE = ("symbol", "exchange time", "time", "last")
 _COMPACT = ("symbol", "time", "last", "chg %", "trades 5m", "ofi 60s", "signal")
 
 

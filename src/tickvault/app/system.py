@@ -30,7 +30,7 @@ from tickvault.domain.keys import tick_topic
 from tickvault.errors import BusError, ConfigError, DataError, InsecureBind, StoreError, TickvaultError
 from tickvault.recorder.recorder import Recorder
 from tickvault.recorder.recovery import store_recovery
-from tickvault.sources.simulator import MarketSimulator, pace, session_start_for, trading_moment
+from tickvault.sources.simulator import SESSION, MarketSimulator, pace
 from tickvault.store.api import Store, frame_to_ticks
 from tickvault.store.connection import Connection
 from tickvault.store.health import HealthReporter
@@ -81,15 +81,23 @@ def last_stored(store: Store | None, symbols: tuple[str, ...]) -> dict[str, Tick
     return out
 
 
+def feature_config(settings: Settings) -> FeatureConfig:
+    """The feature engine's settings: its emit interval, and TIME_TRAVEL_ENABLED (off: the
+    history-aware features are None and no previous session is read)."""
+    return FeatureConfig(
+        emit_interval_ms=settings.features_interval_ms, time_travel=settings.time_travel_enabled
+    )
+
+
 def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimulator:
     """A simulator that continues after what the store already holds, so a second run adds new
     ticks (new times, new trade ids) instead of replaying the first run's ones as duplicates."""
-    start = session_start_for(datetime.now(B3_TZ))
+    start = SESSION.start_for(datetime.now(B3_TZ))
     first_ids: dict[str, int] = {}
     if lasts:
         # the moment the simulator will really start (a stop at the close resumes at the next open,
         # where trade ids restart at 1)
-        start = trading_moment(
+        start = SESSION.trading_moment(
             max(start, max(t.timestamp for t in lasts.values()) + timedelta(milliseconds=1))
         )
         session = start.astimezone(B3_TZ).strftime("%Y%m%d")
@@ -369,7 +377,7 @@ class System:
             store=Store(self.connection.client("features")) if self.connection else None,
             model=load_model(s.model_file),
             threshold=s.signal_threshold,
-            config=FeatureConfig(emit_interval_ms=s.features_interval_ms),
+            config=feature_config(s),
             signal_bind=signal_bind,
             handlers=self.event_handlers,
             curve=curve,
@@ -409,7 +417,7 @@ class System:
         self.feature_worker = FeatureWorker(
             Store(self.connection.client("features")),
             s.symbols,
-            FeatureConfig(emit_interval_ms=s.features_interval_ms),
+            feature_config(s),
             name=f"features@{socket.gethostname()}:{os.getpid()}",  # who holds a lease, for operators
         )
         self._spawn("features", self.feature_worker.run, self._candles_stop)

@@ -211,15 +211,6 @@ class Signal(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 E = TypeVar("E", bound=Event)
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    "tick": Tick,
-    "book": BookUpdate,
-    "candle": Candle,
-    "features": Features,
-    "prediction": Prediction,
-    "signal": Signal,
-}
-
 
 def make_tick(
     symbol: str,
@@ -336,6 +327,3 @@ def _field_text(value: Any) -> str:
 def to_fields(event: Event) -> dict[str, str]:
     """Flat text fields for a Valkey stream entry, readable in valkey-cli and restorable by `from_fields`."""
     return {name: _field_text(getattr(event, name)) for name in event.__struct_fields__}
-
-
-TICK_FIELDS: tuple[str, ...] = Tick.__struct_fields__

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TIMEFRAMES = ("1m", "5m", "15m", "1h", "1d")
-STREAM_KINDS = ("ticks", "features", "signals", "predictions")
-
 # tickvault's own bookkeeping lives under this prefix, apart from the user-facing streams.
 META_PREFIX = "tv"
 
@@ -62,7 +59,7 @@ class KeySpace:
         return f"{META_PREFIX}:late:{self._sym(symbol)}"
 
     def block(self, symbol: str, block_id: str) -> str:
-        """One compressed history block (see history.py)."""
+        """One compressed history block (see store/sealing.py)."""
         return f"{META_PREFIX}:block:{self._sym(symbol)}:{block_id}"
 
     def block_index(self, symbol: str) -> str:
@@ -82,12 +79,28 @@ class KeySpace:
         return f"{META_PREFIX}:health:{component}"
 
     def writer_lease(self, symbol: str) -> str:
-        """Who writes this symbol's tick stream now (one writer at a time, see writer.TickWriter)."""
+        """Who writes this symbol's tick stream now (one writer at a time, see store/tick_writer.py)."""
         return f"{META_PREFIX}:writer:{self._sym(symbol)}"
 
     def candle_position(self, symbol: str) -> str:
         """Last tick stream id the candle worker folded into bars (saved with the bars it wrote)."""
         return f"{META_PREFIX}:candlepos:{self._sym(symbol)}"
+
+    def feature_lease(self, symbol: str) -> str:
+        """Which feature worker owns this symbol now (see workers/feature_worker.py)."""
+        return f"{META_PREFIX}:featureworker:{self._sym(symbol)}"
+
+    def predictor_lease(self, symbol: str) -> str:
+        """Which predictor worker owns this symbol now (see workers/predictor_worker.py)."""
+        return f"{META_PREFIX}:predictor:{self._sym(symbol)}"
+
+    def day_summary(self, symbol: str, session: str) -> str:
+        """One past session's summary for the history-aware features ("-": no session that day)."""
+        return f"{META_PREFIX}:daysum:{self._sym(symbol)}:{session}"
+
+    def durability_probe(self) -> str:
+        """Prefix of the counters written before WAITAOF, one per node in a cluster (Store.wait_durable)."""
+        return f"{META_PREFIX}:symbols:durability-probe"
 
     def dead_letters(self) -> str:
         """Stream of rejected messages, each with its reason."""
@@ -98,7 +111,7 @@ def tick_topic(symbol: str) -> str:
     return f"tick_{symbol}"
 
 
-def book_topic(symbol: str) -> str:
+def book_topic(symbol: str) -> str:  # reserved: the order book's port (ZMQ_BOOK_PORT) has no source yet
     return f"book_{symbol}"
 
 

@@ -20,7 +20,6 @@ import logging
 import pickle
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +315,3 @@ def load(path: Path) -> TrainedModel:
         return TrainedModel(payload["clf"], info)
     except Exception as exc:  # noqa: BLE001 - a payload that is not the fitted model we saved
         raise ConfigError("TICKVAULT_MODEL", str(path), f"holds no usable model ({exc!r})") from None
-
-
-def session_dates(data: Dataset) -> list[date]:
-    return [d.astype(object) for d in sorted(set(data.session))]

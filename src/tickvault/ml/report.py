@@ -4,7 +4,8 @@ of a simple rule on the out-of-sample predictions, after costs.
 
 The rule: long one contract when P(UP) >= threshold, short when P(DOWN) >= threshold, else flat;
 each position is held for the model's horizon. P&L per trade = direction x move in points x the
-contract multiplier (BRL per point: WDO 10, WIN 0.2) - fee per contract per side x 2. Trades
+contract multiplier (BRL per point, from `domain.instruments`: WDO 10, DOL 50, WIN 0.2, IND 1) - fee
+per contract per side x 2. Trades
 overlap when predictions come faster than the horizon; each is counted on its own (a signal's
 quality, not a portfolio).
 """
@@ -18,13 +19,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.io import to_html
 
+from tickvault.domain.instruments import instrument_for
 from tickvault.ml.model import LABELS, ModelInfo
-
-MULTIPLIERS = {"WDO": 10.0, "DOL": 50.0, "WIN": 0.2, "IND": 1.0}
-
-
-def multiplier_for(symbol: str) -> float:
-    return MULTIPLIERS.get(symbol[:3], 1.0)
 
 
 def equity(oos: pd.DataFrame, *, threshold: float, multiplier: float, fee: float) -> pd.DataFrame:
@@ -44,7 +40,7 @@ def write_report(
     fee: float,
     multiplier: float | None = None,
 ) -> Path:
-    mult = multiplier if multiplier is not None else multiplier_for(info.symbol)
+    mult = multiplier if multiplier is not None else instrument_for(info.symbol).multiplier
     curve = equity(oos, threshold=threshold, multiplier=mult, fee=fee)
     folds = pd.DataFrame(info.folds)
     parts = [f"<h1>tickvault model report: {info.symbol}</h1>",

@@ -25,7 +25,7 @@ import numpy as np
 
 from tickvault.domain.events import B3_TZ, to_ms
 from tickvault.errors import DataError
-from tickvault.sources.simulator import SESSION_CLOSE, SESSION_OPEN, MarketSimulator, is_trading_day
+from tickvault.sources.simulator import SESSION, MarketSimulator
 from tickvault.store.api import Store
 from tickvault.store.block_codec import AGGRESSOR_CODES, Columns
 from tickvault.store.valkey_errors import map_valkey_errors
@@ -55,23 +55,20 @@ def previous_trading_days(before: date, n: int) -> list[date]:
     day = before
     while len(days) < n:
         day -= timedelta(days=1)
-        if is_trading_day(day):
+        if SESSION.is_trading_day(day):
             days.append(day)
     return days[::-1]
 
 
 def _bounds(day: date) -> tuple[int, int]:
-    return (
-        to_ms(datetime.combine(day, SESSION_OPEN, tzinfo=B3_TZ)),
-        to_ms(datetime.combine(day, SESSION_CLOSE, tzinfo=B3_TZ)),
-    )
+    return to_ms(SESSION.open_of(day)), to_ms(SESSION.close_of(day))
 
 
 def simulated_session(symbol: str, day: date, seed: int) -> Columns:
     """One whole simulated session of `symbol` on `day`, as time-ordered columns (seq 1..n)."""
     open_ms, close_ms = _bounds(day)
     day_seed = zlib.crc32(f"{seed}:{day.isoformat()}".encode())
-    sim = MarketSimulator([symbol], seed=day_seed, start=datetime.combine(day, SESSION_OPEN, tzinfo=B3_TZ))
+    sim = MarketSimulator([symbol], seed=day_seed, start=SESSION.open_of(day))
     rows: list[tuple[object, ...]] = []
     aggressor: list[int] = []
     for tick in sim.ticks():

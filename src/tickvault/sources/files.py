@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from tickvault.domain.events import SYMBOL_PATTERN, Tick, make_tick, to_ms
+from tickvault.domain.instruments import instrument_for
 from tickvault.domain.timeparse import parse_time
 from tickvault.errors import DataError
 from tickvault.sources.layouts import Layout
 
-KNOWN = frozenset(Tick.__struct_fields__)
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n", ""}
 
@@ -36,12 +36,6 @@ class BadRow:
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.error}"
-
-
-def _multiplier(symbol: str) -> float:
-    from tickvault.sources.simulator import spec_for
-
-    return spec_for(symbol).multiplier
 
 
 def _int(row: dict[str, Any], name: str, default: int | None = None) -> int:
@@ -128,7 +122,7 @@ def tick_from_row(row: dict[str, Any], layout: Layout | None = None) -> Tick:
         price,
         quantity,
         volume=volume,
-        multiplier=_multiplier(symbol) if volume is None else 1.0,
+        multiplier=instrument_for(symbol).multiplier if volume is None else 1.0,
         buyer=_int(row, "buyer", 0),
         seller=_int(row, "seller", 0),
         trade_type=_int(row, "trade_type", 0),

@@ -1,7 +1,8 @@
 """A deterministic simulator of B3 futures sessions: the default source, so a live market runs any hour.
 
-Its clock is its own: sessions are 09:00-18:30 America/Sao_Paulo on BVMF trading days (holidays from
-exchange_calendars); the night between two sessions takes no time. Each symbol has its own PCG64
+Its clock is its own: sessions are the B3 futures session of `domain.instruments` (09:00-18:30
+America/Sao_Paulo on BVMF trading days, holidays from exchange_calendars), and each symbol's tick size
+and multiplier are the registry's; the night between two sessions takes no time. Each symbol has its own PCG64
 stream seeded from (seed, crc32(symbol)): its ticks never depend on which other symbols run, nor on
 the process (Python's `hash()` is salted per process). Generated in numpy chunks of ~4k trades:
 
@@ -31,27 +32,20 @@ from __future__ import annotations
 
 import copy
 import heapq
-import logging
 import math
 import operator
 import threading
 import time as _time
-import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime
 
 import msgspec
 import numpy as np
 
 from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
-
-log = logging.getLogger("tickvault.simulator")
-
-SESSION_OPEN = time(9, 0)
-SESSION_CLOSE = time(18, 30)
-SESSION_MS = (18 * 60 + 30 - 9 * 60) * 60_000
+from tickvault.domain.instruments import DEFAULT, FUTURES_SESSION, INSTRUMENTS, Instrument, instrument_for
 
 BRANCHING = 0.7  # Hawkes branching ratio: 70% of orders are reactions to earlier ones
 FAST_SHARE, FAST_MS, SLOW_MS = 0.6, 4.0, 1200.0  # reaction delays (mean ms): algorithms, others
@@ -77,95 +71,41 @@ _MEAN_SWEEP = float((_SWEEP_P * np.arange(1, SWEEP_MAX + 1)).sum())
 
 @dataclass(frozen=True)
 class InstrumentSpec:
-    """One symbol family."""
+    """One symbol family as simulated: the contract (the registry's) and how its market moves."""
 
-    family: str
-    tick_size: float
-    multiplier: float  # financial volume = price * quantity * multiplier (BRL per point per contract)
+    instrument: Instrument
     base_price: float
     daily_vol: float  # std of the daily log return
     trades_per_session: int  # average trades in a full session; sets the arrival intensity
 
+    @property
+    def tick_size(self) -> float:
+        return self.instrument.tick_size
 
-SPECS = {
-    "WDO": InstrumentSpec("WDO", 0.5, 10.0, 5400.0, 0.008, 300_000),
-    "WIN": InstrumentSpec("WIN", 5.0, 0.2, 128_000.0, 0.012, 600_000),
-    "GENERIC": InstrumentSpec("GENERIC", 0.01, 1.0, 100.0, 0.015, 20_000),
+    @property
+    def multiplier(self) -> float:  # financial volume = price * quantity * multiplier
+        return self.instrument.multiplier
+
+
+# (base price, daily vol, trades per session) per root; a full contract trades at its mini's prices
+# (same underlying, same points), only its multiplier differs.
+_MARKETS = {
+    "WDO": (5400.0, 0.008, 300_000),
+    "DOL": (5400.0, 0.008, 300_000),
+    "WIN": (128_000.0, 0.012, 600_000),
+    "IND": (128_000.0, 0.012, 600_000),
+    DEFAULT.root: (100.0, 0.015, 20_000),
 }
+SPECS = {i.root: InstrumentSpec(i, *_MARKETS[i.root]) for i in (*INSTRUMENTS.values(), DEFAULT)}
+
+# Every simulated symbol runs on this one session (its clock is shared: the streams are merged).
+SESSION = FUTURES_SESSION
+SESSION_MS = SESSION.length_ms
 
 
 def spec_for(symbol: str) -> InstrumentSpec:
-    """WDO/DOL: mini and full dollar; WIN/IND: mini and full index; anything else GENERIC."""
-    if symbol.startswith(("WDO", "DOL")):
-        return SPECS["WDO"]
-    if symbol.startswith(("WIN", "IND")):
-        return SPECS["WIN"]
-    return SPECS["GENERIC"]
-
-
-# --- B3 calendar: dates from exchange_calendars (slow to build: once per process), hours our own ---
-
-_calendar_lock = threading.Lock()
-_session_days: tuple[date, date, frozenset[date]] | None = None
-
-
-def _trading_days() -> tuple[date, date, frozenset[date]]:
-    global _session_days
-    with _calendar_lock:
-        if _session_days is None:
-            try:
-                import exchange_calendars
-
-                with warnings.catch_warnings():  # pandas deprecation noise from inside the library
-                    warnings.simplefilter("ignore")
-                    days = frozenset(ts.date() for ts in exchange_calendars.get_calendar("BVMF").sessions)
-                _session_days = (min(days), max(days), days)
-            except Exception as exc:  # the simulator must still run: weekdays as sessions
-                log.warning("no BVMF calendar (%s): simulating every weekday as a session", exc)
-                _session_days = (date.max, date.min, frozenset())
-        return _session_days
-
-
-def is_trading_day(day: date) -> bool:
-    """A BVMF session date; outside the calendar's range (about 20 years back, 1 ahead) a weekday."""
-    first, last, days = _trading_days()
-    if first <= day <= last:
-        return day in days
-    return day.weekday() < 5
-
-
-def _open_of(day: date) -> datetime:
-    return datetime.combine(day, SESSION_OPEN, tzinfo=B3_TZ)
-
-
-def _next_trading_day(day: date) -> date:
-    day += timedelta(days=1)
-    while not is_trading_day(day):
-        day += timedelta(days=1)
-    return day
-
-
-def session_start_for(now: datetime) -> datetime:
-    """The open (09:00 America/Sao_Paulo) of the B3 session that is current or most recent at `now`."""
-    local = now.astimezone(B3_TZ)
-    day = local.date()
-    if local.time() < SESSION_OPEN or not is_trading_day(day):
-        day -= timedelta(days=1)
-        while not is_trading_day(day):
-            day -= timedelta(days=1)
-    return _open_of(day)
-
-
-def trading_moment(moment: datetime) -> datetime:
-    """`moment` (in America/Sao_Paulo) if a session is open then, else the next session's open."""
-    local = moment.astimezone(B3_TZ)
-    day = local.date()
-    if is_trading_day(day):
-        if SESSION_OPEN <= local.time() < SESSION_CLOSE:
-            return local
-        if local.time() < SESSION_OPEN:
-            return _open_of(day)
-    return _open_of(_next_trading_day(day))
+    """The registry's instrument of `symbol` (`domain.instruments`) with its simulated market."""
+    return SPECS[instrument_for(symbol).root]
 
 
 # --- intraday seasonality ---------------------------------------------------------------------------
@@ -216,7 +156,7 @@ class _SymbolStream:
 
     def _begin_session(self, start_ms: int, trade_id: int) -> None:
         day = datetime.fromtimestamp(start_ms / 1000, B3_TZ).date()
-        self.open_ms = to_ms(_open_of(day))
+        self.open_ms = to_ms(SESSION.open_of(day))
         self.close_ms = self.open_ms + SESSION_MS
         into = float(np.interp((start_ms - self.open_ms) / 1000.0, _SECONDS, _ACTIVITY))
         self.u = into * self.orders_per_session  # position in the session's immigrant count
@@ -226,13 +166,13 @@ class _SymbolStream:
         self.auction_due = start_ms == self.open_ms and trade_id == 1  # a resumed session had it
 
     def _next_session(self) -> None:
-        day = _next_trading_day(datetime.fromtimestamp(self.open_ms / 1000, B3_TZ).date())
+        day = SESSION.next_trading_day(datetime.fromtimestamp(self.open_ms / 1000, B3_TZ).date())
         gap = self.rng.normal(0.0, 0.3 * self.spec.daily_vol)  # overnight news
         if self.random_walk:
             self.walk_ticks = max(1, self.walk_ticks + round(gap * self.walk_ticks))
         else:
             self.log_price += gap
-        self._begin_session(to_ms(_open_of(day)), 1)  # B3 trade numbers restart each session
+        self._begin_session(to_ms(SESSION.open_of(day)), 1)  # B3 trade numbers restart each session
 
     def chunk(self) -> list[Tick]:
         rng = self.rng
@@ -367,13 +307,13 @@ class MarketSimulator:
         self.symbols = list(symbols)
         if not self.symbols or len(set(self.symbols)) != len(self.symbols):
             raise ValueError(f"symbols must be distinct and at least one, got {self.symbols!r}")
-        begin = session_start_for(datetime.now(B3_TZ)) if start is None else start
+        begin = SESSION.start_for(datetime.now(B3_TZ)) if start is None else start
         if begin.tzinfo is None or begin.utcoffset() is None:
             raise ValueError(f"start {begin.isoformat()} has no timezone")
         ids = dict(first_trade_ids or {})
         if set(ids) - set(self.symbols) or any(i < 0 for i in ids.values()):
             raise ValueError(f"first_trade_ids must be >= 0 and of simulated symbols, got {ids!r}")
-        self._start = trading_moment(begin)  # outside trading hours: the next session's open
+        self._start = SESSION.trading_moment(begin)  # outside trading hours: the next session's open
         self._streams = [
             _SymbolStream(s, seed, self._start, ids.get(s, 1), random_walk) for s in self.symbols
         ]

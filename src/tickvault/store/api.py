@@ -80,7 +80,7 @@ class Store:
         this connection followed by WAITAOF covers every earlier write too: the file is sequential."""
         durable = True
         with map_valkey_errors():
-            for node, probe in primaries_with_key(self.client, f"{self.keys.symbols()}:durability-probe"):
+            for node, probe in primaries_with_key(self.client, self.keys.durability_probe()):
                 pipe = node.pipeline(transaction=False)  # in a cluster: every node's file
                 pipe.incr(probe)
                 pipe.execute_command("WAITAOF", 1, 0, timeout_ms)

@@ -23,7 +23,6 @@ from tickvault.store.cluster import is_cluster, transaction
 log = logging.getLogger("tickvault.health")
 
 HEALTH_TTL_S = 10
-HEALTH_PATTERN = KeySpace().health("*")
 
 
 class HealthReporter:

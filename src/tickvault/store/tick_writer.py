@@ -49,7 +49,6 @@ log = logging.getLogger("tickvault.writer")
 LEASE_MS = 10_000
 SEEN_CHUNK_BITS = 23  # one bitmap key per 8M trade ids: at most 1 MiB each
 _CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
-_B3_TS = pa.timestamp("ms", tz="America/Sao_Paulo")
 
 
 _ROW_FIELDS = (

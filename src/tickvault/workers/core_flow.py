@@ -46,7 +46,6 @@ from tickvault.store.valkey_errors import map_valkey_errors
 
 log = logging.getLogger("tickvault.features")
 
-SUMMARY_KEY = "tv:daysum:{symbol}:{day}"
 _HISTORY_CALENDAR_DAYS = 50  # enough calendar days to find 30 sessions around B3 holidays
 HISTORY_RETRY_S = (0.5, 10.0)  # first and longest wait between background look-ups of the history
 
@@ -72,13 +71,13 @@ class _Summary(msgspec.Struct):
 
 def store_history(store: Store) -> Callable[[str, date, int], list[SessionSummary]]:
     """Summaries of the sessions before `day`, read once from the ticks and then kept in Valkey
-    (`tv:daysum:{SYMBOL}:{YYYYMMDD}`). Only past days are cached, never the day in progress.
-    An unreachable Valkey raises StoreUnavailable (a backfill must not go on without history; the
-    live service wraps this in `HistoryLookup`)."""
+    (`KeySpace.day_summary`: `tv:daysum:{SYMBOL}:{YYYYMMDD}`). Only past days are cached, never the
+    day in progress. An unreachable Valkey raises StoreUnavailable (a backfill must not go on without
+    history; the live service wraps this in `HistoryLookup`)."""
 
     @map_valkey_errors()
     def summary(symbol: str, day: date) -> SessionSummary | None:
-        key = SUMMARY_KEY.format(symbol=symbol, day=day.strftime("%Y%m%d"))
+        key = store.keys.day_summary(symbol, day.strftime("%Y%m%d"))
         raw = store.client.get(key)
         if raw is not None:
             if raw == b"-":
@@ -516,4 +515,5 @@ class FeatureService:
             "feature_errors": s.errors, "features_stored": s.stored, "feature_store_errors": s.store_errors,
             "features_dropped": s.dropped, "late_for_features": s.late, "features_warmed_up": s.warmed_up,
             "feature_sessions_without_history": self._history.misses if self._history else 0,
+            "features_published": s.published, "feature_publish_errors": s.publish_errors,
         }  # fmt: skip

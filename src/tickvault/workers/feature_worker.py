@@ -90,7 +90,7 @@ class FeatureWorker:
         self.leases = SymbolLeases(self.client, self.lease_key, self.name, lease_ms)
 
     def lease_key(self, symbol: str) -> str:
-        return f"tv:featureworker:{symbol}"
+        return self.keys.feature_lease(symbol)
 
     # -- ownership -------------------------------------------------------------------------------
 

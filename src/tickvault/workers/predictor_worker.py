@@ -67,7 +67,7 @@ class PredictorWorker:
         self.leases = SymbolLeases(self.client, self._lease_key, self.name, lease_ms)
 
     def _lease_key(self, symbol: str) -> str:
-        return f"tv:predictor:{symbol}"
+        return self.keys.predictor_lease(symbol)
 
     def _claim_symbols(self) -> None:
         """Renew the leases we hold, take free ones (a dead owner's lease has expired)."""
