@@ -4,6 +4,7 @@ real ZeroMQ sockets, and an environment with none of the developer's settings le
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -53,6 +54,19 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     left = leaks.leftovers(before)
     if left:
         raise AssertionError(f"{item.nodeid} left running after its teardown: " + "; ".join(left))
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """An in-process CLI call configures tickvault's logger (a handler on that test's stderr, no
+    propagation): undo it, so later tests neither write to a closed stream nor miss records."""
+    logger = logging.getLogger("tickvault")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for handler in logger.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    logger.handlers[:], logger.propagate, logger.level = saved
 
 
 @pytest.fixture(autouse=True)
