@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 # scikit-learn's OpenMP threads spin-wait; beside Valkey, ZeroMQ and the pipeline's threads on a
 # 2-core machine that turns a 20 s fit into minutes. One thread each keeps the suite predictable.
@@ -20,6 +21,7 @@ import valkey  # noqa: E402
 from valkey.cluster import ValkeyCluster  # noqa: E402
 
 import leaks  # noqa: E402
+from tickvault.app.system import System
 from tickvault.bus.pubsub import Subscriber  # noqa: E402
 from tickvault.config import Settings
 from tickvault.recorder.recorder import Recorder
@@ -52,8 +54,27 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     if before is None:
         return
     left = leaks.leftovers(before)
+    leaks.kill_children(before)  # reported below, but never left to disturb the next tests
     if left:
         raise AssertionError(f"{item.nodeid} left running after its teardown: " + "; ".join(left))
+
+
+@pytest.fixture(autouse=True)
+def stop_systems(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every `System` a test builds is stopped when the test ends, passed or failed (stop() is
+    idempotent: a test that stopped its own gets the same summary back)."""
+    made: list[System] = []
+    build = System.__init__
+
+    def tracked(self: System, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(System, "__init__", tracked)
+    yield
+    for system in made:
+        with contextlib.suppress(Exception):  # the test's own outcome is what gets reported
+            system.stop()
 
 
 @pytest.fixture(autouse=True)

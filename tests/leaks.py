@@ -8,7 +8,9 @@ short grace period has passed (a stopping thread may need a moment to return).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -80,3 +82,13 @@ def leftovers(before: Snapshot, grace: float = 10.0) -> list[str]:
     found = [f"thread {t.name!r} (daemon={t.daemon})" for t in threads]
     found += [f"child process {c.pid}: {c.command}" for c in children]
     return found
+
+
+def kill_children(before: Snapshot) -> None:
+    """SIGKILL and reap the children started since `before`."""
+    for pid in child_processes():
+        if pid in before.children:
+            continue
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)

@@ -151,6 +151,7 @@ class System:
         self.event_handlers = list(event_handlers or [])  # features, predictions, signals in-process
         self.degraded: list[str] = []  # what could not start: logged, in the summary
         self.stop_event = threading.Event()
+        self._summary: RunSummary | None = None
         self._source_done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._recorder_stop = threading.Event()
@@ -575,7 +576,13 @@ class System:
             self.stop_event.wait(left)
 
     def stop(self) -> RunSummary:
-        """Stop the source, drain the bus and the recorder, close everything; returns the summary."""
+        """Stop the source, drain the bus and the recorder, close everything; returns the summary.
+        Stopping again returns the same summary (a test fixture stops whatever a test left running)."""
+        if self._summary is None:
+            self._summary = self._stop()
+        return self._summary
+
+    def _stop(self) -> RunSummary:
         self.stop_event.set()
         with self._bus_lock:  # a bus being bound right now is bound before it is flushed and closed
             pass
