@@ -1,6 +1,6 @@
 """The loop every leased worker shares (workers/leased.py), shown on a predictor worker against a real
 Valkey: an outage is logged once each way and the work goes on after it; what a failed step had read
-is taken up again."""
+is taken up again; the tick writer holds its symbols by the same leases."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import valkey
 
 from conftest import wait_until
+from factories import tick
 from test_predictor_worker import SignModel, features
 from tickvault.domain.events import to_fields
+from tickvault.errors import StoreError
 from tickvault.store.api import Store
 from tickvault.store.server import EmbeddedValkey, free_port
+from tickvault.store.tick_writer import TickWriter
 from tickvault.workers.leased import LeasedWorker
 from tickvault.workers.predictor_worker import GROUP, PredictorWorker
 
@@ -109,3 +113,19 @@ def test_what_a_failed_step_had_read_is_handled_once_the_fault_is_gone(store: St
     ids = [e[0] for e in client.xrange(store.keys.features("WDOFUT"))]
     assert [e[0] for e in client.xrange(store.keys.predictions("WDOFUT"))] == ids
     assert worker.stats.predicted == 10
+
+
+def test_the_tick_writer_holds_its_symbols_by_the_same_leases(store: Store) -> None:
+    """One writer per symbol: another writer is refused while the lease is held, and writes at once
+    after a clean release."""
+    first, second = TickWriter(store.client, owner="first"), TickWriter(store.client, owner="second")
+    assert first.write([tick(trade_id=1)]).stored == 1
+    assert store.client.get(store.keys.writer_lease("WDOFUT")) == b"first"
+    with pytest.raises(StoreError, match="being written by 'first'"):
+        second.write([tick(trade_id=2)])
+    first.flush()  # its batch is applied before the lease is handed over (a clean stop)
+    first.release()
+    assert second.write([tick(trade_id=2)]).stored == 1
+    second.flush()
+    assert store.client.get(store.keys.writer_lease("WDOFUT")) == b"second"
+    assert [t.trade_id for t in store.tick_events("WDOFUT", 0, 2**42)] == [1, 2]
