@@ -160,7 +160,7 @@ def test_workers_share_symbols_by_lease_and_a_dead_ones_symbols_are_taken_over(s
     a = CandleWorker(store, symbols, name="a", lease_ms=400)
     b = CandleWorker(store, symbols, name="b", lease_ms=400)
     a.step(block_ms=0)  # takes every free symbol
-    assert sorted(a.owned) == sorted(symbols) and b.step(block_ms=0) == 0 and b.owned == []
+    assert sorted(a.owned) == sorted(symbols) and b.step(block_ms=0) == 0 and list(b.owned) == []
     half = len(ticks) // 2
     store.append_ticks(ticks[:half])
     while a.step(block_ms=0):
@@ -173,7 +173,7 @@ def test_workers_share_symbols_by_lease_and_a_dead_ones_symbols_are_taken_over(s
     b.write(flush=True)
     # a stalled `a` that wakes up cannot write over `b`: its write checks the lease in the transaction
     a.write(flush=True)
-    assert a.owned == []
+    assert list(a.owned) == []
     for symbol in symbols:
         assert_live_equals_history(store, symbol)
 
@@ -188,12 +188,12 @@ def test_a_lapsed_lease_nobody_took_is_taken_back_and_the_work_goes_on(store: St
     store.client.delete(lease)  # a slow step: the lease lapses and nobody takes it
     store.append_ticks(ticks[1000:1500])
     assert a.step(block_ms=0) == 500
-    assert a.owned == ["WDOFUT"] and store.client.get(lease) == b"a"
+    assert list(a.owned) == ["WDOFUT"] and store.client.get(lease) == b"a"
     store.append_ticks(ticks[1500:])
     assert a.step(block_ms=0) == 500
     store.client.delete(lease)  # lapsed again, between its read and its write
     a.write(flush=True)
-    assert a.owned == ["WDOFUT"] and store.client.get(lease) == b"a"  # re-taken in the write
+    assert list(a.owned) == ["WDOFUT"] and store.client.get(lease) == b"a"  # re-taken in the write
     assert_live_equals_history(store, "WDOFUT")
 
 

@@ -33,10 +33,10 @@ def test_a_dead_workers_symbols_are_taken_over_without_loss_or_duplicates(store:
     store.append_events([features(s, i) for s in SYMBOLS for i in range(N)])
     dying = PredictorWorker(store, SignModel(), SYMBOLS, name="dying", lease_ms=300)
     dying._claim_symbols()
-    assert dying.owned == set(SYMBOLS)  # first come, takes everything
+    assert set(dying.owned) == set(SYMBOLS)  # first come, takes everything
     reply = store.client.xreadgroup(GROUP, "dying", {store.keys.features(s): ">" for s in SYMBOLS}, count=50)
     for key, entries in reply:  # half a batch done, then SIGKILL: 30 entries per symbol stay pending
-        dying._handle(key.decode().rsplit(":", 1)[1], entries[:20])
+        dying.handle(key.decode().rsplit(":", 1)[1], entries[:20])
     pending = sum(store.client.xpending(store.keys.features(s), GROUP)["pending"] for s in SYMBOLS)
     assert pending == 30 * len(SYMBOLS)
 
@@ -68,7 +68,7 @@ def test_a_repeated_write_is_refused_not_duplicated(store: Store) -> None:
     while worker.step(block_ms=0):
         pass
     entries = store.client.xrange(store.keys.features("WDOFUT"))
-    worker._handle("WDOFUT", entries)  # as if a crash made it run the same entries again
+    worker.handle("WDOFUT", entries)  # as if a crash made it run the same entries again
     assert worker.stats.duplicates == 5 and store.client.xlen(store.keys.predictions("WDOFUT")) == 5
     worker.release()
     assert store.client.get("tv:predictor:WDOFUT") is None
@@ -83,3 +83,20 @@ def test_run_only_predictor_needs_a_model(system_env: dict[str, str], tmp_path: 
         app, ["--model-path", str(tmp_path / "none.pkl"), "run", "--only", "predictor", "--no-dashboard"]
     )
     assert result.exit_code == 2 and "TICKVAULT_MODEL" in result.output and "tickvault train" in result.output
+
+
+def test_an_entry_that_does_not_decode_is_counted_and_the_others_are_predicted(store: Store) -> None:
+    """Someone else's bad entry in a features stream must not stop the symbol: it is refused,
+    counted and acknowledged; the entries after it get their predictions."""
+    stream = store.keys.features("WDOFUT")
+    store.append_events([features("WDOFUT", i) for i in range(3)])
+    store.client.xadd(stream, {"symbol": "WDOFUT", "timestamp_ms": "soon"}, id=f"{BASE_MS + 2500}-0")
+    store.append_events([features("WDOFUT", i) for i in range(3, 6)])
+    worker = PredictorWorker(store, SignModel(), ("WDOFUT",), name="w")
+    while worker.step(block_ms=0):
+        pass
+    good = [i for i, fields in store.client.xrange(stream) if b"timestamp" in fields]
+    assert len(good) == 6
+    assert [e[0] for e in store.client.xrange(store.keys.predictions("WDOFUT"))] == good
+    assert worker.stats.rejected == 1 and worker.counters()["predictions_rejected"] == 1
+    assert store.client.xpending(stream, GROUP)["pending"] == 0

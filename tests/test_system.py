@@ -178,3 +178,19 @@ def test_the_core_flow_fed_from_the_bus_computes_what_it_computes_in_process(
     assert len(in_process) > 20 and from_bus == in_process
     # no bus to consume from: the core flow is fed in-process and goes on
     assert features_of(zmq_consume_enabled=True, zmq_enabled=False) == in_process
+
+
+def test_stopping_one_worker_leaves_the_others_running(system_env: dict[str, str], store: Store) -> None:
+    """Each worker has its own stop: the candle worker's does not stop a feature worker."""
+    from conftest import wait_until
+
+    system = System(load_settings(symbols="WDOFUT,WINFUT"), only="features")
+    system.start()
+    try:
+        system._candles_stop.set()
+        store.append_ticks(_sim())
+        assert wait_until(
+            lambda: all(store.client.xlen(store.keys.features(s)) > 0 for s in ("WDOFUT", "WINFUT")), 30
+        )
+    finally:
+        system.stop()

@@ -161,7 +161,10 @@ class System:
         self.predictor: PredictorWorker | None = None
         self.feature_worker: FeatureWorker | None = None
         self.health: HealthReporter | None = None
+        # one stop per worker: stopping one component must not stop another
         self._candles_stop = threading.Event()
+        self._features_stop = threading.Event()
+        self._predictor_stop = threading.Event()
         # ZMQ_CONSUME_ENABLED: the core flow takes its ticks from the bus, as any other consumer
         self._consumer: Subscriber | None = None
         self._consumer_stop = threading.Event()
@@ -407,7 +410,7 @@ class System:
         self.predictor = PredictorWorker(
             Store(self.connection.client("predictor")), model, symbols, threshold=s.signal_threshold
         )
-        self._spawn("predictor", self.predictor.run, self._candles_stop)
+        self._spawn("predictor", self.predictor.run, self._predictor_stop)
         self.started_at = time.monotonic()
 
     def _start_features_only(self) -> None:
@@ -421,7 +424,7 @@ class System:
             feature_config(s),
             name=f"features@{socket.gethostname()}:{os.getpid()}",  # who holds a lease, for operators
         )
-        self._spawn("features", self.feature_worker.run, self._candles_stop)
+        self._spawn("features", self.feature_worker.run, self._features_stop)
         self.started_at = time.monotonic()
 
     def _own_client_keys(self) -> ClientKeys | None:
@@ -500,20 +503,9 @@ class System:
             )  # fmt: skip
         if self.features is not None:
             out.update(self.features.counters())
-        if self.predictor is not None:
-            w = self.predictor.stats
-            out.update(
-                predicted=w.predicted, predictions_claimed=w.claimed, prediction_duplicates=w.duplicates
-            )
-        if self.feature_worker is not None:
-            f = self.feature_worker.stats
-            out.update(
-                feature_ticks=f.ticks, features_written=f.written, features_replayed=f.replayed,
-                feature_duplicates=f.duplicates, feature_takeovers=f.takeovers, feature_errors=f.errors,
-            )  # fmt: skip
-        if self.candles is not None:
-            c = self.candles.stats
-            out.update(candle_ticks=c.ticks, candles_written=c.written, candles_recomputed=c.recomputed)
+        for worker in (self.predictor, self.feature_worker, self.candles):
+            if worker is not None:
+                out.update(worker.counters())
         return out
 
     def describe(self) -> str:
@@ -609,7 +601,9 @@ class System:
                 time.sleep(0.01)
             summary.drained = self.recorder.caught_up(self.ingest.produced_seq())
         self._recorder_stop.set()
-        self._candles_stop.set()  # after the recorder drained: the worker reads to the end, then stops
+        # after the recorder drained: the candle worker reads to the end, then stops
+        for worker_stop in (self._candles_stop, self._features_stop, self._predictor_stop):
+            worker_stop.set()
         for thread in self._threads:
             thread.join(10)
         if self.publisher is not None:

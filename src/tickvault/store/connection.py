@@ -14,9 +14,7 @@ from tickvault.errors import StoreUnavailable
 from tickvault.store.cluster import close_client, cluster_client, is_cluster_url, parse_cluster_url
 from tickvault.store.server import EmbeddedValkey, client_name
 
-# the error map lives in valkey_errors; still importable from here for code not yet moved over
 from tickvault.store.valkey_errors import UNREACHABLE
-from tickvault.store.valkey_errors import store_error as store_error
 
 log = logging.getLogger("tickvault.connection")
 

@@ -1,6 +1,7 @@
 """Per-symbol ownership among several worker processes: a lease key per symbol holding the owner's
 name with an expiry. The owner renews it every step; a dead owner's lease expires and the next
-worker to look takes the symbol. Used by the candle, feature and predictor workers."""
+worker to look takes the symbol. Used by the leased workers (candles, features, predictor) and by the
+tick writer (one writer per symbol)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ class SymbolLeases:
                 self.taken.add(symbol)
             owned.append(symbol)
         return owned
+
+    def owner(self, symbol: str) -> str | None:
+        """Who holds the lease of `symbol` now (None: nobody)."""
+        holder = self.client.get(self.key_of(symbol))
+        return holder.decode() if holder is not None else None
 
     def give_up(self, symbol: str) -> None:
         with contextlib.suppress(valkey.ValkeyError):

@@ -37,6 +37,7 @@ from tickvault.domain.events import B3_TZ
 from tickvault.domain.keys import KeySpace
 from tickvault.errors import StoreError
 from tickvault.store.cluster import is_cluster, node_client, refresh
+from tickvault.store.leases import SymbolLeases
 from tickvault.store.raw_resp import EXEC_REPLY_ON, REPLY_OFF_MULTI, RawConnection
 from tickvault.store.raw_resp import pack as _pack
 from tickvault.store.stream_codec import (
@@ -216,6 +217,7 @@ class TickWriter:
         self.keys = keys or KeySpace(cluster=is_cluster(client))
         self.owner = owner or f"writer-{uuid.uuid4().hex[:12]}"
         self._leases: dict[str, float] = {}  # symbol -> monotonic time the lease is good until
+        self._symbol_leases = SymbolLeases(client, self.keys.writer_lease, self.owner, LEASE_MS)
         self._conns: dict[str, RawConnection] = {}  # node ("" standalone) -> its connection
         # the batch in flight: (node, symbol) in send order, and each symbol's expected stream state
         self._in_flight: tuple[list[tuple[str, str]], dict[str, tuple[int, int, int]]] | None = None
@@ -242,28 +244,19 @@ class TickWriter:
 
     def release(self) -> None:
         """Give up this writer's leases (at a clean stop, after `flush`), so another writer need not wait."""
-        for symbol in list(self._leases):
-            key = self.keys.writer_lease(symbol)
-            try:
-                if self.client.get(key) == self.owner.encode():
-                    self.client.delete(key)
-            except valkey.ValkeyError:
-                pass  # it expires by itself
+        self._symbol_leases.release(list(self._leases))  # one that cannot be released expires by itself
         self._leases.clear()
 
     def _lease(self, symbol: str) -> None:
         """Hold the symbol's writer lease; a symbol newly taken over is reloaded from Valkey."""
         if self._leases.get(symbol, 0.0) > time.monotonic():
             return
-        key = self.keys.writer_lease(symbol)
         held = symbol in self._leases
-        taken = self.client.set(key, self.owner, nx=True, px=LEASE_MS)
-        if not taken:
-            holder = self.client.get(key)
-            if holder is not None and holder.decode() != self.owner:
-                raise StoreError(f"{symbol} is being written by {holder.decode()!r}; waiting for its lease")
-            self.client.pexpire(key, LEASE_MS)
-        if taken or not held:
+        leases = self._symbol_leases
+        if not leases.held([symbol]):
+            holder = leases.owner(symbol) or "another writer"
+            raise StoreError(f"{symbol} is being written by {holder!r}; waiting for its lease")
+        if symbol in leases.taken or not held:
             # (re)taken: someone else may have written meanwhile. Reload, but only after the batch in
             # flight is applied, or the reloaded state would miss it.
             self._collect()

@@ -19,14 +19,14 @@ in the symbol's slot), a worker that dies loses its symbols when the lease expir
 resumes from the saved position; every write WATCHes the lease, so a worker that stalled past its
 lease cannot write a stale bar version after the new owner. If the worker fell so far behind that
 ticks were sealed out of the live stream before it read them, the bars of that stretch are
-recomputed from the store.
+recomputed from the store. The lease and the loop are `LeasedWorker`'s (leased.py); this worker
+reads with XREAD from the position it saves, not through a consumer group: it needs every tick of a
+symbol, in order.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -37,10 +37,9 @@ from tickvault.analytics.candles import TIMEFRAMES, bar_bounds, candles_from_tic
 from tickvault.domain.events import Candle, from_ms, to_fields
 from tickvault.store.api import Store, columns_frame
 from tickvault.store.block_codec import Columns
-from tickvault.store.cluster import read_streams, transaction
-from tickvault.store.connection import store_error
-from tickvault.store.leases import SymbolLeases
+from tickvault.store.cluster import transaction
 from tickvault.store.stream_codec import columns_from_entries
+from tickvault.workers.leased import Entry, LeasedWorker, WorkerStats
 
 log = logging.getLogger("tickvault.candles")
 
@@ -154,19 +153,26 @@ class SymbolBars:
 
 
 @dataclass
-class CandleStats:
+class CandleStats(WorkerStats):
     ticks: int = 0
     written: int = 0
     recomputed: int = 0
     caught_up_gaps: int = 0
-    errors: int = 0
 
 
-class CandleWorker:
-    """Follows the tick streams of `symbols` and writes their candle streams; `run(stop)` in a thread."""
+class CandleWorker(LeasedWorker[SymbolBars]):
+    """Follows the tick streams of `symbols` and writes their candle streams; `run(stop)` in a thread.
+    It reads with XREAD from the position it saves with its bars (no consumer group): every tick of a
+    symbol, in stream order."""
 
+    log = log
+    COUNTERS = {
+        "ticks": "candle_ticks", "written": "candles_written", "recomputed": "candles_recomputed",
+        "errors": "candle_errors", "outages": "candle_outages",
+    }  # fmt: skip
     # bars kept per timeframe and symbol (two days), so a late tick corrects its bar without a store read
     KEEP_BARS = {"1m": 2 * 1440, "5m": 2 * 288, "15m": 2 * 96, "1h": 48, "1d": 2}
+    stats: CandleStats
 
     def __init__(
         self,
@@ -179,56 +185,29 @@ class CandleWorker:
     ) -> None:
         """`lease_ms` None: this worker owns every symbol (one worker). Else symbols are shared with
         other workers by lease (see the module's doc)."""
-        self.store = store
-        self.client = store.client
-        self.keys = store.keys
-        self.symbols = symbols
-        self.batch = batch
-        self.name = name or f"candles-{uuid.uuid4().hex[:8]}"
-        self.lease_ms = lease_ms
-        self.leases = (
-            None
-            if lease_ms is None
-            else SymbolLeases(self.client, self.keys.candle_lease, self.name, lease_ms)
-        )
-        self.state: dict[str, SymbolBars] = {}
-        self.stats = CandleStats()
+        super().__init__(
+            store, symbols, CandleStats(), name=name or f"candles-{uuid.uuid4().hex[:8]}",
+            lease_key=store.keys.candle_lease, lease_ms=lease_ms, batch=batch,
+        )  # fmt: skip
         self._last_id: dict[tuple[str, str], int] = {}
 
-    @property
-    def owned(self) -> list[str]:
-        return list(self.state)
+    def stream(self, symbol: str) -> str:
+        return self.keys.ticks(symbol)
 
-    def _claim(self) -> None:
-        """Own every symbol, or (shared) renew our leases and take free ones."""
-        held = self.symbols if self.leases is None else self.leases.held(self.symbols)
-        for symbol in [s for s in self.state if s not in held]:
-            log.warning("%s lost the lease of %s", self.name, symbol)
-            del self.state[symbol]
-        for symbol in held:
-            state = self.state.get(symbol)
-            retaken = state is not None and self.leases is not None and symbol in self.leases.taken
-            # our lease lapsed and we took it back: if another worker wrote meanwhile, its bars and
-            # position are newer than ours
-            if retaken and self._saved_position(symbol) != state.saved:  # type: ignore[union-attr]
-                log.info(
-                    "%s took %s back after another worker; resuming from its position", self.name, symbol
-                )
-                state = None
-            if state is None:
-                self._load(symbol)
+    def position(self, symbol: str, state: SymbolBars) -> str:
+        return state.position
+
+    def resumable(self, symbol: str, state: SymbolBars) -> bool:
+        # if another worker wrote while our lease had lapsed, its bars and position are newer than ours
+        return self._saved_position(symbol) == state.saved
 
     def _saved_position(self, symbol: str) -> str | None:
         saved = self.client.get(self.keys.candle_position(symbol))
         return saved.decode() if saved else None
 
-    def release(self) -> None:
-        if self.leases is not None:
-            self.leases.release(self.symbols)
-
-    def _load(self, symbol: str) -> None:
+    def take(self, symbol: str) -> SymbolBars:
         saved = self._saved_position(symbol)
-        state = self.state[symbol] = SymbolBars()
+        state = SymbolBars()
         state.position = saved or "0-0"
         state.saved = saved
         if saved:
@@ -242,37 +221,23 @@ class CandleWorker:
         for tf in TIMEFRAMES:
             top = self.client.xrevrange(self.keys.candles(tf, symbol), count=1)
             self._last_id[(symbol, tf)] = int(top[0][0].split(b"-")[0]) if top else 0
+        return state
 
-    def step(self, block_ms: int = 100) -> int:
-        """Read what is new in the tick streams, update bars, write the due ones; returns ticks read."""
-        try:
-            self._claim()
-            if not self.state:
-                time.sleep(block_ms / 1000)  # every symbol is owned by another worker
-                return 0
-            streams = {self.keys.ticks(s): st.position for s, st in self.state.items()}
-            reply = read_streams(self.client, streams, count=self.batch, block_ms=block_ms)
-            read = 0
-            for key, entries in reply:
-                symbol = self._symbol_of(key)
-                state = self.state.get(symbol)
-                if state is None:
-                    continue
-                self._check_sealed_gap(symbol, state, entries[0][0])
-                state.apply(columns_from_entries(entries))
-                state.position = entries[-1][0].decode()
-                read += len(entries)
-            self.stats.ticks += read
-            if read:
-                self.write(flush=False)
-            return read
-        except valkey.ValkeyError as exc:
-            self.stats.errors += 1
-            raise store_error(exc) from exc
+    def handle(self, symbol: str, entries: list[Entry]) -> None:
+        """Fold the new ticks into the bars, then write the due bars with the new position."""
+        state = self.owned[symbol]
+        self._check_sealed_gap(symbol, state, entries[0][0])
+        state.apply(columns_from_entries(entries))
+        state.position = entries[-1][0].decode()
+        self.stats.ticks += len(entries)
+        self._write_symbol(symbol, state, flush=False)
 
-    def _symbol_of(self, key: bytes | str) -> str:
-        text = key.decode() if isinstance(key, bytes) else key
-        return text.rsplit(":", 1)[1].strip("{}")
+    def finish(self) -> None:
+        """Read to the end, then write the bars still open (a later version replaces them when they
+        close)."""
+        while self.step(block_ms=0):
+            pass
+        self.write(flush=True)
 
     def _check_sealed_gap(self, symbol: str, state: SymbolBars, first_new: bytes) -> None:
         """Sealing trims a stream from its oldest end: if the first entry after our position is the
@@ -296,51 +261,56 @@ class CandleWorker:
 
     def write(self, *, flush: bool) -> int:
         """Write every due bar and the stream position of each symbol in one transaction per symbol."""
+        return sum(
+            self._write_symbol(symbol, state, flush=flush) for symbol, state in list(self.owned.items())
+        )
+
+    def _write_symbol(self, symbol: str, state: SymbolBars, *, flush: bool) -> int:
+        due = {tf: sorted(state.due(tf, flush=flush), key=lambda b: b.open_ms) for tf in TIMEFRAMES}
+        self._recompute(symbol, {tf: [b for b in bars if not b.incremental] for tf, bars in due.items()})
+        pipe = transaction(self.client, self.keys.ticks(symbol))
+        retake = False
+        if self.lease_ms is not None:
+            lease, position = self.keys.candle_lease(symbol), self.keys.candle_position(symbol)
+            pipe.watch(lease, position)  # the write happens only while the lease is still ours
+            holder = pipe.get(lease)
+            if holder is None and self._saved_position(symbol) == state.saved:
+                retake = True  # it lapsed (a slow step) and nobody wrote since: still ours to write
+            elif holder != self.name.encode():
+                pipe.reset()
+                del self.owned[symbol]
+                log.warning("%s lost the lease of %s before writing its bars", self.name, symbol)
+                return 0
+            pipe.multi()
+            if retake:
+                pipe.set(lease, self.name, px=self.lease_ms)
         count = 0
-        for symbol, state in list(self.state.items()):
-            due = {tf: sorted(state.due(tf, flush=flush), key=lambda b: b.open_ms) for tf in TIMEFRAMES}
-            self._recompute(symbol, {tf: [b for b in bars if not b.incremental] for tf, bars in due.items()})
-            pipe = transaction(self.client, self.keys.ticks(symbol))
-            retake = False
-            if self.lease_ms is not None:
-                lease, position = self.keys.candle_lease(symbol), self.keys.candle_position(symbol)
-                pipe.watch(lease, position)  # the write happens only while the lease is still ours
-                holder = pipe.get(lease)
-                if holder is None and self._saved_position(symbol) == state.saved:
-                    retake = True  # it lapsed (a slow step) and nobody wrote since: still ours to write
-                elif holder != self.name.encode():
-                    pipe.reset()
-                    del self.state[symbol]
-                    log.warning("%s lost the lease of %s before writing its bars", self.name, symbol)
+        for tf in TIMEFRAMES:
+            for bar in due[tf]:
+                if not bar.dirty:  # recomputed and found empty
                     continue
-                pipe.multi()
-                if retake:
-                    pipe.set(lease, self.name, px=self.lease_ms)
-            for tf in TIMEFRAMES:
-                for bar in due[tf]:
-                    if not bar.dirty:  # recomputed and found empty
-                        continue
-                    last = max(bar.open_ms, self._last_id[(symbol, tf)])
-                    fields = to_fields(bar.candle(symbol, tf))
-                    pipe.xadd(self.keys.candles(tf, symbol), fields, id=f"{last}-*")  # type: ignore[arg-type]
-                    self._last_id[(symbol, tf)] = last
-                    bar.dirty, bar.written = False, True
-                    count += 1
-                state.forget_before(tf, self.KEEP_BARS[tf])
-            pipe.set(self.keys.candle_position(symbol), state.position)
-            try:
-                pipe.execute()
-                state.saved = state.position
-            except valkey.WatchError:
-                del self.state[symbol]  # another worker owns it now; it resumes from the saved position
-                log.warning(
-                    "%s lost the lease of %s while writing; its bars are left to the owner", self.name, symbol
-                )
-            except valkey.ResponseError:
-                # refused (say, a bar id behind what the stream holds): start over from what Valkey
-                # has, or the same refusal would repeat on every step
-                del self.state[symbol]
-                raise
+                last = max(bar.open_ms, self._last_id[(symbol, tf)])
+                fields = to_fields(bar.candle(symbol, tf))
+                pipe.xadd(self.keys.candles(tf, symbol), fields, id=f"{last}-*")  # type: ignore[arg-type]
+                self._last_id[(symbol, tf)] = last
+                bar.dirty, bar.written = False, True
+                count += 1
+            state.forget_before(tf, self.KEEP_BARS[tf])
+        pipe.set(self.keys.candle_position(symbol), state.position)
+        try:
+            pipe.execute()
+            state.saved = state.position
+        except valkey.WatchError:
+            del self.owned[symbol]  # another worker owns it now; it resumes from the saved position
+            log.warning(
+                "%s lost the lease of %s while writing; its bars are left to the owner", self.name, symbol
+            )
+            return 0
+        except valkey.ResponseError:
+            # refused (say, a bar id behind what the stream holds): start over from what Valkey
+            # has, or the same refusal would repeat on every step
+            del self.owned[symbol]
+            raise
         self.stats.written += count
         return count
 
@@ -383,20 +353,3 @@ class CandleWorker:
                     )
                     bar.vwap = float(row.vwap)
                     bar.buy_quantity, bar.sell_quantity = int(row.buy_quantity), int(row.sell_quantity)
-
-    def run(self, stop: threading.Event) -> None:
-        """Until `stop`: follow the streams; on stop, write the bars still open (a later version
-        replaces them when they close)."""
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception as exc:  # noqa: BLE001 - a long-running worker logs and retries
-                log.warning("candle worker: %s; retrying", exc)
-                stop.wait(0.5)
-        try:
-            while self.step(block_ms=0):
-                pass
-            self.write(flush=True)
-        except Exception as exc:  # noqa: BLE001
-            log.error("candle worker could not write the open bars at stop: %s", exc)
-        self.release()

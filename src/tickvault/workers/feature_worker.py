@@ -10,8 +10,9 @@ Taking a symbol over (a first start, or a dead owner's symbol):
 1. the engine is rebuilt by replaying, from the store, the session of the last features entry
    written (or of the newest tick) up to the stream's newest entry E; the history-aware features
    come from the stored sessions, so this gives the state the dead owner had;
-2. the dead owner's unacknowledged entries are claimed (XAUTOCLAIM) and acknowledged: the replay
-   covered them; the group's cursor is set to E (XGROUP SETID), and reading goes on after it.
+2. the group's cursor is set to E (XGROUP SETID), and reading goes on after it; the dead owner's
+   unacknowledged entries are claimed (XAUTOCLAIM) and acknowledged: the replay covered them.
+The lease, the group, the claim and the loop are `LeasedWorker`'s (leased.py).
 Output ids are the features' exchange ms and a counter within that ms, written explicitly: what the
 replay emits again is refused by Valkey ("equal or smaller") and counted, never stored twice; what
 the dead owner had not written yet is written by the replay. So a SIGKILLed worker loses nothing and
@@ -22,18 +23,15 @@ tick that arrived late there is folded rather than skipped as it was live.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from dataclasses import dataclass
-
-import valkey
 
 from tickvault.analytics.features import FeatureConfig, FeatureEngine
 from tickvault.domain.events import Features, Tick, day_start_ms, from_fields, to_fields
 from tickvault.store.api import Store
-from tickvault.store.cluster import read_streams, transaction
-from tickvault.store.leases import SymbolLeases
+from tickvault.store.cluster import transaction
 from tickvault.workers.core_flow import store_history
+from tickvault.workers.leased import Entry, LeasedWorker, WorkerStats
 
 log = logging.getLogger("tickvault.featureworker")
 
@@ -41,14 +39,12 @@ GROUP = "features"
 
 
 @dataclass
-class FeatureWorkerStats:
+class FeatureWorkerStats(WorkerStats):
     ticks: int = 0
     written: int = 0
     replayed: int = 0  # ticks folded again after taking a symbol over
     duplicates: int = 0  # features refused as already written (a takeover's replay)
-    claimed: int = 0
     takeovers: int = 0
-    errors: int = 0
 
 
 @dataclass
@@ -65,7 +61,16 @@ def _id(entry_id: bytes | str) -> tuple[int, int]:
     return int(ms), int(n or 0)
 
 
-class FeatureWorker:
+class FeatureWorker(LeasedWorker[_Owned]):
+    group = GROUP
+    log = log
+    COUNTERS = {
+        "ticks": "feature_ticks", "written": "features_written", "replayed": "features_replayed",
+        "duplicates": "feature_duplicates", "takeovers": "feature_takeovers", "errors": "feature_errors",
+        "outages": "feature_outages",
+    }  # fmt: skip
+    stats: FeatureWorkerStats
+
     def __init__(
         self,
         store: Store,
@@ -76,75 +81,36 @@ class FeatureWorker:
         lease_ms: int = 5_000,
         batch: int = 1_000,
     ) -> None:
-        self.store = store
-        self.client = store.client
-        self.keys = store.keys
-        self.symbols = symbols
+        super().__init__(
+            store, symbols, FeatureWorkerStats(), name=name or f"features-{uuid.uuid4().hex[:8]}",
+            lease_key=store.keys.feature_lease, lease_ms=lease_ms, batch=batch,
+        )  # fmt: skip
         self.config = config or FeatureConfig()
-        self.name = name or f"features-{uuid.uuid4().hex[:8]}"
-        self.lease_ms = lease_ms
-        self.batch = batch
-        self.owned: dict[str, _Owned] = {}
-        self.stats = FeatureWorkerStats()
         self._history = store_history(store)
-        self.leases = SymbolLeases(self.client, self.lease_key, self.name, lease_ms)
 
-    def lease_key(self, symbol: str) -> str:
-        return self.keys.feature_lease(symbol)
+    def stream(self, symbol: str) -> str:
+        return self.keys.ticks(symbol)
 
-    # -- ownership -------------------------------------------------------------------------------
-
-    def _claim_symbols(self) -> None:
-        """Renew our leases, take free ones; a symbol whose lease is ours but whose state is gone
-        (after an error) is taken over again from the store."""
-        held = self.leases.held(self.symbols)
-        for symbol in [s for s in self.owned if s not in held]:
-            log.warning("%s lost the lease of %s", self.name, symbol)
-            del self.owned[symbol]
-        for symbol in held:
-            if symbol not in self.owned:
-                try:
-                    self._take_over(symbol)
-                except BaseException:
-                    self.leases.give_up(symbol)  # let another worker try
-                    raise
-
-    def _take_over(self, symbol: str) -> None:
+    def take(self, symbol: str) -> _Owned:
+        """Rebuild the engine by replaying the stored session up to the stream's newest entry E and
+        move the group's cursor to E (see the module's doc)."""
         ticks_key, out_key = self.keys.ticks(symbol), self.keys.features(symbol)
-        try:
-            self.client.xgroup_create(ticks_key, GROUP, id="0", mkstream=True)
-        except valkey.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
         written = self.client.xrevrange(out_key, count=1)
         last_out = _id(written[0][0]) if written else (-1, -1)
         top = self.client.xrevrange(ticks_key, count=1)
         end = top[0][0] if top else b"0-0"
         engine = FeatureEngine([symbol], self.config, history=self._history)
         owned = _Owned(engine, last_out, end)
+        replay: list[Tick] = []
         if top:
             start = day_start_ms(last_out[0] if written else _id(end)[0])
             replay = self.store.tick_events(symbol, start, _id(end)[0])
             self.stats.replayed += len(replay)
             self._fold(symbol, owned, replay, [])
-        # what a dead owner had read and not acknowledged is covered by the replay
-        start_id = "0-0"
-        while True:
-            reply = self.client.xautoclaim(
-                ticks_key, GROUP, self.name, min_idle_time=0, start_id=start_id, count=self.batch
-            )
-            start_id, claimed = reply[0], [e[0] for e in reply[1] if e is not None]
-            if claimed:
-                self.stats.claimed += len(claimed)
-                self.client.xack(ticks_key, GROUP, *claimed)
-            if start_id in (b"0-0", "0-0"):
-                break
         self.client.xgroup_setid(ticks_key, GROUP, end)
-        self.owned[symbol] = owned
         self.stats.takeovers += 1
-        log.info("%s took %s over: replayed %d ticks up to %s", self.name, symbol, self.stats.replayed, end)
-
-    # -- work ------------------------------------------------------------------------------------
+        log.info("%s took %s over: replayed %d ticks up to %s", self.name, symbol, len(replay), end)
+        return owned
 
     def _fold(self, symbol: str, owned: _Owned, ticks: list[Tick], entry_ids: list[bytes]) -> None:
         """Fold ticks; write new features with the XACK of `entry_ids` in one transaction."""
@@ -175,39 +141,14 @@ class FeatureWorker:
             else:
                 self.stats.written += 1
 
-    def step(self, block_ms: int = 100) -> int:
-        """Renew leases, take free symbols, fold what is new; returns tick entries read."""
-        self._claim_symbols()
-        if not self.owned:
-            return 0
-        streams = {self.keys.ticks(s): ">" for s in sorted(self.owned)}
-        group = (GROUP, self.name)
-        reply = read_streams(self.client, streams, count=self.batch, block_ms=block_ms, group=group)
-        read = 0
-        for key, entries in reply:
-            symbol = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1].strip("{}")
-            owned = self.owned.get(symbol)
-            if owned is None:
-                continue
-            fresh = [(i, f) for i, f in entries if _id(i) > _id(owned.read_after)]
-            ticks = [from_fields({k.decode(): v.decode() for k, v in f.items()}, Tick) for _, f in fresh]
-            if fresh:
-                owned.read_after = fresh[-1][0]
-            self._fold(symbol, owned, ticks, [i for i, _ in entries])
-            read += len(entries)
-        return read
+    def handle_claimed(self, symbol: str, entries: list[Entry]) -> None:
+        self.client.xack(self.keys.ticks(symbol), GROUP, *[i for i, _ in entries])  # the replay covered them
 
-    def release(self) -> None:
-        self.leases.release(list(self.owned))
-        self.owned.clear()
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception as exc:  # noqa: BLE001 - a long-running worker logs and retries
-                self.stats.errors += 1
-                self.owned.clear()  # rebuilt from the store on the next step: nothing half-folded
-                log.warning("feature worker %s: %s; retrying", self.name, exc)
-                stop.wait(0.5)
-        self.release()
+    def handle(self, symbol: str, entries: list[Entry]) -> None:
+        """Fold the entries not folded yet (a replay covered those up to `read_after`), acknowledge all."""
+        owned = self.owned[symbol]
+        fresh = [(i, f) for i, f in entries if _id(i) > _id(owned.read_after)]
+        ticks = [from_fields({k.decode(): v.decode() for k, v in f.items()}, Tick) for _, f in fresh]
+        if fresh:
+            owned.read_after = fresh[-1][0]
+        self._fold(symbol, owned, ticks, [i for i, _ in entries])

@@ -10,23 +10,25 @@ renewed while the worker lives) and a consumer group `predictors` on `stream:fea
 - when an owner dies its lease expires; the next worker takes the symbol and first XAUTOCLAIMs the
   entries the dead one had read but not acknowledged, then goes on with new ones;
 - a write whose id already exists (a repeat after a crash between EXEC and the caller seeing it) is
-  refused by Valkey as "equal or smaller" and counted as a duplicate avoided.
+  refused by Valkey as "equal or smaller" and counted as a duplicate avoided;
+- an entry that does not decode is counted, logged and acknowledged.
+The lease, the group, the claim and the loop are `LeasedWorker`'s (leased.py).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from dataclasses import dataclass
 
-import valkey
+import msgspec
 
 from tickvault.domain.events import Features, Prediction, Signal, from_fields, to_fields
+from tickvault.errors import DataError
 from tickvault.store.api import Store
-from tickvault.store.cluster import read_streams, transaction
-from tickvault.store.leases import SymbolLeases
+from tickvault.store.cluster import transaction
 from tickvault.workers.core_flow import Model, decide
+from tickvault.workers.leased import Entry, LeasedWorker, WorkerStats
 
 log = logging.getLogger("tickvault.predictor")
 
@@ -34,14 +36,23 @@ GROUP = "predictors"
 
 
 @dataclass
-class PredictorStats:
+class PredictorStats(WorkerStats):
     predicted: int = 0
-    claimed: int = 0
     duplicates: int = 0
-    errors: int = 0
+    rejected: int = 0  # features entries that do not decode: acknowledged without a prediction
 
 
-class PredictorWorker:
+class PredictorWorker(LeasedWorker[None]):
+    """Per symbol it keeps nothing between entries: each features entry is predicted on its own."""
+
+    group = GROUP
+    log = log
+    COUNTERS = {
+        "predicted": "predicted", "claimed": "predictions_claimed", "duplicates": "prediction_duplicates",
+        "rejected": "predictions_rejected", "errors": "prediction_errors", "outages": "prediction_outages",
+    }  # fmt: skip
+    stats: PredictorStats
+
     def __init__(
         self,
         store: Store,
@@ -53,75 +64,30 @@ class PredictorWorker:
         lease_ms: int = 5_000,
         batch: int = 500,
     ) -> None:
-        self.client = store.client
-        self.keys = store.keys
+        super().__init__(
+            store, symbols, PredictorStats(), name=name or f"predictor-{uuid.uuid4().hex[:8]}",
+            lease_key=store.keys.predictor_lease, lease_ms=lease_ms, batch=batch,
+        )  # fmt: skip
         self.model = model
-        self.symbols = symbols
-        self.name = name or f"predictor-{uuid.uuid4().hex[:8]}"
         self.threshold = threshold
-        self.lease_ms = lease_ms
-        self.batch = batch
-        self.owned: set[str] = set()
-        self.stats = PredictorStats()
-        self._groups: set[str] = set()
-        self.leases = SymbolLeases(self.client, self._lease_key, self.name, lease_ms)
 
-    def _lease_key(self, symbol: str) -> str:
-        return self.keys.predictor_lease(symbol)
+    def stream(self, symbol: str) -> str:
+        return self.keys.features(symbol)
 
-    def _claim_symbols(self) -> None:
-        """Renew the leases we hold, take free ones (a dead owner's lease has expired)."""
-        held = self.leases.held(self.symbols)
-        self.owned &= set(held)
-        for symbol in held:
-            if symbol not in self.owned:
-                self.owned.add(symbol)
-                self._ensure_group(symbol)
-                self._take_over(symbol)
+    def take(self, symbol: str) -> None:
+        return None  # what a previous owner left pending is claimed and handled first (LeasedWorker)
 
-    def _ensure_group(self, symbol: str) -> None:
-        stream = self.keys.features(symbol)
-        if stream in self._groups:
-            return
-        try:
-            self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        except valkey.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._groups.add(stream)
-
-    def _take_over(self, symbol: str) -> None:
-        """Entries read by a previous owner and never acknowledged come first, in id order."""
-        stream, start = self.keys.features(symbol), "0-0"
-        while True:
-            reply = self.client.xautoclaim(
-                stream, GROUP, self.name, min_idle_time=0, start_id=start, count=self.batch
-            )
-            start, entries = reply[0], reply[1]
-            entries = [e for e in entries if e is not None and e[1]]
-            self.stats.claimed += len(entries)
-            self._handle(symbol, entries)
-            if start in (b"0-0", "0-0"):
-                return
-
-    def step(self, block_ms: int = 100) -> int:
-        self._claim_symbols()
-        if not self.owned:
-            return 0
-        streams = {self.keys.features(s): ">" for s in sorted(self.owned)}
-        reply = read_streams(
-            self.client, streams, count=self.batch, block_ms=block_ms, group=(GROUP, self.name)
-        )
-        done = 0
-        for key, entries in reply:
-            symbol = (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1].strip("{}")
-            done += self._handle(symbol, entries)
-        return done
-
-    def _handle(self, symbol: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+    def handle(self, symbol: str, entries: list[Entry]) -> None:
         stream = self.keys.features(symbol)
         for entry_id, fields in entries:
-            features = from_fields({k.decode(): v.decode() for k, v in fields.items()}, Features)
+            try:
+                features = from_fields({k.decode(): v.decode() for k, v in fields.items()}, Features)
+            except (DataError, msgspec.MsgspecError, UnicodeDecodeError) as exc:
+                # bad data written by someone else: retrying it would stop the symbol for good
+                self.stats.rejected += 1
+                log.warning("%s: features entry %s of %s refused: %s", self.name, entry_id, symbol, exc)
+                self.client.xack(stream, GROUP, entry_id)
+                continue
             try:
                 probabilities = self.model.predict_proba_one(features.values)
             except Exception:
@@ -145,19 +111,3 @@ class PredictorWorker:
                 raise refused[0]
             else:
                 self.stats.predicted += 1
-        return len(entries)
-
-    def release(self) -> None:
-        """A clean stop hands the symbols over at once instead of after the lease expires."""
-        self.leases.release(self.owned)
-        self.owned.clear()
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception as exc:  # noqa: BLE001 - a long-running worker logs and retries
-                self.stats.errors += 1
-                log.warning("predictor %s: %s; retrying", self.name, exc)
-                stop.wait(0.5)
-        self.release()
