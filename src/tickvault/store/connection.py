@@ -13,7 +13,6 @@ from tickvault.config import Settings
 from tickvault.errors import StoreUnavailable
 from tickvault.store.cluster import close_client, cluster_client, is_cluster_url, parse_cluster_url
 from tickvault.store.server import EmbeddedValkey, client_name
-
 from tickvault.store.valkey_errors import UNREACHABLE
 
 log = logging.getLogger("tickvault.connection")
