@@ -3,9 +3,9 @@
 tickvault: two symbols paced at 2k ticks/s each through `FeatureService` (the ingest handler enqueues,
 the feature thread runs the engine and a scikit-learn HistGradientBoostingClassifier): every tick
 updates the features; features and a prediction go out every 100 ms per symbol (`run`: every second).
-A prediction for every single tick does not fit: one model call costs what the last line prints, 4k ticks/s would need
-most of a core. Latency is from the
-ingest hand-off to the prediction, p50/p99. History statistics of 30 previous sessions come from
+A prediction for every single tick does not fit: at 4k ticks/s even the compiled forest's one-row call
+(the last line prints it) would need most of a core. Latency is from the ingest hand-off to the
+prediction, p50/p99. History statistics of 30 previous sessions come from
 Valkey once per session day (timed apart).
 
 The guide's `calculate_enhanced_features`: per update, XRANGE of the last 120 minutes with a dict per
