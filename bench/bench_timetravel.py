@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import valkey
 
+from tickvault.domain.tick_schema import AGGRESSOR_CODES, ROW_FIELDS
 from tickvault.store.api import Store
 from tickvault.store.block_codec import Columns
 from tickvault.store.server import EmbeddedValkey
@@ -54,19 +55,17 @@ def synthetic(n: int, span_ms: int, seed: int = 1) -> Columns:
 class _Row:
     """The writer takes anything with tick attributes; a light row avoids building 360k Ticks."""
 
-    __slots__ = ("symbol", "timestamp_ms", "trade_id", "price", "volume", "quantity", "buyer", "seller",
-                 "trade_type", "aggressor", "is_edit", "seq")  # fmt: skip
+    __slots__ = ROW_FIELDS
 
 
 def _rows(cols: Columns) -> list[_Row]:
-    names = ("none", "buy", "sell")
     out = []
     for i in range(len(cols)):
         r = _Row()
         r.symbol, r.timestamp_ms, r.trade_id = "WDOFUT", int(cols.timestamp_ms[i]), int(cols.trade_id[i])
         r.price, r.volume, r.quantity = float(cols.price[i]), float(cols.volume[i]), int(cols.quantity[i])
         r.buyer, r.seller, r.trade_type = int(cols.buyer[i]), int(cols.seller[i]), int(cols.trade_type[i])
-        r.aggressor, r.is_edit, r.seq = names[cols.aggressor[i]], False, int(cols.seq[i])
+        r.aggressor, r.is_edit, r.seq = AGGRESSOR_CODES[cols.aggressor[i]], False, int(cols.seq[i])
         out.append(r)
     return out
 

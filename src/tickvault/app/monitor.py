@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tickvault.domain.events import B3_TZ, from_ms, to_ms
+from tickvault.domain.tick_schema import stream_id
 from tickvault.errors import StoreError, StoreUnavailable, TickvaultError
 from tickvault.store.api import Store
 from tickvault.store.cluster import used_memory
@@ -169,7 +170,7 @@ def _fill_row(store: Store, row: SymbolRow) -> None:
     row.change_pct = (last.price / opened - 1) * 100 if opened else None
     top = store.client.xrevrange(store.keys.features(row.symbol), count=1)
     if top:
-        at = int(top[0][0].split(b"-")[0])
+        at = stream_id(top[0][0])[0]
         latest = store.events("features", row.symbol, at, at)
         if len(latest):
             row.features = latest.iloc[-1].to_dict()

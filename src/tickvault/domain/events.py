@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from tickvault.domain.tick_schema import AGGRESSOR_CODES, Aggressor, aggressor_from_trade_type
 from tickvault.errors import DataError
 
 B3_TZ = ZoneInfo("America/Sao_Paulo")
@@ -25,22 +26,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9._-]{1,32}")
 
-Aggressor = Literal["buy", "sell", "none"]
 Side = Literal["bid", "ask"]
 BookAction = Literal["add", "update", "delete", "snapshot"]
 Action = Literal["BUY", "SELL", "HOLD"]
-
-# ProfitDLL trade types: 2 is a buy aggression, 3 a sell aggression; anything else has no aggressor.
-TRADE_TYPE_BUY = 2
-TRADE_TYPE_SELL = 3
-
-
-def aggressor_from_trade_type(trade_type: int) -> Aggressor:
-    if trade_type == TRADE_TYPE_BUY:
-        return "buy"
-    if trade_type == TRADE_TYPE_SELL:
-        return "sell"
-    return "none"
 
 
 def validate_symbol(symbol: object) -> str:
@@ -98,7 +86,8 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
 
 
 class Tick(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One trade. `volume` is the financial volume, `quantity` the number of contracts."""
+    """One trade. `volume` is the financial volume, `quantity` the number of contracts. Its fields
+    are declared in `tick_schema.TICK_FIELDS` (a test holds this class to them)."""
 
     trade_id: int
     price: float
@@ -119,7 +108,7 @@ class Tick(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
             raise DataError("quantity", f"must not be negative, got {self.quantity}")
         if self.trade_id < 0:
             raise DataError("trade_id", f"must not be negative, got {self.trade_id}")
-        if self.aggressor not in ("buy", "sell", "none"):
+        if self.aggressor not in AGGRESSOR_CODES:
             raise DataError("aggressor", f"must be buy, sell or none, got {self.aggressor!r}")
 
     @property

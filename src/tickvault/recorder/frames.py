@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
 
 import msgspec
 import numpy as np
@@ -22,23 +21,31 @@ import pyarrow.compute as pc
 
 from tickvault.domain.events import _data_error, validate_symbol
 from tickvault.domain.keys import tick_topic
+from tickvault.domain.tick_schema import (
+    Aggressor,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    TimeText,
+)
 from tickvault.errors import DataError
 
 
 class TickWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """A tick as it arrives on the bus, validated by msgspec's C decoder."""
+    """A tick as it arrives on the bus, validated by msgspec's C decoder: the `wire` types and
+    defaults of `tick_schema.TICK_FIELDS` (a test holds this class to them)."""
 
     symbol: str  # checked once per distinct symbol of a batch (a regex per frame costs 1 µs)
-    timestamp: Annotated[str, msgspec.Meta(min_length=10, max_length=40)]
+    timestamp: TimeText
     timestamp_ms: int
-    trade_id: Annotated[int, msgspec.Meta(ge=0)]
-    price: Annotated[float, msgspec.Meta(gt=0)]
-    volume: Annotated[float, msgspec.Meta(ge=0)]
-    quantity: Annotated[int, msgspec.Meta(ge=0)]
+    trade_id: NonNegativeInt
+    price: PositiveFloat
+    volume: NonNegativeFloat
+    quantity: NonNegativeInt
     buyer: int = 0
     seller: int = 0
     trade_type: int = 0
-    aggressor: Literal["buy", "sell", "none"] = "none"
+    aggressor: Aggressor = "none"
     is_edit: bool = False
     seq: int = 0
 

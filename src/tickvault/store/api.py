@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -42,9 +42,10 @@ from tickvault.domain.events import (
     validate_symbol,
 )
 from tickvault.domain.keys import KeySpace
+from tickvault.domain.tick_schema import COLUMN_FIELDS, TICK_FIELDS, stream_id
 from tickvault.domain.timeparse import TimeLike, parse_time, to_ms_bounds
 from tickvault.errors import DataError
-from tickvault.store.block_codec import AGGRESSOR_CODES, Columns
+from tickvault.store.block_codec import Columns
 from tickvault.store.cluster import is_cluster, primaries_with_key
 from tickvault.store.sealing import History
 from tickvault.store.stream_codec import columns_from_entries, columns_of, id_ms, raw_command
@@ -178,11 +179,11 @@ class Store:
             top = self.client.xrevrange(key, count=1)
             if not top:
                 return 0
-            sealed = self.history.seal(symbol, _id_key(top[0][0])[0] - live_ms)
+            sealed = self.history.seal(symbol, stream_id(top[0][0])[0] - live_ms)
             excess = int(self.client.xlen(key)) - max_len if max_len > 0 else 0
             if excess > 0:
                 oldest = self.client.xrange(key, count=excess + 1)
-                sealed += self.history.seal(symbol, _id_key(oldest[-1][0])[0])
+                sealed += self.history.seal(symbol, stream_id(oldest[-1][0])[0])
         return sealed
 
     def candles(self, symbol: str, tf: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
@@ -291,9 +292,9 @@ class Store:
             found = self.client.xrevrange(key, max=str(at_ms), min="-", count=64)
             late_ids = self.client.zrevrangebyscore(self.keys.late(symbol), at_ms, "-inf", start=0, num=1)
             late = self.client.xrange(key, min=late_ids[0], max=late_ids[0]) if late_ids else []
-        candidates = [e for e in found if e[1][b"timestamp_ms"] == e[0].split(b"-", 1)[0]][:1] + late
+        candidates = [e for e in found if int(e[1][b"timestamp_ms"]) == stream_id(e[0])[0]][:1] + late
         if candidates:
-            best = max(candidates, key=lambda e: (int(e[1][b"timestamp_ms"]), _id_key(e[0])))
+            best = max(candidates, key=lambda e: (int(e[1][b"timestamp_ms"]), stream_id(e[0])))
             return from_fields({k.decode(): v.decode() for k, v in best[1].items()}, Tick)
         # nothing live at or before `when`: the newest sealed tick at or before it
         sealed = self.columns(symbol, at_ms - 86_400_000 * 31, at_ms)
@@ -367,7 +368,7 @@ class Store:
         with map_valkey_errors():
             top = self.client.xrevrange(key, count=1)
             # the newest exchange time stored is the top id's ms (a late tick never raises it)
-            newest = max([_id_key(top[0][0])[0]] if top else [], default=self.history.newest_ms(symbol))
+            newest = max([stream_id(top[0][0])[0]] if top else [], default=self.history.newest_ms(symbol))
             if newest is None or days <= 0:
                 return 0
             cutoff = newest - int(days * 86_400_000)
@@ -404,31 +405,23 @@ class Store:
 _EVENT_STREAM: dict[type[Event], str] = {Features: "features", Prediction: "predictions", Signal: "signals"}
 
 
-def _id_key(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq)
-
-
 def columns_frame(symbol: str, cols: Columns) -> pd.DataFrame:
     """Columns -> the ticks DataFrame: indexed by exchange time in B3 time, the same columns and
-    dtypes whether empty or not."""
-    n = len(cols)
-    data = {
-        "symbol": pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[symbol]),
-        "timestamp_ms": cols.timestamp_ms,
-        "trade_id": cols.trade_id,
-        "price": cols.price,
-        "volume": cols.volume,
-        "quantity": cols.quantity,
-        "buyer": cols.buyer,
-        "seller": cols.seller,
-        "trade_type": cols.trade_type,
-        "aggressor": pd.Categorical.from_codes(cols.aggressor, categories=list(AGGRESSOR_CODES)),
-        "is_edit": cols.is_edit,
-        "seq": cols.seq,
+    dtypes whether empty or not: the schema's fields in its order, each of its `frame` dtype."""
+    data: dict[str, Any] = {
+        "symbol": pd.Categorical.from_codes(np.zeros(len(cols), dtype=np.int8), categories=[symbol])
     }
+    for f in COLUMN_FIELDS:
+        values = getattr(cols, f.name)
+        if f.frame == "category":  # int8 codes
+            data[f.name] = pd.Categorical.from_codes(values, categories=list(f.codes))
+        else:
+            data[f.name] = values.astype(f.frame, copy=False)  # no copy: Columns has that dtype
     index = pd.DatetimeIndex(pd.to_datetime(cols.timestamp_ms, unit="ms", utc=True), name="timestamp")
     return pd.DataFrame(data, index=index.tz_convert(B3_TZ), copy=False)
+
+
+_CATEGORICAL = tuple(f.name for f in TICK_FIELDS if f.frame == "category")
 
 
 def frame_to_ticks(frame: pd.DataFrame) -> list[Tick]:
@@ -437,7 +430,7 @@ def frame_to_ticks(frame: pd.DataFrame) -> list[Tick]:
     for ts, row in zip(frame.index, frame.itertuples(index=False), strict=True):
         values = row._asdict()
         values["timestamp"] = ts.to_pydatetime()
-        values["symbol"] = str(values["symbol"])
-        values["aggressor"] = str(values["aggressor"])
+        for name in _CATEGORICAL:
+            values[name] = str(values[name])
         out.append(from_fields(values, Tick))
     return out

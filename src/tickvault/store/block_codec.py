@@ -25,8 +25,11 @@ u32 payload bytes, i64 a, i64 b, f64 c) and its payload. Kinds:
 - FLOAT: the float64 bit patterns as 64-bit u.
 - PRODUCT (volume): volume = price * float(quantity) * c (flag DIVIDE: / c), evaluated just so, then b
   exceptions: b u32 row numbers and b float64 volumes for the rows that rule does not reproduce.
-- DERIVED (aggressor): no payload: 1 where trade_type == 2, 2 where it is 3, else 0 (ProfitDLL's
-  aggression types); used only when that reproduces every row.
+- DERIVED (aggressor): no payload: the code of `tick_schema.TRADE_TYPE_AGGRESSOR[trade_type]` (ProfitDLL's
+  aggression types: 1 buy where trade_type == 2, 2 sell where it is 3, else 0 none); used only when that
+  reproduces every row.
+- Any other column by its dtype in `tick_schema`: integers and bools INT (flag DELTA where the schema
+  says `delta`), float64 FLOAT.
 
 Packing of u, `bits` per value: 1, 2 or 4 put 8 / bits values in a byte, the first in the low bits;
 8, 16, 32 and 64 store that width split into byte planes (all lowest bytes, then the next ones), so
@@ -40,16 +43,22 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import zstandard
 
+from tickvault.domain.tick_schema import (
+    AGGRESSOR_CODES,
+    COLUMN_DTYPES,
+    COLUMN_FIELDS,
+    COLUMNS,
+    TRADE_TYPE_AGGRESSOR,
+)
 from tickvault.errors import DataError
 
 MAGIC = b"TVB1"
 VERSION = 2  # 1: the first layout, without a version byte
-AGGRESSOR_CODES = ("none", "buy", "sell")  # aggressor column stored as int8 codes 0/1/2
 
 _HEADER = struct.Struct("<4sB3xIqq")
 _SECTION = struct.Struct("<BBBxIqqd")
@@ -62,19 +71,21 @@ _local = threading.local()
 
 @dataclass(frozen=True)
 class Columns:
-    """One symbol's ticks, all arrays the same length, ordered by (timestamp_ms, arrival)."""
+    """One symbol's ticks, all arrays the same length, ordered by (timestamp_ms, arrival). One array
+    per column of `tick_schema.TICK_FIELDS`, in its order and of its dtype (a test holds this class to
+    them); `aggressor` holds int8 codes into AGGRESSOR_CODES."""
 
-    timestamp_ms: np.ndarray  # int64
-    trade_id: np.ndarray  # int64
-    price: np.ndarray  # float64
-    volume: np.ndarray  # float64, financial volume
-    quantity: np.ndarray  # int64
-    buyer: np.ndarray  # int64
-    seller: np.ndarray  # int64
-    trade_type: np.ndarray  # int64
-    aggressor: np.ndarray  # int8 codes into AGGRESSOR_CODES
-    is_edit: np.ndarray  # bool
-    seq: np.ndarray  # int64
+    timestamp_ms: np.ndarray
+    trade_id: np.ndarray
+    price: np.ndarray
+    volume: np.ndarray  # financial volume
+    quantity: np.ndarray
+    buyer: np.ndarray
+    seller: np.ndarray
+    trade_type: np.ndarray
+    aggressor: np.ndarray
+    is_edit: np.ndarray
+    seq: np.ndarray
 
     def __len__(self) -> int:
         return len(self.timestamp_ms)
@@ -106,14 +117,11 @@ class Columns:
         return self.take(np.flatnonzero((ms >= lo_ms) & (ms <= hi_ms)))
 
 
-_KINDS = {
-    "timestamp_ms": np.int64, "trade_id": np.int64, "price": np.float64, "volume": np.float64,
-    "quantity": np.int64, "buyer": np.int64, "seller": np.int64, "trade_type": np.int64,
-    "aggressor": np.int8, "is_edit": np.bool_, "seq": np.int64,
-}  # fmt: skip
-COLUMNS = tuple(f.name for f in fields(Columns))
-_WIDE = tuple(name for name in COLUMNS if np.dtype(_KINDS[name]).itemsize == 8)
-_DELTA_COLUMNS = ("timestamp_ms", "trade_id", "seq")
+_KINDS = COLUMN_DTYPES
+_WIDE = tuple(name for name in COLUMNS if _KINDS[name].itemsize == 8)
+_DELTA_COLUMNS = frozenset(f.name for f in COLUMN_FIELDS if f.delta)
+# (code, trade type) pairs of the aggressor a trade type implies
+_DERIVED = tuple((AGGRESSOR_CODES.index(name), kind) for kind, name in TRADE_TYPE_AGGRESSOR.items())
 
 
 @dataclass(frozen=True)
@@ -270,11 +278,12 @@ def _volume_section(price: np.ndarray, quantity: np.ndarray, volume: np.ndarray)
 
 
 def _derived_aggressor(trade_type: np.ndarray, offset: int = 0) -> np.ndarray:
-    """1 where trade_type == 2 (a buy aggression), 2 where it is 3 (sell), else 0. `trade_type` may be
-    the column's narrow stored values, `offset` below the real ones: comparing bytes is cheaper."""
+    """The aggressor codes the trade types imply (TRADE_TYPE_AGGRESSOR), 0 (none) for any other.
+    `trade_type` may be the column's narrow stored values, `offset` below the real ones: comparing
+    bytes is cheaper."""
     out = np.zeros(len(trade_type), np.int8)
     info = np.iinfo(trade_type.dtype)
-    for code, kind in ((1, 2), (2, 3)):
+    for code, kind in _DERIVED:
         if info.min <= kind - offset <= info.max:
             out += (trade_type == kind - offset).view(np.int8) * np.int8(code)  # int8 shifts are slow
     return out
@@ -300,6 +309,8 @@ def encode_block(cols: Columns, *, level: int = 3) -> bytes:
                 sections.append(_volume_section(arrays["price"], arrays["quantity"], values))
             elif name == "aggressor" and n and np.array_equal(values, _derived_aggressor(tt)):
                 sections.append(_section(DERIVED))
+            elif values.dtype == np.float64:
+                sections.append(_packed(FLOAT, values.view(np.uint64)))
             else:
                 ints = values.astype(np.int64, copy=False)
                 sections.append(_int_section(ints, delta=name in _DELTA_COLUMNS))
@@ -413,7 +424,7 @@ def _decode_body(body: bytes, n: int) -> dict[str, np.ndarray]:
             ints = np.empty(n, np.int64)
             _decode_int(payload, bits, flags, a, b, ints)
             np.divide(ints, c, out=dest)  # the same int -> float, then / 10^k, that the encoder checked
-        elif kind == FLOAT and name in ("price", "volume"):
+        elif kind == FLOAT and dest.dtype == np.float64:
             np.copyto(dest.view(np.uint64), _unpack(payload, bits, n))
         elif kind == PRODUCT and name == "volume" and length == 12 * b:
             product = (flags, b, c, payload)  # needs quantity, which comes later

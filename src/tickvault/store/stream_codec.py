@@ -3,9 +3,10 @@
 valkey-py turns every XRANGE entry into a dict (and its fields into a list of pairs first), which
 costs more than the C reply parser itself: ~16 µs per 13-field entry against ~7 µs. Here a
 command's reply is read as the C parser leaves it (no response callback; see raw_resp), and since
-the tick writer always writes the same fields in the same order (`FIELDS`), the entries become one
-2-D array whose columns convert in numpy. A reply of any other shape (entries written by hand, a field
-missing) falls back to the per-entry path, so nothing is lost to the shortcut, only time.
+the tick writer always writes the same fields in the same order (`FIELDS`, the schema's), the entries
+become one 2-D array whose columns convert in numpy. A reply of any other shape (entries written by
+hand, a field missing) falls back to the per-entry path, so nothing is lost to the shortcut, only time.
+Both paths turn each field's texts into its column by the field's declaration in `tick_schema`.
 """
 
 from __future__ import annotations
@@ -14,23 +15,27 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import valkey
 
-from tickvault.store.block_codec import AGGRESSOR_CODES, Columns
+from tickvault.domain.tick_schema import COLUMN_DTYPES, COLUMN_FIELDS, STREAM_FIELDS, TickField, stream_ids_ms
+from tickvault.store.block_codec import Columns
 from tickvault.store.cluster import node_client
 from tickvault.store.raw_resp import RawConnection
 
-# the stream fields of a tick, in the order the tick writer writes them
-FIELDS = (
-    "symbol", "timestamp", "timestamp_ms", "trade_id", "price", "volume", "quantity",
-    "buyer", "seller", "trade_type", "aggressor", "is_edit", "seq",
-)  # fmt: skip
+FIELDS = STREAM_FIELDS  # the stream fields of a tick, in the order the tick writer writes them
 _NAMES = np.array([name.encode() for name in FIELDS], dtype=object)
 _AT = {name: 2 * i + 1 for i, name in enumerate(FIELDS)}  # value position in an entry's field list
-_AGGRESSOR = {name.encode(): code for code, name in enumerate(AGGRESSOR_CODES)}
+_ARROW = {name: pa.from_numpy_dtype(dtype) for name, dtype in COLUMN_DTYPES.items()}
+_MISSING = {  # the stream text of an optional field's default
+    f.name: (str(f.default).lower() if isinstance(f.default, bool) else str(f.default)).encode()
+    for f in COLUMN_FIELDS
+    if f.default is not msgspec.NODEFAULT
+}
+_CODES = {f.name: {text.encode(): code for code, text in enumerate(f.codes)} for f in COLUMN_FIELDS}
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -69,27 +74,35 @@ def as_entries(raw: Sequence[Any]) -> list[Entry]:
     return out
 
 
+def _column(field: TickField, texts: np.ndarray) -> np.ndarray:
+    """One field's stream texts (an object array of bytes) -> its column."""
+    codes = _CODES[field.name]
+    if codes:  # names of int8 codes; an unknown name is code 0
+        out = np.zeros(len(texts), dtype=field.column)
+        for text, code in codes.items():
+            out[texts == text] = code
+        return out
+    if field.column == np.bool_:
+        return np.asarray(texts == b"true", dtype=np.bool_)
+    # arrow's text -> number casts: ~3x numpy's
+    return pc.cast(pa.array(texts, type=pa.binary()).cast(pa.string()), _ARROW[field.name]).to_numpy()
+
+
 def columns_from_entries(entries: Sequence[Entry]) -> Columns:
     """Stream entries (XRANGE replies) -> Columns, in entry order."""
     if not entries:
         return Columns.empty()
 
-    def col(name: bytes, kind: type) -> np.ndarray:
-        return np.array([fields[name] for _, fields in entries], dtype="S").astype(kind)
+    def texts(f: TickField) -> np.ndarray:
+        name, missing = f.name.encode(), _MISSING.get(f.name)
+        out = np.empty(len(entries), dtype=object)
+        if missing is None:  # a required field
+            out[:] = [fields[name] for _, fields in entries]
+        else:  # entries stored before the field was added have its default
+            out[:] = [fields.get(name, missing) for _, fields in entries]
+        return out
 
-    return Columns(
-        timestamp_ms=col(b"timestamp_ms", np.int64),
-        trade_id=col(b"trade_id", np.int64),
-        price=col(b"price", np.float64),
-        volume=col(b"volume", np.float64),
-        quantity=col(b"quantity", np.int64),
-        buyer=col(b"buyer", np.int64),
-        seller=col(b"seller", np.int64),
-        trade_type=col(b"trade_type", np.int64),
-        aggressor=np.array([_AGGRESSOR.get(f[b"aggressor"], 0) for _, f in entries], dtype=np.int8),
-        is_edit=np.array([f[b"is_edit"] == b"true" for _, f in entries], dtype=np.bool_),
-        seq=col(b"seq", np.int64),
-    )
+    return Columns(**{f.name: _column(f, texts(f)) for f in COLUMN_FIELDS})
 
 
 def columns_of(raw: Sequence[Any]) -> Columns:
@@ -107,29 +120,9 @@ def columns_of(raw: Sequence[Any]) -> Columns:
         or not (grid[:, 0::2] == _NAMES).all()
     ):
         return columns_from_entries(as_entries(raw))  # the per-entry path: any field order
-
-    def col(name: str, kind: pa.DataType) -> np.ndarray:  # arrow's text -> number casts: ~3x numpy's
-        return pc.cast(pa.array(grid[:, _AT[name]], type=pa.binary()).cast(pa.string()), kind).to_numpy()
-
-    aggressor_text = grid[:, _AT["aggressor"]]
-    aggressor = np.zeros(len(grid), dtype=np.int8)
-    for text, code in _AGGRESSOR.items():
-        aggressor[aggressor_text == text] = code
-    return Columns(
-        timestamp_ms=col("timestamp_ms", pa.int64()),
-        trade_id=col("trade_id", pa.int64()),
-        price=col("price", pa.float64()),
-        volume=col("volume", pa.float64()),
-        quantity=col("quantity", pa.int64()),
-        buyer=col("buyer", pa.int64()),
-        seller=col("seller", pa.int64()),
-        trade_type=col("trade_type", pa.int64()),
-        aggressor=aggressor,
-        is_edit=np.asarray(grid[:, _AT["is_edit"]] == b"true", dtype=np.bool_),
-        seq=col("seq", pa.int64()),
-    )
+    return Columns(**{f.name: _column(f, grid[:, _AT[f.name]]) for f in COLUMN_FIELDS})
 
 
 def id_ms(raw: Sequence[Any]) -> np.ndarray:
     """The millisecond part of each entry's id."""
-    return np.array([entry_id.split(b"-", 1)[0] for entry_id, _ in raw], dtype="S").astype(np.int64)
+    return stream_ids_ms(entry_id for entry_id, _ in raw)

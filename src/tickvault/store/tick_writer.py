@@ -35,13 +35,14 @@ import valkey
 
 from tickvault.domain.events import B3_TZ
 from tickvault.domain.keys import KeySpace
+from tickvault.domain.tick_schema import COLUMN_DTYPES, FIELD, ROW_FIELDS, Aggressor, stream_id
 from tickvault.errors import StoreError
 from tickvault.store.cluster import is_cluster, node_client, refresh
 from tickvault.store.leases import SymbolLeases
 from tickvault.store.raw_resp import EXEC_REPLY_ON, REPLY_OFF_MULTI, RawConnection
 from tickvault.store.raw_resp import pack as _pack
 from tickvault.store.stream_codec import (
-    FIELDS,  # stream fields after the id, in order (the fast reader relies on it)
+    FIELDS,  # stream fields after the id, in the schema's order (the fast reader relies on it)
 )
 from tickvault.store.valkey_errors import map_valkey_errors
 
@@ -52,15 +53,13 @@ SEEN_CHUNK_BITS = 23  # one bitmap key per 8M trade ids: at most 1 MiB each
 _CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
 
 
-_ROW_FIELDS = (
-    "symbol", "timestamp_ms", "trade_id", "price", "volume", "quantity",
-    "buyer", "seller", "trade_type", "aggressor", "is_edit", "seq",
-)  # fmt: skip
-_row = operator.attrgetter(*_ROW_FIELDS)
+_row = operator.attrgetter(*ROW_FIELDS)
+_ARROW = {name: pa.from_numpy_dtype(dtype) for name, dtype in COLUMN_DTYPES.items()}
 
 
 class TickLike(Protocol):
-    """A Tick, or the recorder's validated wire form of one: the same (read-only) attributes."""
+    """A Tick, or the recorder's validated wire form of one: the same (read-only) attributes, those
+    of `tick_schema.ROW_FIELDS` with their schema types (a test holds this protocol to them)."""
 
     @property
     def symbol(self) -> str: ...
@@ -90,7 +89,7 @@ class TickLike(Protocol):
     def trade_type(self) -> int: ...
 
     @property
-    def aggressor(self) -> str: ...
+    def aggressor(self) -> Aggressor: ...
 
     @property
     def is_edit(self) -> bool: ...
@@ -203,8 +202,8 @@ def _concat(strings: pa.Array) -> bytes:
 def _parse_info(reply: Any) -> tuple[int, int, int]:
     """(last ms, last seq, entries-added) from a raw XINFO STREAM reply."""
     info = dict(zip(reply[::2], reply[1::2], strict=True))
-    ms, _, seq = info[b"last-generated-id"].partition(b"-")
-    return int(ms), int(seq), int(info[b"entries-added"])
+    ms, seq = stream_id(info[b"last-generated-id"])
+    return ms, seq, int(info[b"entries-added"])
 
 
 class TickWriter:
@@ -334,7 +333,7 @@ class TickWriter:
         """Append the commands that store `group`; advance `state` as if they were applied."""
         n = len(group)
         # one pass over the objects, then columns: per-attribute generators cost ~0.5 µs per value
-        cols = dict(zip(_ROW_FIELDS, zip(*map(_row, group), strict=True), strict=True))
+        cols = dict(zip(ROW_FIELDS, zip(*map(_row, group), strict=True), strict=True))
         ms = np.array(cols["timestamp_ms"], np.int64)
         trade_id = np.array(cols["trade_id"], np.int64)
         is_edit = np.array(cols["is_edit"], np.bool_)
@@ -410,26 +409,17 @@ class TickWriter:
 
     @staticmethod
     def _columns(symbol: str, cols: dict[str, tuple[Any, ...]], rows: np.ndarray) -> dict[str, pa.Array]:
-        """Stream field texts of the kept `rows`, one pyarrow array per field."""
+        """Stream field texts of the kept `rows`, one pyarrow array per field (but `timestamp`)."""
         index = pa.array(rows)
-
-        def text(name: str, kind: pa.DataType) -> pa.Array:
-            return _text(pa.array(cols[name], kind).take(index))
-
-        return {
-            "symbol": pa.array([symbol] * len(rows), pa.string()),
-            "timestamp_ms": text("timestamp_ms", pa.int64()),
-            "trade_id": text("trade_id", pa.int64()),
-            "price": text("price", pa.float64()),
-            "volume": text("volume", pa.float64()),
-            "quantity": text("quantity", pa.int64()),
-            "buyer": text("buyer", pa.int64()),
-            "seller": text("seller", pa.int64()),
-            "trade_type": text("trade_type", pa.int64()),
-            "aggressor": pa.array(cols["aggressor"], pa.string()).take(index),
-            "is_edit": pc.if_else(pa.array(cols["is_edit"], pa.bool_()).take(index), "true", "false"),
-            "seq": text("seq", pa.int64()),
-        }
+        out = {"symbol": pa.array([symbol] * len(rows), pa.string())}
+        for name, kind in _ARROW.items():
+            if FIELD[name].codes:  # the tick carries the name itself
+                out[name] = pa.array(cols[name], pa.string()).take(index)
+            elif kind == pa.bool_():
+                out[name] = pc.if_else(pa.array(cols[name], kind).take(index), "true", "false")
+            else:
+                out[name] = _text(pa.array(cols[name], kind).take(index))
+        return out
 
     # -- the connection: one batch in flight ------------------------------------------------------
     # write() sends a batch and returns; the next write() (or flush()) reads and checks its replies

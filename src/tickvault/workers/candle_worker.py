@@ -35,6 +35,7 @@ import valkey
 
 from tickvault.analytics.candles import TIMEFRAMES, bar_bounds, candles_from_ticks
 from tickvault.domain.events import Candle, from_ms, to_fields
+from tickvault.domain.tick_schema import AGGRESSOR_CODES, stream_id
 from tickvault.store.api import Store, columns_frame
 from tickvault.store.block_codec import Columns
 from tickvault.store.cluster import transaction
@@ -43,7 +44,7 @@ from tickvault.workers.leased import Entry, LeasedWorker, WorkerStats
 
 log = logging.getLogger("tickvault.candles")
 
-_BUY, _SELL = 1, 2  # aggressor codes in Columns (see blocks.AGGRESSOR_CODES)
+_BUY, _SELL = AGGRESSOR_CODES.index("buy"), AGGRESSOR_CODES.index("sell")  # codes in Columns.aggressor
 
 
 @dataclass
@@ -213,14 +214,14 @@ class CandleWorker(LeasedWorker[SymbolBars]):
         if saved:
             # the bars open when the last worker stopped may never have been written: the newest
             # tick read so far sits at the position's time, so recompute the bars holding it
-            pos_ms = int(state.position.split("-")[0])
+            pos_ms = stream_id(state.position)[0]
             for tf in TIMEFRAMES:
                 bar = state.bar(tf, pos_ms)
                 bar.dirty = True
                 state.current[tf] = bar.open_ms
         for tf in TIMEFRAMES:
             top = self.client.xrevrange(self.keys.candles(tf, symbol), count=1)
-            self._last_id[(symbol, tf)] = int(top[0][0].split(b"-")[0]) if top else 0
+            self._last_id[(symbol, tf)] = stream_id(top[0][0])[0] if top else 0
         return state
 
     def handle(self, symbol: str, entries: list[Entry]) -> None:
@@ -248,7 +249,7 @@ class CandleWorker(LeasedWorker[SymbolBars]):
         oldest = self.client.xrange(self.keys.ticks(symbol), min="-", max="+", count=1)
         if not oldest or oldest[0][0] != first_new:
             return
-        pos_ms, first_ms = int(state.position.split("-")[0]), int(first_new.split(b"-")[0])
+        pos_ms, first_ms = stream_id(state.position)[0], stream_id(first_new)[0]
         sealed = self.store.history.read(symbol, pos_ms, first_ms)
         if not len(sealed):
             return

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from tickvault.analytics.features import FeatureConfig, FeatureEngine
 from tickvault.domain.events import Features, Tick, day_start_ms, from_fields, to_fields
+from tickvault.domain.tick_schema import stream_id
 from tickvault.store.api import Store
 from tickvault.store.cluster import transaction
 from tickvault.workers.core_flow import store_history
@@ -53,12 +54,6 @@ class _Owned:
     written: tuple[int, int]  # (ms, n) of the newest features entry in the stream at takeover
     read_after: bytes  # tick entries up to this id are folded already
     last_id: tuple[int, int] = (-1, -1)  # (ms, n) of the last features the engine emitted
-
-
-def _id(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, n = text.partition("-")
-    return int(ms), int(n or 0)
 
 
 class FeatureWorker(LeasedWorker[_Owned]):
@@ -96,15 +91,15 @@ class FeatureWorker(LeasedWorker[_Owned]):
         move the group's cursor to E (see the module's doc)."""
         ticks_key, out_key = self.keys.ticks(symbol), self.keys.features(symbol)
         written = self.client.xrevrange(out_key, count=1)
-        last_out = _id(written[0][0]) if written else (-1, -1)
+        last_out = stream_id(written[0][0]) if written else (-1, -1)
         top = self.client.xrevrange(ticks_key, count=1)
         end = top[0][0] if top else b"0-0"
         engine = FeatureEngine([symbol], self.config, history=self._history)
         owned = _Owned(engine, last_out, end)
         replay: list[Tick] = []
         if top:
-            start = day_start_ms(last_out[0] if written else _id(end)[0])
-            replay = self.store.tick_events(symbol, start, _id(end)[0])
+            start = day_start_ms(last_out[0] if written else stream_id(end)[0])
+            replay = self.store.tick_events(symbol, start, stream_id(end)[0])
             self.stats.replayed += len(replay)
             self._fold(symbol, owned, replay, [])
         self.client.xgroup_setid(ticks_key, GROUP, end)
@@ -147,7 +142,7 @@ class FeatureWorker(LeasedWorker[_Owned]):
     def handle(self, symbol: str, entries: list[Entry]) -> None:
         """Fold the entries not folded yet (a replay covered those up to `read_after`), acknowledge all."""
         owned = self.owned[symbol]
-        fresh = [(i, f) for i, f in entries if _id(i) > _id(owned.read_after)]
+        fresh = [(i, f) for i, f in entries if stream_id(i) > stream_id(owned.read_after)]
         ticks = [from_fields({k.decode(): v.decode() for k, v in f.items()}, Tick) for _, f in fresh]
         if fresh:
             owned.read_after = fresh[-1][0]
