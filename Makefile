@@ -28,7 +28,6 @@ soak: $(STAMP)
 	$(BIN)/python bench/soak.py $(ARGS)
 
 check: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff mypy
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src

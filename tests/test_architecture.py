@@ -100,3 +100,17 @@ def test_every_package_says_what_it_owns_and_may_import() -> None:
     for init in PACKAGE.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert "Imports:" in doc, f"{init.relative_to(PACKAGE)} has no docstring naming its imports"
+
+
+def test_no_private_name_is_reached_across_packages() -> None:
+    reached = []
+    for path in modules():
+        room = path.relative_to(PACKAGE).with_suffix("").parts[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tickvault."):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private and room_of(node.module) != room:
+                    reached.append(
+                        f"{path.relative_to(PACKAGE)}:{node.lineno} imports {private} from {node.module}"
+                    )
+    assert not reached, "\n".join(reached)

@@ -26,7 +26,7 @@ def to_csv_text(frame: pd.DataFrame) -> str:
     out.index.name = "timestamp"
     if "is_edit" in out and len(out):
         out["is_edit"] = out["is_edit"].map({True: "true", False: "false"})
-    return out.to_csv(lineterminator="\n")
+    return str(out.to_csv(lineterminator="\n"))
 
 
 def to_json_lines(frame: pd.DataFrame) -> str:

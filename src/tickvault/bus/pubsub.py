@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import zmq
@@ -81,7 +82,7 @@ class Publisher:
         sndhwm: int = SNDHWM,
         max_queue: int = MAX_QUEUE,
         spool_path: Path | None = None,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         curve: ServerKeys | None = None,
         allow_insecure: bool = False,
     ) -> None:
@@ -128,7 +129,7 @@ class Publisher:
         self.ring = Ring(ring_size)
         self._last_heartbeat = 0.0
         self.replay_endpoint: str | None = None
-        self._replay: zmq.Socket | None = None
+        self._replay: zmq.Socket[Any] | None = None
         if replay_bind is not None:
             self._replay = self._context.socket(zmq.ROUTER)
             self._replay.setsockopt(zmq.LINGER, 0)
@@ -367,7 +368,7 @@ class Subscriber:
         replay: str | None = None,
         recover: Recover | None = None,
         rcvhwm: int = RCVHWM,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         curve: ClientKeys | None = None,
         exact: bool = False,
     ) -> None:

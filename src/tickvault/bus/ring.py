@@ -116,7 +116,7 @@ class ReplayClient:
         self,
         endpoint: str,
         *,
-        context: zmq.Context | None = None,
+        context: zmq.Context[typing.Any] | None = None,
         timeout_ms: int = 2000,
         attempts: int = 4,
         curve: typing.Any = None,
@@ -126,9 +126,9 @@ class ReplayClient:
         self.timeout_ms = timeout_ms
         self.attempts = attempts  # timeouts double: 2 + 4 + 8 + 16 s by default
         self._context = context or zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
+        self._socket: zmq.Socket[typing.Any] | None = None
 
-    def _connect(self) -> zmq.Socket:
+    def _connect(self) -> zmq.Socket[typing.Any]:
         if self._socket is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -170,7 +170,7 @@ class ReplayClient:
             sock = self._connect()
             sock.send_multipart([b"", msgspec.json.encode({"topic": topic, "from": first, "to": last})])
             if sock.poll(timeout):
-                return sock.recv_multipart()  # type: ignore[no-any-return]
+                return sock.recv_multipart()
             self.close()  # a late answer must not be read as the next request's
             log.warning("replay endpoint %s did not answer in %d ms (attempt %d of %d)",
                         self.endpoint, timeout, attempt, self.attempts)  # fmt: skip

@@ -68,4 +68,4 @@ class CompiledForest:
             p = 1.0 / (1.0 + np.exp(-raw[0]))
             return np.array([1.0 - p, p])
         e = np.exp(raw - raw.max())
-        return e / e.sum()
+        return np.asarray(e / e.sum(), dtype=np.float64)

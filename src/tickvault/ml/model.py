@@ -84,7 +84,8 @@ def future_move(
 ) -> np.ndarray:
     """Last trade price at or before t + horizon, minus the price at t."""
     idx = np.searchsorted(tick_ms, at_ms + horizon_ms, side="right") - 1
-    return tick_price[np.clip(idx, 0, None)] - at_price
+    moves: np.ndarray = tick_price[np.clip(idx, 0, None)] - at_price
+    return moves
 
 
 @dataclass

@@ -24,10 +24,11 @@ from datetime import date, datetime, timedelta
 import numpy as np
 
 from tickvault.domain.events import B3_TZ, to_ms
+from tickvault.domain.tick_schema import AGGRESSOR_CODES
 from tickvault.errors import DataError
 from tickvault.sources.simulator import SESSION, MarketSimulator
 from tickvault.store.api import Store
-from tickvault.store.block_codec import AGGRESSOR_CODES, Columns
+from tickvault.store.block_codec import Columns
 from tickvault.store.valkey_errors import map_valkey_errors
 
 log = logging.getLogger("tickvault.backfill")

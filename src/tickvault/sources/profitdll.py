@@ -215,7 +215,9 @@ def profitdll_source(settings: Any, stop: threading.Event) -> Callable[[Any], It
     """A `System` source: log in with PROFIT_* settings, subscribe to the configured symbols."""
 
     def source(_: Any) -> Iterator[Tick]:
-        secret = lambda v: v.get_secret_value() if v is not None else ""  # noqa: E731
+        def secret(value: Any) -> str:
+            return str(value.get_secret_value()) if value is not None else ""
+
         session = ProfitDLLSource(
             settings.profit_dll_path, secret(settings.profit_key), settings.profit_user or "",
             secret(settings.profit_password),

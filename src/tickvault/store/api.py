@@ -234,7 +234,7 @@ class Store:
             n = last_n + 1 if ms == last_ms else 0
             if ms >= last_ms:
                 self._event_ids[key] = (ms, n)
-            pipe.xadd(key, to_fields(event), id=f"{ms}-{n}")  # type: ignore[arg-type]
+            pipe.xadd(key, to_fields(event), id=f"{ms}-{n}")
         with map_valkey_errors():
             try:
                 replies = pipe.execute(raise_on_error=False)

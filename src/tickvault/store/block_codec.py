@@ -137,13 +137,15 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     cache = _local.__dict__.setdefault("compressors", {})
     if level not in cache:
         cache[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
-    return cache[level]
+    compressor: zstandard.ZstdCompressor = cache[level]
+    return compressor
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
     if not hasattr(_local, "decompressor"):
         _local.decompressor = zstandard.ZstdDecompressor()
-    return _local.decompressor
+    decompressor: zstandard.ZstdDecompressor = _local.decompressor
+    return decompressor
 
 
 # -- encoding ---------------------------------------------------------------------------------------
@@ -353,7 +355,8 @@ def _unpack(payload: np.ndarray, bits: int, n: int) -> np.ndarray:
     out = planes[0].astype(_UINT[bits], copy=False)  # 8 bits: a view, nothing to combine
     for j in range(1, bits // 8):
         out |= planes[j].astype(_UINT[bits]) << (8 * j)
-    return out
+    unpacked: np.ndarray = out
+    return unpacked
 
 
 def _decode_int(

@@ -102,8 +102,8 @@ def close_client(client: Any) -> None:
 def node_client(client: Any, key: str) -> valkey.Valkey:
     """A plain client of the node that owns `key`'s slot (the client itself when not a cluster)."""
     if not is_cluster(client):
-        return client  # type: ignore[no-any-return]
-    return client.get_valkey_connection(client.get_node_from_key(key))  # type: ignore[no-any-return]
+        return client
+    return client.get_valkey_connection(client.get_node_from_key(key))
 
 
 def primaries(client: Any) -> list[valkey.Valkey]:
@@ -175,8 +175,8 @@ def read_streams(
 
     def read(keys: dict[str, str], block: int | None) -> list[Any]:
         if group is not None:
-            return client.xreadgroup(group[0], group[1], keys, count=count, block=block) or []  # type: ignore[no-any-return]
-        return client.xread(keys, count=count, block=block) or []  # type: ignore[no-any-return]
+            return client.xreadgroup(group[0], group[1], keys, count=count, block=block) or []
+        return client.xread(keys, count=count, block=block) or []
 
     if not is_cluster(client):
         return read(streams, block_ms or None)  # BLOCK 0 would wait forever

@@ -84,7 +84,7 @@ class Connection:
             # the cluster client retries redirects itself; connection errors are retried per command
             for name in ("retry", "retry_on_error", "health_check_interval"):
                 kwargs.pop(name)
-            client = cluster_client(self.url, **kwargs)  # type: ignore[assignment]
+            client = cluster_client(self.url, **kwargs)
         else:
             client = valkey.Valkey.from_url(self.url, **kwargs)
         self._clients.append(client)

@@ -51,7 +51,7 @@ class HealthReporter:
         # replaced whole, in one transaction: a counter the component no longer has must not linger
         pipe = transaction(self.client, self.key)
         pipe.delete(self.key)
-        pipe.hset(self.key, mapping={**values, "at": int(time.time())})  # type: ignore[arg-type]
+        pipe.hset(self.key, mapping={**values, "at": int(time.time())})
         pipe.expire(self.key, timedelta(seconds=HEALTH_TTL_S))
         pipe.execute()
 

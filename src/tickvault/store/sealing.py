@@ -107,7 +107,7 @@ class History:
                 continue  # removed by a cleanup between the index read and this one
             cols = decode_block(data)
             ms = cols.timestamp_ms
-            lo, hi = np.searchsorted(ms, start_ms, "left"), np.searchsorted(ms, end_ms, "right")
+            lo, hi = int(np.searchsorted(ms, start_ms, "left")), int(np.searchsorted(ms, end_ms, "right"))
             parts.append(cols.take(np.arange(lo, hi)) if (lo, hi) != (0, len(ms)) else cols)
         return Columns.concat(parts)
 

@@ -196,7 +196,8 @@ def _concat(strings: pa.Array) -> bytes:
     offsets = np.frombuffer(strings.buffers()[1], dtype=np.int32)[
         strings.offset : strings.offset + len(strings) + 1
     ]
-    return strings.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]
+    data: bytes = strings.buffers()[2].to_pybytes()
+    return data[offsets[0] : offsets[-1]]
 
 
 def _parse_info(reply: Any) -> tuple[int, int, int]:
@@ -432,7 +433,7 @@ class TickWriter:
         key = self.keys.ticks(symbol)
         name = ""
         if is_cluster(self.client):
-            name = self.client.get_node_from_key(key).name  # type: ignore[attr-defined]
+            name = self.client.get_node_from_key(key).name
         held = self._conns.get(name)
         if held is None:
             held = self._conns[name] = RawConnection(node_client(self.client, key))

@@ -292,7 +292,7 @@ class CandleWorker(LeasedWorker[SymbolBars]):
                     continue
                 last = max(bar.open_ms, self._last_id[(symbol, tf)])
                 fields = to_fields(bar.candle(symbol, tf))
-                pipe.xadd(self.keys.candles(tf, symbol), fields, id=f"{last}-*")  # type: ignore[arg-type]
+                pipe.xadd(self.keys.candles(tf, symbol), fields, id=f"{last}-*")
                 self._last_id[(symbol, tf)] = last
                 bar.dirty, bar.written = False, True
                 count += 1

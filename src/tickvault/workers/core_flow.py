@@ -440,7 +440,7 @@ class FeatureService:
                     action=action,
                     confidence=confidence,
                     model=name,
-                )  # type: ignore[arg-type]
+                )
                 out.append(signal)
                 self.stats.predictions += 1
                 self.stats.signals += 1

@@ -124,7 +124,7 @@ class FeatureWorker(LeasedWorker[_Owned]):
             return
         pipe = transaction(self.client, self.keys.ticks(symbol))
         for entry_id, features in found:
-            pipe.xadd(self.keys.features(symbol), to_fields(features), id=entry_id)  # type: ignore[arg-type]
+            pipe.xadd(self.keys.features(symbol), to_fields(features), id=entry_id)
         if entry_ids:
             pipe.xack(self.keys.ticks(symbol), GROUP, *entry_ids)
         results = pipe.execute(raise_on_error=False)

@@ -100,8 +100,8 @@ class PredictorWorker(LeasedWorker[None]):
             prediction = Prediction(**stamp, model=self.model.name, probabilities=probabilities)  # type: ignore[arg-type]
             signal = Signal(**stamp, action=action, confidence=confidence, model=self.model.name)  # type: ignore[arg-type]
             pipe = transaction(self.client, stream)
-            pipe.xadd(self.keys.predictions(symbol), to_fields(prediction), id=entry_id)  # type: ignore[arg-type]
-            pipe.xadd(self.keys.signals(symbol), to_fields(signal), id=entry_id)  # type: ignore[arg-type]
+            pipe.xadd(self.keys.predictions(symbol), to_fields(prediction), id=entry_id)
+            pipe.xadd(self.keys.signals(symbol), to_fields(signal), id=entry_id)
             pipe.xack(stream, GROUP, entry_id)
             results = pipe.execute(raise_on_error=False)
             refused = [r for r in results[:2] if isinstance(r, Exception)]
