@@ -254,7 +254,7 @@ def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
-def _data_error(exc: msgspec.MsgspecError) -> DataError:
+def data_error(exc: msgspec.MsgspecError) -> DataError:
     text = str(exc)
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return DataError("json", f"malformed JSON: {text}")
@@ -274,7 +274,7 @@ def decode(data: bytes | str, kind: type[E]) -> E:
     try:
         return _decoder(kind).decode(data)
     except msgspec.MsgspecError as exc:
-        raise _data_error(exc) from None
+        raise data_error(exc) from None
 
 
 def decode_tick(data: bytes | str) -> Tick:
@@ -298,7 +298,7 @@ def from_fields(fields: Mapping[str, Any], kind: type[E]) -> E:
     try:
         return msgspec.convert(fields, kind, strict=False)
     except msgspec.MsgspecError as exc:
-        raise _data_error(exc) from None
+        raise data_error(exc) from None
 
 
 def _field_text(value: Any) -> str:

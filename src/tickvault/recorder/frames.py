@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tickvault.domain.events import _data_error, validate_symbol
+from tickvault.domain.events import data_error, validate_symbol
 from tickvault.domain.keys import tick_topic
 from tickvault.domain.tick_schema import (
     Aggressor,
@@ -75,7 +75,7 @@ def _decode_one(frames: Sequence[bytes]) -> TickWire:
     try:
         wire = _wire_decoder.decode(frames[1])
     except msgspec.MsgspecError as exc:
-        raise _data_error(exc) from None
+        raise data_error(exc) from None
     validate_symbol(wire.symbol)
     if frames[0] != tick_topic(wire.symbol).encode():
         raise DataError("topic", f"{bytes(frames[0])[:64]!r} does not match symbol {wire.symbol!r}")
