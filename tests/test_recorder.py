@@ -20,7 +20,7 @@ from tickvault.store import Store
 @pytest.fixture
 def recording(store: Store) -> Iterator[tuple[Publisher, Recorder]]:
     pub = Publisher("tcp://127.0.0.1:*")
-    sub = Subscriber(pub.endpoint, ["tick_"])
+    sub = Subscriber(pub.endpoint, ["tick_"], ordered=False)
     recorder = Recorder(store)
     stop = threading.Event()
     thread = threading.Thread(target=recorder.run, args=(sub, stop), daemon=True)

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 import msgspec
 import zmq
 
+from tickvault.batch import valid_seqs
 from tickvault.bus import BIND_RETRY_S, Publisher, Subscriber, endpoint, store_recovery
 from tickvault.candle_worker import CandleWorker
 from tickvault.config import Settings
@@ -245,6 +246,7 @@ class System:
                     ["tick_"],
                     replay=self.publisher.replay_endpoint,
                     curve=self._own_client_keys(),
+                    ordered=False,  # the recorder keeps every valid tick; fills run beside it
                 )
                 self._subscriber.prime(self._primed(lasts))
                 self._spawn("recorder", self.recorder.run, self._subscriber, self._recorder_stop)
@@ -288,6 +290,7 @@ class System:
             replay=self.publisher.replay_endpoint,
             recover=store_recovery(self.store) if self.store is not None else None,
             curve=self._own_client_keys(),
+            validate=valid_seqs,  # an invalid frame's number must not make valid ticks look stale
         )
         self._consumer.prime(self._primed(lasts))
         self._consumer_thread = self._spawn(
@@ -450,6 +453,7 @@ class System:
             recover=None,  # the recorder is the writer: what the ring lost, Valkey never had
             curve=self._client_keys(),
             exact=bool(shard),
+            ordered=False,  # the recorder keeps every valid tick; fills run beside it
         )
         symbols = shard or tuple(dict.fromkeys((*s.symbols, *self.store.symbols())))
         lasts = last_stored(self.store, symbols)
@@ -472,7 +476,7 @@ class System:
             b = self._subscriber.stats
             out.update(
                 delivered=b.received - b.heartbeats, gaps=b.gaps, missing=b.missing, recovered=b.recovered,
-                unrecovered=b.unrecovered, duplicates_dropped=b.duplicates,
+                unrecovered=b.unrecovered, duplicates_dropped=b.duplicates, seq_behind=b.behind,
             )  # fmt: skip
         if self._consumer is not None:  # ZMQ_CONSUME_ENABLED: the core flow's own bus subscriber
             bus = self._consumer.stats
@@ -488,6 +492,7 @@ class System:
                 buffered=self.recorder.buffered, spilled=self.recorder.spool.spilled,
                 spill_errors=self.recorder.spool.spill_errors, store_lag_ms=self.recorder.store_lag_ms(),
             )  # fmt: skip
+            out.update({f"rejected_{reason}": n for reason, n in sorted(dict(r.rejected).items())})
         if self.features is not None:
             out.update(self.features.counters())
         if self.predictor is not None:
@@ -596,6 +601,10 @@ class System:
         self._candles_stop.set()  # after the recorder drained: the worker reads to the end, then stops
         for thread in self._threads:
             thread.join(10)
+        if self.recorder is not None and (
+            self.recorder.buffered or any(t.name == "recorder" and t.is_alive() for t in self._threads)
+        ):
+            summary.drained = False  # ticks received and not in Valkey (kept in the spool file, if any)
         if self.publisher is not None:
             self.publisher.close()
             summary.published = self.publisher.stats.published
