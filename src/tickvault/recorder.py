@@ -335,8 +335,10 @@ class Recorder:
         self._housekeeping()
         batch = self.spool.take(MAX_BATCH)
         if not batch:
-            if not self._flush(stop) or stop.is_set():
+            if not self._flush(stop):
                 return False
+            if stop.is_set():  # ticks queued during the flush, just before the stop, go first
+                return len(self.spool) > 0
             self._wake.wait(0.05)
             self._wake.clear()
             return True
