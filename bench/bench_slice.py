@@ -48,7 +48,7 @@ def _report(name: str, n: int, elapsed: float, lost: int) -> float:
 def _one_process(client: valkey.Valkey, ticks: list[Tick]) -> float:
     client.flushall()
     pub = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*")
-    sub = Subscriber(pub.endpoint, ["tick_"], replay=pub.replay_endpoint)
+    sub = Subscriber(pub.endpoint, ["tick_"], replay=pub.replay_endpoint, ordered=False)
     recorder = Recorder(Store(client), spool_path=Path(tempfile.mkdtemp()) / "spool")
     stop = threading.Event()
     thread = threading.Thread(target=recorder.run, args=(sub, stop), daemon=True)

@@ -35,7 +35,7 @@ def test_valkey_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
     client = valkey.Valkey(host=info.host, port=info.port, socket_timeout=2, socket_connect_timeout=1)
     store = Store(client)
     pub = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*")
-    sub = Subscriber(pub.endpoint, ["tick_"], replay=pub.replay_endpoint)
+    sub = Subscriber(pub.endpoint, ["tick_"], replay=pub.replay_endpoint, ordered=False)
     recorder = Recorder(store, spool_path=tmp_path / "spool")
     stop = threading.Event()
     thread = threading.Thread(target=recorder.run, args=(sub, stop), daemon=True)

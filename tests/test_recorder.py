@@ -20,7 +20,7 @@ from tickvault.store.api import Store
 @pytest.fixture
 def recording(store: Store) -> Iterator[tuple[Publisher, Recorder]]:
     pub = Publisher("tcp://127.0.0.1:*")
-    sub = Subscriber(pub.endpoint, ["tick_"])
+    sub = Subscriber(pub.endpoint, ["tick_"], ordered=False)
     recorder = Recorder(store)
     stop = threading.Event()
     thread = threading.Thread(target=recorder.run, args=(sub, stop), daemon=True)
@@ -148,3 +148,41 @@ def test_store_lag_is_the_wait_of_the_oldest_unstored_tick(store: Store, tmp_pat
         stop.set()
         writer.join(10)
     assert store.count("WDOFUT") == 100
+
+
+def test_ticks_queued_just_before_a_stop_are_written_before_the_writer_ends(
+    store: Store, valkey_client: valkey.Valkey, tmp_path: Path
+) -> None:
+    """A stop drains everything received. When the spool runs empty the writer checks the batch in
+    flight; ticks queued while that check waits, right before the stop, were left in the spool file
+    (for the next run) because the writer saw the stop once the check was done."""
+    stamped = [msgspec.structs.replace(t, seq=i + 1) for i, t in enumerate(ticks(300))]
+    recorder = Recorder(store, spool_path=tmp_path / "spool")
+    stop = threading.Event()
+    thread = threading.Thread(target=recorder.run, args=(None, stop), daemon=True)
+    kwargs = valkey_client.connection_pool.connection_kwargs
+    admin = valkey.Valkey(host=kwargs["host"], port=kwargs["port"])
+    thread.start()
+    try:
+        recorder.submit(stamped[:100])
+        assert wait_until(lambda: recorder.caught_up({"WDOFUT": 100}))
+        admin.execute_command("CLIENT", "PAUSE", "2000", "WRITE")  # the next batch's check will wait
+        recorder.submit(stamped[100:200])
+
+        def checking() -> bool:
+            # Valkey holds the batch (blocked in MULTI) and the writer, with nothing else queued, is
+            # reading its replies: the check (the writer's private state says which step it is in)
+            held = any({"x", "b"} <= set(c["flags"]) for c in admin.client_list())
+            return held and store.writer._in_flight is None
+
+        assert wait_until(checking, timeout=10)
+        recorder.submit(stamped[200:])
+        stop.set()
+        thread.join(30)
+    finally:
+        stop.set()
+        thread.join(30)
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+    assert recorder.buffered == 0
+    assert store.count("WDOFUT") == 300

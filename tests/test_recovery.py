@@ -102,7 +102,7 @@ def test_recorder_stopped_mid_stream_and_restarted_stores_everything_once(
     publisher: Publisher, store: Store
 ) -> None:
     def start_recorder() -> tuple[Recorder, Subscriber, threading.Event, threading.Thread]:
-        sub = Subscriber(publisher.endpoint, ["tick_"], replay=publisher.replay_endpoint)
+        sub = Subscriber(publisher.endpoint, ["tick_"], replay=publisher.replay_endpoint, ordered=False)
         last = store.last_tick("WDOFUT")
         sub.prime({"tick_WDOFUT": last.seq if last else 0})  # resume from what is stored
         recorder = Recorder(store)

@@ -28,6 +28,7 @@ from tickvault.config import Settings
 from tickvault.domain.events import B3_TZ, Event, Tick, day_start_ms, decode_tick
 from tickvault.domain.keys import tick_topic
 from tickvault.errors import BusError, ConfigError, DataError, InsecureBind, StoreError, TickvaultError
+from tickvault.recorder.frames import valid_seqs
 from tickvault.recorder.recorder import Recorder
 from tickvault.recorder.recovery import store_recovery
 from tickvault.sources.simulator import SESSION, MarketSimulator, pace
@@ -258,6 +259,7 @@ class System:
                     ["tick_"],
                     replay=self.publisher.replay_endpoint,
                     curve=self._own_client_keys(),
+                    ordered=False,  # the recorder keeps every valid tick; fills run beside it
                 )
                 self._subscriber.prime(self._primed(lasts))
                 self._spawn("recorder", self.recorder.run, self._subscriber, self._recorder_stop)
@@ -301,6 +303,7 @@ class System:
             replay=self.publisher.replay_endpoint,
             recover=store_recovery(self.store) if self.store is not None else None,
             curve=self._own_client_keys(),
+            validate=valid_seqs,  # an invalid frame's number must not make valid ticks look stale
         )
         self._consumer.prime(self._primed(lasts))
         self._consumer_thread = self._spawn(
@@ -463,6 +466,7 @@ class System:
             recover=None,  # the recorder is the writer: what the ring lost, Valkey never had
             curve=self._client_keys(),
             exact=bool(shard),
+            ordered=False,  # the recorder keeps every valid tick; fills run beside it
         )
         symbols = shard or tuple(dict.fromkeys((*s.symbols, *self.store.symbols())))
         lasts = last_stored(self.store, symbols)
@@ -485,7 +489,7 @@ class System:
             b = self._subscriber.stats
             out.update(
                 delivered=b.received - b.heartbeats, gaps=b.gaps, missing=b.missing, recovered=b.recovered,
-                unrecovered=b.unrecovered, duplicates_dropped=b.duplicates,
+                unrecovered=b.unrecovered, duplicates_dropped=b.duplicates, seq_behind=b.behind,
             )  # fmt: skip
         if self._consumer is not None:  # ZMQ_CONSUME_ENABLED: the core flow's own bus subscriber
             bus = self._consumer.stats
@@ -501,6 +505,7 @@ class System:
                 buffered=self.recorder.buffered, spilled=self.recorder.spool.spilled,
                 spill_errors=self.recorder.spool.spill_errors, store_lag_ms=self.recorder.store_lag_ms(),
             )  # fmt: skip
+            out.update({f"rejected_{reason}": n for reason, n in sorted(dict(r.rejected).items())})
         if self.features is not None:
             out.update(self.features.counters())
         for worker in (self.predictor, self.feature_worker, self.candles):
@@ -606,6 +611,10 @@ class System:
             worker_stop.set()
         for thread in self._threads:
             thread.join(10)
+        if self.recorder is not None and (
+            self.recorder.buffered or any(t.name == "recorder" and t.is_alive() for t in self._threads)
+        ):
+            summary.drained = False  # ticks received and not in Valkey (kept in the spool file, if any)
         if self.publisher is not None:
             self.publisher.close()
             summary.published = self.publisher.stats.published

@@ -14,6 +14,8 @@ the payloads are seq `from` .. `from + count - 1`. If `from` is older than the r
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import typing
 
 import msgspec
@@ -120,8 +122,11 @@ class ReplayClient:
         timeout_ms: int = 2000,
         attempts: int = 4,
         curve: typing.Any = None,
+        cancel: threading.Event | None = None,
     ) -> None:
+        """`cancel`, once set, ends a wait for an answer at once (the subscriber is stopping)."""
         self.endpoint = endpoint
+        self.cancel = cancel
         self.curve = curve  # curve.ClientKeys when the publisher uses CURVE
         self.timeout_ms = timeout_ms
         self.attempts = attempts  # timeouts double: 2 + 4 + 8 + 16 s by default
@@ -169,13 +174,27 @@ class ReplayClient:
         for attempt in range(1, self.attempts + 1):
             sock = self._connect()
             sock.send_multipart([b"", msgspec.json.encode({"topic": topic, "from": first, "to": last})])
-            if sock.poll(timeout):
+            if self._answered(sock, timeout):
                 return sock.recv_multipart()
             self.close()  # a late answer must not be read as the next request's
+            if self.cancel is not None and self.cancel.is_set():
+                return None
             log.warning("replay endpoint %s did not answer in %d ms (attempt %d of %d)",
                         self.endpoint, timeout, attempt, self.attempts)  # fmt: skip
             timeout *= 2
         return None
+
+    def _answered(self, sock: zmq.Socket[typing.Any], timeout_ms: int) -> bool:
+        if self.cancel is None:
+            return bool(sock.poll(timeout_ms))
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self.cancel.is_set():  # in slices, so that a cancel is seen within 50 ms
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return False
+            if sock.poll(min(left_ms, 50)):
+                return True
+        return False
 
     def close(self) -> None:
         if self._socket is not None:

@@ -120,6 +120,18 @@ def decode_frames(messages: Sequence[Sequence[bytes]]) -> DecodedBatch:
     return out
 
 
+def valid_seqs(messages: Sequence[Sequence[bytes]]) -> list[int | None]:
+    """Per message, its `seq` if it is a valid tick frame, else None: a Subscriber's `validate` for
+    tick topics, so that an invalid frame's number never moves a topic's position."""
+    decoded = decode_frames(messages)
+    bad = {r.index for r in decoded.rejected}
+    out: list[int | None] = [None] * len(messages)
+    valid = (i for i in range(len(messages)) if i not in bad)
+    for i, wire in zip(valid, decoded.ticks, strict=True):
+        out[i] = wire.seq
+    return out
+
+
 def _time_mismatches(wires: Sequence[TickWire]) -> dict[int, DataError]:
     """Index -> error for wires whose ISO timestamp is unparsable, naive, or not timestamp_ms."""
     if not wires:

@@ -1,14 +1,18 @@
 """The recorder: the only writer of market data to Valkey (the guide's "bridge").
 
-Two threads. The receiver takes frames from the bus (gaps already filled by the Subscriber) or ticks
-handed over in-process (ZeroMQ off), validates them column-wise, and queues the valid ones in a spool:
-memory up to a bound, then a local file, so a slow or absent Valkey costs disk, never ticks. A bad
-frame is rejected with its reason, counted, and kept in the dead-letter stream; the ticks around it
-go on. The writer takes batches from the spool and stores each in one round trip, idempotently; while
-Valkey is unreachable it retries with backoff, and once a write has failed it first re-sends the
-batches of the last few seconds, which a restarted Valkey may have lost from its append-only file
-(fsync every second). At stop, whatever Valkey did not take stays in the spool file for next time.
-"""
+Two threads. The receiver takes frames from the bus or ticks handed over in-process (ZeroMQ off),
+validates them column-wise, and queues the valid ones in a spool: memory up to a bound, then a local
+file, so a slow or absent Valkey costs disk, never ticks. A bad frame is rejected with its reason,
+counted, and kept in the dead-letter stream; the ticks around it go on, and its `seq` counts for
+nothing. Only the valid ticks' numbers go to the Subscriber (`ordered=False`), which fills a gap
+beside the receiver; what a fill fetches is validated and queued when it comes. Storing waits for a
+fill at most FILL_HOLD_S, and no valid tick is dropped for its number: a repeat is made harmless by
+the idempotent write (symbol, session, trade id), so a publisher that restarts or numbers its own way
+loses nothing. The writer takes batches from the spool and stores each in one round trip,
+idempotently; while Valkey is unreachable it retries with backoff, and once a write has failed it
+first re-sends the batches of the last few seconds, which a restarted Valkey may have lost from its
+append-only file (fsync every second). At stop, whatever Valkey did not take stays in the spool file
+for next time."""
 
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ LIVE_WINDOW_MS = 300_000  # the live stream keeps 5 minutes for stream consumers
 ARRIVAL_GRAIN_S = 0.01  # store_lag_ms resolution
 RETAIN_S = 5.0  # > the 1 s (at worst 2 s) of writes an append-only file with fsync everysec can lose
 BACKOFF_S = (0.05, 2.0)
+FILL_WAIT_S = 5.0  # at stop, gap fills under way get this long (a live replay ring answers in ms)
+FILL_HOLD_S = 1.0  # live ticks wait at most this long for a gap fill under way (see _queue_live)
 
 _wire_decoder = msgspec.json.Decoder(TickWire)
 
@@ -97,6 +103,16 @@ class Recorder:
         )
         self._wake = threading.Event()
         self._in_flight: dict[str, int] = {}  # topic -> highest seq sent but not yet confirmed
+        # counts of ticks queued and confirmed (the spool is FIFO): a gap fill's ticks, queued after
+        # later ones, are confirmed once `_confirmed` reaches `_fill_mark` (see caught_up)
+        self._queued = len(self.spool)
+        self._in_flight_n = 0
+        self._confirmed = 0
+        self._fill_mark = 0
+        self._taking_fill = False
+        self._subscriber: Subscriber | None = None
+        self._held: list[TickWire] = []  # live ticks waiting (briefly) for a gap fill: receiver thread
+        self._held_since = 0.0
         self._retained: collections.deque[tuple[float, list[TickLike]]] = collections.deque()
         # set by any failed write or check, cleared only by a re-send of `_retained` that went out: a
         # batch whose replies were lost may never have been applied, whatever happens next
@@ -132,6 +148,40 @@ class Recorder:
         self.spool.extend((tick,))
         self._wake.set()
 
+    def _queue_live(self, ticks: list[TickWire], subscriber: Subscriber) -> None:
+        """Live ticks go to the spool at once, unless a gap fill is under way: then they wait for it,
+        at most FILL_HOLD_S. A live ring answers in milliseconds, and the fill stored first keeps
+        each topic's stored numbers a prefix, so a recorder killed now resumes at the gap, not past
+        it; an endpoint that does not answer delays storing by that bound only."""
+        if ticks and not self._held and not subscriber.filling():
+            self.submit(ticks)
+            return
+        if ticks:
+            if not self._held:
+                self._held_since = time.monotonic()
+            self._held.extend(ticks)
+        if self._held and (not subscriber.filling() or time.monotonic() - self._held_since >= FILL_HOLD_S):
+            self._take_fills(subscriber)
+            self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        self.submit(held)
+
+    def _take_fills(self, subscriber: Subscriber) -> None:
+        """Queue what the Subscriber's gap fills fetched (validated like any frame)."""
+        with self._lock:
+            frames = subscriber.take_filled()
+            if not frames:
+                return
+            self._taking_fill = True
+        try:
+            self.submit(self.decode_frames(frames))
+        finally:
+            with self._lock:
+                self._fill_mark = self._queued
+                self._taking_fill = False
+
     def _note_arrival(self, ticks: Sequence[TickLike]) -> None:
         top: dict[str, int] = {}
         for tick in ticks:
@@ -139,6 +189,7 @@ class Recorder:
                 top[tick.symbol] = tick.seq
         now = time.monotonic()
         with self._lock:
+            self._queued += len(ticks)
             for symbol, seq in top.items():
                 last = self._last_arrival.get(symbol)
                 if last is not None and now - last[0] < ARRIVAL_GRAIN_S:
@@ -208,6 +259,7 @@ class Recorder:
             # the write above checked the batch before this one: that one is confirmed now, this one
             # only once the next write or flush checks it (`caught_up` must mean "in Valkey")
             self._confirm()
+            self._in_flight_n = len(ticks)
             for tick in ticks:
                 topic = tick_topic(tick.symbol)
                 if tick.seq > self._in_flight.get(topic, 0):
@@ -283,8 +335,10 @@ class Recorder:
         self._housekeeping()
         batch = self.spool.take(MAX_BATCH)
         if not batch:
-            if not self._flush(stop) or stop.is_set():
+            if not self._flush(stop):
                 return False
+            if stop.is_set():  # ticks queued during the flush, just before the stop, go first
+                return len(self.spool) > 0
             self._wake.wait(0.05)
             self._wake.clear()
             return True
@@ -303,7 +357,11 @@ class Recorder:
 
     def run(self, subscriber: Subscriber | None, stop: threading.Event) -> None:
         """Receive from the bus (or only from `submit` when `subscriber` is None) and write, until
-        `stop`; then write what is queued while Valkey takes it, and keep the rest in the spool file."""
+        `stop`; then write what is queued while Valkey takes it, and keep the rest in the spool file.
+        The subscriber must be `ordered=False`: an ordered one drops valid ticks for their numbers."""
+        if subscriber is not None and subscriber.ordered:
+            raise ValueError("the recorder keeps every valid tick: give it a Subscriber(ordered=False)")
+        self._subscriber = subscriber
         writer_stop = threading.Event()
         writer = threading.Thread(
             target=self._write_loop, args=(writer_stop,), name="recorder-writer", daemon=True
@@ -315,9 +373,16 @@ class Recorder:
                     stop.wait(0.05)
                     continue
                 messages = subscriber.receive(timeout_ms=50, max_messages=MAX_BATCH, linger_ms=LINGER_MS)
-                if messages:
-                    self.submit(self.decode_frames(messages))
+                ticks = self.decode_frames(messages) if messages else []
+                # only valid ticks' numbers count; a gap they show is filled beside (not awaited)
+                subscriber.track([(tick_topic(t.symbol), t.seq) for t in ticks])
+                self._take_fills(subscriber)
+                self._queue_live(ticks, subscriber)
         finally:
+            if subscriber is not None:  # everything received is stored: fills under way, then the rest
+                subscriber.finish_fills(FILL_WAIT_S)
+                self._take_fills(subscriber)
+                self._release_held()
             writer_stop.set()
             self._wake.set()
             writer.join()
@@ -332,8 +397,16 @@ class Recorder:
             if seq > self.stats.last_seq.get(topic, 0):
                 self.stats.last_seq[topic] = seq
         self._in_flight.clear()
+        self._confirmed += self._in_flight_n
+        self._in_flight_n = 0
 
     def caught_up(self, last_seq: dict[str, int]) -> bool:
-        """True once every topic's sequence number in `last_seq` (symbol -> seq) has been written."""
+        """True once every topic's sequence number in `last_seq` (symbol -> seq) has been written, and
+        every gap fill too (its ticks come after later ones)."""
         with self._lock:
+            subscriber = self._subscriber
+            if subscriber is not None and subscriber.filling():
+                return False
+            if self._held or self._taking_fill or self._confirmed < self._fill_mark:
+                return False
             return all(self.stats.last_seq.get(tick_topic(s), 0) >= n for s, n in last_seq.items())
