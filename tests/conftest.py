@@ -67,8 +67,8 @@ def stop_systems(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     build = System.__init__
 
     def tracked(self: System, *args: Any, **kwargs: Any) -> None:
-        made.append(self)
         build(self, *args, **kwargs)
+        made.append(self)  # one whose construction failed has nothing to stop
 
     monkeypatch.setattr(System, "__init__", tracked)
     yield
