@@ -1,0 +1,864 @@
+"""The order book computed from its events: a live incremental engine, and the vectorised
+reconstruction of past books from `BookColumns`. No I/O.
+
+Semantics (`domain.book`): every event states an absolute state (a level's quantity and order count,
+an order's side, price and remaining quantity); quantity 0 or `delete` removes; `clear` empties one
+side or both; a book is read only after a batch's LAST event.
+
+Live: `LevelBook` (MBP) and `OrderBook` (MBO), one per symbol (`live_book`). Per side a dict
+price -> (quantity, orders) and a sorted price list (bisect): an update is O(1) plus O(levels) when
+a level appears or goes; `levels(side, depth)` / `top(depth)` read the best N as arrays. `OrderBook`
+keeps the orders in a dict in time priority (an update that keeps its price and does not grow keeps
+its place, as on B3) and the levels as running sums. `snapshot()` exports the state as a snapshot
+group, `from_snapshot()` imports one; seq jumps are counted in `gaps`, inconsistencies (a delete of
+an unknown level or order) in `anomalies`, never raised.
+
+Historical (numpy, over one symbol's columns in application order):
+- Visibility. The effective time of row i is the running maximum of `timestamp_ms` up to i (a log
+  is applied in order even when an exchange clock steps back). The cutoff for time T is the last
+  batch end (LAST row) whose effective time is <= T: rows up to it are applied, none after.
+- Clears. A clear starts a new epoch of its side(s). A row counts at cutoff c only if no clear of
+  its side lies between it and c.
+- `book_at(T)`: rows after each side's last clear up to the cutoff. MBP: the last row per
+  (side, price) (np.unique over the reversed rows); MBO: the last row per order id, alive ones then
+  grouped by (side, price) (sums by np.bincount). O(m log m) in the m rows since the snapshot, which
+  the store keeps bounded (history blocks start with a snapshot).
+- Level rows. Frames and quotes work on level rows: (row, side, level, quantity after, orders
+  after). MBP rows are level rows (delete -> 0). An MBO row removes its order's previous state (the
+  previous row of the same id, found by one stable sort on order id, if alive and not cleared since)
+  and adds its new one; per (side, level, epoch) cumulative sums give each level's absolute quantity
+  and order count after every row.
+- Level codes. Prices map to integer codes ascending with price: a dense grid of the instrument's
+  tick when every price sits exactly on it (O(m)), else np.unique (O(m log m)).
+- `book_frames(start, end, every, N)`: steps t_k and their cutoffs c_k. A level row becomes visible
+  at step s = the first k with c_k >= its row. A levels x steps grid holds the position of the last
+  visible level row per cell: set where a row is the last of its (level, step) pair (one stable sort
+  by level), forward-filled with np.maximum.accumulate along the steps; the epoch check empties what
+  a clear emptied; the top N per step come from a cumulative count of non-empty levels from the
+  best. Steps go in chunks so the grid stays within ~2M cells. O(m log m + levels x steps).
+- `quotes()`: the best level per side after every batch, by painting: within a chunk of batches the
+  best bid is at most max(best before the chunk, highest level set during it); levels holding rows
+  are visited downwards, each settling the batches where it holds quantity, until all are settled.
+  Then only the batches that changed the top of the book are kept.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from tickvault.domain.book import (
+    ACTION_CODES,
+    ASK,
+    BID,
+    CLEAR,
+    DELETE,
+    LAST,
+    NO_SIDE,
+    SIDE_CODES,
+    SNAPSHOT,
+    UPDATE,
+    BookAction,
+    BookColumns,
+    BookEvent,
+    BookKind,
+    BookSide,
+    BookUpdate,
+    OrderUpdate,
+    level_update,
+    order_update,
+)
+from tickvault.domain.instruments import instrument_for
+from tickvault.errors import DataError
+
+Side = Literal["bid", "ask"]
+_SIDE_NAMES: tuple[BookSide, BookSide] = ("bid", "ask")
+_CELLS = 1 << 21  # grid cells per chunk of steps (int64: 16 MB)
+_QUOTE_CHUNK = 16_384  # batches per painting chunk
+
+
+class Levels(NamedTuple):
+    """One side of a book, best first."""
+
+    price: np.ndarray  # float64
+    quantity: np.ndarray  # int64
+    orders: np.ndarray  # int64
+
+
+class Top(NamedTuple):
+    """The best `depth` levels of both sides, padded (price NaN, quantity 0) where a side is shorter:
+    one row of `book_frames`."""
+
+    bid_price: np.ndarray
+    bid_quantity: np.ndarray
+    ask_price: np.ndarray
+    ask_quantity: np.ndarray
+
+
+def _empty_levels() -> Levels:
+    return Levels(np.empty(0, np.float64), np.empty(0, np.int64), np.empty(0, np.int64))
+
+
+def _pad(levels: Levels, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    price = np.full(depth, np.nan)
+    quantity = np.zeros(depth, np.int64)
+    n = min(depth, levels.price.size)
+    price[:n], quantity[:n] = levels.price[:n], levels.quantity[:n]
+    return price, quantity
+
+
+# --- live -------------------------------------------------------------------------------------------
+
+
+class _Sides:
+    """Per side: price -> [quantity, orders] and the prices in ascending order."""
+
+    def __init__(self) -> None:
+        self.level: tuple[dict[float, list[int]], dict[float, list[int]]] = ({}, {})
+        self.prices: tuple[list[float], list[float]] = ([], [])
+
+    def set(self, side: int, price: float, quantity: int, orders: int) -> None:
+        levels = self.level[side]
+        if price not in levels:
+            bisect.insort(self.prices[side], price)
+        levels[price] = [quantity, orders]
+
+    def remove(self, side: int, price: float) -> bool:
+        if self.level[side].pop(price, None) is None:
+            return False
+        prices = self.prices[side]
+        del prices[bisect.bisect_left(prices, price)]
+        return True
+
+    def clear(self, side: int) -> None:
+        self.level[side].clear()
+        self.prices[side].clear()
+
+    def levels(self, side: int, depth: int | None) -> Levels:
+        prices = self.prices[side]
+        n = len(prices) if depth is None else min(depth, len(prices))
+        if not n:
+            return _empty_levels()
+        best = prices[: -n - 1 : -1] if side == BID else prices[:n]
+        levels = self.level[side]
+        return Levels(
+            np.array(best, np.float64),
+            np.array([levels[p][0] for p in best], np.int64),
+            np.array([levels[p][1] for p in best], np.int64),
+        )
+
+    def best(self, side: int) -> tuple[float, int] | None:
+        prices = self.prices[side]
+        if not prices:
+            return None
+        price = prices[-1] if side == BID else prices[0]
+        return price, self.level[side][price][0]
+
+
+class _LiveBase:
+    kind: BookKind
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.sides = _Sides()
+        self.in_batch = False  # inside a batch: the book is not to be read
+        self.last_seq = 0
+        self.last_ms = 0
+        self.gaps = 0  # seq jumps seen (the book after one is not trustworthy until a snapshot)
+        self.anomalies: Counter[str] = Counter()
+
+    def _close(self, timestamp_ms: int, seq: int, flags: int) -> bool:
+        if seq and self.last_seq and seq != self.last_seq + 1:
+            self.gaps += 1
+        if seq:
+            self.last_seq = seq
+        self.last_ms = max(self.last_ms, timestamp_ms)
+        self.in_batch = not flags & LAST
+        return not self.in_batch
+
+    def apply_all(self, events: Iterable[BookEvent]) -> None:
+        for event in events:
+            self.apply(event)  # type: ignore[attr-defined]
+
+    @property
+    def readable(self) -> bool:
+        return not self.in_batch
+
+    def levels(self, side: Side, depth: int | None = None) -> Levels:
+        """One side's best `depth` levels (all with None), best first."""
+        return self.sides.levels(SIDE_CODES[side], depth)
+
+    def best(self, side: Side) -> tuple[float, int] | None:
+        """(price, quantity) of the best level of `side`, None when the side is empty."""
+        return self.sides.best(SIDE_CODES[side])
+
+    def top(self, depth: int = 10) -> Top:
+        bid_price, bid_quantity = _pad(self.levels("bid", depth), depth)
+        ask_price, ask_quantity = _pad(self.levels("ask", depth), depth)
+        return Top(bid_price, bid_quantity, ask_price, ask_quantity)
+
+    @property
+    def crossed(self) -> bool:
+        bid, ask = self.sides.best(BID), self.sides.best(ASK)
+        return bid is not None and ask is not None and bid[0] >= ask[0]
+
+    def _check_symbol(self, event: BookEvent, wanted: type) -> None:
+        if type(event) is not wanted:
+            raise DataError("kind", f"a {self.kind} book takes {wanted.__name__}, got {type(event).__name__}")
+        if event.symbol != self.symbol:
+            raise DataError("symbol", f"the book of {self.symbol} got an event of {event.symbol}")
+
+
+class LevelBook(_LiveBase):
+    """The live MBP book of one symbol."""
+
+    kind: BookKind = "mbp"
+
+    def apply(self, event: BookEvent) -> bool:
+        """Apply one update; True when it closed a batch (the book may be read now)."""
+        self._check_symbol(event, BookUpdate)
+        assert isinstance(event, BookUpdate)
+        self.apply_row(
+            SIDE_CODES[event.side], event.price, event.quantity, event.orders, ACTION_CODES[event.action]
+        )
+        return self._close(event.timestamp_ms, event.seq, event.flags)
+
+    def apply_row(self, side: int, price: float, quantity: int, orders: int, action: int) -> None:
+        """Apply one update given as codes (the columnar path); batch state is the caller's."""
+        if action == CLEAR:
+            for s in (BID, ASK) if side == NO_SIDE else (side,):
+                self.sides.clear(s)
+        elif action == DELETE or quantity <= 0:
+            if not self.sides.remove(side, price):
+                self.anomalies["delete of an absent level"] += 1
+        else:
+            self.sides.set(side, price, quantity, orders)
+
+    def apply_columns(self, cols: BookColumns) -> None:
+        """Apply every row of `cols` in order (a catch-up from the store)."""
+        if cols.kind != "mbp" or cols.symbol != self.symbol:
+            raise DataError(
+                "kind", f"mbp columns of {self.symbol} expected, got {cols.kind} of {cols.symbol}"
+            )
+        rows = zip(
+            cols.side.tolist(), cols.price.tolist(), cols.quantity.tolist(), cols.orders.tolist(),
+            cols.action.tolist(), cols.timestamp_ms.tolist(), cols.seq.tolist(), cols.flags.tolist(),
+            strict=True,
+        )  # fmt: skip
+        for side, price, quantity, orders, action, ts, seq, flags in rows:
+            self.apply_row(side, price, quantity, orders, action)
+            self._close(ts, seq, flags)
+
+    def snapshot(
+        self, timestamp_ms: int, *, received_ms: int | None = None, seq: int = 0
+    ) -> list[BookUpdate]:
+        """The book as a snapshot group: a clear of both sides, then every level (bids best first,
+        then asks), all flagged SNAPSHOT, the last one LAST too. With `seq` > 0 the events are
+        numbered seq, seq + 1, ..."""
+        rows: list[tuple[BookSide, float, int, int, BookAction]] = [("none", 0.0, 0, 0, "clear")]
+        for side in _SIDE_NAMES:
+            levels = self.sides.levels(SIDE_CODES[side], None)
+            for price, quantity, orders in zip(*(a.tolist() for a in levels), strict=True):
+                rows.append((side, price, quantity, orders, "add"))
+        return [
+            level_update(
+                self.symbol,
+                timestamp_ms,
+                side,
+                price,
+                quantity,
+                orders,
+                action,
+                received_ms=received_ms,
+                seq=seq + i if seq else 0,
+                flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0),
+            )  # fmt: skip
+            for i, (side, price, quantity, orders, action) in enumerate(rows)
+        ]
+
+    @classmethod
+    def from_snapshot(cls, events: Sequence[BookEvent]) -> LevelBook:
+        _check_snapshot(events)
+        book = cls(events[0].symbol)
+        book.apply_all(events)
+        return book
+
+
+class OrderBook(_LiveBase):
+    """The live MBO book of one symbol: its orders, and its levels as running sums."""
+
+    kind: BookKind = "mbo"
+
+    def __init__(self, symbol: str) -> None:
+        super().__init__(symbol)
+        self.orders: dict[int, tuple[int, float, int, int]] = {}  # id -> (side, price, quantity, agent)
+
+    def apply(self, event: BookEvent) -> bool:
+        """Apply one update; True when it closed a batch (the book may be read now)."""
+        self._check_symbol(event, OrderUpdate)
+        assert isinstance(event, OrderUpdate)
+        self.apply_row(
+            SIDE_CODES[event.side], event.price, event.quantity, event.order_id, event.agent,
+            ACTION_CODES[event.action],
+        )  # fmt: skip
+        return self._close(event.timestamp_ms, event.seq, event.flags)
+
+    def apply_row(
+        self, side: int, price: float, quantity: int, order_id: int, agent: int, action: int
+    ) -> None:
+        orders, levels = self.orders, self.sides.level
+        if action == CLEAR:
+            cleared = (BID, ASK) if side == NO_SIDE else (side,)
+            for s in cleared:
+                self.sides.clear(s)
+            self.orders = {k: v for k, v in orders.items() if v[0] not in cleared}
+            return
+        old = orders.get(order_id)
+        if old is not None:
+            o_side, o_price, o_qty, _ = old
+            level = levels[o_side][o_price]
+            level[0] -= o_qty
+            level[1] -= 1
+            if level[1] == 0:
+                self.sides.remove(o_side, o_price)
+        elif action == DELETE:
+            self.anomalies["delete of an unknown order"] += 1
+        elif action == UPDATE:
+            self.anomalies["update of an unknown order"] += 1  # applied as an add
+        if action == DELETE or quantity <= 0:
+            if old is not None:
+                del orders[order_id]
+            return
+        if old is not None and not (old[0] == side and old[1] == price and quantity <= old[2]):
+            del orders[order_id]  # a new price or a larger size loses time priority: to the back
+        orders[order_id] = (side, price, quantity, agent)
+        existing = levels[side].get(price)
+        if existing is None:
+            self.sides.set(side, price, quantity, 1)
+        else:
+            level = existing
+            level[0] += quantity
+            level[1] += 1
+
+    def apply_columns(self, cols: BookColumns) -> None:
+        """Apply every row of `cols` in order (a catch-up from the store)."""
+        if cols.kind != "mbo" or cols.symbol != self.symbol:
+            raise DataError(
+                "kind", f"mbo columns of {self.symbol} expected, got {cols.kind} of {cols.symbol}"
+            )
+        rows = zip(
+            cols.side.tolist(), cols.price.tolist(), cols.quantity.tolist(), cols.order_id.tolist(),
+            cols.agent.tolist(), cols.action.tolist(), cols.timestamp_ms.tolist(), cols.seq.tolist(),
+            cols.flags.tolist(), strict=True,
+        )  # fmt: skip
+        for side, price, quantity, order_id, agent, action, ts, seq, flags in rows:
+            self.apply_row(side, price, quantity, order_id, agent, action)
+            self._close(ts, seq, flags)
+
+    def snapshot(
+        self, timestamp_ms: int, *, received_ms: int | None = None, seq: int = 0
+    ) -> list[OrderUpdate]:
+        """The book as a snapshot group: a clear of both sides, then every order in time priority,
+        all flagged SNAPSHOT, the last one LAST too. With `seq` > 0 numbered seq, seq + 1, ..."""
+        rows: list[tuple[BookSide, float, int, int, int, BookAction]] = [("none", 0.0, 0, 0, 0, "clear")]
+        for order_id, (side, price, quantity, agent) in self.orders.items():
+            rows.append((_SIDE_NAMES[side], price, quantity, order_id, agent, "add"))
+        return [
+            order_update(
+                self.symbol,
+                timestamp_ms,
+                side,
+                price,
+                quantity,
+                order_id,
+                agent,
+                action,
+                received_ms=received_ms,
+                seq=seq + i if seq else 0,
+                flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0),
+            )  # fmt: skip
+            for i, (side, price, quantity, order_id, agent, action) in enumerate(rows)
+        ]
+
+    @classmethod
+    def from_snapshot(cls, events: Sequence[BookEvent]) -> OrderBook:
+        _check_snapshot(events)
+        book = cls(events[0].symbol)
+        book.apply_all(events)
+        return book
+
+
+def _check_snapshot(events: Sequence[BookEvent]) -> None:
+    if not events or events[0].action != "clear" or events[0].side != "none":
+        raise DataError("snapshot", "must start with a clear of the whole book")
+    if not all(e.flags & SNAPSHOT for e in events) or not events[-1].flags & LAST:
+        raise DataError("snapshot", "every event must be flagged SNAPSHOT and the last one LAST")
+
+
+def live_book(symbol: str, kind: BookKind) -> LevelBook | OrderBook:
+    """An empty live book of `symbol` for MBP or MBO updates."""
+    return LevelBook(symbol) if kind == "mbp" else OrderBook(symbol)
+
+
+# --- historical: common parts ---------------------------------------------------------------------
+
+
+def _effective_time(cols: BookColumns) -> np.ndarray:
+    return np.maximum.accumulate(cols.timestamp_ms) if len(cols) else cols.timestamp_ms
+
+
+def cutoffs(cols: BookColumns, times_ms: np.ndarray) -> np.ndarray:
+    """Per time T (ascending), the position of the last row applied at T: the last batch end whose
+    effective time is <= T; -1 when no batch is complete by then."""
+    ends = cols.batch_ends()
+    end_time = _effective_time(cols)[ends]
+    j = np.searchsorted(end_time, np.asarray(times_ms, np.int64), side="right")
+    return np.where(j > 0, ends[np.maximum(j - 1, 0)], -1) if ends.size else np.full(j.shape, -1, np.int64)
+
+
+def _clear_rows(cols: BookColumns) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that clear the bid side, and the ask side (a clear of both is in each)."""
+    clear = cols.action == CLEAR
+    return (
+        np.flatnonzero(clear & (cols.side != ASK)),
+        np.flatnonzero(clear & (cols.side != BID)),
+    )
+
+
+def _last_before(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Per value in `at`, the last of the sorted `rows` <= it; -1 when none."""
+    if rows.size == 0:
+        return np.full(np.shape(at), -1, np.int64)
+    j = np.searchsorted(rows, at, side="right")
+    return np.where(j > 0, rows[np.maximum(j - 1, 0)], -1)
+
+
+def _validity(cols: BookColumns, cut: np.ndarray, clears: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Per cutoff: both sides known from a clear at or before it, and no seq gap since."""
+    last_bid, last_ask = (_last_before(rows, cut) for rows in clears)
+    start = np.minimum(last_bid, last_ask)
+    gap_rows = np.flatnonzero(np.diff(cols.seq) != 1) + 1  # a gap just before these rows
+    gaps = np.searchsorted(gap_rows, cut, side="right") - np.searchsorted(gap_rows, start, side="right")
+    return (cut >= 0) & (last_bid >= 0) & (last_ask >= 0) & (gaps == 0)
+
+
+def level_codes(price: np.ndarray, tick_size: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, level prices): integer codes ascending with price and `levels[codes] == price`.
+    A dense grid of `tick_size` when every price sits exactly on it (unused grid points are NaN in
+    `levels`), else the sorted distinct prices."""
+    if price.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    if tick_size and tick_size > 0:
+        ticks = np.rint(price / tick_size)
+        low, high = float(ticks.min()), float(ticks.max())
+        if np.isfinite(low) and np.isfinite(high) and high - low < 4_000_000:
+            codes = (ticks - low).astype(np.int64)
+            levels = np.full(int(high - low) + 1, np.nan)
+            levels[codes] = price
+            if np.array_equal(levels[codes], price):  # exactly one price per grid point
+                return codes, levels
+    levels, codes = np.unique(price, return_inverse=True)
+    return codes.astype(np.int64).reshape(-1), levels
+
+
+class LevelRows(NamedTuple):
+    """Level changes in application order: after row `row`, level `code` of `side` holds
+    `quantity` in `orders` orders. Several may share a row (an MBO order moving price)."""
+
+    row: np.ndarray  # int64, nondecreasing
+    side: np.ndarray  # int8 (BID, ASK)
+    code: np.ndarray  # int64 into `levels`
+    quantity: np.ndarray  # int64
+    orders: np.ndarray  # int64
+    levels: np.ndarray  # float64: price of each code
+
+
+def level_rows(cols: BookColumns, stop: int | None = None, *, tick_size: float | None = None) -> LevelRows:
+    """The level rows of rows [0, stop] (all by default). MBP rows map one to one; MBO rows become
+    the differences they make to their levels, summed per (side, level, clear epoch)."""
+    n = len(cols) if stop is None else stop + 1
+    tick = instrument_for(cols.symbol).tick_size if tick_size is None else tick_size
+    side, price, quantity, action = cols.side[:n], cols.price[:n], cols.quantity[:n], cols.action[:n]
+    if cols.kind == "mbp":
+        rows = np.flatnonzero(action != CLEAR)
+        codes, levels = level_codes(price[rows], tick)
+        alive = (action[rows] != DELETE) & (quantity[rows] > 0)
+        return LevelRows(
+            rows,
+            side[rows],
+            codes,
+            np.where(alive, quantity[rows], 0),
+            np.where(alive, cols.orders[:n][rows], 0),
+            levels,
+        )
+    return _mbo_level_rows(cols, n, tick)
+
+
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """np.argsort(keys, kind="stable") of integer keys, by 16-bit radix passes when their range
+    fits 32 bits (numpy radix-sorts 16-bit keys only; its stable int64 sort is a timsort)."""
+    if keys.size == 0:
+        return np.empty(0, np.intp)
+    low = int(keys.min())
+    span = int(keys.max()) - low
+    if span >= 1 << 32:
+        return np.argsort(keys, kind="stable")
+    shifted = (keys - low).astype(np.uint32) if low else keys.astype(np.uint32)
+    order = np.argsort((shifted & 0xFFFF).astype(np.uint16), kind="stable")
+    if span < 1 << 16:
+        return order
+    return order[np.argsort((shifted[order] >> 16).astype(np.uint16), kind="stable")]
+
+
+def _mbo_level_rows(cols: BookColumns, n: int, tick: float) -> LevelRows:
+    side, price, quantity, action = cols.side[:n], cols.price[:n], cols.quantity[:n], cols.action[:n]
+    rows = np.flatnonzero(action != CLEAR)
+    if rows.size == 0:
+        return LevelRows(
+            *(np.empty(0, t) for t in (np.int64, np.int8, np.int64, np.int64, np.int64, np.float64))
+        )
+    size = rows.size
+    o_side, o_qty, o_id = side[rows], quantity[rows], cols.order_id[:n][rows]
+    alive = (action[rows] != DELETE) & (o_qty > 0)
+    codes = np.zeros(size, np.int64)  # codes of alive states only: a delete's price may be zeroed
+    codes[alive], levels = level_codes(price[rows][alive], tick)
+    # clear epochs: per order row, the clears of each side at or before it
+    clear = action == CLEAR
+    epoch_bid = np.searchsorted(np.flatnonzero(clear & (side != ASK)), rows, side="right")
+    epoch_ask = np.searchsorted(np.flatnonzero(clear & (side != BID)), rows, side="right")
+    # the previous row of the same order id (a stable sort keeps row order within an id)
+    by_id = _stable_order(o_id)
+    same = o_id[by_id[1:]] == o_id[by_id[:-1]]
+    prev = np.full(size, -1, np.int64)
+    prev[by_id[1:][same]] = by_id[:-1][same]
+    index = np.arange(size)
+    p = np.maximum(prev, 0)
+    p_bid = o_side[p] == BID
+    not_cleared = np.where(p_bid, epoch_bid[p] == epoch_bid, epoch_ask[p] == epoch_ask)
+    removal = (prev >= 0) & alive[p] & not_cleared
+    # delta rows in row order, a removal (of the previous state) before an addition (of the new)
+    keep = np.empty(2 * size, bool)
+    keep[0::2], keep[1::2] = removal, alive
+    src = np.empty(2 * size, np.int64)
+    src[0::2], src[1::2] = p, index
+    src = src[keep]  # the order row whose state is removed or added
+    sign = np.tile(np.array([-1, 1], np.int64), size)[keep]
+    d_pos = np.repeat(index, 2)[keep]
+    d_side = o_side[src]
+    d_epoch = np.where(d_side == BID, epoch_bid[d_pos], epoch_ask[d_pos])
+    # per (epoch, side, level): running sums of quantity and order count
+    width = max(int(levels.size), 1)
+    group = (d_epoch * 2 + d_side) * width + codes[src]
+    by_group = _stable_order(group)
+    g = group[by_group]
+    starts = np.ones(g.size, bool)
+    starts[1:] = g[1:] != g[:-1]
+    base = np.maximum.accumulate(np.where(starts, np.arange(g.size), 0))
+    after = []
+    for delta in (sign * o_qty[src], sign):
+        ordered = delta[by_group]
+        running = np.cumsum(ordered)
+        out = np.empty(g.size, np.int64)
+        out[by_group] = running - (running[base] - ordered[base])
+        after.append(out)
+    return LevelRows(rows[d_pos], d_side, codes[src], after[0], after[1], levels)
+
+
+# --- historical: the book at one time ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BookAt:
+    """The book after the last complete batch at or before `at_ms`."""
+
+    symbol: str
+    at_ms: int
+    as_of_ms: int | None  # effective time of the last batch applied (None: nothing applied)
+    seq: int  # seq of the last row applied (0 when none)
+    valid: bool  # both sides known from a clear (snapshot) and no seq gap since
+    bid: Levels
+    ask: Levels
+
+    def table(self) -> dict[str, np.ndarray]:
+        """Columns side, level (1 = best), price, quantity, orders: bids then asks."""
+        nb, na = self.bid.price.size, self.ask.price.size
+        return {
+            "side": np.array(["bid"] * nb + ["ask"] * na, dtype=object),
+            "level": np.concatenate([np.arange(1, nb + 1), np.arange(1, na + 1)]).astype(np.int64),
+            "price": np.concatenate([self.bid.price, self.ask.price]),
+            "quantity": np.concatenate([self.bid.quantity, self.ask.quantity]),
+            "orders": np.concatenate([self.bid.orders, self.ask.orders]),
+        }
+
+
+def book_at(cols: BookColumns, at_ms: int, depth: int | None = 10) -> BookAt:
+    """The book of `cols` after its last complete batch at or before `at_ms` (`depth` levels a side,
+    all with None). Valid when both sides start from a clear and no seq is missing since."""
+    cut = cutoffs(cols, np.array([at_ms]))
+    c = int(cut[0])
+    if c < 0:
+        return BookAt(cols.symbol, at_ms, None, 0, False, _empty_levels(), _empty_levels())
+    clears = _clear_rows(cols)
+    valid = bool(_validity(cols, cut, clears)[0])
+    last_clear = [int(_last_before(rows, cut)[0]) for rows in clears]
+    if cols.kind == "mbp":
+        sides = [_mbp_side(cols, s, last_clear[s] + 1, c + 1, depth) for s in (BID, ASK)]
+    else:
+        sides = _mbo_sides(cols, last_clear, c + 1, depth)
+    as_of = int(_effective_time(cols)[c])
+    return BookAt(cols.symbol, at_ms, as_of, int(cols.seq[c]), valid, sides[0], sides[1])
+
+
+def _best_first(
+    side: int, price: np.ndarray, quantity: np.ndarray, orders: np.ndarray, depth: int | None
+) -> Levels:
+    keep = quantity > 0
+    price, quantity, orders = price[keep], quantity[keep], orders[keep]
+    if side == BID:  # ascending from np.unique: bids best first is descending
+        price, quantity, orders = price[::-1], quantity[::-1], orders[::-1]
+    if depth is not None:
+        price, quantity, orders = price[:depth], quantity[:depth], orders[:depth]
+    return Levels(price.copy(), quantity.astype(np.int64), orders.astype(np.int64))
+
+
+def _mbp_side(cols: BookColumns, side: int, start: int, stop: int, depth: int | None) -> Levels:
+    window = slice(start, stop)
+    rows = np.flatnonzero((cols.side[window] == side) & (cols.action[window] != CLEAR))[::-1] + start
+    price, first = np.unique(cols.price[rows], return_index=True)  # first in reversed = last applied
+    last = rows[first]
+    alive = cols.action[last] != DELETE
+    return _best_first(
+        side, price, np.where(alive, cols.quantity[last], 0), np.where(alive, cols.orders[last], 0), depth
+    )
+
+
+def _mbo_sides(cols: BookColumns, last_clear: list[int], stop: int, depth: int | None) -> list[Levels]:
+    start = min(last_clear) + 1
+    rows = np.flatnonzero(cols.action[start:stop] != CLEAR)[::-1] + start
+    _, first = np.unique(cols.order_id[rows], return_index=True)
+    last = rows[first]  # the last row of every order id
+    side = cols.side[last]
+    alive = (cols.action[last] != DELETE) & (cols.quantity[last] > 0)
+    alive &= last > np.where(side == BID, last_clear[BID], last_clear[ASK])  # not cleared since
+    out = []
+    for s in (BID, ASK):
+        mine = last[alive & (side == s)]
+        price, inverse = np.unique(cols.price[mine], return_inverse=True)
+        quantity = np.bincount(inverse, weights=cols.quantity[mine], minlength=price.size)
+        count = np.bincount(inverse, minlength=price.size)
+        out.append(_best_first(s, price, np.rint(quantity).astype(np.int64), count, depth))
+    return out
+
+
+# --- historical: frames at a regular step ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BookFrames:
+    """The book every `every_ms` from `start_ms`: one row per step, `depth` levels a side (price NaN
+    and quantity 0 past a side's end); `valid` as in `BookAt`."""
+
+    time_ms: np.ndarray  # int64 [K]
+    bid_price: np.ndarray  # float64 [K, N]
+    bid_quantity: np.ndarray  # int64 [K, N]
+    ask_price: np.ndarray
+    ask_quantity: np.ndarray
+    valid: np.ndarray  # bool [K]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """bid_px_1..N, bid_sz_1..N, ask_px_1..N, ask_sz_1..N (the store's DataFrame columns)."""
+        out: dict[str, np.ndarray] = {}
+        for name, matrix in (
+            ("bid_px", self.bid_price), ("bid_sz", self.bid_quantity),
+            ("ask_px", self.ask_price), ("ask_sz", self.ask_quantity),
+        ):  # fmt: skip
+            for i in range(matrix.shape[1]):
+                out[f"{name}_{i + 1}"] = matrix[:, i]
+        return out
+
+
+def book_frames(
+    cols: BookColumns,
+    start_ms: int,
+    end_ms: int,
+    every_ms: int,
+    depth: int = 10,
+    *,
+    tick_size: float | None = None,
+) -> BookFrames:
+    """The book at start_ms, start_ms + every_ms, ... <= end_ms, each after the last complete batch
+    at or before that step."""
+    if every_ms <= 0:
+        raise DataError("every", f"must be positive, got {every_ms} ms")
+    if depth <= 0:
+        raise DataError("depth", f"must be positive, got {depth}")
+    times = np.arange(start_ms, end_ms + 1, every_ms, dtype=np.int64)
+    k = times.size
+    cut = cutoffs(cols, times)
+    clears = _clear_rows(cols)
+    frames = BookFrames(
+        times,
+        np.full((k, depth), np.nan),
+        np.zeros((k, depth), np.int64),
+        np.full((k, depth), np.nan),
+        np.zeros((k, depth), np.int64),
+        _validity(cols, cut, clears) if k else np.zeros(0, bool),
+    )
+    if k == 0 or cut[-1] < 0:
+        return frames
+    lv = level_rows(cols, int(cut[-1]), tick_size=tick_size)
+    for side in (BID, ASK):
+        clear_rows = clears[side]
+        first = int(_last_before(clear_rows, cut[:1])[0])  # rows before the first step's clear are dead
+        sel = (lv.side == side) & (lv.row > first)
+        out = (
+            (frames.bid_price, frames.bid_quantity)
+            if side == BID
+            else (frames.ask_price, frames.ask_quantity)
+        )
+        _fill_side(side, lv, sel, cut, clear_rows, depth, *out)
+    return frames
+
+
+def _fill_side(
+    side: int,
+    lv: LevelRows,
+    sel: np.ndarray,
+    cut: np.ndarray,
+    clear_rows: np.ndarray,
+    depth: int,
+    out_price: np.ndarray,
+    out_quantity: np.ndarray,
+) -> None:
+    row, code, quantity = lv.row[sel], lv.code[sel], lv.quantity[sel]
+    if row.size == 0:
+        return
+    k = cut.size
+    step = np.searchsorted(cut, row, side="left")  # first step whose cutoff includes the row
+    epoch = np.searchsorted(clear_rows, row, side="right")
+    step_epoch = np.searchsorted(clear_rows, cut, side="right")
+    low, high = int(code.min()), int(code.max())
+    width = high - low + 1
+    # the last row of each (level, step) pair: a stable sort by level keeps row order inside it
+    by_level = _stable_order(code)
+    c_sorted, s_sorted = code[by_level], step[by_level]
+    last = np.ones(row.size, bool)
+    last[:-1] = (c_sorted[1:] != c_sorted[:-1]) | (s_sorted[1:] != s_sorted[:-1])
+    pick = by_level[last & (s_sorted < k)]
+    pick = pick[np.argsort(step[pick], kind="stable")]
+    p_step = step[pick]
+    chunk = max(1, _CELLS // width)
+    carry = np.full(width, -1, np.int64)
+    for k0 in range(0, k, chunk):
+        k1 = min(k, k0 + chunk)
+        a, b = np.searchsorted(p_step, [k0, k1])
+        grid = np.full((width, k1 - k0), -1, np.int64)
+        grid[code[pick[a:b]] - low, p_step[a:b] - k0] = pick[a:b]
+        grid[:, 0] = np.maximum(grid[:, 0], carry)
+        np.maximum.accumulate(grid, axis=1, out=grid)
+        carry = grid[:, -1].copy()
+        safe = np.maximum(grid, 0)
+        held = np.where((grid >= 0) & (epoch[safe] == step_epoch[k0:k1]), quantity[safe], 0)
+        if side == BID:
+            held = held[::-1]  # best (highest price) first
+        present = held > 0
+        rank = np.cumsum(present, axis=0)
+        li, ki = np.nonzero(present & (rank <= depth))
+        slot = rank[li, ki] - 1
+        level = (high - li) if side == BID else (low + li)
+        out_price[k0 + ki, slot] = lv.levels[level]
+        out_quantity[k0 + ki, slot] = held[li, ki]
+
+
+# --- historical: top of book at every change ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quotes:
+    """Top of book after every batch that changed it (price NaN and quantity 0: side empty)."""
+
+    time_ms: np.ndarray  # int64: effective time of the batch
+    seq: np.ndarray  # int64: seq of the batch's last row
+    bid_price: np.ndarray
+    bid_quantity: np.ndarray
+    ask_price: np.ndarray
+    ask_quantity: np.ndarray
+
+
+def quotes(cols: BookColumns, *, tick_size: float | None = None) -> Quotes:
+    """The best bid and ask after every batch of `cols` where either changed (price or quantity)."""
+    ends = cols.batch_ends()
+    k = ends.size
+    best = {s: (np.full(k, np.nan), np.zeros(k, np.int64)) for s in (BID, ASK)}
+    if k:
+        lv = level_rows(cols, int(ends[-1]), tick_size=tick_size)
+        clears = _clear_rows(cols)
+        for side in (BID, ASK):
+            _paint_best(side, lv, ends, clears[side], *best[side])
+    bp, bq = best[BID]
+    ap, aq = best[ASK]
+    changed = np.ones(k, bool)
+    if k > 1:
+        same = (bq[1:] == bq[:-1]) & (aq[1:] == aq[:-1])
+        same &= (bp[1:] == bp[:-1]) | (np.isnan(bp[1:]) & np.isnan(bp[:-1]))
+        same &= (ap[1:] == ap[:-1]) | (np.isnan(ap[1:]) & np.isnan(ap[:-1]))
+        changed[1:] = ~same
+    return Quotes(
+        _effective_time(cols)[ends][changed],
+        cols.seq[ends][changed],
+        bp[changed],
+        bq[changed],
+        ap[changed],
+        aq[changed],
+    )
+
+
+def _paint_best(
+    side: int,
+    lv: LevelRows,
+    ends: np.ndarray,
+    clear_rows: np.ndarray,
+    out_price: np.ndarray,
+    out_quantity: np.ndarray,
+) -> None:
+    sel = lv.side == side
+    row, quantity = lv.row[sel], lv.quantity[sel]
+    if row.size == 0:
+        return
+    # rank: larger is better (bids: higher price; asks: lower)
+    rank = lv.code[sel] if side == BID else -lv.code[sel]
+    step = np.searchsorted(ends, row, side="left")
+    epoch = np.searchsorted(clear_rows, row, side="right")
+    step_epoch = np.searchsorted(clear_rows, ends, side="right")
+    by_rank = _stable_order(rank)
+    r_sorted = rank[by_rank]
+    ranks, bounds = np.unique(r_sorted, return_index=True)
+    bounds = np.append(bounds, r_sorted.size)
+    set_rank = np.where(quantity > 0, rank, np.iinfo(np.int64).min)
+    step_sorted = step  # rows are in row order, so their first visible steps are nondecreasing
+    best_rank = np.iinfo(np.int64).min
+    for k0 in range(0, ends.size, _QUOTE_CHUNK):
+        k1 = min(ends.size, k0 + _QUOTE_CHUNK)
+        a, b = np.searchsorted(step_sorted, [k0, k1])
+        ceiling = max(best_rank, int(set_rank[a:b].max()) if b > a else best_rank)
+        open_steps = np.arange(k0, k1)
+        chunk_best = np.full(k1 - k0, np.iinfo(np.int64).min)
+        i = int(np.searchsorted(ranks, ceiling, side="right")) - 1
+        while open_steps.size and i >= 0:
+            members = by_rank[bounds[i] : bounds[i + 1]]  # this level's rows, in row order
+            at = np.searchsorted(step[members], open_steps, side="right") - 1
+            j = members[np.maximum(at, 0)]
+            held = (at >= 0) & (epoch[j] == step_epoch[open_steps]) & (quantity[j] > 0)
+            settled = open_steps[held]
+            out_quantity[settled] = quantity[j[held]]
+            code = ranks[i] if side == BID else -ranks[i]
+            out_price[settled] = lv.levels[code]
+            chunk_best[settled - k0] = ranks[i]
+            open_steps = open_steps[~held]
+            i -= 1
+        best_rank = int(chunk_best[-1])
