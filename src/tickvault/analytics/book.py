@@ -173,10 +173,10 @@ class _LiveBase:
         self.anomalies: Counter[str] = Counter()
 
     def _close(self, timestamp_ms: int, seq: int, flags: int) -> bool:
-        if seq and self.last_seq and seq != self.last_seq + 1:
+        if seq and self.last_seq and seq > self.last_seq + 1:
             self.gaps += 1
         if seq:
-            self.last_seq = seq
+            self.last_seq = max(seq, self.last_seq)
         self.last_ms = max(self.last_ms, timestamp_ms)
         self.in_batch = not flags & LAST
         return not self.in_batch
@@ -255,11 +255,12 @@ class LevelBook(_LiveBase):
             self._close(ts, seq, flags)
 
     def snapshot(
-        self, timestamp_ms: int, *, received_ms: int | None = None, seq: int = 0
+        self, timestamp_ms: int, *, received_ms: int | None = None, seq: int | None = None
     ) -> list[BookUpdate]:
         """The book as a snapshot group: a clear of both sides, then every level (bids best first,
-        then asks), all flagged SNAPSHOT, the last one LAST too. With `seq` > 0 the events are
-        numbered seq, seq + 1, ..."""
+        then asks), all flagged SNAPSHOT, the last one LAST too. Every event carries `seq` (default:
+        the last seq applied): the snapshot stands for the book after that update, so the update
+        after it continues the sequence without a gap."""
         rows: list[tuple[BookSide, float, int, int, BookAction]] = [("none", 0.0, 0, 0, "clear")]
         for side in _SIDE_NAMES:
             levels = self.sides.levels(SIDE_CODES[side], None)
@@ -275,7 +276,7 @@ class LevelBook(_LiveBase):
                 orders,
                 action,
                 received_ms=received_ms,
-                seq=seq + i if seq else 0,
+                seq=self.last_seq if seq is None else seq,
                 flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0),
             )  # fmt: skip
             for i, (side, price, quantity, orders, action) in enumerate(rows)
@@ -361,10 +362,11 @@ class OrderBook(_LiveBase):
             self._close(ts, seq, flags)
 
     def snapshot(
-        self, timestamp_ms: int, *, received_ms: int | None = None, seq: int = 0
+        self, timestamp_ms: int, *, received_ms: int | None = None, seq: int | None = None
     ) -> list[OrderUpdate]:
         """The book as a snapshot group: a clear of both sides, then every order in time priority,
-        all flagged SNAPSHOT, the last one LAST too. With `seq` > 0 numbered seq, seq + 1, ..."""
+        all flagged SNAPSHOT, the last one LAST too; every event carries `seq` (default: the last
+        seq applied), as in `LevelBook.snapshot`."""
         rows: list[tuple[BookSide, float, int, int, int, BookAction]] = [("none", 0.0, 0, 0, 0, "clear")]
         for order_id, (side, price, quantity, agent) in self.orders.items():
             rows.append((_SIDE_NAMES[side], price, quantity, order_id, agent, "add"))
@@ -379,7 +381,7 @@ class OrderBook(_LiveBase):
                 agent,
                 action,
                 received_ms=received_ms,
-                seq=seq + i if seq else 0,
+                seq=self.last_seq if seq is None else seq,
                 flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0),
             )  # fmt: skip
             for i, (side, price, quantity, order_id, agent, action) in enumerate(rows)
@@ -439,10 +441,11 @@ def _last_before(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 
 def _validity(cols: BookColumns, cut: np.ndarray, clears: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Per cutoff: both sides known from a clear at or before it, and no seq gap since."""
+    """Per cutoff: both sides known from a clear at or before it, and no seq gap since (a gap: a
+    row whose seq jumps forward by more than one; repeated seqs, as a snapshot's, are none)."""
     last_bid, last_ask = (_last_before(rows, cut) for rows in clears)
     start = np.minimum(last_bid, last_ask)
-    gap_rows = np.flatnonzero(np.diff(cols.seq) != 1) + 1  # a gap just before these rows
+    gap_rows = np.flatnonzero(np.diff(cols.seq) > 1) + 1  # a jump forward just before these rows
     gaps = np.searchsorted(gap_rows, cut, side="right") - np.searchsorted(gap_rows, start, side="right")
     return (cut >= 0) & (last_bid >= 0) & (last_ask >= 0) & (gaps == 0)
 
