@@ -541,9 +541,11 @@ def _mbo_level_rows(cols: BookColumns, n: int, tick: float) -> LevelRows:
     prev[by_id[1:][same]] = by_id[:-1][same]
     index = np.arange(size)
     p = np.maximum(prev, 0)
-    p_bid = o_side[p] == BID
-    not_cleared = np.where(p_bid, epoch_bid[p] == epoch_bid, epoch_ask[p] == epoch_ask)
-    removal = (prev >= 0) & alive[p] & not_cleared
+    # one epoch throughout (no clear after the first order row): nothing to check per row
+    constant = epoch_bid[0] == epoch_bid[-1] and epoch_ask[0] == epoch_ask[-1]
+    removal = (prev >= 0) & alive[p]
+    if not constant:
+        removal &= np.where(o_side[p] == BID, epoch_bid[p] == epoch_bid, epoch_ask[p] == epoch_ask)
     # delta rows in row order, a removal (of the previous state) before an addition (of the new)
     keep = np.empty(2 * size, bool)
     keep[0::2], keep[1::2] = removal, alive
@@ -553,21 +555,21 @@ def _mbo_level_rows(cols: BookColumns, n: int, tick: float) -> LevelRows:
     sign = np.tile(np.array([-1, 1], np.int64), size)[keep]
     d_pos = np.repeat(index, 2)[keep]
     d_side = o_side[src]
-    d_epoch = np.where(d_side == BID, epoch_bid[d_pos], epoch_ask[d_pos])
     # per (epoch, side, level): running sums of quantity and order count
     width = max(int(levels.size), 1)
-    group = (d_epoch * 2 + d_side) * width + codes[src]
+    group = d_side.astype(np.int64) * width + codes[src]
+    if not constant:
+        group += np.where(d_side == BID, epoch_bid[d_pos], epoch_ask[d_pos]) * (2 * width)
     by_group = _stable_order(group)
     g = group[by_group]
-    starts = np.ones(g.size, bool)
-    starts[1:] = g[1:] != g[:-1]
-    base = np.maximum.accumulate(np.where(starts, np.arange(g.size), 0))
+    starts = np.flatnonzero(np.concatenate([[g.size > 0], g[1:] != g[:-1]]))
+    lengths = np.diff(np.append(starts, g.size))
     after = []
     for delta in (sign * o_qty[src], sign):
         ordered = delta[by_group]
         running = np.cumsum(ordered)
         out = np.empty(g.size, np.int64)
-        out[by_group] = running - (running[base] - ordered[base])
+        out[by_group] = running - np.repeat(running[starts] - ordered[starts], lengths)
         after.append(out)
     return LevelRows(rows[d_pos], d_side, codes[src], after[0], after[1], levels)
 
@@ -835,32 +837,34 @@ def _paint_best(
         return
     # rank: larger is better (bids: higher price; asks: lower)
     rank = lv.code[sel] if side == BID else -lv.code[sel]
-    step = np.searchsorted(ends, row, side="left")
+    step = np.searchsorted(ends, row, side="left")  # the first batch whose end includes the row
     epoch = np.searchsorted(clear_rows, row, side="right")
     step_epoch = np.searchsorted(clear_rows, ends, side="right")
-    by_rank = _stable_order(rank)
+    cleared = clear_rows.size > 0
+    by_rank = _stable_order(rank)  # a level's rows stay in row order: their steps ascend
     r_sorted = rank[by_rank]
     ranks, bounds = np.unique(r_sorted, return_index=True)
     bounds = np.append(bounds, r_sorted.size)
-    set_rank = np.where(quantity > 0, rank, np.iinfo(np.int64).min)
-    step_sorted = step  # rows are in row order, so their first visible steps are nondecreasing
+    step_r, quantity_r, epoch_r = step[by_rank], quantity[by_rank], epoch[by_rank]
+    set_rank = np.where(quantity > 0, rank, np.iinfo(np.int64).min)  # in row order: steps ascend
     best_rank = np.iinfo(np.int64).min
     for k0 in range(0, ends.size, _QUOTE_CHUNK):
         k1 = min(ends.size, k0 + _QUOTE_CHUNK)
-        a, b = np.searchsorted(step_sorted, [k0, k1])
+        a, b = np.searchsorted(step, [k0, k1])
         ceiling = max(best_rank, int(set_rank[a:b].max()) if b > a else best_rank)
         open_steps = np.arange(k0, k1)
         chunk_best = np.full(k1 - k0, np.iinfo(np.int64).min)
         i = int(np.searchsorted(ranks, ceiling, side="right")) - 1
         while open_steps.size and i >= 0:
-            members = by_rank[bounds[i] : bounds[i + 1]]  # this level's rows, in row order
-            at = np.searchsorted(step[members], open_steps, side="right") - 1
-            j = members[np.maximum(at, 0)]
-            held = (at >= 0) & (epoch[j] == step_epoch[open_steps]) & (quantity[j] > 0)
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            at = np.searchsorted(step_r[lo:hi], open_steps, side="right") - 1
+            j = lo + np.maximum(at, 0)
+            held = (at >= 0) & (quantity_r[j] > 0)
+            if cleared:
+                held &= epoch_r[j] == step_epoch[open_steps]
             settled = open_steps[held]
-            out_quantity[settled] = quantity[j[held]]
-            code = ranks[i] if side == BID else -ranks[i]
-            out_price[settled] = lv.levels[code]
+            out_quantity[settled] = quantity_r[j[held]]
+            out_price[settled] = lv.levels[ranks[i] if side == BID else -ranks[i]]
             chunk_best[settled - k0] = ranks[i]
             open_steps = open_steps[~held]
             i -= 1
