@@ -137,6 +137,7 @@ class SymbolBook:
         self.last_price = 0
         self._stamps: tuple[int, datetime] = (-1, from_ms(0))
         self.start_ms = to_ms(self.market.clock)  # the start, moved into a session
+        self._prices: dict[int, float] = {}
 
     # -- the book's state -------------------------------------------------------------------------
 
@@ -419,6 +420,13 @@ class SymbolBook:
 
     # -- output -----------------------------------------------------------------------------------
 
+    def _price(self, ticks: int) -> float:
+        """The price of a tick count, rounded exactly as the simulator rounds its trades' prices."""
+        price = self._prices.get(ticks)
+        if price is None:
+            price = self._prices[ticks] = float(np.round(ticks * self.tick_size, 8))
+        return price
+
     def _stamp(self, ms: int) -> datetime:
         if self._stamps[0] != ms:
             self._stamps = (ms, from_ms(ms))
@@ -444,7 +452,7 @@ class SymbolBook:
                     timestamp=stamp,
                     timestamp_ms=ms,
                     side="none" if side < 0 else _SIDE_NAMES[side],
-                    price=round(price * self.tick_size, 8) if side >= 0 else 0.0,
+                    price=self._price(price) if side >= 0 else 0.0,
                     quantity=quantity,
                     order_id=order_id,
                     agent=agent,
@@ -489,7 +497,7 @@ class SymbolBook:
                     timestamp=stamp,
                     timestamp_ms=ms,
                     side="none" if side < 0 else _SIDE_NAMES[side],
-                    price=round(price * self.tick_size, 8) if side >= 0 else 0.0,
+                    price=self._price(price) if side >= 0 else 0.0,
                     quantity=quantity,
                     orders=orders,
                     action=action,
