@@ -32,6 +32,7 @@ from tickvault.domain.book import (
     COLUMN_NAMES,
     LAST,
     SNAPSHOT,
+    BookBatch,
     BookColumns,
     BookUpdate,
     OrderUpdate,
@@ -203,6 +204,17 @@ def test_invalid_book_events_are_refused_naming_the_field(
             decode(payload, kind)
     assert err.value.field == field
     assert words in str(err.value)
+
+
+def test_a_batch_is_a_tuple_that_knows_its_symbol_and_time_and_encodes_as_a_json_array() -> None:
+    batch = BookBatch(
+        [
+            level_update(SYMBOL, BASE_MS, "bid", 5400.0, 3, 1, "add"),
+            level_update(SYMBOL, BASE_MS, "ask", 5400.5, 2, 1, "add", flags=LAST),
+        ]
+    )
+    assert (batch.symbol, batch.timestamp_ms, len(batch)) == (SYMBOL, BASE_MS, 2)
+    assert msgspec.json.decode(msgspec.json.encode(batch), type=tuple[BookUpdate, ...]) == tuple(batch)
 
 
 def test_deletes_and_clears_may_carry_a_zero_price_where_the_id_or_nothing_names_them() -> None:

@@ -146,7 +146,22 @@ class OrderUpdate(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 BookEvent: TypeAlias = BookUpdate | OrderUpdate
-BookBatch: TypeAlias = tuple[BookEvent, ...]  # one exchange message; its last event has LAST
+
+
+class BookBatch(tuple[BookEvent, ...]):
+    """The book events of one exchange message, in order, of one symbol; the last is flagged LAST.
+    A tuple (it encodes as a JSON array) that also tells its `symbol` and `timestamp_ms`, so a
+    stream of ticks and batches can be merged and paced by time."""
+
+    __slots__ = ()
+
+    @property
+    def symbol(self) -> str:
+        return self[0].symbol
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self[0].timestamp_ms
 
 
 def level_update(

@@ -27,8 +27,9 @@ is built around them, order by order (MBO, the MBP view derived from it):
   arrival times.
 
 `BookMarketSimulator(symbols, ...).events()` interleaves the trades (`Tick`) and the book batches
-(`BookBatch`, tuples of `OrderUpdate` or `BookUpdate`) of several symbols in exchange-time order; its
-ticks are exactly `MarketSimulator(symbols, ...)`'s, in the same order.
+(`BookBatch`: a tuple of `OrderUpdate` or `BookUpdate` with the batch's `symbol` and `timestamp_ms`)
+of several symbols in exchange-time order; its ticks are exactly `MarketSimulator(symbols, ...)`'s,
+in the same order.
 """
 
 from __future__ import annotations
@@ -462,7 +463,7 @@ class SymbolBook:
                     flags=flags | (LAST if i == len(raw) - 1 else 0),
                 )  # fmt: skip
             )
-        return tuple(events)
+        return BookBatch(events)
 
     def _level_state(self, side: int, price: int) -> tuple[int, int]:
         level = self.agg[side].get(price)
@@ -506,7 +507,7 @@ class SymbolBook:
                     flags=flags | (LAST if i == len(rows) - 1 else 0),
                 )  # fmt: skip
             )
-        return tuple(events)
+        return BookBatch(events)
 
     def _run(
         self, step: Callable[..., list[Raw]], *args: int
@@ -552,7 +553,7 @@ class SymbolBook:
         *,
         snapshot: bool = False,
     ) -> Iterator[BookBatch]:
-        batch = self._batch(ms, raw, snapshot=snapshot, before=before) if raw else ()
+        batch = self._batch(ms, raw, snapshot=snapshot, before=before) if raw else None
         if batch:  # a step may change nothing a level shows
             yield batch
 
@@ -569,7 +570,7 @@ class SymbolBook:
 
 
 def _time_of(item: Tick | BookBatch) -> int:
-    return item.timestamp_ms if isinstance(item, Tick) else item[0].timestamp_ms
+    return item.timestamp_ms
 
 
 class BookMarketSimulator:
