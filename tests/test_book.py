@@ -133,7 +133,7 @@ def without_orders(state: State, depth: int) -> State:
 
 
 @functools.cache
-def session(kind: str, minutes: float = 2.0, start: datetime = OPEN) -> tuple[Any, ...]:
+def session(kind: str, minutes: float = 1.5, start: datetime = OPEN) -> tuple[Any, ...]:
     """Trades and book batches of WDOFUT and WINFUT from `start` for `minutes`."""
     end = start.timestamp() * 1000 + minutes * 60_000
     stream = BookMarketSimulator(["WDOFUT", "WINFUT"], seed=11, start=start, kind=kind).events()  # type: ignore[arg-type]
