@@ -36,6 +36,9 @@ Historical (numpy, over one symbol's columns in application order):
   by level), forward-filled with np.maximum.accumulate along the steps; the epoch check empties what
   a clear emptied; the top N per step come from a cumulative count of non-empty levels from the
   best. Steps go in chunks so the grid stays within ~2M cells. O(m log m + levels x steps).
+  MBO frames skip the per-row level totals: each level change is summed into the cell of the step
+  where it becomes visible (np.bincount), the grid is a running sum along the steps (np.cumsum), and
+  a clear subtracts, where it becomes visible, everything its epoch had added.
 - `quotes()`: the best level per side after every batch, by painting: within a chunk of batches the
   best bid is at most max(best before the chunk, highest level set during it); levels holding rows
   are visited downwards, each settling the batches where it holds quantity, until all are settled.
@@ -499,6 +502,10 @@ def level_rows(cols: BookColumns, stop: int | None = None, *, tick_size: float |
             np.where(alive, cols.orders[:n][rows], 0),
             levels,
         )
+    if not np.any(action != CLEAR):
+        return LevelRows(
+            *(np.empty(0, t) for t in (np.int64, np.int8, np.int64, np.int64, np.int64, np.float64))
+        )
     return _mbo_level_rows(cols, n, tick)
 
 
@@ -518,13 +525,24 @@ def _stable_order(keys: np.ndarray) -> np.ndarray:
     return order[np.argsort((shifted[order] >> 16).astype(np.uint16), kind="stable")]
 
 
-def _mbo_level_rows(cols: BookColumns, n: int, tick: float) -> LevelRows:
+class _Deltas(NamedTuple):
+    """What MBO rows do to their levels: after order row `row`, level `code` of `side` changed by
+    `quantity` and `orders` (a removal of an order's previous state before the addition of its new
+    one)."""
+
+    row: np.ndarray
+    side: np.ndarray
+    code: np.ndarray
+    quantity: np.ndarray
+    orders: np.ndarray
+    levels: np.ndarray
+    epoch: np.ndarray | None  # per delta: its side's clears at or before its row; None: no clear
+    # between the first and the last order row (one epoch throughout)
+
+
+def _mbo_deltas(cols: BookColumns, n: int, tick: float) -> _Deltas:
     side, price, quantity, action = cols.side[:n], cols.price[:n], cols.quantity[:n], cols.action[:n]
     rows = np.flatnonzero(action != CLEAR)
-    if rows.size == 0:
-        return LevelRows(
-            *(np.empty(0, t) for t in (np.int64, np.int8, np.int64, np.int64, np.int64, np.float64))
-        )
     size = rows.size
     o_side, o_qty, o_id = side[rows], quantity[rows], cols.order_id[:n][rows]
     alive = (action[rows] != DELETE) & (o_qty > 0)
@@ -542,11 +560,11 @@ def _mbo_level_rows(cols: BookColumns, n: int, tick: float) -> LevelRows:
     index = np.arange(size)
     p = np.maximum(prev, 0)
     # one epoch throughout (no clear after the first order row): nothing to check per row
-    constant = epoch_bid[0] == epoch_bid[-1] and epoch_ask[0] == epoch_ask[-1]
+    constant = size == 0 or (epoch_bid[0] == epoch_bid[-1] and epoch_ask[0] == epoch_ask[-1])
     removal = (prev >= 0) & alive[p]
     if not constant:
         removal &= np.where(o_side[p] == BID, epoch_bid[p] == epoch_bid, epoch_ask[p] == epoch_ask)
-    # delta rows in row order, a removal (of the previous state) before an addition (of the new)
+    # in row order, a removal (of the previous state) before an addition (of the new)
     keep = np.empty(2 * size, bool)
     keep[0::2], keep[1::2] = removal, alive
     src = np.empty(2 * size, np.int64)
@@ -555,23 +573,29 @@ def _mbo_level_rows(cols: BookColumns, n: int, tick: float) -> LevelRows:
     sign = np.tile(np.array([-1, 1], np.int64), size)[keep]
     d_pos = np.repeat(index, 2)[keep]
     d_side = o_side[src]
+    epoch = None if constant else np.where(d_side == BID, epoch_bid[d_pos], epoch_ask[d_pos])
+    return _Deltas(rows[d_pos], d_side, codes[src], sign * o_qty[src], sign, levels, epoch)
+
+
+def _mbo_level_rows(cols: BookColumns, n: int, tick: float) -> LevelRows:
+    d = _mbo_deltas(cols, n, tick)
     # per (epoch, side, level): running sums of quantity and order count
-    width = max(int(levels.size), 1)
-    group = d_side.astype(np.int64) * width + codes[src]
-    if not constant:
-        group += np.where(d_side == BID, epoch_bid[d_pos], epoch_ask[d_pos]) * (2 * width)
+    width = max(int(d.levels.size), 1)
+    group = d.side.astype(np.int64) * width + d.code
+    if d.epoch is not None:
+        group += d.epoch * (2 * width)
     by_group = _stable_order(group)
     g = group[by_group]
     starts = np.flatnonzero(np.concatenate([[g.size > 0], g[1:] != g[:-1]]))
     lengths = np.diff(np.append(starts, g.size))
     after = []
-    for delta in (sign * o_qty[src], sign):
+    for delta in (d.quantity, d.orders):
         ordered = delta[by_group]
         running = np.cumsum(ordered)
         out = np.empty(g.size, np.int64)
         out[by_group] = running - np.repeat(running[starts] - ordered[starts], lengths)
         after.append(out)
-    return LevelRows(rows[d_pos], d_side, codes[src], after[0], after[1], levels)
+    return LevelRows(d.row, d.side, d.code, after[0], after[1], d.levels)
 
 
 # --- historical: the book at one time ----------------------------------------------------------------
@@ -716,18 +740,91 @@ def book_frames(
     )
     if k == 0 or cut[-1] < 0:
         return frames
-    lv = level_rows(cols, int(cut[-1]), tick_size=tick_size)
+    tick = instrument_for(cols.symbol).tick_size if tick_size is None else tick_size
+    deltas = _mbo_deltas(cols, int(cut[-1]) + 1, tick) if cols.kind == "mbo" else None
+    lv = None if deltas else level_rows(cols, int(cut[-1]), tick_size=tick)
     for side in (BID, ASK):
-        clear_rows = clears[side]
-        first = int(_last_before(clear_rows, cut[:1])[0])  # rows before the first step's clear are dead
-        sel = (lv.side == side) & (lv.row > first)
         out = (
             (frames.bid_price, frames.bid_quantity)
             if side == BID
             else (frames.ask_price, frames.ask_quantity)
         )
-        _fill_side(side, lv, sel, cut, clear_rows, depth, *out)
+        clear_rows = clears[side][clears[side] <= cut[-1]]
+        if deltas is not None:
+            _fill_side_from_deltas(side, deltas, cut, clear_rows, depth, *out)
+        else:
+            assert lv is not None
+            first = int(_last_before(clear_rows, cut[:1])[0])  # rows before the first step's clear are dead
+            _fill_side(side, lv, (lv.side == side) & (lv.row > first), cut, clear_rows, depth, *out)
     return frames
+
+
+def _top_levels(
+    side: int,
+    held: np.ndarray,
+    low: int,
+    k0: int,
+    levels: np.ndarray,
+    depth: int,
+    out_price: np.ndarray,
+    out_quantity: np.ndarray,
+) -> None:
+    """The best `depth` non-empty levels of every step of a levels x steps grid (rows ascend in
+    price from code `low`) into the output rows from step k0."""
+    high = low + held.shape[0] - 1
+    if side == BID:
+        held = held[::-1]  # best (highest price) first
+    present = held > 0
+    rank = np.cumsum(present, axis=0)
+    li, ki = np.nonzero(present & (rank <= depth))
+    slot = rank[li, ki] - 1
+    level = (high - li) if side == BID else (low + li)
+    out_price[k0 + ki, slot] = levels[level]
+    out_quantity[k0 + ki, slot] = held[li, ki]
+
+
+def _fill_side_from_deltas(
+    side: int,
+    d: _Deltas,
+    cut: np.ndarray,
+    clear_rows: np.ndarray,
+    depth: int,
+    out_price: np.ndarray,
+    out_quantity: np.ndarray,
+) -> None:
+    """Levels x steps by sums: each step's level quantities are the running sum of the changes
+    visible by then; a clear subtracts, where it becomes visible, everything its epoch had added."""
+    sel = d.side == side
+    row, code, change = d.row[sel], d.code[sel], d.quantity[sel]
+    if row.size == 0:
+        return
+    k = cut.size
+    step = np.searchsorted(cut, row, side="left")  # nondecreasing: rows are in order
+    low, high = int(code.min()), int(code.max())
+    width = high - low + 1
+    if clear_rows.size:  # resets: at each clear, minus the totals of the epoch it closes
+        epoch = np.searchsorted(clear_rows, row, side="right")
+        totals = np.bincount(
+            epoch * width + (code - low), weights=change, minlength=(clear_rows.size + 1) * width
+        ).reshape(clear_rows.size + 1, width)[:-1]
+        r_epoch, r_level = np.nonzero(totals)
+        reset_step = np.searchsorted(cut, clear_rows, side="left")[r_epoch]
+        order = np.argsort(np.concatenate([step, reset_step]), kind="stable")
+        step = np.concatenate([step, reset_step])[order]
+        code = np.concatenate([code, r_level + low])[order]
+        change = np.concatenate([change, -np.rint(totals[r_epoch, r_level]).astype(np.int64)])[order]
+    chunk = max(1, _CELLS // width)
+    carry: np.ndarray = np.zeros(width)
+    for k0 in range(0, k, chunk):
+        k1 = min(k, k0 + chunk)
+        a, b = np.searchsorted(step, [k0, k1])
+        grid: np.ndarray = np.bincount(
+            (code[a:b] - low) * (k1 - k0) + (step[a:b] - k0), weights=change[a:b], minlength=width * (k1 - k0)
+        ).reshape(width, k1 - k0)
+        grid[:, 0] += carry
+        np.cumsum(grid, axis=1, out=grid)
+        carry = grid[:, -1].copy()
+        _top_levels(side, np.rint(grid).astype(np.int64), low, k0, d.levels, depth, out_price, out_quantity)
 
 
 def _fill_side(
@@ -769,15 +866,7 @@ def _fill_side(
         carry = grid[:, -1].copy()
         safe = np.maximum(grid, 0)
         held = np.where((grid >= 0) & (epoch[safe] == step_epoch[k0:k1]), quantity[safe], 0)
-        if side == BID:
-            held = held[::-1]  # best (highest price) first
-        present = held > 0
-        rank = np.cumsum(present, axis=0)
-        li, ki = np.nonzero(present & (rank <= depth))
-        slot = rank[li, ki] - 1
-        level = (high - li) if side == BID else (low + li)
-        out_price[k0 + ki, slot] = lv.levels[level]
-        out_quantity[k0 + ki, slot] = held[li, ki]
+        _top_levels(side, held, low, k0, lv.levels, depth, out_price, out_quantity)
 
 
 # --- historical: top of book at every change ---------------------------------------------------------
