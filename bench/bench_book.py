@@ -54,9 +54,14 @@ def naive_frames(cols: BookColumns, times: np.ndarray) -> tuple[np.ndarray, np.n
     orders: dict[int, tuple[int, float, int]] = {}
     step = 0
     rows = zip(
-        cols.timestamp_ms.tolist(), cols.side.tolist(), cols.price.tolist(), cols.quantity.tolist(),
-        cols.order_id.tolist(), cols.action.tolist(), strict=True,
-    )  # fmt: skip
+        cols.timestamp_ms.tolist(),
+        cols.side.tolist(),
+        cols.price.tolist(),
+        cols.quantity.tolist(),
+        cols.order_id.tolist(),
+        cols.action.tolist(),
+        strict=True,
+    )
 
     def record(k: int) -> None:
         if cols.kind == "mbo":

@@ -621,8 +621,15 @@ def test_frames_name_their_columns_and_refuse_bad_steps() -> None:
     )
     frames = book_frames(cols, BASE_MS, BASE_MS + 2000, 1000, depth=2)
     assert list(frames.columns()) == [
-        "bid_px_1", "bid_px_2", "bid_sz_1", "bid_sz_2", "ask_px_1", "ask_px_2", "ask_sz_1", "ask_sz_2",
-    ]  # fmt: skip
+        "bid_px_1",
+        "bid_px_2",
+        "bid_sz_1",
+        "bid_sz_2",
+        "ask_px_1",
+        "ask_px_2",
+        "ask_sz_1",
+        "ask_sz_2",
+    ]
     assert frames.columns()["bid_sz_1"].tolist() == [5, 5, 5]
     with pytest.raises(DataError, match="every"):
         book_frames(cols, BASE_MS, BASE_MS + 10, 0)

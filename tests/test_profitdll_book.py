@@ -57,9 +57,24 @@ def offer(
 ) -> list[Any]:
     """One offer-book callback; `has` lists the has-flags set: price, quantity, date, offer id, agent."""
     return t.on_offer(
-        SYMBOL, action, position, side, quantity, agent, offer_id, price,
-        "p" in has, "q" in has, "d" in has, "o" in has, "a" in has, date, sell, buy, received_ms=RECEIVED,
-    )  # fmt: skip
+        SYMBOL,
+        action,
+        position,
+        side,
+        quantity,
+        agent,
+        offer_id,
+        price,
+        "p" in has,
+        "q" in has,
+        "d" in has,
+        "o" in has,
+        "a" in has,
+        date,
+        sell,
+        buy,
+        received_ms=RECEIVED,
+    )
 
 
 def ids(t: OfferBookTranslator, side: int = SIDE_BUY) -> list[int]:
@@ -246,9 +261,17 @@ def test_decode_offer_pages_of_both_versions() -> None:
 
 def price(t: PriceBookTranslator, action: int, position: int, side: int = SIDE_BUY, **kw: Any) -> list[Any]:
     return t.on_price(
-        SYMBOL, action, position, side, kw.get("quantity", 0), kw.get("orders", 0), kw.get("price", 0.0),
-        kw.get("sell"), kw.get("buy"), received_ms=RECEIVED,
-    )  # fmt: skip
+        SYMBOL,
+        action,
+        position,
+        side,
+        kw.get("quantity", 0),
+        kw.get("orders", 0),
+        kw.get("price", 0.0),
+        kw.get("sell"),
+        kw.get("buy"),
+        received_ms=RECEIVED,
+    )
 
 
 def test_the_price_book_translates_levels_positionally() -> None:

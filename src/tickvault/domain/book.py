@@ -179,10 +179,18 @@ def level_update(
 ) -> BookUpdate:
     """A BookUpdate from the exchange time in ms; `received_ms` defaults to it."""
     return BookUpdate(
-        symbol=symbol, timestamp=from_ms(timestamp_ms), timestamp_ms=timestamp_ms, side=side, price=price,
-        quantity=quantity, orders=orders, action=action,
-        received_ms=timestamp_ms if received_ms is None else received_ms, seq=seq, flags=flags,
-    )  # fmt: skip
+        symbol=symbol,
+        timestamp=from_ms(timestamp_ms),
+        timestamp_ms=timestamp_ms,
+        side=side,
+        price=price,
+        quantity=quantity,
+        orders=orders,
+        action=action,
+        received_ms=timestamp_ms if received_ms is None else received_ms,
+        seq=seq,
+        flags=flags,
+    )
 
 
 def order_update(
@@ -201,10 +209,19 @@ def order_update(
 ) -> OrderUpdate:
     """An OrderUpdate from the exchange time in ms; `received_ms` defaults to it."""
     return OrderUpdate(
-        symbol=symbol, timestamp=from_ms(timestamp_ms), timestamp_ms=timestamp_ms, side=side, price=price,
-        quantity=quantity, order_id=order_id, agent=agent, action=action,
-        received_ms=timestamp_ms if received_ms is None else received_ms, seq=seq, flags=flags,
-    )  # fmt: skip
+        symbol=symbol,
+        timestamp=from_ms(timestamp_ms),
+        timestamp_ms=timestamp_ms,
+        side=side,
+        price=price,
+        quantity=quantity,
+        order_id=order_id,
+        agent=agent,
+        action=action,
+        received_ms=timestamp_ms if received_ms is None else received_ms,
+        seq=seq,
+        flags=flags,
+    )
 
 
 # --- columns -----------------------------------------------------------------------------------------
@@ -330,7 +347,7 @@ class BookColumns:
                         received_ms=received,
                         seq=seq,
                         flags=flags,
-                    )  # fmt: skip
+                    )
                 )
             else:
                 out.append(
@@ -346,7 +363,7 @@ class BookColumns:
                         received_ms=received,
                         seq=seq,
                         flags=flags,
-                    )  # fmt: skip
+                    )
                 )
         return out
 

@@ -461,7 +461,7 @@ class SymbolBook:
                     received_ms=ms,
                     seq=self.seq,
                     flags=flags | (LAST if i == len(raw) - 1 else 0),
-                )  # fmt: skip
+                )
             )
         return BookBatch(events)
 
@@ -505,7 +505,7 @@ class SymbolBook:
                     received_ms=ms,
                     seq=self.seq,
                     flags=flags | (LAST if i == len(rows) - 1 else 0),
-                )  # fmt: skip
+                )
             )
         return BookBatch(events)
 
@@ -602,7 +602,7 @@ class BookMarketSimulator:
                 random_walk=random_walk,
                 kind=kind,
                 events_per_trade=events_per_trade,
-            )  # fmt: skip
+            )
             for s in self.symbols
         ]
         self._iterator: Iterator[Tick | BookBatch] | None = None

@@ -71,9 +71,15 @@ def parse_profit_date(text: str) -> datetime:
     day, month, year, hour, minute, second, ms = found.groups()
     try:
         return datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second),
-            int((ms or "0").ljust(3, "0")) * 1000, tzinfo=B3_TZ,
-        )  # fmt: skip
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int((ms or "0").ljust(3, "0")) * 1000,
+            tzinfo=B3_TZ,
+        )
     except ValueError as exc:
         raise DataError("date", f"{text!r}: {exc}") from None
 
@@ -384,9 +390,11 @@ class OfferBookTranslator(_Translator):
                 return self._reject("quantity")
             delta = int(quantity) if has_quantity else (0 if self.edit_quantity == "delta" else -1)
             changes = (
-                float(price) if has_price else math.nan, delta, offer_id if has_offer_id else -1,
+                float(price) if has_price else math.nan,
+                delta,
+                offer_id if has_offer_id else -1,
                 agent if has_agent else -1,
-            )  # fmt: skip
+            )
         rows = self._apply(book, side, action, index, entry, changes)
         return self._finish(symbol, book, rows, when, received, False)  # type: ignore[no-any-return]
 
@@ -404,9 +412,18 @@ class OfferBookTranslator(_Translator):
         action, side, price, quantity, key, agent = row
         book.seq += 1
         return order_update(
-            symbol, when, "none" if side < 0 else _SIDES[side], price, quantity, key, agent, action,  # type: ignore[arg-type]
-            received_ms=received, seq=book.seq, flags=flags,
-        )  # fmt: skip
+            symbol,
+            when,
+            "none" if side < 0 else _SIDES[side],
+            price,
+            quantity,
+            key,
+            agent,
+            action,  # type: ignore[arg-type]
+            received_ms=received,
+            seq=book.seq,
+            flags=flags,
+        )
 
     def offers(self, symbol: str, side: int) -> list[OfferEntry]:
         """The positional list of `side` as the DLL has it (index 0 first, the best last)."""
@@ -482,10 +499,17 @@ class PriceBookTranslator(_Translator):
         action, side, price, quantity, _, count = row
         book.seq += 1
         return level_update(
-            symbol, when, "none" if side < 0 else _SIDES[side], price, quantity, count if quantity else 0,
+            symbol,
+            when,
+            "none" if side < 0 else _SIDES[side],
+            price,
+            quantity,
+            count if quantity else 0,
             action,  # type: ignore[arg-type]
-            received_ms=received, seq=book.seq, flags=flags,
-        )  # fmt: skip
+            received_ms=received,
+            seq=book.seq,
+            flags=flags,
+        )
 
     def levels(self, symbol: str, side: int) -> list[LevelEntry]:
         """The positional list of `side` as the DLL has it (index 0 first, the best last)."""

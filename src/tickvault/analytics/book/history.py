@@ -341,9 +341,11 @@ class BookFrames:
         """bid_px_1..N, bid_sz_1..N, ask_px_1..N, ask_sz_1..N (the store's DataFrame columns)."""
         out: dict[str, np.ndarray] = {}
         for name, matrix in (
-            ("bid_px", self.bid_price), ("bid_sz", self.bid_quantity),
-            ("ask_px", self.ask_price), ("ask_sz", self.ask_quantity),
-        ):  # fmt: skip
+            ("bid_px", self.bid_price),
+            ("bid_sz", self.bid_quantity),
+            ("ask_px", self.ask_price),
+            ("ask_sz", self.ask_quantity),
+        ):
             for i in range(matrix.shape[1]):
                 out[f"{name}_{i + 1}"] = matrix[:, i]
         return out

@@ -213,10 +213,16 @@ class LevelBook(_LiveBase):
                 "kind", f"mbp columns of {self.symbol} expected, got {cols.kind} of {cols.symbol}"
             )
         rows = zip(
-            cols.side.tolist(), cols.price.tolist(), cols.quantity.tolist(), cols.orders.tolist(),
-            cols.action.tolist(), cols.timestamp_ms.tolist(), cols.seq.tolist(), cols.flags.tolist(),
+            cols.side.tolist(),
+            cols.price.tolist(),
+            cols.quantity.tolist(),
+            cols.orders.tolist(),
+            cols.action.tolist(),
+            cols.timestamp_ms.tolist(),
+            cols.seq.tolist(),
+            cols.flags.tolist(),
             strict=True,
-        )  # fmt: skip
+        )
         for side, price, quantity, orders, action, ts, seq, flags in rows:
             self.apply_row(side, price, quantity, orders, action)
             self._close(ts, seq, flags)
@@ -245,7 +251,7 @@ class LevelBook(_LiveBase):
                 received_ms=received_ms,
                 seq=self.last_seq if seq is None else seq,
                 flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0),
-            )  # fmt: skip
+            )
             for i, (side, price, quantity, orders, action) in enumerate(rows)
         ]
 
@@ -271,9 +277,13 @@ class OrderBook(_LiveBase):
         self._check_symbol(event, OrderUpdate)
         assert isinstance(event, OrderUpdate)
         self.apply_row(
-            SIDE_CODES[event.side], event.price, event.quantity, event.order_id, event.agent,
+            SIDE_CODES[event.side],
+            event.price,
+            event.quantity,
+            event.order_id,
+            event.agent,
             ACTION_CODES[event.action],
-        )  # fmt: skip
+        )
         return self._close(event.timestamp_ms, event.seq, event.flags)
 
     def apply_row(
@@ -320,10 +330,17 @@ class OrderBook(_LiveBase):
                 "kind", f"mbo columns of {self.symbol} expected, got {cols.kind} of {cols.symbol}"
             )
         rows = zip(
-            cols.side.tolist(), cols.price.tolist(), cols.quantity.tolist(), cols.order_id.tolist(),
-            cols.agent.tolist(), cols.action.tolist(), cols.timestamp_ms.tolist(), cols.seq.tolist(),
-            cols.flags.tolist(), strict=True,
-        )  # fmt: skip
+            cols.side.tolist(),
+            cols.price.tolist(),
+            cols.quantity.tolist(),
+            cols.order_id.tolist(),
+            cols.agent.tolist(),
+            cols.action.tolist(),
+            cols.timestamp_ms.tolist(),
+            cols.seq.tolist(),
+            cols.flags.tolist(),
+            strict=True,
+        )
         for side, price, quantity, order_id, agent, action, ts, seq, flags in rows:
             self.apply_row(side, price, quantity, order_id, agent, action)
             self._close(ts, seq, flags)
@@ -350,7 +367,7 @@ class OrderBook(_LiveBase):
                 received_ms=received_ms,
                 seq=self.last_seq if seq is None else seq,
                 flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0),
-            )  # fmt: skip
+            )
             for i, (side, price, quantity, order_id, agent, action) in enumerate(rows)
         ]
 
