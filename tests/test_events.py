@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from factories import BASE_MS, tick
+from tickvault.domain.book import BookUpdate, OrderUpdate
 from tickvault.domain.events import (
     B3_TZ,
-    BookUpdate,
     Candle,
     Event,
     Features,
@@ -64,16 +64,36 @@ def tick_events(draw: st.DrawFn) -> Tick:
 
 @st.composite
 def book_events(draw: st.DrawFn) -> BookUpdate:
+    action = draw(st.sampled_from(["add", "update", "delete", "clear"]))
     return BookUpdate(
         symbol=draw(symbols),
         **draw(stamps()),
-        side=draw(st.sampled_from(["bid", "ask"])),
-        level=draw(st.integers(0, 100)),
+        side=draw(st.sampled_from(["bid", "ask", "none"] if action == "clear" else ["bid", "ask"])),
         price=draw(prices),
         quantity=draw(ints),
         orders=draw(st.integers(0, 1000)),
-        action=draw(st.sampled_from(["add", "update", "snapshot"])),
+        action=action,
+        received_ms=draw(millis),
         seq=draw(ints),
+        flags=draw(st.integers(0, 3)),
+    )
+
+
+@st.composite
+def order_events(draw: st.DrawFn) -> OrderUpdate:
+    action = draw(st.sampled_from(["add", "update", "delete", "clear"]))
+    return OrderUpdate(
+        symbol=draw(symbols),
+        **draw(stamps()),
+        side=draw(st.sampled_from(["bid", "ask", "none"] if action == "clear" else ["bid", "ask"])),
+        price=draw(prices),
+        quantity=draw(ints),
+        order_id=draw(ints),
+        agent=draw(st.integers(0, 5000)),
+        action=action,
+        received_ms=draw(millis),
+        seq=draw(ints),
+        flags=draw(st.integers(0, 3)),
     )
 
 
@@ -133,7 +153,13 @@ def signal_events(draw: st.DrawFn) -> Signal:
 
 
 ANY_EVENT = st.one_of(
-    tick_events(), book_events(), candle_events(), feature_events(), prediction_events(), signal_events()
+    tick_events(),
+    book_events(),
+    order_events(),
+    candle_events(),
+    feature_events(),
+    prediction_events(),
+    signal_events(),
 )
 
 
@@ -154,7 +180,15 @@ def test_stream_fields_round_trip_restore_types(event: object) -> None:
 
 def test_every_event_type_is_covered() -> None:
     """ANY_EVENT draws these: a new event type must join them."""
-    assert set(Event.__subclasses__()) == {Tick, BookUpdate, Candle, Features, Prediction, Signal}
+    assert set(Event.__subclasses__()) == {
+        Tick,
+        BookUpdate,
+        OrderUpdate,
+        Candle,
+        Features,
+        Prediction,
+        Signal,
+    }
 
 
 def test_stream_fields_are_typed_not_python_reprs() -> None:

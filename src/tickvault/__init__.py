@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from tickvault.bus.pubsub import Publisher, Subscriber
 from tickvault.config import Settings, load_settings
-from tickvault.domain.events import BookUpdate, Candle, Features, Prediction, Signal, Tick, make_tick
+from tickvault.domain.book import BookUpdate, OrderUpdate
+from tickvault.domain.events import Candle, Features, Prediction, Signal, Tick, make_tick
 from tickvault.errors import (
     BusError,
     ConfigError,
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Features",
+    "OrderUpdate",
     "Prediction",
     "Publisher",
     "Settings",

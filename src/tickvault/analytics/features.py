@@ -15,7 +15,9 @@ Base features, updated per tick or per closed minute (minutes are B3 wall-clock 
 - `vwap_distance`: last price / session VWAP - 1.
 - `trade_intensity_60s`: trades in the last 60 seconds; `ofi_60s`: (buy - sell aggressor quantity) /
   (buy + sell) in the last 60 seconds (None without aggressor trades).
-- `spread`, `book_imbalance`: from book updates when a source sends them, else None.
+- `spread`, `book_imbalance`: best ask - best bid, and (bid size - ask size) / (bid size + ask size) at
+  the best levels, from the live book (`analytics.book`) after its last complete batch, when a source
+  sends book updates (`on_book`); else None.
 
 History-aware features (previous sessions' statistics are computed once per session day; when they
 cannot be had at the session start, see `FeatureEngine.set_history`). With
@@ -50,7 +52,10 @@ from datetime import date
 
 import numpy as np
 
-from tickvault.domain.events import B3_TZ, BookUpdate, Features, Tick, from_ms
+from tickvault.analytics.book import LevelBook, OrderBook, live_book
+from tickvault.domain.book import BookKind, BookUpdate, OrderUpdate
+from tickvault.domain.events import B3_TZ, Features, Tick, from_ms
+from tickvault.errors import DataError
 
 MINUTES = 1440
 BASE_FEATURES = (
@@ -266,16 +271,26 @@ class FeatureEngine:
         self.states = {s: SymbolState(s, self.config) for s in symbols}
         self.history = history
         self.late = 0  # ticks older than their symbol's clock: not folded (point-in-time)
+        self.books: dict[str, LevelBook | OrderBook] = {}  # live order books, for spread and imbalance
+        self.book_rejected = 0
 
-    def on_book(self, update: BookUpdate) -> None:
+    def on_book(self, update: BookUpdate | OrderUpdate) -> None:
+        """Fold one book update (MBP or MBO, by the symbol's first one) into the symbol's live book;
+        `spread` and `book_imbalance` read its top after each complete batch, never inside one."""
         state = self.states.get(update.symbol)
-        if state is None or update.level != 0:
+        if state is None:
             return
-        level = None if update.action == "delete" else (update.price, update.quantity)
-        if update.side == "bid":
-            state.bid = level
-        else:
-            state.ask = level
+        book = self.books.get(update.symbol)
+        if book is None:
+            kind: BookKind = "mbp" if isinstance(update, BookUpdate) else "mbo"
+            book = self.books[update.symbol] = live_book(update.symbol, kind)
+        try:
+            complete = book.apply(update)
+        except DataError:  # the other kind of update than this symbol's book: counted, not folded
+            self.book_rejected += 1
+            return
+        if complete:
+            state.bid, state.ask = book.best("bid"), book.best("ask")
 
     def on_tick(self, tick: Tick) -> Features | None:
         state = self.states.get(tick.symbol)

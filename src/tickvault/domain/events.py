@@ -3,7 +3,8 @@
 Every event is a frozen `msgspec.Struct` validated on construction *and* on decode, so an invalid
 value can never enter the system from either side. Timestamps are timezone-aware datetimes carried
 together with their integer millisecond form (`timestamp_ms`), which is what stream ids and range
-queries use; the two must agree.
+queries use; the two must agree. The order book's events (`BookUpdate`, `OrderUpdate`) are in
+`domain/book.py`, on the same `Event` base and this same codec.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9._-]{1,32}")
 
-Side = Literal["bid", "ask"]
-BookAction = Literal["add", "update", "delete", "snapshot"]
 Action = Literal["BUY", "SELL", "HOLD"]
 
 
@@ -115,29 +114,6 @@ class Tick(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
     def session(self) -> str:
         """The B3 session date (YYYYMMDD) the trade belongs to; trade ids restart each session."""
         return self.timestamp.astimezone(B3_TZ).strftime("%Y%m%d")
-
-
-class BookUpdate(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One price level of the order book changed."""
-
-    side: Side
-    level: int
-    price: float
-    quantity: int
-    orders: int = 0
-    action: BookAction = "update"
-    seq: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.side not in ("bid", "ask"):
-            raise DataError("side", f"must be bid or ask, got {self.side!r}")
-        if self.level < 0:
-            raise DataError("level", f"must not be negative, got {self.level}")
-        if self.action != "delete":
-            _check_finite("price", self.price, positive=True)
-        if self.quantity < 0:
-            raise DataError("quantity", f"must not be negative, got {self.quantity}")
 
 
 class Candle(Event, frozen=True, forbid_unknown_fields=True, kw_only=True):

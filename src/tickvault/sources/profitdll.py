@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import queue
-import re
 import sys
 import threading
 from collections import Counter
@@ -30,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
-from tickvault.errors import ConfigError, DataError, TickvaultError
+from tickvault.errors import ConfigError, TickvaultError
+from tickvault.sources.profitdll_book import parse_profit_date  # the book's callbacks share the date text
 
 log = logging.getLogger("tickvault.profitdll")
 
@@ -39,8 +39,6 @@ STATE_LOGIN, STATE_ROUTING, STATE_MARKET_DATA, STATE_MARKET_LOGIN = 0, 1, 2, 3
 LOGIN_CONNECTED, LOGIN_INVALID = 0, 1
 MARKET_CONNECTED = 4
 NL_OK = 0
-
-_DATE = re.compile(r"(\d{2})/(\d{2})/(\d{4}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,3}))?")
 
 _FUNC: Any = ctypes.WINFUNCTYPE if sys.platform == "win32" else ctypes.CFUNCTYPE  # type: ignore[attr-defined]
 
@@ -62,21 +60,6 @@ UnusedCallback = _FUNC(None)  # daily, price book, offer book, tiny book: not su
 
 class ProfitDLLError(TickvaultError):
     pass
-
-
-def parse_profit_date(text: str) -> datetime:
-    """'DD/MM/YYYY HH:mm:SS.ZZZ' (B3 local time) -> an aware datetime with milliseconds."""
-    found = _DATE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if found is None:
-        raise DataError("date", f"{text!r} is not 'DD/MM/YYYY HH:mm:SS.ZZZ'")
-    day, month, year, hour, minute, second, ms = found.groups()
-    try:
-        return datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second),
-            int((ms or "0").ljust(3, "0")) * 1000, tzinfo=B3_TZ,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise DataError("date", f"{text!r}: {exc}") from None
 
 
 @dataclass
