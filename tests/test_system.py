@@ -200,14 +200,16 @@ def test_stopping_one_component_leaves_the_others_running(system_env: dict[str, 
 
     seen: list[object] = []
     system = System(load_settings(features_interval_ms=100), source=source, event_handlers=[seen.append])
-    system.start()
-    candles = system.component("candles")
-    assert candles is not None
-    assert wait_until(lambda: candles.counters()["candle_ticks"] == len(first), 60)
-    assert system.stop_component("candles") is not None
-    assert "candles" not in {t.name for t in threading.enumerate()}
-    features_before = sum(isinstance(e, Features) for e in seen)
-    go_on.set()
+    try:
+        system.start()
+        candles = system.component("candles")
+        assert candles is not None
+        assert wait_until(lambda: candles.counters()["candle_ticks"] == len(first), 60)
+        assert system.stop_component("candles") is not None
+        assert "candles" not in {t.name for t in threading.enumerate()}
+        features_before = sum(isinstance(e, Features) for e in seen)
+    finally:
+        go_on.set()  # a failure above still lets the source end (the fixture then stops the system)
     system.wait(120)
     summary = system.stop()
     assert summary.drained and sum(summary.stored.values()) == len(first) + len(second)

@@ -122,6 +122,12 @@ def primed(symbols: tuple[str, ...], lasts: dict[str, Tick]) -> dict[str, int]:
     return have
 
 
+def detach(ingest: Ingest, handler: Callable[[Tick], None]) -> None:
+    """Take a stopped component's handler out of ingest: a new list, so a tick being handed out on
+    the source's thread right now still reaches every other handler."""
+    ingest.handlers = [h for h in ingest.handlers if h != handler]
+
+
 def spawn(name: str, target: Callable[..., None], *args: object) -> threading.Thread:
     thread = threading.Thread(target=target, args=args, name=name, daemon=True)
     thread.start()

@@ -15,6 +15,7 @@ from tickvault.app.components.base import (
     DRAIN_TIMEOUT_S,
     SummaryPart,
     Wiring,
+    detach,
     own_client_keys,
     primed,
     server_keys_of,
@@ -136,6 +137,7 @@ class CoreFlow:
         if self._thread is not None:
             self._thread.join(10)  # it hands the features the rest of its last batch first
         if self.features is not None:
+            detach(self.wiring.ingest, self.features.submit)
             self.features.stop()
         if self.consumer is not None:
             self.consumer.close()

@@ -14,6 +14,7 @@ from tickvault.app.components.base import (
     SummaryPart,
     Wiring,
     client_keys_of,
+    detach,
     last_stored,
     own_client_keys,
     primed,
@@ -59,6 +60,7 @@ class _RecorderPart:
         while not self.recorder.caught_up(produced()) and time.monotonic() < deadline:
             time.sleep(0.01)
         drained = self.recorder.caught_up(produced())
+        detach(self.wiring.ingest, self.recorder.submit_one)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
