@@ -1,9 +1,9 @@
 """Soak: a simulated 24 hours of several symbols through the running system while faults fire.
 
 `make soak` (or `python bench/soak.py`). Every component runs as its own process, as in production:
-the embedded Valkey server (append-only file on), a source process (`System(only="source")`: the
+the embedded Valkey server (append-only file on), a source process (a `System` with `only="source"`: the
 simulator, ingest, the ZeroMQ publisher with its replay ring, the feature engine) and a recorder
-process (`System(only="recorder")`), plus, in this process, a watched subscriber of the bus. The
+process (a `System` with `only="recorder"`), plus, in this process, a watched subscriber of the bus. The
 market is compressed in time: as fast as the machine stores it (the source is held back when more than
 `window` ticks are published but not yet stored, so a killed recorder's backlog stays within the
 publisher's replay ring). The fault schedule is data (`Fault`); each one really happens:
@@ -284,13 +284,13 @@ class _Gate:
 
 
 def _child_source(spec: StreamSpec) -> int:
-    """The source process: System(only="source") fed by the gated stream; commands on stdin
+    """The source process: a `System` with `only="source"` fed by the gated stream; commands on stdin
     (`{"limit": ms}`, `{"stop": true}`), progress as JSON lines on stdout."""
     from tickvault.app.logs import setup_logging
     from tickvault.app.system import System
     from tickvault.config import load_settings
 
-    settings = load_settings()
+    settings = load_settings(only="source")
     setup_logging(settings.log_level)
     gate = _Gate()
     state = {"n": 0, "ms": 0, "done": False}
@@ -304,7 +304,7 @@ def _child_source(spec: StreamSpec) -> int:
             yield tick
         state["done"] = True  # asked for the next tick: the last one went through ingest
 
-    system = System(settings, only="source", source=gated)
+    system = System(settings, source=gated)
     system.start()
     out_lock = threading.Lock()
 
@@ -344,7 +344,7 @@ def _child_source(spec: StreamSpec) -> int:
 
 
 def _child_recorder(stats_path: Path, spool_memory: int, fsize_limit: int) -> int:
-    """The recorder process: System(only="recorder"), its counters written to `stats_path` every
+    """The recorder process: a `System` with `only="recorder"`, its counters written to `stats_path` every
     50 ms; SIGTERM stops it cleanly. With `fsize_limit`, no file it writes may grow past that."""
     if fsize_limit:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death, like a full disk
@@ -353,11 +353,11 @@ def _child_recorder(stats_path: Path, spool_memory: int, fsize_limit: int) -> in
     from tickvault.app.system import System
     from tickvault.config import load_settings
 
-    settings = load_settings()
+    settings = load_settings(only="recorder")
     setup_logging(settings.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    system = System(settings, only="recorder")
+    system = System(settings)
     system.start()
     assert system.recorder is not None
     system.recorder.spool.max_memory = spool_memory

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def test_query_parquet_and_table(system_env: dict[str, str], store: Store, tmp_p
         (["query", "WDOFUT", "--start", "-1h", "--format", "parquet"], "--output"),
         (["run", "--source", "nasdaq"], "--source"),
         (["run", "--symbols", "a b"], "TICKVAULT_SYMBOLS"),
+        (["run", "--only", "bogus"], "TICKVAULT_ONLY"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_specific_message(
@@ -94,6 +96,46 @@ def test_bad_arguments_exit_2_with_a_specific_message(
     assert result.exit_code == 2
     assert words in result.output
     assert "Traceback" not in result.output
+
+
+def test_each_settings_flag_sets_its_setting_and_is_offered_where_it_belongs() -> None:
+    from tickvault.app.cli import FLAGS, RUN, SHARED
+    from tickvault.config import Settings
+
+    assert set(FLAGS) <= set(Settings.model_fields)
+    wide = {"COLUMNS": "250"}
+    top, run = runner.invoke(app, ["--help"], env=wide), runner.invoke(app, ["run", "--help"], env=wide)
+    for field, flag in FLAGS.items():
+        name = flag.decls[0].split("/")[0] if flag.decls else "--" + field.replace("_", "-")
+        env = str(Settings.model_fields[field].validation_alias)
+        for where, offered in ((top.output, field in SHARED), (run.output, field in RUN)):
+            shown = re.search(rf"(?<![\w-]){name}(?![\w-])", where) and f"[{env}]" in where
+            assert bool(shown) == offered, (field, offered)
+
+
+def test_each_command_is_a_thin_function_over_the_library() -> None:
+    import ast
+    import inspect
+
+    import tickvault.app.cli as cli
+
+    tree = ast.parse(inspect.getsource(cli))
+    defs = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for command in app.registered_commands:
+        name = inspect.unwrap(command.callback).__name__  # type: ignore[arg-type]
+        node = defs[name]
+        lines = node.end_lineno - min(d.lineno for d in [*node.decorator_list, node]) + 1  # type: ignore[operator]
+        assert name == "ingest" or lines <= 40, f"{name} has {lines} lines"  # ingest: being rewritten
+
+
+def test_only_from_the_environment_runs_that_component_alone(
+    system_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**system_env, "TICKVAULT_ONLY": "candles"}
+    proc = _tickvault("run", "--duration", "1", "--no-dashboard", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    counters = dict(kv.split("=") for kv in proc.stdout.split("counters: ")[1].split())
+    assert "candle_ticks" in counters and not {"published", "stored", "features"} & set(counters)
 
 
 def test_unknown_format_is_refused_by_the_parser(system_env: dict[str, str]) -> None:

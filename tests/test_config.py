@@ -45,6 +45,8 @@ HONOURED = [
     ("ZMQ_CURVE_CLIENT_SECRET", "k/c.key_secret", "zmq_curve_client_secret", Path("k/c.key_secret")),
     ("ZMQ_CURVE_CLIENTS", "k/clients", "zmq_curve_clients", Path("k/clients")),
     ("VALKEY_CA_CERT", "/etc/tv/ca.pem", "valkey_ca_cert", Path("/etc/tv/ca.pem")),
+    ("TICKVAULT_ONLY", "recorder", "only", "recorder"),
+    ("TICKVAULT_METRICS_PORT", "9108", "metrics_port", 9108),
 ]
 
 

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 import zmq
 
+from tickvault.app.components.core_flow import CoreFlow
 from tickvault.app.system import System
 from tickvault.config import load_settings
 from tickvault.domain.events import Tick, decode_tick
@@ -126,9 +127,9 @@ def test_a_second_run_continues_the_market_instead_of_repeating_it(
 def test_an_unpaced_source_is_held_back_until_the_recorder_catches_up(
     system_env: dict[str, str], store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tickvault.app.system as system_module
+    import tickvault.app.components.source as source_module
 
-    monkeypatch.setattr(system_module, "MAX_UNSTORED", 2000)
+    monkeypatch.setattr(source_module, "MAX_UNSTORED", 2000)
     expected = _sim(30_000)
     worst = [0]
 
@@ -141,7 +142,7 @@ def test_an_unpaced_source_is_held_back_until_the_recorder_catches_up(
     system.wait(120)
     summary = system.stop()
     assert summary.drained and summary.generated_total == len(expected)
-    assert 2000 < worst[0] <= 2000 + system_module._CHECK_EVERY  # it did wait, and never let more pile up
+    assert 2000 < worst[0] <= 2000 + source_module._CHECK_EVERY  # it did wait, and never let more pile up
     for symbol, ticks in _with_seq(expected).items():
         assert _stored(store, symbol) == ticks
     live = System(load_settings(speed=0), source=lambda _: iter(()), hold_back=False)
@@ -164,7 +165,8 @@ def test_the_core_flow_fed_from_the_bus_computes_what_it_computes_in_process(
             event_handlers=[seen.append],
         )
         system.start()
-        consuming = system._consumer is not None
+        core_flow = system.component("core_flow")
+        consuming = isinstance(core_flow, CoreFlow) and core_flow.consumer is not None
         system.wait(120)
         summary = system.stop()
         assert summary.drained and summary.generated_total == len(expected)
@@ -180,17 +182,49 @@ def test_the_core_flow_fed_from_the_bus_computes_what_it_computes_in_process(
     assert features_of(zmq_consume_enabled=True, zmq_enabled=False) == in_process
 
 
-def test_stopping_one_worker_leaves_the_others_running(system_env: dict[str, str], store: Store) -> None:
-    """Each worker has its own stop: the candle worker's does not stop a feature worker."""
-    from conftest import wait_until
+def test_stopping_one_component_leaves_the_others_running(system_env: dict[str, str], store: Store) -> None:
+    """Each component has its own stop: stopping the candle worker mid-run ends its thread only; the
+    source, the bus, the recorder and the features go on, and the run still drains."""
+    import threading
 
-    system = System(load_settings(symbols="WDOFUT,WINFUT"), only="features")
-    system.start()
+    from conftest import wait_until
+    from tickvault.domain.events import Features
+
+    first, second = _sim(3000), _sim(6000)[3000:]
+    go_on = threading.Event()
+
+    def source(_: Store | None) -> Iterator[Tick]:
+        yield from first
+        go_on.wait(60)
+        yield from second
+
+    seen: list[object] = []
+    system = System(load_settings(features_interval_ms=100), source=source, event_handlers=[seen.append])
     try:
-        system._candles_stop.set()
-        store.append_ticks(_sim())
-        assert wait_until(
-            lambda: all(store.client.xlen(store.keys.features(s)) > 0 for s in ("WDOFUT", "WINFUT")), 30
-        )
+        system.start()
+        candles = system.component("candles")
+        assert candles is not None
+        assert wait_until(lambda: candles.counters()["candle_ticks"] == len(first), 60)
+        assert system.stop_component("candles") is not None
+        assert "candles" not in {t.name for t in threading.enumerate()}
+        features_before = sum(isinstance(e, Features) for e in seen)
     finally:
-        system.stop()
+        go_on.set()  # a failure above still lets the source end (the fixture then stops the system)
+    system.wait(120)
+    summary = system.stop()
+    assert summary.drained and sum(summary.stored.values()) == len(first) + len(second)
+    assert sum(isinstance(e, Features) for e in seen) > features_before  # the core flow went on
+    assert candles.counters()["candle_ticks"] == len(first)  # the stopped worker read no more
+
+
+@pytest.mark.parametrize("only", ["recorder", "candles", "features"])
+def test_a_process_without_a_source_does_not_wait_for_one_at_stop(
+    system_env: dict[str, str], store: Store, only: str
+) -> None:
+    system = System(load_settings(only=only))
+    system.start()
+    assert [c.name for c in system.components] == ["valkey", only, "health"]
+    began = time.monotonic()
+    summary = system.stop()
+    assert time.monotonic() - began < 10  # the old stop waited 10 s for a source that never ran
+    assert summary.drained and summary.generated_total == 0

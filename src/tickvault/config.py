@@ -18,6 +18,7 @@ from tickvault.domain.events import validate_symbol
 from tickvault.errors import ConfigError, DataError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+Only = Literal["source", "recorder", "candles", "features", "predictor"]  # `run --only`: one component
 DEFAULT_SYMBOLS = ("WDOFUT", "WINFUT")
 
 
@@ -87,6 +88,9 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(None, validation_alias="TICKVAULT_MODEL")  # None: DATA_DIR/model
     signal_threshold: float = Field(0.55, gt=0, le=1, validation_alias="SIGNAL_THRESHOLD")
     features_interval_ms: int = Field(1000, ge=0, validation_alias="FEATURES_INTERVAL_MS")
+    # `tickvault run`: one component per process (unset: the whole system), Prometheus on 127.0.0.1
+    only: Only | None = Field(None, validation_alias="TICKVAULT_ONLY")
+    metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias="TICKVAULT_METRICS_PORT")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -7,14 +7,17 @@ that matter for one command are also on that command. A flag beats the environme
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,6 +27,9 @@ from rich.table import Table
 from tickvault.app.logs import setup_logging
 from tickvault.config import Settings, load_settings
 from tickvault.errors import ConfigError, DataError, StoreError, TickvaultError
+
+if TYPE_CHECKING:
+    from tickvault.store.api import Store
 
 app = typer.Typer(
     name="tickvault",
@@ -68,211 +74,177 @@ def _settings(ctx: typer.Context, **more: Any) -> Settings:
     return settings
 
 
+@contextlib.contextmanager
+def _store(settings: Settings, role: str, *, check: bool = True) -> Iterator[tuple[Store, str]]:
+    """The store a command reads or writes (the embedded server of DATA_DIR, or VALKEY_URL) and
+    where it is; closed after the command (the last process out stops the embedded server)."""
+    from tickvault.store.api import Store
+    from tickvault.store.connection import Connection
+
+    with Connection.open(settings) as conn:
+        if check:
+            conn.check()
+        yield Store(conn.client(role)), conn.where
+
+
 Opt = typer.Option
 
 
+# -- settings flags ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Flag:
+    kind: type
+    help: str = ""
+    decls: tuple[str, ...] = ()  # default: --field-name
+    min: int | None = None
+
+
+# Every flag that sets a setting, by the Settings field it sets: one place for the name, the help and
+# the variable it beats. The top-level command takes the shared ones; a command repeats those that
+# matter to it (`@_flags(...)`). Either way a given flag lands in `ctx.obj`, read by `_settings`.
+FLAGS: dict[str, _Flag] = {
+    "valkey_url": _Flag(str, "'embedded' or valkey[s]://[user:pass@]host:port/db"),
+    "valkey_host": _Flag(str, "External Valkey host"),
+    "valkey_port": _Flag(int, "External Valkey port"),
+    "valkey_password": _Flag(str, "Valkey password"),
+    "valkey_db": _Flag(int, "Valkey database number"),
+    "valkey_ca_cert": _Flag(Path, "CA file for valkeys://"),
+    "data_dir": _Flag(Path, "Data folder; the embedded Valkey keeps DATA_DIR/valkey"),
+    "zmq_host": _Flag(str, "Address the ZeroMQ sockets bind to"),
+    "zmq_tick_port": _Flag(int),
+    "zmq_book_port": _Flag(int),
+    "zmq_history_port": _Flag(int),
+    "zmq_signal_port": _Flag(int),
+    "zmq_replay_port": _Flag(int, "Gap replay endpoint"),
+    "stream_max_len": _Flag(int, "Live stream bound"),
+    "stream_retention_days": _Flag(int),
+    "time_travel_enabled": _Flag(bool, decls=("--time-travel/--no-time-travel",)),
+    "monitor_symbols": _Flag(str, "Comma-separated"),
+    "log_level": _Flag(str, "DEBUG, INFO, WARNING, ERROR"),
+    "log_format": _Flag(str, "text or json, one line per event"),
+    "model_path": _Flag(Path, "Model file"),
+    "signal_threshold": _Flag(float, "P(UP)/P(DOWN) to act"),
+    "features_interval_ms": _Flag(int),
+    # the ones only some commands take
+    "symbols": _Flag(str, "Comma-separated symbols"),
+    "speed": _Flag(float, "Market time per wall time; 0 = as fast as possible"),
+    "seed": _Flag(int, "Simulator seed"),
+    "zmq_enabled": _Flag(bool, "Publish on ZeroMQ", ("--zmq/--no-zmq",)),
+    "zmq_consume_enabled": _Flag(
+        bool, "Core flow reads ticks from the bus, not in-process", ("--consume/--no-consume",)
+    ),
+    "valkey_enabled": _Flag(bool, "Record to Valkey", ("--valkey/--no-valkey",)),
+    "metrics_port": _Flag(
+        int, "Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)", min=0
+    ),
+    "only": _Flag(str, "One component per process: source, recorder, candles, features, predictor"),
+}
+SHARED = tuple(FLAGS)[: tuple(FLAGS).index("features_interval_ms") + 1]  # on the top-level command
+RUN = ("symbols", "speed", "seed", "zmq_enabled", "zmq_consume_enabled", "valkey_enabled",
+       "metrics_port", "only")  # fmt: skip
+
+
+def _option(field: str) -> inspect.Parameter:
+    flag = FLAGS[field]
+    env = Settings.model_fields[field].validation_alias
+    option = Opt(*flag.decls, help=f"{flag.help} [{env}]".strip(), min=flag.min)
+    return inspect.Parameter(
+        field, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[flag.kind | None, option]
+    )
+
+
+def _flags(*fields: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the flags of these settings; the ones given join the overrides in `ctx.obj`."""
+
+    def add(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+
+        @functools.wraps(command)
+        def with_flags(ctx: typer.Context, **kwargs: Any) -> None:
+            given = {field: kwargs.pop(field) for field in fields}
+            ctx.obj = {**(ctx.obj or {}), **{k: v for k, v in given.items() if v is not None}}
+            command(ctx, **kwargs)
+
+        params = [*signature.parameters.values(), *(_option(field) for field in fields)]
+        with_flags.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        return with_flags
+
+    return add
+
+
 @app.callback()
-def main_options(
-    ctx: typer.Context,
-    valkey_url: Annotated[
-        str | None, Opt(help="'embedded' or valkey[s]://[user:pass@]host:port/db [VALKEY_URL]")
-    ] = None,
-    valkey_host: Annotated[str | None, Opt(help="External Valkey host [VALKEY_HOST]")] = None,
-    valkey_port: Annotated[int | None, Opt(help="External Valkey port [VALKEY_PORT]")] = None,
-    valkey_password: Annotated[str | None, Opt(help="Valkey password [VALKEY_PASSWORD]")] = None,
-    valkey_db: Annotated[int | None, Opt(help="Valkey database number [VALKEY_DB]")] = None,
-    valkey_ca_cert: Annotated[Path | None, Opt(help="CA file for valkeys:// [VALKEY_CA_CERT]")] = None,
-    data_dir: Annotated[
-        Path | None, Opt(help="Data folder; the embedded Valkey keeps DATA_DIR/valkey [TICKVAULT_DATA_DIR]")
-    ] = None,
-    zmq_host: Annotated[str | None, Opt(help="Address the ZeroMQ sockets bind to [ZMQ_HOST]")] = None,
-    zmq_tick_port: Annotated[int | None, Opt(help="[ZMQ_TICK_PORT]")] = None,
-    zmq_book_port: Annotated[int | None, Opt(help="[ZMQ_BOOK_PORT]")] = None,
-    zmq_history_port: Annotated[int | None, Opt(help="[ZMQ_HISTORY_PORT]")] = None,
-    zmq_signal_port: Annotated[int | None, Opt(help="[ZMQ_SIGNAL_PORT]")] = None,
-    zmq_replay_port: Annotated[int | None, Opt(help="Gap replay endpoint [ZMQ_REPLAY_PORT]")] = None,
-    stream_max_len: Annotated[int | None, Opt(help="Live stream bound [STREAM_MAX_LEN]")] = None,
-    stream_retention_days: Annotated[int | None, Opt(help="[STREAM_RETENTION_DAYS]")] = None,
-    time_travel: Annotated[
-        bool | None, Opt("--time-travel/--no-time-travel", help="[TIME_TRAVEL_ENABLED]")
-    ] = None,
-    monitor_symbols: Annotated[str | None, Opt(help="Comma-separated [MONITOR_SYMBOLS]")] = None,
-    log_level: Annotated[str | None, Opt(help="DEBUG, INFO, WARNING, ERROR [LOG_LEVEL]")] = None,
-    log_format: Annotated[str | None, Opt(help="text or json, one line per event [LOG_FORMAT]")] = None,
-    model_path: Annotated[Path | None, Opt("--model-path", help="Model file [TICKVAULT_MODEL]")] = None,
-    signal_threshold: Annotated[float | None, Opt(help="P(UP)/P(DOWN) to act [SIGNAL_THRESHOLD]")] = None,
-    features_interval_ms: Annotated[int | None, Opt(help="[FEATURES_INTERVAL_MS]")] = None,
-) -> None:
-    ctx.obj = {
-        "valkey_url": valkey_url,
-        "valkey_host": valkey_host,
-        "valkey_port": valkey_port,
-        "valkey_password": valkey_password,
-        "valkey_db": valkey_db,
-        "valkey_ca_cert": valkey_ca_cert,
-        "data_dir": data_dir,
-        "zmq_host": zmq_host,
-        "zmq_tick_port": zmq_tick_port,
-        "zmq_book_port": zmq_book_port,
-        "zmq_history_port": zmq_history_port,
-        "zmq_signal_port": zmq_signal_port,
-        "zmq_replay_port": zmq_replay_port,
-        "stream_max_len": stream_max_len,
-        "stream_retention_days": stream_retention_days,
-        "time_travel_enabled": time_travel,
-        "monitor_symbols": monitor_symbols,
-        "log_level": log_level,
-        "log_format": log_format,
-        "model_path": model_path,
-        "signal_threshold": signal_threshold,
-        "features_interval_ms": features_interval_ms,
-    }
+@_flags(*SHARED)
+def main_options(ctx: typer.Context) -> None:
+    del ctx  # the flags are in ctx.obj already (see _flags)
 
 
 # -- run ---------------------------------------------------------------------------------------------
 
 
 @app.command()
+@_flags(*RUN)
 def run(
     ctx: typer.Context,
     source: Annotated[
         str, Opt(help="sim (built-in B3 simulator), replay:PATH (CSV/Parquet ticks) or profitdll (PROFIT_*)")
     ] = "sim",
-    symbols: Annotated[str | None, Opt(help="Comma-separated symbols [TICKVAULT_SYMBOLS]")] = None,
-    speed: Annotated[
-        float | None, Opt(help="Market time per wall time; 0 = as fast as possible [TICKVAULT_SPEED]")
-    ] = None,
-    seed: Annotated[int | None, Opt(help="Simulator seed [TICKVAULT_SEED]")] = None,
     duration: Annotated[
         float | None, Opt(help="Stop after this many seconds (default: until Ctrl+C)", min=0)
     ] = None,
-    zmq: Annotated[bool | None, Opt("--zmq/--no-zmq", help="Publish on ZeroMQ [ZMQ_ENABLED]")] = None,
-    consume: Annotated[
-        bool | None,
-        Opt(
-            "--consume/--no-consume",
-            help="Core flow reads ticks from the bus, not in-process [ZMQ_CONSUME_ENABLED]",
-        ),
-    ] = None,
-    valkey: Annotated[
-        bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")
-    ] = None,
     dashboard: Annotated[bool, Opt("--dashboard/--no-dashboard", help="Live terminal dashboard")] = True,
-    metrics_port: Annotated[
-        int | None, Opt(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)", min=0)
-    ] = None,
-    only: Annotated[
-        str | None, Opt(help="One component per process: source, recorder, candles, features, predictor")
-    ] = None,
 ) -> None:
     """Run the whole system: source, bus, recorder, dashboard."""
+    from tickvault.app.components.source import SourceSpec
     from tickvault.app.dashboard import LiveView
     from tickvault.app.system import System
 
     with _errors():
-        replay: Path | None = None
-        file_symbol: str | None = None
-        if source.startswith("replay:"):
-            replay = Path(source.removeprefix("replay:"))
-            if not replay.is_file():
-                raise ConfigError("--source", source, f"{replay} is not a file")
-            if symbols is None:
-                from tickvault.sources.files import file_symbols
-
-                symbols = ",".join(file_symbols(replay)) or None
-            # a file without a symbol column plays as the one symbol given
-            file_symbol = symbols if symbols and "," not in symbols else None
-        elif source not in ("sim", "profitdll"):
-            raise ConfigError("--source", source, "must be sim, replay:PATH or profitdll")
-        settings = _settings(
-            ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey,
-            zmq_consume_enabled=consume,
-        )  # fmt: skip
-        view = LiveView(settings.symbols)
-        chosen = _replay_source(replay, settings, file_symbol) if replay else None
-        if source == "profitdll":
-            from tickvault.sources.profitdll import profitdll_source
-
-            stop = threading.Event()
-            chosen = profitdll_source(settings, stop)
-        # a recorder given --symbols records exactly those (recorders sharing one bus by symbol)
-        shard = settings.symbols if only == "recorder" and symbols is not None else None
-        live = source == "profitdll"  # a live feed is buffered, never held back
+        symbols = ctx.obj.get("symbols")  # given: what a recorder records; else a replayed file's own
+        spec = SourceSpec.parse(source, symbols)
+        settings = _settings(ctx, symbols=spec.symbols)
+        view, stop = LiveView(settings.symbols), threading.Event()
         system = System(
-            settings,
-            handlers=[view],
-            only=only,
-            source=chosen,
-            record_only=shard,
-            hold_back=False if live else None,
-            warm_up=True if live else None,  # a live feed continues the stored session
-        )
-        if source == "profitdll":
-            system.stop_event = stop  # the DLL's tick queue ends when the system stops
-        _stop_on_sigterm(system.stop_event)
+            settings, handlers=[view], source=spec.factory(settings, stop),
+            record_only=settings.symbols if settings.only == "recorder" and symbols else None,
+            hold_back=False if spec.live else None, warm_up=True if spec.live else None,
+        )  # fmt: skip
+        system.stop_event = stop  # the DLL's tick queue ends when the system stops
+        _stop_on_sigterm(stop)
         system.start()
-        _say(system.describe())
-        metrics = _serve_metrics(system, metrics_port) if metrics_port is not None else None
-        try:
-            if dashboard and only is None and sys.stdout.isatty():
-                _live(system, view, duration)
-            else:
-                system.wait(duration)
-        except KeyboardInterrupt:
-            pass
+        for level, line in [(logging.INFO, system.describe()), *system.notices]:
+            _say(line, level)
+        _until_stopped(system, view, duration, dashboard and settings.only is None)
         _say("stopping: draining bus and recorder ...")
         summary = system.stop()
-        if metrics is not None:
-            metrics.stop()
         _print_summary(summary, settings)
-        if system.source_error is not None:
-            _say(f"tickvault: error: source failed: {system.source_error}", logging.ERROR)
-            raise typer.Exit(2 if isinstance(system.source_error, ConfigError | DataError) else 1)
-        if not summary.drained:
-            raise typer.Exit(1)
+        _exit_for(system.source_error, summary.drained)
 
 
-def _serve_metrics(system: Any, port: int) -> Any:
-    """The Prometheus endpoint, or None (logged) if the port is taken: metrics never stop a run."""
-    from tickvault.app.metrics import start_metrics
-
-    try:
-        server = start_metrics(
-            port, system.counters, lambda: list(system.features.stats.latency_ns) if system.features else []
-        )
-    except OSError as exc:
-        _say(f"metrics port {port} unavailable ({exc}); running without metrics", logging.WARNING)
-        return None
-    _say(f"metrics: http://127.0.0.1:{server.port}/metrics")
-    return server
-
-
-def _replay_source(path: Path, settings: Settings, symbol: str | None = None) -> Any:
-    """A tick file as the market: paced at --speed (0: as fast as possible); a bad row is logged
-    with its line and reason and skipped, the rest plays on."""
-    import logging
-
-    from tickvault.sources.files import BadRow, read_ticks
-    from tickvault.sources.simulator import pace
-
-    log = logging.getLogger("tickvault.replay")
-
-    def source(_: object) -> Iterator[Any]:
-        def good() -> Iterator[Any]:
-            for item in read_ticks(path, symbol=symbol):
-                if isinstance(item, BadRow):
-                    log.error("replay %s: rejected %s", path.name, item)
-                    continue
-                yield item
-
-        return pace(good(), settings.speed)
-
-    return source
+def _exit_for(source_error: Exception | None, drained: bool) -> None:
+    """A failed source exits 2 (bad input: its settings, a bad file) or 1; an undrained run exits 1."""
+    if source_error is not None:
+        _say(f"tickvault: error: source failed: {source_error}", logging.ERROR)
+        raise typer.Exit(2 if isinstance(source_error, ConfigError | DataError) else 1)
+    if not drained:
+        raise typer.Exit(1)
 
 
 def _stop_on_sigterm(stop: threading.Event) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+
+def _until_stopped(system: Any, view: Any, duration: float | None, dashboard: bool) -> None:
+    """The live dashboard on a terminal, else just the wait, until `duration`, Ctrl+C or SIGTERM."""
+    try:
+        if dashboard and sys.stdout.isatty():
+            _live(system, view, duration)
+        else:
+            system.wait(duration)
+    except KeyboardInterrupt:
+        pass
 
 
 def _live(system: Any, view: Any, duration: float | None) -> None:
@@ -398,39 +370,17 @@ def query(
 ) -> None:
     """Read a past time range back from the store."""
     from tickvault.app import output as out
+    from tickvault.app.queries import check_kind, read_kind
     from tickvault.domain.events import validate_symbol
-    from tickvault.store.api import Store
-    from tickvault.store.connection import Connection
 
     with _errors():
         settings = _settings(ctx)
         symbols = [validate_symbol(s.strip()) for s in symbol.split(",")]
-        events = ("features", "predictions", "signals")
-        if len(symbols) > 1 and kind != "ticks":
-            raise ConfigError("SYMBOL", symbol, "several symbols at once are for --kind ticks only")
-        if kind != "ticks" and kind not in events:
-            from tickvault.analytics.candles import TIMEFRAMES
-
-            tf = kind.split(":", 1)[1] if kind.startswith("candles:") else ""
-            if tf not in TIMEFRAMES:
-                raise ConfigError(
-                    "--kind",
-                    kind,
-                    "must be ticks, features, predictions, signals or candles:TF "
-                    f"(TF in {', '.join(TIMEFRAMES)})",
-                )
+        check_kind(kind, symbols)
         if fmt is Format.parquet and output is None:
             raise ConfigError("--format", "parquet", "writes binary data; give --output PATH")
-        with Connection.open(settings) as conn:
-            conn.check()
-            store = Store(conn.client("query"))
-            if kind == "ticks":
-                # several symbols: one frame in time order, read from their nodes in parallel
-                frame = store.ticks(symbols if len(symbols) > 1 else symbols[0], start, end)
-            elif kind in events:
-                frame = store.events(kind, symbol, start, end)
-            else:
-                frame = store.candles(symbol, kind.split(":", 1)[1], start, end)
+        with _store(settings, "query") as (store, _):
+            frame = read_kind(store, kind, symbols, start, end)
         out.write_frame(frame, fmt.value, output, limit=limit)
 
 
@@ -448,28 +398,24 @@ def monitor(
     import time
 
     from tickvault.app.monitor import gather, render
-    from tickvault.store.api import Store
-    from tickvault.store.connection import Connection
 
     with _errors():
         settings = _settings(ctx, monitor_symbols=symbols)
-        conn = Connection.open(settings)
-        try:
-            store = Store(conn.client("monitor"))
+        # unchecked: an unreachable server is a red frame that recovers, not an exit
+        with (
+            _store(settings, "monitor", check=False) as (store, where),
+            contextlib.suppress(KeyboardInterrupt),
+        ):
             console = Console() if sys.stdout.isatty() else Console(width=200)  # a pipe gets whole rows
             snap = gather(store, settings.monitor_symbols)
             if once:
-                console.print(render(snap, conn.where, width=console.width))
+                console.print(render(snap, where, width=console.width))
                 return
-            with Live(render(snap, conn.where, console.width), console=console, refresh_per_second=4) as live:
+            with Live(render(snap, where, console.width), console=console, refresh_per_second=4) as live:
                 while True:
                     time.sleep(interval)
                     snap = gather(store, settings.monitor_symbols, snap)
-                    live.update(render(snap, conn.where, width=console.width))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            conn.close()
+                    live.update(render(snap, where, width=console.width))
 
 
 @app.command("curve-keys")
@@ -505,32 +451,24 @@ def train(
     model: Annotated[Path | None, Opt(help="Where to save (default: TICKVAULT_MODEL)")] = None,
 ) -> None:
     """Train the direction model on stored history, evaluate it walk-forward, save it."""
-    from tickvault.app.system import feature_config
+    from tickvault.app.components.core_flow import feature_config
+    from tickvault.app.queries import training_data
     from tickvault.domain.events import validate_symbol
     from tickvault.domain.instruments import instrument_for
-    from tickvault.ml.model import save, training_set
+    from tickvault.ml.model import save
     from tickvault.ml.model import train as fit_model
-    from tickvault.store.api import Store, frame_to_ticks
-    from tickvault.store.connection import Connection
-    from tickvault.workers.core_flow import store_history
 
     with _errors():
         settings = _settings(ctx)
         validate_symbol(symbol)
-        path = model or settings.model_file
+        path, horizon_ms = model or settings.model_file, int(horizon * 1000)
         symbols = list(dict.fromkeys((symbol, *settings.symbols)))
-        with Connection.open(settings) as conn:
-            conn.check()
-            store = Store(conn.client("train"))
-            ticks = frame_to_ticks(store.ticks(symbols, start, end))
-            tick_size = instrument_for(symbol).tick_size
-            data = training_set(
-                ticks, symbol, horizon_ms=int(horizon * 1000), tick_size=tick_size, symbols=symbols,
-                config=feature_config(settings),
-                history=store_history(store),
-            )  # fmt: skip
+        with _store(settings, "train") as (store, _):
+            data = training_data(
+                store, symbol, symbols, start, end, horizon_ms=horizon_ms, config=feature_config(settings)
+            )
         trained, oos = fit_model(
-            data, symbol, horizon_ms=int(horizon * 1000), tick_size=tick_size, folds=folds
+            data, symbol, horizon_ms=horizon_ms, tick_size=instrument_for(symbol).tick_size, folds=folds
         )
         save(trained, path)
         oos.to_parquet(path.with_suffix(".oos.parquet"))
@@ -575,29 +513,23 @@ def report(
 
 
 @app.command()
+@_flags("symbols", "seed")
 def backfill(
     ctx: typer.Context,
     days: Annotated[int, Opt(help="How many past B3 sessions per symbol", min=1, max=250)] = 3,
-    symbols: Annotated[str | None, Opt(help="Comma-separated [TICKVAULT_SYMBOLS]")] = None,
     before: Annotated[str | None, Opt(help="Sessions before this date (default: today in B3 time)")] = None,
-    seed: Annotated[int | None, Opt(help="Simulator seed [TICKVAULT_SEED]")] = None,
 ) -> None:
     """Fill history with simulated past sessions (for training and history-aware features on a new
     installation); days that already hold ticks are left alone."""
     from tickvault.domain.events import B3_TZ
     from tickvault.domain.timeparse import parse_time
     from tickvault.sources.backfill import backfill as fill
-    from tickvault.store.api import Store
-    from tickvault.store.connection import Connection
 
     with _errors():
-        settings = _settings(ctx, symbols=symbols, seed=seed)
+        settings = _settings(ctx)
         end = parse_time(before, field="--before").astimezone(B3_TZ).date() if before is not None else None
-        with Connection.open(settings) as conn:
-            conn.check()
-            result = fill(
-                Store(conn.client("backfill")), settings.symbols, days, before=end, seed=settings.seed
-            )
+        with _store(settings, "backfill") as (store, _):
+            result = fill(store, settings.symbols, days, before=end, seed=settings.seed)
         for (symbol, day), count in sorted(result.written.items()):
             print(f"{symbol} {day}: {count} simulated ticks")
         for symbol, day in result.skipped:
@@ -614,14 +546,10 @@ def cleanup(
     days: Annotated[float, Opt(help="Keep this many days before each symbol's newest tick", min=0.0)],
 ) -> None:
     """Remove ticks older than N days (counted back from each symbol's newest tick)."""
-    from tickvault.store.api import Store
-    from tickvault.store.connection import Connection
-
     with _errors():
         settings = _settings(ctx)
-        with Connection.open(settings) as conn:
-            conn.check()
-            removed = Store(conn.client("cleanup")).cleanup(days)
+        with _store(settings, "cleanup") as (store, _):
+            removed = store.cleanup(days)
         for symbol, count in sorted(removed.items()):
             print(f"{symbol}: removed {count}")
         print(f"removed={sum(removed.values())} symbols={len(removed)}")

@@ -1,0 +1,165 @@
+"""The core flow after ingest: features, predictions, signals on the feature thread (works with
+ZeroMQ and Valkey off). It gets each tick in-process (the default: fastest), or, with
+ZMQ_CONSUME_ENABLED, from the bus like any other consumer: gaps filled from the replay ring, then
+Valkey, so a consumer elsewhere would see exactly what it sees."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from tickvault.analytics.features import FeatureConfig
+from tickvault.app.components.base import (
+    DRAIN_TIMEOUT_S,
+    SummaryPart,
+    Wiring,
+    detach,
+    own_client_keys,
+    primed,
+    server_keys_of,
+    spawn,
+)
+from tickvault.bus.curve import is_loopback
+from tickvault.bus.pubsub import Publisher, Subscriber, endpoint
+from tickvault.config import Settings
+from tickvault.domain.events import Event, Tick, day_start_ms, decode_tick
+from tickvault.domain.keys import tick_topic
+from tickvault.errors import DataError
+from tickvault.recorder.frames import valid_seqs
+from tickvault.recorder.recovery import store_recovery
+from tickvault.store.api import Store, frame_to_ticks
+from tickvault.workers.core_flow import FeatureService, load_model
+
+log = logging.getLogger("tickvault.system")
+
+
+def feature_config(settings: Settings) -> FeatureConfig:
+    """The feature engine's settings: its emit interval, and TIME_TRAVEL_ENABLED (off: the
+    history-aware features are None and no previous session is read)."""
+    return FeatureConfig(
+        emit_interval_ms=settings.features_interval_ms, time_travel=settings.time_travel_enabled
+    )
+
+
+class CoreFlow:
+    name = "core_flow"
+
+    def __init__(self, wiring: Wiring, handlers: list[Callable[[Event], None]], warm_up: bool) -> None:
+        self.wiring = wiring
+        self.handlers = handlers  # features, predictions, signals, in-process
+        self.warm_up = warm_up
+        self.features: FeatureService | None = None
+        self.consumer: Subscriber | None = None
+        self.consume_rejected = 0
+        self._publisher: Publisher | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        w = self.wiring
+        self.features = w.features = FeatureService(
+            w.settings.symbols,
+            store=Store(w.connection.client("features")) if w.connection else None,
+            model=load_model(w.settings.model_file),
+            threshold=w.settings.signal_threshold,
+            config=feature_config(w.settings),
+            signal_bind=self._signal_bind(),
+            handlers=self.handlers,
+            curve=server_keys_of(w.settings),
+        )
+        self.features.start()
+        self._feed(self.features)
+        lasts = w.lasts()
+        if self.warm_up and w.store is not None and lasts:
+            self.features.warm_up(_session_so_far(w.store, lasts))
+
+    def _signal_bind(self) -> str | None:
+        w, s = self.wiring, self.wiring.settings
+        if not s.zmq_enabled:
+            return None
+        bind = "tcp://127.0.0.1:*" if w.private_bus else endpoint(s.zmq_host, s.zmq_signal_port)
+        if not is_loopback(bind) and server_keys_of(s) is None and not s.zmq_allow_insecure:
+            w.degraded.append(f"signal port not bound: {bind} is beyond loopback without CURVE")
+            log.error("%s (set ZMQ_CURVE_SERVER_SECRET or ZMQ_ALLOW_INSECURE=true)", w.degraded[-1])
+            return None
+        return bind
+
+    def _feed(self, features: FeatureService) -> None:
+        w = self.wiring
+        publisher = self._publisher = w.publisher
+        if not w.settings.zmq_consume_enabled or publisher is None:
+            if w.settings.zmq_consume_enabled:
+                log.warning("ZMQ_CONSUME_ENABLED but no bus: the core flow is fed in-process")
+            w.ingest.add_handler(features.submit)
+            return
+        self.consumer = Subscriber(
+            endpoint("127.0.0.1", publisher.port),
+            ["tick_"],
+            replay=publisher.replay_endpoint,
+            recover=store_recovery(w.store) if w.store is not None else None,
+            curve=own_client_keys(w.settings, w.private_bus),
+            validate=valid_seqs,  # an invalid frame's number must not make valid ticks look stale
+        )
+        self.consumer.prime(primed(w.settings.symbols, w.lasts()))
+        self._thread = spawn("bus-consumer", self._consume, self.consumer, features)
+        # subscribed before the first tick: a fill at start would deliver the early ticks of one
+        # symbol after later ticks of another, and cross-symbol features see the order
+        joined = 1 + sum(b"tick_".startswith(sub) for sub in publisher.subscriptions())  # + the recorder
+        if not publisher.wait_for_subscriber("tick_", timeout=10, count=joined):
+            log.warning("the bus consumer did not subscribe within 10 s; early ticks may need recovery")
+
+    def _consume(self, subscriber: Subscriber, features: FeatureService) -> None:
+        while not self._stop.is_set():
+            for frames in subscriber.receive(timeout_ms=50, max_messages=1000):
+                try:
+                    if len(frames) != 2:
+                        raise DataError("frames", f"expected [topic, payload], got {len(frames)} frames")
+                    tick = decode_tick(frames[1])
+                except DataError as exc:
+                    self.consume_rejected += 1
+                    log.warning("bus consumer rejected a message: %s", exc)
+                    continue
+                features.submit(tick)
+
+    def _caught_up(self) -> bool:
+        assert self.consumer is not None
+        done = self.consumer.stats.last_seq
+        return all(done.get(tick_topic(s), 0) >= n for s, n in self.wiring.ingest.produced_seq().items())
+
+    def stop(self) -> SummaryPart | None:
+        if self.consumer is not None and self._publisher is not None:
+            # the core flow must see every tick produced before it stops: let the bus deliver them
+            self._publisher.flush(DRAIN_TIMEOUT_S)
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while not self._caught_up() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)  # it hands the features the rest of its last batch first
+        if self.features is not None:
+            detach(self.wiring.ingest, self.features.submit)
+            self.features.stop()
+        if self.consumer is not None:
+            self.consumer.close()
+        return None
+
+    def counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if self.consumer is not None:  # ZMQ_CONSUME_ENABLED: the core flow's own bus subscriber
+            bus = self.consumer.stats
+            out.update(
+                consumer_gaps=bus.gaps, consumer_recovered=bus.recovered,
+                consumer_unrecovered=bus.unrecovered, consume_rejected=self.consume_rejected,
+            )  # fmt: skip
+        if self.features is not None:
+            out.update(self.features.counters())
+        return out
+
+
+def _session_so_far(store: Store, lasts: dict[str, Tick]) -> Callable[[], list[Tick]]:
+    """The stored ticks of the session of the newest stored tick, every symbol, in time order."""
+    symbols = tuple(lasts)
+    newest = max(t.timestamp_ms for t in lasts.values())
+    return lambda: frame_to_ticks(store.ticks(list(symbols), day_start_ms(newest), newest))

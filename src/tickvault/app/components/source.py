@@ -1,0 +1,152 @@
+"""The source: the market (`--source`: the simulator, a tick file, ProfitDLL) pumped into ingest
+on its own thread, started last so every consumer is listening, stopped first."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from tickvault.app.components.base import SummaryPart, Wiring, spawn
+from tickvault.config import Settings
+from tickvault.domain.events import B3_TZ, Tick
+from tickvault.errors import ConfigError, TickvaultError
+from tickvault.sources.simulator import SESSION, MarketSimulator, pace
+from tickvault.store.api import Store
+
+log = logging.getLogger("tickvault.system")
+
+# An unpaced source (a file, the simulator at speed 0) is held back while this many of its ticks are
+# not yet in Valkey: memory stays bounded, --duration means market produced and stored, and a stop
+# drains in seconds. A live source (ProfitDLL, a paced simulator) is never held back: it is buffered.
+MAX_UNSTORED = 20_000
+_CHECK_EVERY = 1024
+
+SourceFactory = Callable[[Store | None], Iterator[Tick]]
+
+
+def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimulator:
+    """A simulator that continues after what the store already holds, so a second run adds new
+    ticks (new times, new trade ids) instead of replaying the first run's ones as duplicates."""
+    start = SESSION.start_for(datetime.now(B3_TZ))
+    first_ids: dict[str, int] = {}
+    if lasts:
+        # the moment the simulator will really start (a stop at the close resumes at the next open,
+        # where trade ids restart at 1)
+        start = SESSION.trading_moment(
+            max(start, max(t.timestamp for t in lasts.values()) + timedelta(milliseconds=1))
+        )
+        session = start.astimezone(B3_TZ).strftime("%Y%m%d")
+        first_ids = {s: t.trade_id + 1 for s, t in lasts.items() if t.session == session}
+    return MarketSimulator(settings.symbols, seed=settings.seed, start=start, first_trade_ids=first_ids)
+
+
+class Source:
+    name = "source"
+
+    def __init__(self, wiring: Wiring, factory: SourceFactory | None, hold_back: bool) -> None:
+        self.wiring = wiring
+        self.factory = factory  # None: the simulator, continuing the stored market
+        self.hold_back = hold_back
+        self.error: Exception | None = None  # why the source stopped early, if it failed
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        w = self.wiring
+        ticks = (
+            self.factory(w.store)
+            if self.factory
+            else pace(simulator_resuming(w.settings, w.lasts()).ticks(), w.settings.speed, stop=w.stop)
+        )
+        self._thread = spawn("source", self._pump, ticks)
+
+    def _pump(self, ticks: Iterator[Tick]) -> None:
+        w = self.wiring
+        hold = self.hold_back and w.recorder is not None
+        try:
+            for n, tick in enumerate(ticks):
+                if w.stop.is_set():
+                    break
+                if hold and n % _CHECK_EVERY == 0:
+                    while w.unstored() > MAX_UNSTORED and not w.stop.wait(0.005):
+                        pass
+                w.ingest.on_tick(tick)
+        except TickvaultError as exc:  # a refused login, a missing library: one clear line, no traceback
+            self.error = exc
+            log.error("source failed: %s", exc)
+        except Exception as exc:
+            self.error = exc
+            log.exception("source failed")
+        finally:
+            w.source_done.set()
+
+    def stop(self) -> SummaryPart | None:
+        self.wiring.stop.set()  # the run's stop is the source's: it also ends a live feed's queue
+        if self._thread is not None:
+            self._thread.join(10)
+        return {"generated": Counter(self.wiring.ingest.stats.generated)}
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What `run --source` names: `sim`, `replay:PATH` (CSV/Parquet ticks) or `profitdll`."""
+
+    spec: str
+    replay: Path | None = None
+    symbols: str | None = None  # for the settings: a file's own symbols when none were given
+    symbol: str | None = None  # the one symbol a file without a symbol column plays as
+
+    @classmethod
+    def parse(cls, spec: str, symbols: str | None) -> SourceSpec:
+        if spec in ("sim", "profitdll"):
+            return cls(spec, symbols=symbols)
+        if not spec.startswith("replay:"):
+            raise ConfigError("--source", spec, "must be sim, replay:PATH or profitdll")
+        replay = Path(spec.removeprefix("replay:"))
+        if not replay.is_file():
+            raise ConfigError("--source", spec, f"{replay} is not a file")
+        if symbols is None:
+            from tickvault.sources.files import file_symbols
+
+            symbols = ",".join(file_symbols(replay)) or None
+        # a file without a symbol column plays as the one symbol given
+        return cls(spec, replay, symbols, symbols if symbols and "," not in symbols else None)
+
+    @property
+    def live(self) -> bool:
+        """A live feed is buffered, never held back, and continues the stored session."""
+        return self.spec == "profitdll"
+
+    def factory(self, settings: Settings, stop: threading.Event) -> SourceFactory | None:
+        """How the ticks are made (None: the simulator); `stop` ends a live feed."""
+        if self.replay is not None:
+            return _replay(self.replay, settings.speed, self.symbol)
+        if self.live:
+            from tickvault.sources.profitdll import profitdll_source
+
+            return profitdll_source(settings, stop)
+        return None
+
+
+def _replay(path: Path, speed: float, symbol: str | None) -> SourceFactory:
+    """A tick file as the market: paced at --speed (0: as fast as possible); a bad row is logged
+    with its line and reason and skipped, the rest plays on."""
+    from tickvault.sources.files import BadRow, read_ticks
+
+    replay_log = logging.getLogger("tickvault.replay")
+
+    def good() -> Iterator[Tick]:
+        for item in read_ticks(path, symbol=symbol):
+            if isinstance(item, BadRow):
+                replay_log.error("replay %s: rejected %s", path.name, item)
+                continue
+            yield item
+
+    return lambda _: pace(good(), speed)
