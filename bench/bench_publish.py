@@ -14,7 +14,8 @@ import numpy as np
 import zmq
 
 from tickvault.bus.ingest import Ingest
-from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.domain.events import Tick
 from tickvault.sources.simulator import MarketSimulator
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import valkey
 
+from tickvault.bus.envelope import endpoint
 from tickvault.bus.ingest import Ingest
-from tickvault.bus.pubsub import Publisher, Subscriber, endpoint
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.domain.events import Tick
 from tickvault.recorder.recorder import Recorder
 from tickvault.sources.simulator import MarketSimulator

@@ -52,7 +52,8 @@ import numpy as np
 import pandas as pd
 import valkey
 
-from tickvault.bus.pubsub import Subscriber, endpoint
+from tickvault.bus.envelope import endpoint
+from tickvault.bus.subscriber import Subscriber
 from tickvault.config import Settings
 from tickvault.domain.events import B3_TZ, Tick, from_ms, to_ms
 from tickvault.errors import StoreError

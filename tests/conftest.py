@@ -22,7 +22,7 @@ from valkey.cluster import ValkeyCluster  # noqa: E402
 
 import leaks  # noqa: E402
 from tickvault.app.system import System
-from tickvault.bus.pubsub import Subscriber  # noqa: E402
+from tickvault.bus.subscriber import Subscriber  # noqa: E402
 from tickvault.config import Settings
 from tickvault.recorder.recorder import Recorder
 from tickvault.store.api import Store

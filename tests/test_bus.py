@@ -10,7 +10,8 @@ import zmq
 
 from factories import BASE_MS, ticks
 from tickvault.bus.ingest import Ingest
-from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.domain.events import decode_tick, encode
 from tickvault.domain.keys import tick_topic
 from tickvault.errors import BusError

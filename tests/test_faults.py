@@ -13,7 +13,8 @@ import valkey
 from conftest import running_recorder, wait_until
 from factories import BASE_MS, ticks
 from tickvault.bus.ingest import Ingest
-from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.domain.events import Tick
 from tickvault.recorder.recorder import Recorder
 from tickvault.store.api import Store
@@ -138,7 +139,7 @@ def test_recorder_process_sigkilled_mid_stream_and_restarted(
     import sys
 
     from conftest import subprocess_env
-    from tickvault.bus.pubsub import endpoint
+    from tickvault.bus.envelope import endpoint
 
     pub = Publisher(
         endpoint("127.0.0.1", int(system_env["ZMQ_TICK_PORT"])),
@@ -191,7 +192,7 @@ def test_recorders_sharing_one_bus_by_symbol_store_each_tick_once(
     import sys
 
     from conftest import subprocess_env
-    from tickvault.bus.pubsub import endpoint
+    from tickvault.bus.envelope import endpoint
 
     pub = Publisher(
         endpoint("127.0.0.1", int(system_env["ZMQ_TICK_PORT"])),

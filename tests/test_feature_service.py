@@ -189,7 +189,8 @@ def test_with_the_zeromq_ports_taken_the_core_flow_still_predicts_and_the_bus_re
     import tickvault.ml.model as model_module
     from conftest import wait_until
     from test_model import planted_sessions
-    from tickvault.bus.pubsub import Subscriber, endpoint
+    from tickvault.bus.envelope import endpoint
+    from tickvault.bus.subscriber import Subscriber
     from tickvault.ml.model import save, train, training_set
 
     monkeypatch.setattr(model_module, "ITERATIONS", 30)

@@ -26,7 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import running_recorder, subprocess_env, wait_until
-from tickvault.bus.pubsub import Publisher, Subscriber, endpoint
+from tickvault.bus.envelope import endpoint
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.recorder.frames import valid_seqs
 from tickvault.recorder.recorder import Recorder
 from tickvault.store.api import Store

@@ -11,7 +11,8 @@ import valkey
 from conftest import running_recorder, wait_until
 from factories import BASE_MS, ticks
 from tickvault.bus.ingest import Ingest
-from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.domain.events import encode
 from tickvault.recorder.recorder import Recorder
 from tickvault.store.api import Store

@@ -11,7 +11,8 @@ import pytest
 
 from factories import BASE_MS, ticks
 from tickvault.bus.ingest import Ingest
-from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.domain.events import decode_tick
 from tickvault.recorder.recorder import Recorder
 from tickvault.recorder.recovery import store_recovery

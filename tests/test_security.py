@@ -157,7 +157,8 @@ def test_tls_works_and_a_wrong_certificate_is_refused(valkey_server: ServerInfo,
 def test_curve_subscriber_with_the_wrong_server_key_receives_nothing(tmp_path: Path) -> None:
     from tickvault.bus.curve import client_keys, create_keys, server_keys
     from tickvault.bus.ingest import Ingest
-    from tickvault.bus.pubsub import Publisher, Subscriber
+    from tickvault.bus.publisher import Publisher
+    from tickvault.bus.subscriber import Subscriber
 
     _, server_secret = create_keys(tmp_path, "server")
     impostor_public, _ = create_keys(tmp_path, "impostor")
@@ -192,7 +193,8 @@ def test_curve_allow_list_lets_only_listed_clients_in(tmp_path: Path) -> None:
 
     from tickvault.bus.curve import client_keys, create_keys, server_keys, stop_authenticators
     from tickvault.bus.ingest import Ingest
-    from tickvault.bus.pubsub import Publisher, Subscriber
+    from tickvault.bus.publisher import Publisher
+    from tickvault.bus.subscriber import Subscriber
     from tickvault.errors import ConfigError
 
     server_public, server_secret = create_keys(tmp_path / "server", "server")
@@ -227,7 +229,7 @@ def test_curve_allow_list_lets_only_listed_clients_in(tmp_path: Path) -> None:
 
 def test_binding_beyond_loopback_needs_curve_or_force() -> None:
     from tickvault.bus.curve import is_loopback
-    from tickvault.bus.pubsub import Publisher
+    from tickvault.bus.publisher import Publisher
     from tickvault.errors import BusError
 
     with pytest.raises(BusError, match="beyond loopback without CURVE"):

@@ -6,7 +6,8 @@ df = store.ticks("WDOFUT", "2026-11-24T10:00-03:00", "2026-11-24T10:05-03:00")
 
 from __future__ import annotations
 
-from tickvault.bus.pubsub import Publisher, Subscriber
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.config import Settings, load_settings
 from tickvault.domain.book import BookUpdate, OrderUpdate
 from tickvault.domain.events import Candle, Features, Prediction, Signal, Tick, make_tick

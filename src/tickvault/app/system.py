@@ -25,7 +25,7 @@ from tickvault.app.components.source import Source, SourceFactory, simulator_res
 from tickvault.app.components.valkey import Valkey
 from tickvault.app.components.workers import candles, feature_workers, predictor_workers
 from tickvault.bus.ingest import Ingest
-from tickvault.bus.pubsub import Publisher
+from tickvault.bus.publisher import Publisher
 from tickvault.config import Only, Settings
 from tickvault.domain.events import Event, Tick
 from tickvault.recorder.recorder import Recorder

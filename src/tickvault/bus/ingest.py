@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from tickvault.bus.pubsub import Publisher
+from tickvault.bus.publisher import Publisher
 from tickvault.domain.events import Tick
 from tickvault.domain.keys import tick_topic
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import msgspec
 
-from tickvault.bus.pubsub import Subscriber
 from tickvault.bus.spool import Spool
+from tickvault.bus.subscriber import Subscriber
 from tickvault.domain.keys import tick_topic
 from tickvault.errors import DataError, StoreError
 from tickvault.recorder.frames import TickWire, decode_frames

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tickvault.bus.pubsub import Recover
+from tickvault.bus.subscriber import Recover
 from tickvault.domain.events import encode
 from tickvault.store.api import Store
 

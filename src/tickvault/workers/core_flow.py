@@ -37,7 +37,7 @@ from tickvault.analytics.features import (
     summarize_session,
 )
 from tickvault.bus.curve import ServerKeys, as_server
-from tickvault.bus.pubsub import BIND_RETRY_S
+from tickvault.bus.publisher import BIND_RETRY_S
 from tickvault.domain.events import B3_TZ, Action, Event, Features, Prediction, Signal, Tick, encode, to_ms
 from tickvault.domain.keys import features_topic, signal_topic
 from tickvault.errors import StoreError, StoreUnavailable

@@ -19,7 +19,7 @@ import zmq
 
 from tickvault.bus.curve import ClientKeys, ServerKeys, allow_client, client_keys, server_keys
 from tickvault.bus.ingest import Ingest
-from tickvault.bus.pubsub import Publisher
+from tickvault.bus.publisher import Publisher
 from tickvault.config import Settings
 from tickvault.domain.events import Tick
 from tickvault.domain.keys import tick_topic

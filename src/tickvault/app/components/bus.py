@@ -10,7 +10,8 @@ import logging
 import threading
 
 from tickvault.app.components.base import DRAIN_TIMEOUT_S, SummaryPart, Wiring, server_keys_of, spawn
-from tickvault.bus.pubsub import BIND_RETRY_S, Publisher, endpoint
+from tickvault.bus.envelope import endpoint
+from tickvault.bus.publisher import BIND_RETRY_S, Publisher
 from tickvault.errors import BusError, InsecureBind
 
 log = logging.getLogger("tickvault.system")

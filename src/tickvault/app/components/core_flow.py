@@ -22,7 +22,9 @@ from tickvault.app.components.base import (
     spawn,
 )
 from tickvault.bus.curve import is_loopback
-from tickvault.bus.pubsub import Publisher, Subscriber, endpoint
+from tickvault.bus.envelope import endpoint
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.config import Settings
 from tickvault.domain.events import Event, Tick, day_start_ms, decode_tick
 from tickvault.domain.keys import tick_topic

@@ -20,7 +20,9 @@ from tickvault.app.components.base import (
     primed,
     spawn,
 )
-from tickvault.bus.pubsub import Publisher, Subscriber, endpoint
+from tickvault.bus.envelope import endpoint
+from tickvault.bus.publisher import Publisher
+from tickvault.bus.subscriber import Subscriber
 from tickvault.domain.keys import tick_topic
 from tickvault.errors import ConfigError, StoreError
 from tickvault.recorder.recorder import Recorder

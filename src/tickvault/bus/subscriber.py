@@ -1,331 +1,28 @@
-"""The ZeroMQ bus: a Publisher per channel and a Subscriber that tracks sequence numbers.
-
-Frames are `[topic, payload]`, payload a JSON object (events.encode), so any language can read them.
-The Publisher uses an XPUB socket (wire-compatible with PUB) so it can see subscriptions arrive: a
-component waits for its subscriber before the source starts instead of sleeping out the slow joiner.
-Its socket is owned by one background thread; `publish` only appends to a queue, so the caller (a
-source callback) never blocks on the network and never sees a socket error.
+"""The bus subscriber: SUB sockets on topic prefixes, sequence numbers per topic, gaps filled from the
+publisher's replay endpoint and then from a recovery callable (the store), heartbeats that reveal a
+lost tail. See `Subscriber` for its two modes (ordered for consumers, unordered for the recorder).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import zmq
 
-from tickvault.bus.curve import ClientKeys, ServerKeys, as_client, as_server, is_loopback
-from tickvault.bus.ring import DEFAULT_RING, ReplayClient, Ring
-from tickvault.bus.spool import Spool
-from tickvault.domain.events import Event, encode
-from tickvault.errors import BusError, InsecureBind
+from tickvault.bus.curve import ClientKeys, as_client
+from tickvault.bus.envelope import HEARTBEAT_PREFIX, envelope_seqs, is_heartbeat, seq_of
+from tickvault.bus.ring import ReplayClient
 
 log = logging.getLogger("tickvault.bus")
 
 
-class _SeqOnly(msgspec.Struct):
-    seq: int = 0
-
-
-_seq_decoder = msgspec.json.Decoder(_SeqOnly)
-_pair_decoder = msgspec.msgpack.Decoder(tuple[bytes, bytes])
-
-
-def _seq_of(payload: bytes) -> int:
-    """The `seq` of a JSON payload, 0 if it has none or is not JSON."""
-    try:
-        return _seq_decoder.decode(payload).seq
-    except msgspec.MsgspecError:
-        return 0
-
-
-SNDHWM = 1_000_000
-MAX_QUEUE = 1_000_000
-HEARTBEAT_S = 0.5
-BIND_RETRY_S = 1.0  # a port taken at start is tried again this often (it may free up)
-HEARTBEAT_PREFIX = b"hb."
 RCVHWM = 1_000_000
-
-
-def endpoint(host: str, port: int) -> str:
-    return f"tcp://{host}:{port}"
-
-
-@dataclass
-class PublisherStats:
-    published: int = 0
-    send_errors: int = 0
-    subscriptions: int = 0
-    replay_requests: int = 0
-    overflowed: int = 0
-
-
-class Publisher:
-    """Publishes `[topic, json]` frames on one bound endpoint from a background thread."""
-
-    def __init__(
-        self,
-        bind: str,
-        *,
-        replay_bind: str | None = None,
-        ring_size: int = DEFAULT_RING,
-        sndhwm: int = SNDHWM,
-        max_queue: int = MAX_QUEUE,
-        spool_path: Path | None = None,
-        context: zmq.Context[Any] | None = None,
-        curve: ServerKeys | None = None,
-        allow_insecure: bool = False,
-    ) -> None:
-        """`max_queue` bounds the messages held in memory between the caller and the socket;
-        beyond it they go to a spool at `spool_path` (a temporary file when not given). Binding
-        beyond loopback needs `curve` keys (encryption, server identity) or `allow_insecure`."""
-        for address in (bind, replay_bind):
-            if address is not None and curve is None and not allow_insecure and not is_loopback(address):
-                raise InsecureBind(
-                    f"refusing to bind {address} beyond loopback without CURVE: set ZMQ_CURVE_SERVER_SECRET"
-                    " (see `tickvault curve-keys`) or force it with ZMQ_ALLOW_INSECURE=true"
-                )
-        self.endpoint = bind
-        self.max_queue = max_queue
-        self._spool: Spool[tuple[bytes, bytes]] | None = Spool(
-            spool_path or Path(tempfile.gettempdir()) / f"tickvault-publisher-{os.getpid()}-{id(self)}.spool",
-            msgspec.msgpack.encode,
-            _pair_decoder.decode,
-            max_memory=max_queue,
-        )
-        self._context = context or zmq.Context.instance()
-        self._queue: collections.deque[tuple[bytes, Event | bytes]] = collections.deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._idle = False
-        self._closing = threading.Event()
-        self._subscribed: list[bytes] = []
-        self._sub_cond = threading.Condition()
-        self.stats = PublisherStats()
-        self._socket = self._context.socket(zmq.XPUB)
-        self._socket.setsockopt(zmq.LINGER, 2000)
-        self._socket.setsockopt(zmq.SNDHWM, sndhwm)
-        self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscriber, not only the first per topic
-        if curve is not None:
-            as_server(self._socket, curve)
-        try:
-            self._socket.bind(bind)
-        except zmq.ZMQError as exc:
-            self._socket.close(0)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            raise BusError(f"cannot bind {bind}: {exc}") from None
-        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.ring = Ring(ring_size)
-        self._last_heartbeat = 0.0
-        self.replay_endpoint: str | None = None
-        self._replay: zmq.Socket[Any] | None = None
-        if replay_bind is not None:
-            self._replay = self._context.socket(zmq.ROUTER)
-            self._replay.setsockopt(zmq.LINGER, 0)
-            if curve is not None:
-                as_server(self._replay, curve)
-            try:
-                self._replay.bind(replay_bind)
-            except zmq.ZMQError as exc:
-                self._replay.close(0)
-                self._socket.close(0)
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                raise BusError(f"cannot bind replay endpoint {replay_bind}: {exc}") from None
-            self.replay_endpoint = self._replay.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._thread = threading.Thread(target=self._run, name=f"publisher {self.endpoint}", daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.endpoint.rsplit(":", 1)[1])
-
-    def publish(self, topic: str, event: Event | bytes) -> None:
-        """Queue one message; never blocks, never raises (the caller may be a market-data callback)."""
-        self._queue.append((topic.encode(), event))
-        if self._idle:
-            try:  # noqa: SIM105 - a bare try is cheaper than contextlib.suppress on this hot path
-                os.write(self._wake_w, b"\0")
-            except OSError:
-                pass  # the pipe is full of wake-ups already, or the publisher is closed
-
-    def wait_for_subscriber(self, prefix: str, timeout: float = 10.0, *, count: int = 1) -> bool:
-        """Block until `count` subscriptions cover the topic prefix `prefix` (one per subscriber)."""
-        want = prefix.encode()
-        deadline = time.monotonic() + timeout
-        with self._sub_cond:
-            while sum(want.startswith(sub) for sub in self._subscribed) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._sub_cond.wait(left)
-        return True
-
-    def subscriptions(self) -> list[bytes]:
-        """Topic prefixes subscribed right now (one entry per subscriber and prefix)."""
-        with self._sub_cond:
-            return list(self._subscribed)
-
-    def pending(self) -> int:
-        return len(self._queue) + (len(self._spool) if self._spool is not None else 0)
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything queued so far has been handed to ZeroMQ."""
-        deadline = time.monotonic() + timeout
-        while self.pending() or not self._idle:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                return False
-            time.sleep(0.001)
-        return True
-
-    def close(self, timeout: float = 10.0) -> None:
-        if self._wake_w < 0:
-            return
-        self.flush(timeout)
-        self._closing.set()
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"\0")
-        self._thread.join(timeout)
-        # the pipe is closed here, after the thread is gone: never a write to a closed (or reused) fd
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        self._wake_r = self._wake_w = -1
-
-    # -- the socket thread ------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        if self._replay is not None:
-            poller.register(self._replay, zmq.POLLIN)
-        try:
-            while not self._closing.is_set():
-                self._drain()
-                self._idle = True
-                if self._queue:  # appended between the drain and the idle flag
-                    self._idle = False
-                    continue
-                events = dict(poller.poll(100))
-                self._idle = False
-                if self._wake_r in events:
-                    os.read(self._wake_r, 65536)
-                if self._socket in events:
-                    self._read_subscriptions()
-                if self._replay is not None and self._replay in events:
-                    self._serve_replay()
-                self._heartbeat()
-            self._drain()
-        finally:
-            self._idle = True
-            self._socket.close()
-            if self._replay is not None:
-                self._replay.close()
-
-    def _overflow(self) -> None:
-        """Past `max_queue` queued messages, move the oldest to the spool (memory, then disk), in
-        order: a source faster than the socket costs disk, never messages."""
-        queue, spool = self._queue, self._spool
-        if spool is None or len(queue) <= self.max_queue:
-            return
-        moved = []
-        while len(queue) > self.max_queue // 2:
-            topic, event = queue.popleft()
-            moved.append((topic, event if isinstance(event, bytes) else encode(event)))
-        spool.extend(moved)
-        self.stats.overflowed += len(moved)
-
-    def _next(self) -> tuple[bytes, bytes, int] | None:
-        """The oldest message: the spool's first (it holds older ones), else the queue's."""
-        if self._spool is not None and len(self._spool):
-            topic, payload = self._spool.take(1)[0]
-            return topic, payload, _seq_of(payload)
-        if not self._queue:
-            return None
-        topic, event = self._queue.popleft()
-        if isinstance(event, bytes):
-            return topic, event, _seq_of(event)
-        return topic, encode(event), getattr(event, "seq", 0)
-
-    def _drain(self) -> None:
-        send = self._socket.send_multipart
-        sent = 0
-        ring = self.ring
-        while True:
-            if sent % 256 == 0:
-                self._overflow()
-            item = self._next()
-            if item is None:
-                return
-            topic, payload, seq = item
-            try:
-                send((topic, payload), copy=False)
-                self.stats.published += 1
-            except zmq.ZMQError as exc:
-                self.stats.send_errors += 1
-                log.error("publish on %s failed: %s", self.endpoint, exc)
-            if seq:
-                ring.append(topic, seq, payload)
-            sent += 1
-            if sent % 1024 == 0:
-                if self._socket.poll(0, zmq.POLLIN):
-                    self._read_subscriptions()
-                if self._replay is not None and self._replay.poll(0, zmq.POLLIN):
-                    self._serve_replay()
-
-    def _heartbeat(self) -> None:
-        """Every HEARTBEAT_S, the newest seq of each topic on `hb.{topic}`: without it a subscriber
-        could not notice that the last messages before a quiet spell were dropped."""
-        now = time.monotonic()
-        if now - self._last_heartbeat < HEARTBEAT_S:
-            return
-        self._last_heartbeat = now
-        for topic, seq in self.ring.newest().items():
-            with contextlib.suppress(zmq.ZMQError):
-                self._socket.send_multipart((HEARTBEAT_PREFIX + topic, b'{"seq":%d}' % seq), zmq.NOBLOCK)
-
-    def _serve_replay(self) -> None:
-        assert self._replay is not None
-        while True:
-            try:
-                frames = self._replay.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) < 3:
-                continue
-            self.stats.replay_requests += 1
-            reply = self.ring.answer(frames[-1])
-            try:
-                self._replay.send_multipart([*frames[:-1], *reply], zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                log.warning("replay reply failed: %s", exc)
-
-    def _read_subscriptions(self) -> None:
-        while True:
-            try:
-                msg = self._socket.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if not msg:
-                continue
-            with self._sub_cond:
-                if msg[0] == 1:
-                    self._subscribed.append(msg[1:])
-                    self.stats.subscriptions += 1
-                elif msg[0] == 0 and msg[1:] in self._subscribed:
-                    self._subscribed.remove(msg[1:])
-                self._sub_cond.notify_all()
 
 
 @dataclass
@@ -354,16 +51,6 @@ Validate = Callable[[Sequence[Sequence[bytes]]], Sequence[int | None]]
 valid but not numbered), None if it is not. Only a valid message's number may move a position."""
 
 MAX_FILLS = 1000  # gap requests queued for the fill thread; past it the oldest is given up (counted)
-
-
-def envelope_seqs(messages: Sequence[Sequence[bytes]]) -> list[int | None]:
-    """The bus's own check, for a consumer without a schema: two frames, a JSON object payload with
-    an integer `seq` (or none: 0). It cannot tell a valid tick from an invalid one: see `Subscriber`."""
-    return [_seq_of(m[1]) if len(m) == 2 else None for m in messages]
-
-
-def _is_heartbeat(frames: Sequence[bytes]) -> bool:
-    return len(frames) == 2 and frames[0].startswith(HEARTBEAT_PREFIX)
 
 
 class Subscriber:
@@ -462,18 +149,18 @@ class Subscriber:
         out: list[list[bytes]] = []
         if not self.ordered:
             for frames in messages:
-                if _is_heartbeat(frames):
+                if is_heartbeat(frames):
                     self._note_heartbeat(frames)
                 else:
                     out.append(frames)
             return out
-        data = [m for m in messages if not _is_heartbeat(m)]
+        data = [m for m in messages if not is_heartbeat(m)]
         seqs = list(self._validate(data)) if data else []
         if len(seqs) != len(data):
             raise ValueError(f"validate returned {len(seqs)} results for {len(data)} messages")
         numbered = iter(seqs)
         for frames in messages:
-            if _is_heartbeat(frames):
+            if is_heartbeat(frames):
                 self.stats.heartbeats += 1
                 topic, newest = self._heartbeat(frames)
                 self._advance(topic, newest, out)
@@ -502,7 +189,7 @@ class Subscriber:
 
     @staticmethod
     def _heartbeat(frames: Sequence[bytes]) -> tuple[str, int]:
-        return frames[0][len(HEARTBEAT_PREFIX) :].decode("utf-8", "replace"), _seq_of(frames[1])
+        return frames[0][len(HEARTBEAT_PREFIX) :].decode("utf-8", "replace"), seq_of(frames[1])
 
     def _note_heartbeat(self, frames: Sequence[bytes]) -> None:
         self.stats.heartbeats += 1
