@@ -26,7 +26,9 @@ fake library built with gcc). Trade type 2 is a buy aggression, 3 a sell aggress
 The books (manual 4.0.0.42, checked against its Delphi, C++, C# and Python examples):
 - Only the V2 callbacks are registered, with `SetOfferBookCallbackV2` / `SetPriceBookCallbackV2`
   after the login call; the login call's offer- and price-book slots (the V1 callbacks) get NULL, as
-  in the official examples: with V1 registered too the DLL delivers every update twice.
+  in the official Python and Delphi examples. With V1 registered too every update arrives twice (once
+  per version: what issue 16 reports; the manual says only that Set*Callback overrides the login's
+  callback of its own version).
 - `TOfferBookCallbackV2(rAssetID, nAction, nPosition, Side: Integer; nQtd: Int64; nAgent: Integer;
   nOfferID: Int64; dPrice: Double; bHasPrice, bHasQtd, bHasDate, bHasOfferID, bHasAgent: Char;
   pwcDate: PWideChar; pArraySell, pArrayBuy: Pointer)`. The manual's parameter table says nOfferID
