@@ -3,8 +3,6 @@ callback signatures, callbacks fired from the library's own threads with wide-ch
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -14,20 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import wait_until
+from fake_profitdll import build_fake_dll
 from tickvault.domain.events import B3_TZ, Tick
 from tickvault.errors import ConfigError, DataError
 from tickvault.sources.profitdll import ProfitDLLSource, parse_profit_date
 
-NATIVE = Path(__file__).parent / "native" / "fake_profitdll.c"
-
 
 @pytest.fixture(scope="module")
 def fake_dll(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the fake ProfitDLL")
-    out = tmp_path_factory.mktemp("dll") / "libfakeprofit.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-pthread", "-o", str(out), str(NATIVE)], check=True)
-    return out
+    return build_fake_dll(tmp_path_factory)
 
 
 def drain(session: ProfitDLLSource, n: int) -> list[Tick]:

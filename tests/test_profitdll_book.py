@@ -31,6 +31,7 @@ from tickvault.sources.profitdll_book import (
     Page,
     PriceBookTranslator,
     decode_offer_page,
+    decode_price_page,
     parse_profit_date,
 )
 
@@ -256,6 +257,22 @@ def test_decode_offer_pages_of_both_versions() -> None:
             decode_offer_page(data[:-6], version=version)
 
 
+def test_decode_price_pages_with_or_without_a_trailer() -> None:
+    def page(levels: list[LevelEntry], fmt: str, trailer: bytes = b"") -> bytes:
+        body = b"".join(struct.pack(fmt, *level) for level in levels)
+        return struct.pack("<ii", len(levels), 8 + len(body) + len(trailer)) + body + trailer
+
+    v2 = [LevelEntry(5400.5, 3_000_000_000, 12), LevelEntry(5400.0, 1, 1)]
+    assert decode_price_page(page(v2, "<dqI")) == Page(v2, True)  # the manual's layout: no trailer
+    assert decode_price_page(page(v2[1:], "<dii"), version=1) == Page(v2[1:], True)
+    for flags, last in ((0, False), (1, True)):  # a trailer, should the DLL ever page them
+        assert decode_price_page(page(v2, "<dqI", struct.pack("<I", flags))) == Page(v2, last)
+    whole = page(v2, "<dqI")
+    for bad in (whole[:-3], page(v2, "<dqI", b"\0\0"), struct.pack("<ii", -1, 8), b"\x01"):
+        with pytest.raises(DataError, match="page"):
+            decode_price_page(bad)
+
+
 # --- the price book ------------------------------------------------------------------------------------
 
 
@@ -278,10 +295,11 @@ def test_the_price_book_translates_levels_positionally() -> None:
     t = PriceBookTranslator()
     for p in (5399.0, 5399.5, 5400.0):
         price(t, AT_ADD, 0, quantity=10, orders=2, price=p)
-    edited = price(t, AT_EDIT, 0, quantity=4, orders=1, price=5400.0)
+    edited = price(t, AT_EDIT, 0, quantity=4, orders=1)  # no price: dPrice is valid in atAdd only
     assert [(e.action, e.price, e.quantity, e.orders, e.flags) for e in edited] == [
         ("update", 5400.0, 4, 1, LAST)
     ]
+    assert price(t, AT_EDIT, 0, quantity=5, orders=2, price=1.0)[0].price == 5400.0  # ignored if sent
     assert edited[0].timestamp_ms == RECEIVED  # the price book has no date
     gone = price(t, AT_DELETE_FROM, 1)
     assert [(e.action, e.price, e.quantity, e.orders) for e in gone] == [

@@ -1,10 +1,20 @@
-"""Nelogica ProfitDLL as a tick source, through ctypes.
+"""Nelogica ProfitDLL as a source of ticks and order-book batches, through ctypes.
 
 The DLL calls our callbacks on its one thread; the manual says they must never block, do disk work or
-call back into the DLL. So a callback only converts the trade to a `Tick` and puts it on a queue (a
-bad trade is counted by reason and logged, never raised into the DLL); `ticks()` hands the queue to
-the system. Every ctypes callback object is kept referenced for the session's lifetime (a collected
-one would crash the DLL).
+call back into the DLL (a stalled consumer is reported as MARKET_PARTIAL_CONNECTED and data may be
+lost). So a trade callback only converts the trade to a `Tick` and puts it on the queue (a bad trade
+is counted by reason and logged, never raised into the DLL), and a book callback only copies its
+arguments and the bytes of its full-book pages into an `OfferCall` / `PriceCall`, frees the pages
+with `FreePointer`, and puts that on the same queue: one unbounded queue, so a callback never waits
+and trades and book updates keep the order the DLL gave them. The translation into book events
+happens on the reader's side (`BookFeed`, sources/profitdll_feed.py). Every ctypes callback object
+is kept referenced for the session's lifetime (a collected one would crash the DLL).
+
+The seam for `System`: `events(stop)` yields `Tick | BookBatch` in arrival order, the same items as
+`BookMarketSimulator.items()`: ticks go to `Ingest.on_tick`, batches to the book topic
+(`book_{SYMBOL}` on ZMQ_BOOK_PORT); `book.counters()` has the book's counters (batches, snapshots,
+desynced, rejected by reason) and `stats` the DLL side's (calls, pages freed). `ticks(stop)` yields
+the trades alone, as before.
 
 Signatures from the public manual: `DLLInitializeMarketLogin(key, user, password, State, NewTrade,
 NewDaily, PriceBook, OfferBook, HistoryTrade, Progress, TinyBook)`; the trade callback is
@@ -12,6 +22,31 @@ NewDaily, PriceBook, OfferBook, HistoryTrade, Progress, TinyBook)`; the trade ca
 dVol, nQtd, nBuyAgent, nSellAgent, nTradeType, bEdit)`, the history-trade callback the same without
 bEdit; stdcall on Windows (WinDLL/WINFUNCTYPE), the C convention elsewhere (how the tests drive a
 fake library built with gcc). Trade type 2 is a buy aggression, 3 a sell aggression.
+
+The books (manual 4.0.0.42, checked against its Delphi, C++, C# and Python examples):
+- Only the V2 callbacks are registered, with `SetOfferBookCallbackV2` / `SetPriceBookCallbackV2`
+  after the login call; the login call's offer- and price-book slots (the V1 callbacks) get NULL, as
+  in the official Python and Delphi examples. With V1 registered too every update arrives twice (once
+  per version: what issue 16 reports; the manual says only that Set*Callback overrides the login's
+  callback of its own version).
+- `TOfferBookCallbackV2(rAssetID, nAction, nPosition, Side: Integer; nQtd: Int64; nAgent: Integer;
+  nOfferID: Int64; dPrice: Double; bHasPrice, bHasQtd, bHasDate, bHasOfferID, bHasAgent: Char;
+  pwcDate: PWideChar; pArraySell, pArrayBuy: Pointer)`. The manual's parameter table says nOfferID
+  is an Integer; its declaration, the Delphi example and every page layout say Int64 (taken here).
+  The official Python example declares nQtd 32-bit (c_int): a bug that cuts quantities above 2^31;
+  the C# example binds V2 with the V1 delegate (int nQtd) and the Delphi example's UpdateOfferBook
+  takes nQtd as Integer too. The Char flags are read as one byte (c_ubyte): every example passes 0/1.
+- `TPriceBookCallbackV2(rAssetID, nAction, nPosition, nSide: Integer; nQtds: Int64; nCount: Integer;
+  dPrice: Double; pArraySell, pArrayBuy: Pointer)`. The Delphi example declares nCount Int64; the
+  manual (declaration and table) Integer, taken here: on x64 every argument has its own 8-byte slot,
+  so the low 32 bits read are right either way (not so on 32-bit). The manual marks the price book
+  (SubscribePriceBook, SetPriceBookCallbackV2) deprecated for SubscribePriceDepth.
+- Pages: int32 count, int32 size (the whole page: what FreePointer takes), the entries, and for the
+  offer book a uint32 flags trailer (OB_LAST_PACKET). The manual places the trailer at (Q * 53) + 8,
+  which holds only for 23-byte dates; the decoder walks the entries instead (as the Delphi example).
+  `FreePointer(pointer, size): Integer` is in no section of the manual; its signature is the
+  examples' (Delphi wrapper, profit.h, C#), which call it from inside the callback. The Python example
+  never calls it (its pages leak).
 """
 
 from __future__ import annotations
@@ -19,18 +54,22 @@ from __future__ import annotations
 import ctypes
 import logging
 import queue
+import struct
 import sys
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tickvault.domain.book import BookBatch
 from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
 from tickvault.errors import ConfigError, TickvaultError
 from tickvault.sources.profitdll_book import parse_profit_date  # the book's callbacks share the date text
+from tickvault.sources.profitdll_feed import BookCall, BookFeed, OfferCall, PriceCall
 
 log = logging.getLogger("tickvault.profitdll")
 
@@ -55,7 +94,15 @@ StateCallback = _FUNC(None, ctypes.c_int, ctypes.c_int)
 TradeCallback = _FUNC(None, *_TRADE_ARGS, ctypes.c_ubyte)
 HistoryTradeCallback = _FUNC(None, *_TRADE_ARGS)
 ProgressCallback = _FUNC(None, TAssetIDRec, ctypes.c_int)
-UnusedCallback = _FUNC(None)  # daily, price book, offer book, tiny book: not subscribed to here
+UnusedCallback = _FUNC(None)  # daily, tiny book: not subscribed to here
+_INT, _INT64, _FLAG, _PTR = ctypes.c_int, ctypes.c_int64, ctypes.c_ubyte, ctypes.c_void_p
+OfferBookCallbackV2 = _FUNC(
+    None, TAssetIDRec, _INT, _INT, _INT, _INT64, _INT, _INT64, ctypes.c_double,
+    _FLAG, _FLAG, _FLAG, _FLAG, _FLAG, ctypes.c_wchar_p, _PTR, _PTR,
+)  # fmt: skip
+PriceBookCallbackV2 = _FUNC(None, TAssetIDRec, _INT, _INT, _INT, _INT64, _INT, ctypes.c_double, _PTR, _PTR)
+_PAGE_HEADER = struct.Struct("<ii")  # count, size in bytes of the whole page
+MAX_PAGE_BYTES = 64 << 20  # a larger size is not a page: only its header is copied (then rejected)
 
 
 class ProfitDLLError(TickvaultError):
@@ -67,11 +114,15 @@ class ProfitStats:
     received: int = 0
     history: int = 0
     edits: int = 0
+    book_calls: int = 0  # book callbacks queued
+    pages_freed: int = 0  # full-book pages copied and given back with FreePointer
     rejected: Counter[str] = field(default_factory=Counter)
 
 
 class ProfitDLLSource:
-    """A ProfitDLL session: `start()` logs in, `subscribe()`, `history()`, `ticks()` for `System`."""
+    """A ProfitDLL session: `start()` logs in; `subscribe()` (trades), `subscribe_offer_book()` and
+    `subscribe_price_book()`, `history()`; `events()` (ticks and book batches) or `ticks()` for
+    `System`."""
 
     def __init__(
         self,
@@ -88,11 +139,14 @@ class ProfitDLLSource:
         self.exchange = exchange
         self.login_timeout = login_timeout
         self.stats = ProfitStats()
-        self.queue: queue.SimpleQueue[Tick] = queue.SimpleQueue()
+        self.book = BookFeed()  # read only by the thread that reads the queue
+        self.queue: queue.SimpleQueue[Tick | BookCall] = queue.SimpleQueue()
         self.history_done = threading.Event()
         self._market = threading.Event()
         self._login_failed = threading.Event()
         self._dll: Any = None
+        self._free: Any = None  # FreePointer
+        self._book_callbacks = False  # SetOfferBookCallbackV2 and SetPriceBookCallbackV2 accepted ours
         self._keep: list[Any] = []  # every callback object, alive as long as the session
 
     # -- callbacks: on the DLL's thread, never block, never raise -------------------------------
@@ -130,6 +184,56 @@ class ProfitDLLSource:
         if percent >= 100:
             self.history_done.set()
 
+    def _offer(self, asset: TAssetIDRec, action: int, position: int, side: int, quantity: int, agent: int,
+               offer_id: int, price: float, has_price: int, has_quantity: int, has_date: int,
+               has_offer_id: int, has_agent: int, date: str | None, sell: int | None,
+               buy: int | None) -> None:  # fmt: skip
+        received = time.time_ns() // 1_000_000
+        sell_page, buy_page = self._copy_page(sell), self._copy_page(buy)  # each freed, whatever happens
+        try:
+            call = OfferCall(
+                str(asset.pwcTicker or ""), action, position, side, quantity, agent, offer_id, price,
+                bool(has_price), bool(has_quantity), bool(has_date), bool(has_offer_id), bool(has_agent),
+                date or "", sell_page, buy_page, received,
+            )  # fmt: skip
+        except Exception:  # noqa: BLE001 - nothing may propagate into the DLL
+            self.stats.rejected["unexpected"] += 1
+            return
+        self.stats.book_calls += 1
+        self.queue.put(call)
+
+    def _price(self, asset: TAssetIDRec, action: int, position: int, side: int, quantity: int, count: int,
+               price: float, sell: int | None, buy: int | None) -> None:  # fmt: skip
+        received = time.time_ns() // 1_000_000
+        sell_page, buy_page = self._copy_page(sell), self._copy_page(buy)
+        try:
+            call = PriceCall(str(asset.pwcTicker or ""), action, position, side, quantity, count, price,
+                             sell_page, buy_page, received)  # fmt: skip
+        except Exception:  # noqa: BLE001 - nothing may propagate into the DLL
+            self.stats.rejected["unexpected"] += 1
+            return
+        self.stats.book_calls += 1
+        self.queue.put(call)
+
+    def _copy_page(self, address: int | None) -> bytes | None:
+        """A full-book page's bytes (its header says how many), then the page goes back to the DLL with
+        FreePointer: the pointer is ours to free, and only valid until we do. Never raises."""
+        if not address:
+            return None
+        size = 0
+        try:
+            _, size = _PAGE_HEADER.unpack(ctypes.string_at(address, _PAGE_HEADER.size))
+            length = size if _PAGE_HEADER.size <= size <= MAX_PAGE_BYTES else _PAGE_HEADER.size
+            return ctypes.string_at(address, length)
+        except Exception:  # noqa: BLE001 - an unreadable page is rejected on the reader's side
+            return b""
+        finally:
+            try:
+                self._free(address, size)
+                self.stats.pages_freed += 1
+            except Exception:  # noqa: BLE001
+                self.stats.rejected["free"] += 1
+
     # -- session --------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -143,14 +247,20 @@ class ProfitDLLSource:
         past = HistoryTradeCallback(lambda *a: self._trade(*a, 0, history=True))  # type: ignore[misc, arg-type]
         progress = ProgressCallback(self._on_progress)
         unused = UnusedCallback(lambda: None)
-        self._keep = [state, trade, past, progress, unused]
+        offer, price = OfferBookCallbackV2(self._offer), PriceBookCallbackV2(self._price)
+        self._keep = [state, trade, past, progress, unused, offer, price]
+        self._free = getattr(self._dll, "FreePointer", None)
+        if self._free is not None:
+            self._free.argtypes, self._free.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
         login = self._dll.DLLInitializeMarketLogin
         login.restype = ctypes.c_int
         key, user, password = self._credentials
+        # the book slots take the V1 callbacks: NULL, or every update would arrive twice (V1 and V2)
         code = login(ctypes.c_wchar_p(key), ctypes.c_wchar_p(user), ctypes.c_wchar_p(password), state, trade,
-                     unused, unused, unused, past, progress, unused)  # fmt: skip
+                     unused, None, None, past, progress, unused)  # fmt: skip
         if code != NL_OK:
             raise ProfitDLLError(f"DLLInitializeMarketLogin returned {code}")
+        self._book_callbacks = self._set_book_callbacks(offer, price)
         deadline = threading.Event()
         for _ in range(int(self.login_timeout * 20)):
             if self._market.is_set() or self._login_failed.is_set():
@@ -163,11 +273,47 @@ class ProfitDLLSource:
         if not self._market.is_set():
             raise ProfitDLLError(f"no market data connection within {self.login_timeout:g} s")
 
-    def subscribe(self, symbols: Iterator[str] | list[str] | tuple[str, ...]) -> None:
-        for symbol in symbols:
-            code = self._dll.SubscribeTicker(ctypes.c_wchar_p(symbol), ctypes.c_wchar_p(self.exchange))
+    def _set_book_callbacks(self, offer: Any, price: Any) -> bool:
+        """Register the V2 book callbacks; False (books unavailable, trades still fine) when this DLL
+        lacks them or FreePointer."""
+        names = ("SetOfferBookCallbackV2", "SetPriceBookCallbackV2")
+        if self._free is None or not all(hasattr(self._dll, name) for name in names):
+            log.warning("this ProfitDLL lacks the V2 book callbacks or FreePointer: no order book")
+            return False
+        for name, callback in zip(names, (offer, price), strict=True):
+            setter = getattr(self._dll, name)
+            setter.restype = ctypes.c_int
+            code = setter(callback)
             if code != NL_OK:
-                raise ProfitDLLError(f"SubscribeTicker({symbol}) returned {code}")
+                raise ProfitDLLError(f"{name} returned {code}")
+        return True
+
+    def _each(self, function: str, symbols: Iterable[str], *, book: bool = False) -> None:
+        if book and not self._book_callbacks:
+            raise ProfitDLLError(f"{function}: this ProfitDLL gives no V2 book callbacks (see the log)")
+        for symbol in symbols:
+            code = getattr(self._dll, function)(ctypes.c_wchar_p(symbol), ctypes.c_wchar_p(self.exchange))
+            if code != NL_OK:
+                raise ProfitDLLError(f"{function}({symbol}) returned {code}")
+
+    def subscribe(self, symbols: Iterable[str]) -> None:
+        """Trades of `symbols`, as ticks."""
+        self._each("SubscribeTicker", symbols)
+
+    def subscribe_offer_book(self, symbols: Iterable[str]) -> None:
+        """The offer book (by order) of `symbols`: `OrderUpdate` batches, a full book first."""
+        self._each("SubscribeOfferBook", symbols, book=True)
+
+    def unsubscribe_offer_book(self, symbols: Iterable[str]) -> None:
+        self._each("UnsubscribeOfferBook", symbols, book=True)
+
+    def subscribe_price_book(self, symbols: Iterable[str]) -> None:
+        """The price book (by level) of `symbols`: `BookUpdate` batches (deprecated by Nelogica for
+        SubscribePriceDepth, still served)."""
+        self._each("SubscribePriceBook", symbols, book=True)
+
+    def unsubscribe_price_book(self, symbols: Iterable[str]) -> None:
+        self._each("UnsubscribePriceBook", symbols, book=True)
 
     def history(self, symbol: str, start: datetime, end: datetime) -> None:
         """Ask for past trades; they arrive through the history callback (then progress 100)."""
@@ -181,12 +327,34 @@ class ProfitDLLSource:
         if code != NL_OK:
             raise ProfitDLLError(f"GetHistoryTrades({symbol}) returned {code}")
 
-    def ticks(self, stop: threading.Event) -> Iterator[Tick]:
+    def events(self, stop: threading.Event) -> Iterator[Tick | BookBatch]:
+        """Ticks and book batches in the order the DLL delivered them, until `stop` is set."""
         while not stop.is_set():
             try:
-                yield self.queue.get(timeout=0.1)
+                item = self.queue.get(timeout=0.1)
             except queue.Empty:
                 continue
+            yield from self._items(item)
+
+    def drain(self) -> list[Tick | BookBatch]:
+        """What has arrived so far, without waiting."""
+        out: list[Tick | BookBatch] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return out
+            out += self._items(item)
+
+    def _items(self, item: Tick | BookCall) -> list[Tick | BookBatch]:
+        return [item] if isinstance(item, Tick) else list(self.book.on_call(item))
+
+    def ticks(self, stop: threading.Event) -> Iterator[Tick]:
+        """The trades alone (book callbacks, if subscribed, are still applied to the lists, and their
+        batches dropped: use `events` for them)."""
+        for item in self.events(stop):
+            if isinstance(item, Tick):
+                yield item
 
     def close(self) -> None:
         if self._dll is not None:

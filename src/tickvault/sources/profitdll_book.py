@@ -12,7 +12,10 @@ example shipped with it, `UpdateOfferBook`):
 - Delete and DeleteFrom arrive with price, quantity and id zeroed: removal is positional.
 - An Edit's quantity (when its has-quantity flag is set) is added to the entry's, as in the manual's
   example (`Group.nQtd := Group.nQtd + nQtd`); `edit_quantity="absolute"` takes it as the new size.
-  The price book's edits default to absolute sizes (a level's new total).
+  The price book's edits default to absolute sizes (a level's new total); its dPrice is valid in an
+  add only (manual), so an edited level keeps its price.
+- Pages (`decode_offer_page`, `decode_price_page`): int32 count, int32 size, the entries; the offer
+  book's end with uint32 flags, the price book's with nothing (the manual documents no trailer).
 - When the has-date flag is 0 the date text is stale: the receive time stands in for exchange time.
 
 The translators keep those lists per symbol and side and turn every callback into events with
@@ -133,6 +136,26 @@ def decode_offer_page(data: bytes | memoryview, *, version: int = 2) -> Page[Off
     except struct.error as exc:
         raise DataError("page", f"truncated or malformed offer page: {exc}") from None
     return Page(entries, bool(flags & OB_LAST_PACKET))
+
+
+def decode_price_page(data: bytes | memoryview, *, version: int = 2) -> Page[LevelEntry]:
+    """One price-book page from its bytes: int32 count, int32 size (of the whole page), then per level
+    float64 price, int64 quantity and uint32 order count (version 1: int32 quantity, int32 count),
+    little-endian. The manual documents no trailer here (a side comes whole, in one page): a page that
+    ends with its levels is a side's last; one whose size leaves exactly 4 bytes after them is read as
+    the offer pages' trailer (flags, OB_LAST_PACKET). Anything else is malformed."""
+    buffer = memoryview(data)
+    try:
+        count, size = struct.unpack_from("<ii", buffer, 0)
+        entry = struct.Struct("<dqI" if version == 2 else "<dii")
+        end = 8 + count * entry.size
+        if count < 0 or not end <= size <= len(buffer) or size - end not in (0, 4):
+            raise DataError("page", f"{count} levels do not fit a page of {size} bytes ({len(buffer)} read)")
+        entries = [LevelEntry(*entry.unpack_from(buffer, 8 + i * entry.size)) for i in range(count)]
+        last = size == end or bool(struct.unpack_from("<I", buffer, end)[0] & OB_LAST_PACKET)
+    except struct.error as exc:
+        raise DataError("page", f"truncated or malformed price page: {exc}") from None
+    return Page(entries, last)
 
 
 @dataclass
@@ -458,7 +481,7 @@ class PriceBookTranslator(_Translator):
         received_ms: int | None = None,
     ) -> list[BookUpdate]:
         """One PriceBookCallback (arguments in its order). It has no date: events are stamped with
-        the receive time."""
+        the receive time. `price` counts in an add only (the manual: dPrice is valid in atAdd)."""
         self.stats.callbacks += 1
         reason = self._check_common(symbol, action, position, side)
         if reason:
@@ -481,15 +504,17 @@ class PriceBookTranslator(_Translator):
         if index is None:
             return self._reject("position")
         entry, changes = None, None
-        if action in (AT_ADD, AT_EDIT):
-            if not _valid_price(price) or count < 0 or (quantity < 0 and action == AT_ADD):
-                return self._reject("price" if _valid_price(price) is False else "quantity")
-            if action == AT_ADD:
-                entry = _Entry(float(price), int(quantity), 0, int(count))
-            else:
-                if self.edit_quantity == "absolute" and quantity < 0:
-                    return self._reject("quantity")
-                changes = (float(price), int(quantity), -1, int(count))
+        if action == AT_ADD:
+            if not _valid_price(price):
+                return self._reject("price")
+            if quantity < 0 or count < 0:
+                return self._reject("quantity")
+            entry = _Entry(float(price), int(quantity), 0, int(count))
+        elif action == AT_EDIT:
+            if count < 0 or (self.edit_quantity == "absolute" and quantity < 0):
+                return self._reject("quantity")
+            # dPrice is valid in atAdd only (manual): an edited level keeps its price, whatever comes
+            changes = (math.nan, int(quantity), -1, int(count))
         rows = self._apply(book, side, action, index, entry, changes)
         return self._finish(symbol, book, rows, received, received, False)
 
