@@ -35,7 +35,8 @@ from tickvault.ml.compiled_forest import CompiledForest
 from tickvault.sources.simulator import MarketSimulator
 from tickvault.store.api import Store
 from tickvault.store.server import EmbeddedValkey
-from tickvault.workers.core_flow import FeatureService, store_history
+from tickvault.workers.core_flow import FeatureService
+from tickvault.workers.session_history import store_history
 
 SYMBOLS = ("WDOFUT", "WINFUT")
 TODAY = datetime(2025, 11, 24, 9, 0, tzinfo=B3_TZ)

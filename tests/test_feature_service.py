@@ -21,10 +21,12 @@ from tickvault.analytics.features import HISTORY_FEATURES, FeatureConfig, Featur
 from tickvault.app.system import System
 from tickvault.config import load_settings
 from tickvault.domain.events import B3_TZ, Event, Features, Prediction, Tick, day_start_ms, decode, to_ms
+from tickvault.ml.decisions import decide
 from tickvault.sources.simulator import MarketSimulator
 from tickvault.store.api import Store, frame_to_ticks
 from tickvault.store.server import EmbeddedValkey, free_port
-from tickvault.workers.core_flow import FeatureService, decide, store_history
+from tickvault.workers.core_flow import FeatureService
+from tickvault.workers.session_history import store_history
 
 SYMBOLS = ("WDOFUT", "WINFUT")
 TODAY = datetime(2025, 11, 24, 9, 0, tzinfo=B3_TZ)

@@ -22,8 +22,8 @@ from tickvault.domain.events import Features, from_ms, to_fields
 from tickvault.sources.simulator import MarketSimulator
 from tickvault.store.api import Store
 from tickvault.store.cluster import EmbeddedCluster
-from tickvault.workers.core_flow import store_history
 from tickvault.workers.feature_worker import FeatureWorker
+from tickvault.workers.session_history import store_history
 
 SYMBOLS = ("WDOFUT", "WINFUT", "DOLFUT")
 CONFIG = FeatureConfig(emit_interval_ms=5_000)

@@ -10,7 +10,7 @@ from tickvault.domain.instruments import instrument_for
 from tickvault.errors import ConfigError
 from tickvault.ml.model import Dataset, training_set
 from tickvault.store.api import Store, frame_to_ticks
-from tickvault.workers.core_flow import store_history
+from tickvault.workers.session_history import store_history
 
 EVENTS = ("features", "predictions", "signals")
 

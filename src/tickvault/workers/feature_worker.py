@@ -31,8 +31,8 @@ from tickvault.domain.events import Features, Tick, day_start_ms, from_fields, t
 from tickvault.domain.tick_schema import stream_id
 from tickvault.store.api import Store
 from tickvault.store.cluster import transaction
-from tickvault.workers.core_flow import store_history
 from tickvault.workers.leased import Entry, LeasedWorker, WorkerStats
+from tickvault.workers.session_history import store_history
 
 log = logging.getLogger("tickvault.featureworker")
 

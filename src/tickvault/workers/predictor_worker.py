@@ -25,9 +25,9 @@ import msgspec
 
 from tickvault.domain.events import Features, Prediction, Signal, from_fields, to_fields
 from tickvault.errors import DataError
+from tickvault.ml.decisions import Model, decide
 from tickvault.store.api import Store
 from tickvault.store.cluster import transaction
-from tickvault.workers.core_flow import Model, decide
 from tickvault.workers.leased import Entry, LeasedWorker, WorkerStats
 
 log = logging.getLogger("tickvault.predictor")

@@ -29,10 +29,11 @@ from tickvault.config import Settings
 from tickvault.domain.events import Event, Tick, day_start_ms, decode_tick
 from tickvault.domain.keys import tick_topic
 from tickvault.errors import DataError
+from tickvault.ml.decisions import load_model
 from tickvault.recorder.frames import valid_seqs
 from tickvault.recorder.recovery import store_recovery
 from tickvault.store.api import Store, frame_to_ticks
-from tickvault.workers.core_flow import FeatureService, load_model
+from tickvault.workers.core_flow import FeatureService
 
 log = logging.getLogger("tickvault.system")
 

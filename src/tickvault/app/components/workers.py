@@ -15,10 +15,10 @@ from typing import Any
 from tickvault.app.components.base import SummaryPart, Wiring, spawn
 from tickvault.app.components.core_flow import feature_config
 from tickvault.errors import ConfigError
+from tickvault.ml.decisions import load_model, model_covers
 from tickvault.store.api import Store
 from tickvault.store.connection import Connection
 from tickvault.workers.candle_worker import CandleWorker
-from tickvault.workers.core_flow import load_model, model_covers
 from tickvault.workers.feature_worker import FeatureWorker
 from tickvault.workers.leased import LeasedWorker
 from tickvault.workers.predictor_worker import PredictorWorker
