@@ -1,0 +1,459 @@
+"""Past ticks straight into history blocks: the bulk writer behind `tickvault ingest`.
+
+History known in full (a day's trade file, a download) needs none of the live path's per-tick work
+(bus, stream entry, feature engine). `BulkWriter` takes tick columns, groups them by symbol and B3
+session, and merges each (symbol, session) into the history in one MULTI/EXEC:
+
+- read what the session holds: its blocks and its live-stream entries;
+- drop the new rows already stored, with the live writer's rules: a trade once per (symbol,
+  session, trade id), as the seen bitmaps (`KeySpace.seen`) and the session's stored ids say; an
+  edit once per content (`KeySpace.seen_edits`). Edits are kept beside the trade they correct, as
+  the live path keeps them; readers (candles, `effective_trades`) let the last edit replace it;
+- write the session again as hour blocks in (exchange time, seq) order under new keys and switch
+  the index in the same transaction (ZADD the new, ZREM the old; the old blocks expire a little
+  later, so a reader that fetched the old index still finds them); the session's live entries move
+  into the blocks (XDEL), except those of the stream's newest millisecond, which stay live as
+  compaction leaves them; set the seen bit of every id (the live writer then refuses them too);
+  drop the day's cached summary (`KeySpace.day_summary`); and where the candle streams already hold
+  bars of that day, append the day's bars recomputed from the merged ticks.
+
+WATCH on everything read makes the transaction apply only if none of it changed (a recorder
+sealing, another bulk writer); otherwise the session is merged again. So a SIGKILL at any moment
+leaves each session either as it was or merged, and a rerun stores exactly what is missing.
+
+The live writer keeps the bitmaps of the sessions it writes in memory. While a live writer holds a
+symbol's lease (`KeySpace.writer_lease`; a recorder renews it with every batch, and gives it up when
+it stops or 10 s after its last write) the bulk writer waits for it, and it holds the lease itself
+while it merges that symbol: a live writer that takes the symbol back reloads its state from Valkey,
+the bulk writer's bits included, so a trade it stored is never stored twice.
+
+New rows of a session get seq = the session's highest seq + 1, 2, ... in (exchange time, file
+order): reads keep them in file order within a millisecond, after what the session already held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import numpy as np
+import valkey
+
+from tickvault.analytics.candles import TIMEFRAMES, candles_from_ticks
+from tickvault.domain.events import B3_TZ, Candle, from_ms, to_fields, to_ms
+from tickvault.errors import StoreError
+from tickvault.store.api import Store, columns_frame
+from tickvault.store.block_codec import Columns, decode_block, encode_block
+from tickvault.store.cluster import node_client, transaction
+from tickvault.store.sealing import HOUR_MS, BlockRef
+from tickvault.store.stream_codec import as_entries, columns_from_entries, columns_of, id_ms, raw_command
+from tickvault.store.tick_writer import LEASE_MS, SEEN_CHUNK_BITS
+from tickvault.store.valkey_errors import map_valkey_errors
+
+log = logging.getLogger("tickvault.bulk")
+
+LEASE_OWNER = "tickvault-bulk"  # one name for every bulk writer: a killed one's lease is taken over at once
+OLD_BLOCK_TTL_MS = 30_000  # replaced blocks stay readable this long for readers holding the old index
+ROW_BYTES = 80  # memory of one buffered row (the 11 columns take 74 bytes)
+_CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+class SessionDays:
+    """B3 session date (YYYYMMDD as an int) of exchange times in ms, worked out once per hour."""
+
+    def __init__(self) -> None:
+        self._by_hour: dict[int, int] = {}
+
+    def __call__(self, ms: np.ndarray) -> np.ndarray:
+        hours = np.asarray(ms) // HOUR_MS
+        if not len(hours):
+            return np.empty(0, np.int64)
+        lo, hi = int(hours.min()), int(hours.max())
+        if hi - lo < 1 << 20:  # a table over the hours spanned (no sort): years of hours at most
+            table = np.array([self._day(h) for h in range(lo, hi + 1)], np.int64)
+            return table[hours - lo]
+        unique, inverse = np.unique(hours, return_inverse=True)
+        return np.array([self._day(h) for h in unique.tolist()], np.int64)[inverse]
+
+    def _day(self, hour: int) -> int:
+        day = self._by_hour.get(hour)
+        if day is None:
+            day = self._by_hour[hour] = int(datetime.fromtimestamp(hour * 3600, B3_TZ).strftime("%Y%m%d"))
+        return day
+
+
+def session_bounds(session: int) -> tuple[int, int]:
+    """[first, last] ms of a B3 session date: local midnight to the next one."""
+    day = date(session // 10_000, session // 100 % 100, session % 100)
+    after = day + timedelta(days=1)
+    start = to_ms(datetime(day.year, day.month, day.day, tzinfo=B3_TZ))
+    return start, to_ms(datetime(after.year, after.month, after.day, tzinfo=B3_TZ)) - 1
+
+
+def edit_mark(trade_id: int, ms: int, price: float, quantity: int) -> bytes:
+    """What makes an edit the same edit (the live writer's rule, `TickWriter._commands`)."""
+    return f"{trade_id}:{ms}:{float(price)!r}:{quantity}".encode()
+
+
+@dataclass
+class BulkResult:
+    stored: int = 0
+    duplicates: int = 0
+    sessions: int = 0  # (symbol, session) pairs that took new rows
+    candles: int = 0  # candle bar versions written for days that already had bars
+
+    def add(self, other: BulkResult) -> None:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.sessions += other.sessions
+        self.candles += other.candles
+
+
+@dataclass
+class _Existing:
+    """What a session holds before the merge."""
+
+    blocks: Columns  # rows of the blocks overlapping the session
+    refs: list[BlockRef]
+    live: Columns  # its live-stream entries
+    live_ids: list[bytes]
+    movable: np.ndarray  # live entries that go into blocks (older than the stream's newest ms)
+
+
+class BulkWriter:
+    """Buffers tick columns per (symbol, session) and merges them into history blocks (see the module
+    doc). `add` as the rows come, `flush` at the end (and it flushes by itself past `buffer_rows`)."""
+
+    def __init__(self, store: Store, *, buffer_rows: int = 4_000_000, lease_wait_s: float = 30.0) -> None:
+        self.store = store
+        self.client = store.client
+        self.keys = store.keys
+        self.buffer_rows = max(1, buffer_rows)
+        self.lease_wait_s = lease_wait_s
+        self._buffer: dict[tuple[str, int], list[Columns]] = {}
+        self._buffered = 0
+        self._sessions = SessionDays()
+        self._result = BulkResult()
+        self._daily_bars: dict[str, set[int]] = {}
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    def add(self, symbols: Sequence[str], code: np.ndarray, cols: Columns) -> None:
+        """Rows in file order; `code[i]` indexes `symbols` for row i."""
+        if not len(cols):
+            return
+        key = code.astype(np.int64) * 100_000_000 + self._sessions(cols.timestamp_ms)
+        if key[0] == key[-1] and bool(np.all(key == key[0])):  # one symbol and session (a day's file)
+            k = int(key[0])
+            self._buffer.setdefault((symbols[k // 100_000_000], k % 100_000_000), []).append(cols)
+            self._buffered += len(cols)
+            if self._buffered >= self.buffer_rows:
+                self._drain()
+            return
+        unique, inverse = np.unique(key, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse))[:-1]
+        for k, rows in zip(unique.tolist(), np.split(order, bounds), strict=True):
+            self._buffer.setdefault((symbols[k // 100_000_000], k % 100_000_000), []).append(cols.take(rows))
+        self._buffered += len(cols)
+        if self._buffered >= self.buffer_rows:
+            self._drain()
+
+    def flush(self) -> BulkResult:
+        """Merge everything buffered; the counts of all merges since the last flush."""
+        self._drain()
+        result, self._result = self._result, BulkResult()
+        return result
+
+    def _drain(self) -> None:
+        by_symbol: dict[str, list[int]] = {}
+        for symbol, session in self._buffer:
+            by_symbol.setdefault(symbol, []).append(session)
+        self._daily_bars.clear()
+        with map_valkey_errors():
+            for symbol in sorted(by_symbol):
+                self.client.sadd(self.keys.symbols(), symbol)
+                with self._lease(symbol):
+                    for session in sorted(by_symbol[symbol]):
+                        parts = self._buffer.pop((symbol, session))
+                        new = Columns.concat(parts)
+                        del parts
+                        self._buffered -= len(new)
+                        self._result.add(self._merge(symbol, session, new))
+
+    # -- the symbol's writer lease -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lease(self, symbol: str) -> Iterator[None]:
+        self._take_lease(symbol)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(valkey.ValkeyError):  # it expires by itself
+                self.client.eval(_RELEASE, 1, self.keys.writer_lease(symbol), LEASE_OWNER)
+
+    def _take_lease(self, symbol: str) -> None:
+        key = self.keys.writer_lease(symbol)
+        deadline = time.monotonic() + self.lease_wait_s
+        while True:
+            if self.client.set(key, LEASE_OWNER, nx=True, px=LEASE_MS):
+                return
+            holder = self.client.get(key)
+            if holder == LEASE_OWNER.encode() and self.client.pexpire(key, LEASE_MS):
+                return
+            if time.monotonic() > deadline:
+                name = holder.decode() if holder else "?"
+                raise StoreError(
+                    f"{symbol} is being written live by {name!r} (lease {key}); a bulk load would race its "
+                    "duplicate checks. Stop that recorder (or load this file with --via-bus) and retry"
+                )
+            time.sleep(0.05)
+
+    # -- one session ---------------------------------------------------------------------------
+
+    def _merge(self, symbol: str, session: int, new: Columns) -> BulkResult:
+        for _ in range(100):
+            pipe = transaction(self.client, self.keys.ticks(symbol))
+            try:
+                return self._merge_once(pipe, symbol, session, new)
+            except valkey.WatchError:
+                log.debug("bulk: %s %s changed while merging; merging again", symbol, session)
+            finally:
+                pipe.reset()
+        raise StoreError(f"{symbol} {session}: kept changing during 100 merge attempts")
+
+    def _merge_once(
+        self, pipe: valkey.client.Pipeline, symbol: str, session: int, new: Columns
+    ) -> BulkResult:
+        keys, lo, hi = self.keys, *session_bounds(session)
+        day = str(session)
+        edits_key = keys.seen_edits(symbol, day)
+        plain = ~new.is_edit
+        chunks = np.unique(new.trade_id[plain] >> SEEN_CHUNK_BITS).tolist()
+        seen_keys = {c: keys.seen(symbol, day, c) for c in chunks}
+        pipe.watch(keys.block_index(symbol), keys.ticks(symbol), keys.late(symbol), keys.writer_lease(symbol),
+                   edits_key, *seen_keys.values())  # fmt: skip
+        if pipe.get(keys.writer_lease(symbol)) != LEASE_OWNER.encode():
+            self._take_lease(symbol)  # it lapsed (a slow merge): take it again, then merge again
+            raise valkey.WatchError("lease retaken")
+        node = node_client(self.client, keys.ticks(symbol))
+        bitmaps = dict(zip(chunks, node.mget(list(seen_keys.values())) if chunks else [], strict=True))
+        known = self._seen(new.trade_id, plain, bitmaps)
+        if known[plain].all() and not new.is_edit.any():
+            return BulkResult(duplicates=len(new))  # all stored already: nothing to read or write
+        old = self._existing(symbol, lo, hi)
+        everything = Columns.concat([old.blocks, old.live])
+        inside = (everything.timestamp_ms >= lo) & (everything.timestamp_ms <= hi)
+        fresh = self._fresh(new, known, everything.take(inside), set(node.smembers(edits_key)))
+        if not len(fresh):
+            return BulkResult(duplicates=len(new))
+        base = int(everything.seq.max()) if len(everything) else 0
+        order = np.argsort(fresh.timestamp_ms, kind="stable")
+        seq = np.empty(len(fresh), np.int64)
+        seq[order] = np.arange(base + 1, base + 1 + len(fresh))
+        fresh = _with_seq(fresh, seq)
+        blocks = _ordered(Columns.concat([old.blocks, old.live.take(old.movable), fresh]))
+        stays = old.live.take(~old.movable)
+        candles = self._candles(pipe, symbol, session, blocks, stays)
+        pipe.multi()
+        pipe.pexpire(keys.writer_lease(symbol), LEASE_MS)
+        self._write_blocks(pipe, symbol, blocks, old.refs)
+        moved = [old.live_ids[i] for i in np.flatnonzero(old.movable).tolist()]
+        if moved:
+            pipe.xdel(keys.ticks(symbol), *moved)
+            pipe.zrem(keys.late(symbol), *moved)
+        session_rows = Columns.concat([blocks, stays])
+        in_session = (session_rows.timestamp_ms >= lo) & (session_rows.timestamp_ms <= hi)
+        self._mark_seen(pipe, symbol, day, session_rows.take(in_session))
+        pipe.delete(keys.day_summary(symbol, day))
+        for key, bars in candles:
+            for fields, entry_id in bars:
+                pipe.xadd(key, fields, id=entry_id)  # type: ignore[arg-type]
+        pipe.execute()
+        written = sum(len(bars) for _, bars in candles)
+        return BulkResult(stored=len(fresh), duplicates=len(new) - len(fresh), sessions=1, candles=written)
+
+    @staticmethod
+    def _seen(trade_id: np.ndarray, plain: np.ndarray, bitmaps: dict[int, bytes | None]) -> np.ndarray:
+        """Rows whose trade id has its seen bit set (edits: never)."""
+        known = np.zeros(len(trade_id), np.bool_)
+        for c, raw in bitmaps.items():
+            if not raw:
+                continue
+            bitmap = np.frombuffer(raw, np.uint8)
+            rows = np.flatnonzero(plain & ((trade_id >> SEEN_CHUNK_BITS) == c))
+            offsets = trade_id[rows] & _CHUNK_MASK
+            byte = offsets >> 3
+            inside = byte < len(bitmap)
+            hit = np.zeros(len(rows), np.bool_)
+            hit[inside] = (bitmap[byte[inside]] & (0x80 >> (offsets[inside] & 7)).astype(np.uint8)) != 0
+            known[rows] = hit
+        return known
+
+    @staticmethod
+    def _fresh(new: Columns, known: np.ndarray, stored: Columns, marks: set[bytes]) -> Columns:
+        """The new rows not stored yet: trades by id (the first of a repeated one), edits by content."""
+        keep = np.zeros(len(new), np.bool_)
+        plain = np.flatnonzero(~new.is_edit)
+        if len(plain):
+            ids = new.trade_id[plain]
+            if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):  # ids counting up: no repeats
+                candidate = np.ones(len(plain), np.bool_)
+            else:
+                _, first = np.unique(ids, return_index=True)
+                candidate = np.zeros(len(plain), np.bool_)
+                candidate[first] = True
+            candidate &= ~known[plain]
+            if len(stored):
+                candidate &= ~np.isin(ids, stored.trade_id[~stored.is_edit])
+            keep[plain[candidate]] = True
+        edits = np.flatnonzero(new.is_edit)
+        if len(edits):
+            have = set(marks)
+            for i in np.flatnonzero(stored.is_edit).tolist():
+                have.add(
+                    edit_mark(stored.trade_id[i], stored.timestamp_ms[i], stored.price[i], stored.quantity[i])
+                )
+            for i in edits.tolist():
+                mark = edit_mark(new.trade_id[i], new.timestamp_ms[i], new.price[i], new.quantity[i])
+                if mark not in have:
+                    have.add(mark)
+                    keep[i] = True
+        return new.take(keep)
+
+    def _existing(self, symbol: str, lo: int, hi: int) -> _Existing:
+        """The session's blocks and live entries (read after WATCH: a change aborts the merge)."""
+        refs = self.store.history.refs(symbol, lo, hi)
+        datas = self.client.mget([self.keys.block(symbol, r.block_id) for r in refs]) if refs else []
+        parts = []
+        for ref, data in zip(refs, datas, strict=True):
+            if data is None:
+                raise StoreError(f"{symbol}: block {ref.block_id} is indexed but missing")
+            parts.append(decode_block(data))
+        key = self.keys.ticks(symbol)
+        raw = raw_command(self.client, key, "XRANGE", key, str(lo), str(hi))
+        # entries stored late sit at ids past their time: those in range by id but not by time belong
+        # elsewhere; those of this session found by the late index (as Store._live reads them)
+        on_time = np.flatnonzero(columns_of(raw).timestamp_ms == id_ms(raw)) if raw else np.empty(0, int)
+        entries = [raw[i] for i in on_time.tolist()]
+        late_ids = self.client.zrangebyscore(self.keys.late(symbol), lo, hi)
+        if late_ids:
+            fetch = self.client.pipeline(transaction=False)
+            for entry_id in late_ids:
+                fetch.xrange(key, min=entry_id, max=entry_id)
+            entries += [(entry_id, fields) for found in fetch.execute() for entry_id, fields in found]
+        live = columns_from_entries(as_entries(entries)) if entries else Columns.empty()
+        ids = [entry_id for entry_id, _ in entries]
+        top = self.client.xrevrange(key, count=1)
+        top_ms = int(top[0][0].split(b"-")[0]) if top else 0
+        movable = np.array([int(i.split(b"-")[0]) < top_ms for i in ids], np.bool_)
+        return _Existing(Columns.concat(parts), refs, live, ids, movable)
+
+    def _write_blocks(
+        self, pipe: valkey.client.Pipeline, symbol: str, cols: Columns, old: list[BlockRef]
+    ) -> None:
+        """Hour blocks of time-ordered `cols` under new keys; the old ones leave the index."""
+        index = self.keys.block_index(symbol)
+        hours = cols.timestamp_ms // HOUR_MS
+        cuts = np.flatnonzero(np.diff(hours)) + 1
+        for rows in np.split(np.arange(len(cols)), cuts):
+            part = cols.take(rows) if len(rows) != len(cols) else cols
+            ref = BlockRef(
+                int(part.timestamp_ms[0]), int(part.timestamp_ms[-1]), len(part), uuid.uuid4().hex[:12]
+            )
+            pipe.set(self.keys.block(symbol, ref.block_id), encode_block(part))
+            pipe.zadd(index, {ref.member: ref.last_ms})
+        if old:
+            pipe.zrem(index, *[ref.member for ref in old])
+            for ref in old:
+                pipe.pexpire(self.keys.block(symbol, ref.block_id), OLD_BLOCK_TTL_MS)
+
+    def _mark_seen(self, pipe: valkey.client.Pipeline, symbol: str, day: str, rows: Columns) -> None:
+        """Seen bits for every trade id of the session, edit marks for its edits (OR: never clears)."""
+        ids = rows.trade_id[~rows.is_edit]
+        chunk = ids >> SEEN_CHUNK_BITS
+        single = len(ids) and chunk.min() == chunk.max()
+        for c in [int(chunk[0])] if single else np.unique(chunk).tolist():
+            offsets = ids & _CHUNK_MASK if single else ids[chunk == c] & _CHUNK_MASK
+            flags = np.zeros(int(offsets.max()) + 1, np.bool_)
+            flags[offsets] = True
+            bitmap = np.packbits(flags)  # bit 0 of a byte is its high bit, as Valkey numbers them
+            key = self.keys.seen(symbol, day, c)
+            scratch = f"{key}:new"
+            pipe.set(scratch, bitmap.tobytes())
+            pipe.bitop("OR", key, key, scratch)
+            pipe.delete(scratch)
+        edits = np.flatnonzero(rows.is_edit).tolist()
+        if edits:
+            marks = [
+                edit_mark(rows.trade_id[i], rows.timestamp_ms[i], rows.price[i], rows.quantity[i])
+                for i in edits
+            ]
+            pipe.sadd(self.keys.seen_edits(symbol, day), *marks)
+
+    # -- candles of days that already have bars ---------------------------------------------------
+
+    def _candles(
+        self, pipe: valkey.client.Pipeline, symbol: str, session: int, blocks: Columns, stays: Columns
+    ) -> list[tuple[str, list[tuple[dict[str, str], str]]]]:
+        """New versions of the day's bars for every timeframe, if the candle streams hold bars of
+        that day (a live candle worker wrote them): [(stream key, [(fields, id), ...])]."""
+        lo, hi = session_bounds(session)
+        if not self._has_bars(symbol, lo, hi):
+            return []
+        keys = {tf: self.keys.candles(tf, symbol) for tf in TIMEFRAMES}
+        pipe.watch(*keys.values())
+        ticks = Columns.concat([blocks, stays])
+        ticks = _ordered(ticks.take(np.flatnonzero((ticks.timestamp_ms >= lo) & (ticks.timestamp_ms <= hi))))
+        frame = columns_frame(symbol, ticks)
+        out = []
+        for tf, key in keys.items():
+            top = self.client.xrevrange(key, count=1)
+            last = int(top[0][0].split(b"-")[0]) if top else 0
+            bars = candles_from_ticks(frame, tf)
+            opens = bars.index.as_unit("ms").asi8.tolist()
+            entries = []
+            for open_ms, row in zip(opens, bars.itertuples(index=False), strict=True):
+                bar = Candle(
+                    symbol=symbol, timestamp=from_ms(open_ms), timestamp_ms=open_ms, timeframe=tf,
+                    open=float(row.open), high=float(row.high), low=float(row.low), close=float(row.close),
+                    volume=float(row.volume), quantity=int(row.quantity), trades=int(row.trades),
+                    vwap=float(row.vwap), buy_quantity=int(row.buy_quantity),
+                    sell_quantity=int(row.sell_quantity),
+                )  # fmt: skip
+                entries.append((to_fields(bar), f"{max(open_ms, last)}-*"))
+            out.append((key, entries))
+        return out
+
+    def _has_bars(self, symbol: str, lo: int, hi: int) -> bool:
+        """Whether a candle stream holds a bar of the day [lo, hi]: a daily bar of it, or a 1m bar
+        version written during it (a worker writes a bar when it closes, with its open time as id)."""
+        days = self._daily_bars.get(symbol)
+        if days is None:
+            entries = self.client.xrange(self.keys.candles("1d", symbol))
+            days = self._daily_bars[symbol] = {int(fields[b"timestamp_ms"]) for _, fields in entries}
+        if any(lo <= d <= hi for d in days):
+            return True
+        return bool(self.client.xrange(self.keys.candles("1m", symbol), min=str(lo), max=str(hi), count=1))
+
+
+def _with_seq(cols: Columns, seq: np.ndarray) -> Columns:
+    return Columns(**{**{name: getattr(cols, name) for name in cols.__dataclass_fields__}, "seq": seq})
+
+
+def _ordered(cols: Columns) -> Columns:
+    """Rows in (exchange time, seq) order: the order `Store.columns` returns them in."""
+    if len(cols) < 2:
+        return cols
+    step = np.diff(cols.timestamp_ms)
+    if np.all(step >= 0) and np.all(np.diff(cols.seq)[step == 0] > 0):
+        return cols
+    return cols.take(np.lexsort((cols.seq, cols.timestamp_ms)))
