@@ -125,7 +125,7 @@ def test_several_overlapping_files_round_trip_to_what_they_hold_once(store: Stor
     # blocks in time order per hour, none overlapping another: reads need no sort
     refs = store.history.refs("WDOFUT", *WHOLE)
     assert all(a.last_ms < b.first_ms for a, b in zip(refs, refs[1:], strict=False))
-    assert not store.client.exists(store.keys.ticks("WDOFUT"))  # nothing went through the live stream
+    assert store.client.xlen(store.keys.ticks("WDOFUT")) == 0  # nothing went through the live stream
 
 
 def test_the_same_files_twice_store_nothing_twice(store: Store, tmp_path: Path) -> None:
@@ -169,6 +169,20 @@ def test_files_overlapping_live_recorded_ticks_merge_and_the_live_writer_learns_
     assert store.count("WDOFUT") == 3001
 
 
+def test_blocks_written_without_seen_bits_still_count_as_stored(store: Store, tmp_path: Path) -> None:
+    """History.put (backfill, older loads) writes blocks but no seen bits: a file of the same trades
+    is matched against the blocks' own ids."""
+    day = day_of("WDOFUT", BASE_MS, 1000, 31)
+    store.history.put(
+        "WDOFUT", _cols([msgspec.structs.replace(t, seq=i + 1) for i, t in enumerate(day[:600])])
+    )
+    (report,) = load_files(store, [write_csv(tmp_path / "d.csv", day)])
+    assert (report.stored, report.duplicates) == (400, 600)
+    assert_store_holds(store, stored_once([day]))
+    result = store.append_ticks([day[10]])  # and now the live writer knows those ids too
+    assert (result.stored, result.duplicates) == (0, 1)
+
+
 def test_a_killed_bulk_writer_leaves_its_lease_to_the_next_one(store: Store) -> None:
     store.client.set(store.keys.writer_lease("WDOFUT"), LEASE_OWNER, px=10_000)  # a SIGKILLed load
     ticks = day_of("WDOFUT", BASE_MS, 10, 1)
@@ -192,7 +206,7 @@ def _cols(ticks: list[Tick]):  # type: ignore[no-untyped-def]
         trade_type=np.array([t.trade_type for t in ticks], np.int64),
         aggressor=np.array([AGGRESSOR_CODES.index(t.aggressor) for t in ticks], np.int8),
         is_edit=np.array([t.is_edit for t in ticks], np.bool_),
-        seq=np.zeros(len(ticks), np.int64),
+        seq=np.array([t.seq for t in ticks], np.int64),
     )
 
 

@@ -65,7 +65,7 @@ def test_ingest_stores_every_row_once_even_twice(
     assert again.returncode == 0, again.stderr
     assert "ticks.csv: read=750 stored=0 duplicates=750 rejected=0\n" in again.stdout
     # the bulk path never touches the live stream; the replay goes through it
-    assert store.client.exists(store.keys.ticks("WDOFUT")) == (how != ())
+    assert store.client.xlen(store.keys.ticks("WDOFUT")) == (0 if how == () else 500)
     for symbol in ("WDOFUT", "WINFUT"):
         back = store.tick_events(symbol, BASE_MS, BASE_MS + 10**6)
         mine = [t for t in written if t.symbol == symbol]

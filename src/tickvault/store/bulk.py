@@ -124,6 +124,7 @@ class _Existing:
     live: Columns  # its live-stream entries
     live_ids: list[bytes]
     movable: np.ndarray  # live entries that go into blocks (older than the stream's newest ms)
+    stream: bool  # whether the tick stream exists
 
 
 class BulkWriter:
@@ -266,6 +267,11 @@ class BulkWriter:
         pipe.multi()
         pipe.pexpire(keys.writer_lease(symbol), LEASE_MS)
         self._write_blocks(pipe, symbol, blocks, old.refs)
+        if not old.stream:
+            # the live writer reads the stream's state after every batch: once seen bits exist, a batch
+            # of its that stores nothing must still find a stream (an empty one: created and emptied)
+            pipe.xadd(keys.ticks(symbol), {"created": "bulk"}, id="0-1")
+            pipe.xdel(keys.ticks(symbol), "0-1")
         moved = [old.live_ids[i] for i in np.flatnonzero(old.movable).tolist()]
         if moved:
             pipe.xdel(keys.ticks(symbol), *moved)
@@ -355,7 +361,8 @@ class BulkWriter:
         top = self.client.xrevrange(key, count=1)
         top_ms = int(top[0][0].split(b"-")[0]) if top else 0
         movable = np.array([int(i.split(b"-")[0]) < top_ms for i in ids], np.bool_)
-        return _Existing(Columns.concat(parts), refs, live, ids, movable)
+        stream = bool(top) or bool(self.client.exists(key))
+        return _Existing(Columns.concat(parts), refs, live, ids, movable, stream)
 
     def _write_blocks(
         self, pipe: valkey.client.Pipeline, symbol: str, cols: Columns, old: list[BlockRef]
