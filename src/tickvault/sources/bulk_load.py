@@ -37,7 +37,7 @@ log = logging.getLogger("tickvault.ingest")
 
 DEFAULT_MEMORY = 768 << 20  # working memory: with the process itself, under 1 GiB
 _CHUNK_SHARE = 48  # chunk bytes = memory / this (about 12x a chunk is live while it is converted)
-_QUEUE = 2  # chunks read ahead of the writer
+_QUEUE = 4  # chunks read ahead of the writer (as tick columns: ~80 B a row)
 
 
 @dataclass
@@ -98,48 +98,30 @@ def load_files(
     (what was read is stored: a rerun does the rest)."""
     chunk, rows = memory_plan(memory_bytes)
     writer = BulkWriter(store, buffer_rows=rows)
-    stop = stop or threading.Event()
-    reports = []
-    for path in expand(paths):
-        try:
-            files = list(members(path, symbol=symbol, chunk_bytes=chunk))
-        except DataError as exc:
-            reports.append(FileReport(path.name, error=str(exc)))
-            continue
-        for file in files:
-            if stop.is_set():
-                return reports
-            reports.append(_load_one(writer, file, keep_bad, progress, rejects, stop))
-    return reports
-
-
-def _load_one(
-    writer: BulkWriter,
-    file: TickFile,
-    keep_bad: int,
-    progress: Progress | None,
-    rejects: IO[str] | None,
-    stop: threading.Event,
-) -> FileReport:
-    report = FileReport(file.name)
-    started = time.monotonic()
-    if progress is not None:
-        progress.start(file)
-    try:
-        for batch in _read_ahead(file, stop):
-            count_batch(report, batch, keep_bad, rejects)
-            writer.add(batch.symbols, batch.symbol, batch.cols)
+    reports: list[FileReport] = []
+    report = FileReport("")
+    started = 0.0
+    for kind, file, item in _read_ahead(expand(paths), symbol, chunk, stop or threading.Event()):
+        if kind == "start":
+            report, started = FileReport(file.name), time.monotonic()
+            if progress is not None:
+                progress.start(file)
+        elif kind == "batch":
+            assert isinstance(item, TickBatch)
+            count_batch(report, item, keep_bad, rejects)
+            writer.add(item.symbols, item.symbol, item.cols)
             if progress is not None:
                 progress.advance(file, report)
-    except DataError as exc:
-        report.error = str(exc)
-    done = writer.flush()  # even after an error or a stop: what was read is stored
-    report.stored, report.duplicates = done.stored, done.duplicates
-    report.elapsed_s = time.monotonic() - started
-    if progress is not None:
-        progress.finish(file, report)
-    log.info("ingest %s (%.2f s)", report.line(), report.elapsed_s)
-    return report
+        else:  # "end", or "error" with the file's own error: what was read is stored either way
+            report.error = str(item) if item is not None else None
+            done = writer.flush()
+            report.stored, report.duplicates = done.stored, done.duplicates
+            report.elapsed_s = time.monotonic() - started
+            if progress is not None:
+                progress.finish(file, report)
+            log.info("ingest %s (%.2f s)", report.line(), report.elapsed_s)
+            reports.append(report)
+    return reports
 
 
 def count_batch(report: FileReport, batch: TickBatch, keep_bad: int, rejects: IO[str] | None) -> None:
@@ -155,13 +137,18 @@ def count_batch(report: FileReport, batch: TickBatch, keep_bad: int, rejects: IO
             rejects.write(f'"{report.name}",{row.line},{row.error.field},"{reason}"\n')
 
 
-def _read_ahead(file: TickFile, stop: threading.Event) -> Iterator[TickBatch]:
-    """The file's batches, read on a thread of their own (pyarrow's parsing and most numpy work
-    release the GIL, so reading the next chunk overlaps merging this one)."""
-    handoff: queue.Queue[TickBatch | BaseException | None] = queue.Queue(_QUEUE)
+_Item = tuple[str, TickFile, "TickBatch | DataError | None"]
+
+
+def _read_ahead(paths: list[Path], symbol: str | None, chunk: int, stop: threading.Event) -> Iterator[_Item]:
+    """("start", file, None), ("batch", file, batch)..., then ("end", file, None) or ("error", file,
+    DataError) for every file, read on a thread of their own, running ahead of the writer by a few
+    chunks, across files too: pyarrow's parsing and most numpy work release the GIL, so reading
+    overlaps merging (the merge at a file's end included)."""
+    handoff: queue.Queue[_Item | BaseException | None] = queue.Queue(_QUEUE)
     quit_reading = threading.Event()
 
-    def put(item: TickBatch | BaseException | None) -> bool:
+    def put(item: _Item | BaseException | None) -> bool:
         while not quit_reading.is_set():
             try:
                 handoff.put(item, timeout=0.1)
@@ -172,15 +159,38 @@ def _read_ahead(file: TickFile, stop: threading.Event) -> Iterator[TickBatch]:
 
     def read() -> None:
         try:
-            for batch in file.batches():
-                if stop.is_set() or not put(batch):
-                    break
+            for path in paths:
+                try:
+                    files = list(members(path, symbol=symbol, chunk_bytes=chunk))
+                except (DataError, OSError) as exc:
+                    failed = TickFile(path.name, False, _no_opener, 0, symbol)
+                    if not (
+                        put(("start", failed, None)) and put(("error", failed, _file_error(path.name, exc)))
+                    ):
+                        return
+                    continue
+                for file in files:
+                    if stop.is_set() or not put(("start", file, None)):
+                        return
+                    try:
+                        for batch in file.batches():
+                            if stop.is_set():
+                                break
+                            if not put(("batch", file, batch)):
+                                return
+                    except (DataError, OSError) as exc:  # this file's own: the others still load
+                        if not put(("error", file, _file_error(file.name, exc))):
+                            return
+                        continue
+                    if not put(("end", file, None)) or stop.is_set():
+                        return
         except BaseException as exc:  # handed to the consuming thread, which raises it
             put(exc)
             return
-        put(None)
+        finally:
+            put(None)
 
-    thread = threading.Thread(target=read, name=f"ingest-read-{file.name}", daemon=True)
+    thread = threading.Thread(target=read, name="ingest-read", daemon=True)
     thread.start()
     try:
         while (item := handoff.get()) is not None:
@@ -190,6 +200,14 @@ def _read_ahead(file: TickFile, stop: threading.Event) -> Iterator[TickBatch]:
     finally:
         quit_reading.set()
         thread.join()
+
+
+def _no_opener() -> IO[bytes]:
+    raise DataError("path", "not readable")
+
+
+def _file_error(name: str, exc: Exception) -> DataError:
+    return exc if isinstance(exc, DataError) else DataError("path", f"{name}: {exc}")
 
 
 def ticks_of(batch: TickBatch) -> Iterator[Tick]:

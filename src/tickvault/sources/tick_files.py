@@ -133,33 +133,53 @@ class TickFile:
             layout = self._layout(names, delimiter)
             reader = TableReader(layout)
             parse = _ChunkParser(names, layout, delimiter)
-            for body, first_line, count in _chunks(fh, self.chunk_bytes):
-                self.done_bytes += len(body)
-                table, lines, bad = parse(body, first_line, count)
+            for chunk in _chunks(fh, self.chunk_bytes):
+                self.done_bytes += len(chunk.body)
+                table, lines, bad = parse(chunk)
                 yield reader.batch(table, lines, bad)
 
 
-def _chunks(fh: IO[bytes], size: int) -> Iterator[tuple[bytes, int, int]]:
-    """The rest of `fh` in pieces of whole lines of about `size` bytes: (bytes, number of its first
-    line (the header was line 1), how many lines)."""
-    line, rest = 2, b""
-    while block := fh.read(size):
-        data = rest + block if rest else block
-        cut = data.rfind(b"\n") + 1
+@dataclass
+class _Chunk:
+    body: memoryview  # whole lines; valid until the next chunk is read
+    first_line: int  # the header was line 1
+    lines: int
+    lone_cr: bool  # has a carriage return not followed by a line feed (a line end to csv and pyarrow)
+
+
+def _chunks(fh: IO[bytes], size: int) -> Iterator[_Chunk]:
+    """The rest of `fh` in pieces of whole lines of about `size` bytes, read into one buffer (no
+    copy of a chunk is made: pyarrow parses it where it lies)."""
+    line, filled = 2, 0
+    buf = bytearray(2 * size)
+    while True:
+        if len(buf) - filled < size:  # a line (or quoted value) longer than a chunk: more room
+            bigger = bytearray(2 * len(buf))
+            bigger[:filled] = buf[:filled]
+            buf = bigger
+        got = fh.readinto(memoryview(buf)[filled : filled + size])  # type: ignore[attr-defined]
+        if not got:
+            break
+        filled += got
+        cut = buf.rfind(b"\n", 0, filled) + 1
         # an odd number of quotes before the cut: it falls inside a quoted value (a line break in a
         # value) and the chunk grows (up to a bound, for a file whose quotes never close)
-        quoted = b'"' in data and data.count(b'"', 0, cut) % 2 == 1 and len(data) < 8 * size
+        quoted = buf.find(b'"', 0, cut) >= 0 and buf.count(b'"', 0, cut) % 2 == 1 and filled < 8 * size
         if cut == 0 or quoted:
-            rest = data
             continue
-        body, rest = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
-        count = body.count(b"\n")
-        if b"\r" in body:  # a carriage return alone ends a line too (for csv and pyarrow alike)
-            count += body.count(b"\r") - body.count(b"\r\n")
-        yield body, line, count
+        count = buf.count(b"\n", 0, cut)
+        lone_cr = False
+        if buf.find(b"\r", 0, cut) >= 0:  # a carriage return alone ends a line too
+            lone = buf.count(b"\r", 0, cut) - buf.count(b"\r\n", 0, cut)
+            count, lone_cr = count + lone, lone > 0
+        yield _Chunk(memoryview(buf)[:cut], line, count, lone_cr)
         line += count
-    if rest.strip():
-        yield rest + b"\n", line, 1
+        rest = filled - cut
+        buf[:rest] = buf[cut:filled]  # the unfinished line to the front (same size: no resize)
+        filled = rest
+    if bytes(buf[:filled]).strip():
+        tail = bytes(buf[:filled]) + b"\n"
+        yield _Chunk(memoryview(tail), line, 1, b"\r" in tail.rstrip(b"\r\n"))
 
 
 class _ChunkParser:
@@ -178,9 +198,10 @@ class _ChunkParser:
             for column in self.wanted
         }
 
-    def __call__(self, body: bytes, first_line: int, count: int) -> tuple[pa.Table, np.ndarray, list[BadRow]]:
-        if b"\r" in body and body.count(b"\r") != body.count(b"\r\n"):
-            return self._python(body, first_line)  # lone carriage returns: counted as csv counts them
+    def __call__(self, chunk: _Chunk) -> tuple[pa.Table, np.ndarray, list[BadRow]]:
+        body, first_line, count = chunk.body, chunk.first_line, chunk.lines
+        if chunk.lone_cr:
+            return self._python(body, first_line)  # lines counted as csv counts them
         table, invalid = self._arrow(body, threads=True)
         if not invalid and table.num_rows == count:  # no blank line: row i is line first + i
             return table, np.arange(first_line, first_line + count, dtype=np.int64), []
@@ -197,7 +218,7 @@ class _ChunkParser:
                 return table, lines[good], bad
         return self._python(body, first_line)
 
-    def _arrow(self, body: bytes, *, threads: bool) -> tuple[pa.Table, list[Any]]:
+    def _arrow(self, body: memoryview, *, threads: bool) -> tuple[pa.Table, list[Any]]:
         invalid: list[Any] = []
 
         def handler(row: Any) -> str:
@@ -208,20 +229,19 @@ class _ChunkParser:
         parse = pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=handler)
         convert = pacsv.ConvertOptions(column_types=self.types, include_columns=self.include)
         try:
-            table = pacsv.read_csv(io.BytesIO(body), read, parse, convert)
+            table = pacsv.read_csv(pa.BufferReader(body), read, parse, convert)
         except pa.ArrowInvalid:
             # not UTF-8: decoded with replacement characters, as the row reader opens files
             invalid.clear()
-            fixed = body.decode("utf-8", errors="replace").encode()
-            table = pacsv.read_csv(io.BytesIO(fixed), read, parse, convert)
+            fixed = bytes(body).decode("utf-8", errors="replace").encode()
+            table = pacsv.read_csv(pa.BufferReader(fixed), read, parse, convert)
         invalid.sort(key=lambda row: row.number or 0)
         return table.rename_columns(self.wanted), invalid
 
-    def _python(self, body: bytes, first_line: int) -> tuple[pa.Table, np.ndarray, list[BadRow]]:
+    def _python(self, body: memoryview, first_line: int) -> tuple[pa.Table, np.ndarray, list[BadRow]]:
         """The chunk through Python's csv module: exact line numbers whatever the quoting."""
-        reader = csv.reader(
-            io.StringIO(body.decode("utf-8", errors="replace"), newline=""), delimiter=self.delimiter
-        )
+        text = bytes(body).decode("utf-8", errors="replace")
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.delimiter)
         columns: list[list[str]] = [[] for _ in self.wanted]
         at = [self.index[name] for name in self.wanted]
         lines, bad = [], []
@@ -245,7 +265,7 @@ def _wrong_count(line: int, values: int, columns: int) -> BadRow:
     return BadRow(line, DataError("row", f"{values} values for {columns} columns"))
 
 
-def _line_numbers(body: bytes, first_line: int) -> np.ndarray:
+def _line_numbers(body: memoryview, first_line: int) -> np.ndarray:
     """Line numbers of the non-blank lines of `body` (blank: empty, or a lone carriage return)."""
     raw = np.frombuffer(body, np.uint8)
     ends = np.flatnonzero(raw == 10)

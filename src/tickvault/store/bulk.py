@@ -119,7 +119,7 @@ class BulkResult:
 class _Existing:
     """What a session holds before the merge."""
 
-    blocks: Columns  # rows of the blocks overlapping the session
+    parts: list[Columns]  # rows of each block overlapping the session
     refs: list[BlockRef]
     live: Columns  # its live-stream entries
     live_ids: list[bytes]
@@ -238,35 +238,46 @@ class BulkWriter:
         day = str(session)
         edits_key = keys.seen_edits(symbol, day)
         plain = ~new.is_edit
-        chunks = np.unique(new.trade_id[plain] >> SEEN_CHUNK_BITS).tolist()
-        seen_keys = {c: keys.seen(symbol, day, c) for c in chunks}
+        seen_keys = {c: keys.seen(symbol, day, c) for c in _chunks_of(new.trade_id[plain])}
         pipe.watch(keys.block_index(symbol), keys.ticks(symbol), keys.late(symbol), keys.writer_lease(symbol),
                    edits_key, *seen_keys.values())  # fmt: skip
         if pipe.get(keys.writer_lease(symbol)) != LEASE_OWNER.encode():
             self._take_lease(symbol)  # it lapsed (a slow merge): take it again, then merge again
             raise valkey.WatchError("lease retaken")
         node = node_client(self.client, keys.ticks(symbol))
-        bitmaps = dict(zip(chunks, node.mget(list(seen_keys.values())) if chunks else [], strict=True))
-        known = self._seen(new.trade_id, plain, bitmaps)
+        bitmaps = dict(zip(seen_keys, node.mget(list(seen_keys.values())) if seen_keys else [], strict=True))
+        known = plain & _bits_set(new.trade_id, bitmaps)
         if known[plain].all() and not new.is_edit.any():
             return BulkResult(duplicates=len(new))  # all stored already: nothing to read or write
         old = self._existing(symbol, lo, hi)
-        everything = Columns.concat([old.blocks, old.live])
-        inside = (everything.timestamp_ms >= lo) & (everything.timestamp_ms <= hi)
-        fresh = self._fresh(new, known, everything.take(inside), set(node.smembers(edits_key)))
+        held = _held(old, lo, hi)
+        more = {c: keys.seen(symbol, day, c) for c in _chunks_of(held.ids) if c not in bitmaps}
+        if more:  # the session's own ids in other bitmaps: watched too, they decide what is new
+            pipe.watch(*more.values())
+            bitmaps.update(zip(more, node.mget(list(more.values())), strict=True))
+        unmarked = held.ids[~_bits_set(held.ids, bitmaps)]  # stored without a seen bit (History.put)
+        fresh = self._fresh(new, known, unmarked, held.marks | set(node.smembers(edits_key)))
         if not len(fresh):
             return BulkResult(duplicates=len(new))
-        base = int(everything.seq.max()) if len(everything) else 0
-        order = np.argsort(fresh.timestamp_ms, kind="stable")
-        seq = np.empty(len(fresh), np.int64)
-        seq[order] = np.arange(base + 1, base + 1 + len(fresh))
-        fresh = _with_seq(fresh, seq)
-        blocks = _ordered(Columns.concat([old.blocks, old.live.take(old.movable), fresh]))
-        stays = old.live.take(~old.movable)
-        candles = self._candles(pipe, symbol, session, blocks, stays)
+        fresh = _numbered(fresh, held.seq)
+        moving = old.live.take(old.movable)
+        # only the hours that take rows are written again; the session's other blocks stay as they are
+        hours = _distinct(np.concatenate([fresh.timestamp_ms, moving.timestamp_ms]) // HOUR_MS)
+        rewrite = [
+            i for i, ref in enumerate(old.refs)
+            if np.any((hours >= ref.first_ms // HOUR_MS) & (hours <= ref.last_ms // HOUR_MS))
+        ]  # fmt: skip
+        head = _ordered(_concat([*(old.parts[i] for i in rewrite), moving]))
+        if not len(head):
+            blocks = fresh
+        elif head.timestamp_ms[-1] <= fresh.timestamp_ms[0]:  # the usual load: new rows after the old
+            blocks = _concat([head, fresh])
+        else:
+            blocks = _ordered(_concat([head, fresh]))
+        candles = self._candles(pipe, symbol, session, [*old.parts, old.live, fresh])
         pipe.multi()
         pipe.pexpire(keys.writer_lease(symbol), LEASE_MS)
-        self._write_blocks(pipe, symbol, blocks, old.refs)
+        self._write_blocks(pipe, symbol, blocks, [old.refs[i] for i in rewrite])
         if not old.stream:
             # the live writer reads the stream's state after every batch: once seen bits exist, a batch
             # of its that stores nothing must still find a stream (an empty one: created and emptied)
@@ -276,9 +287,12 @@ class BulkWriter:
         if moved:
             pipe.xdel(keys.ticks(symbol), *moved)
             pipe.zrem(keys.late(symbol), *moved)
-        session_rows = Columns.concat([blocks, stays])
-        in_session = (session_rows.timestamp_ms >= lo) & (session_rows.timestamp_ms <= hi)
-        self._mark_seen(pipe, symbol, day, session_rows.take(in_session))
+        fresh_edits = {
+            edit_mark(fresh.trade_id[i], fresh.timestamp_ms[i], fresh.price[i], fresh.quantity[i])
+            for i in np.flatnonzero(fresh.is_edit).tolist()
+        }
+        self._mark_seen(pipe, symbol, day, np.concatenate([fresh.trade_id[~fresh.is_edit], unmarked]),
+                        held.marks | fresh_edits)  # fmt: skip
         pipe.delete(keys.day_summary(symbol, day))
         for key, bars in candles:
             for fields, entry_id in bars:
@@ -288,25 +302,9 @@ class BulkWriter:
         return BulkResult(stored=len(fresh), duplicates=len(new) - len(fresh), sessions=1, candles=written)
 
     @staticmethod
-    def _seen(trade_id: np.ndarray, plain: np.ndarray, bitmaps: dict[int, bytes | None]) -> np.ndarray:
-        """Rows whose trade id has its seen bit set (edits: never)."""
-        known = np.zeros(len(trade_id), np.bool_)
-        for c, raw in bitmaps.items():
-            if not raw:
-                continue
-            bitmap = np.frombuffer(raw, np.uint8)
-            rows = np.flatnonzero(plain & ((trade_id >> SEEN_CHUNK_BITS) == c))
-            offsets = trade_id[rows] & _CHUNK_MASK
-            byte = offsets >> 3
-            inside = byte < len(bitmap)
-            hit = np.zeros(len(rows), np.bool_)
-            hit[inside] = (bitmap[byte[inside]] & (0x80 >> (offsets[inside] & 7)).astype(np.uint8)) != 0
-            known[rows] = hit
-        return known
-
-    @staticmethod
-    def _fresh(new: Columns, known: np.ndarray, stored: Columns, marks: set[bytes]) -> Columns:
-        """The new rows not stored yet: trades by id (the first of a repeated one), edits by content."""
+    def _fresh(new: Columns, known: np.ndarray, unmarked: np.ndarray, marks: set[bytes]) -> Columns:
+        """The new rows not stored yet: trades by id (seen bit unset, not among the session's ids
+        stored without one; the first of a repeated one), edits by content."""
         keep = np.zeros(len(new), np.bool_)
         plain = np.flatnonzero(~new.is_edit)
         if len(plain):
@@ -318,22 +316,18 @@ class BulkWriter:
                 candidate = np.zeros(len(plain), np.bool_)
                 candidate[first] = True
             candidate &= ~known[plain]
-            if len(stored):
-                candidate &= ~np.isin(ids, stored.trade_id[~stored.is_edit])
+            if len(unmarked):
+                candidate &= ~np.isin(ids, unmarked)
             keep[plain[candidate]] = True
         edits = np.flatnonzero(new.is_edit)
         if len(edits):
             have = set(marks)
-            for i in np.flatnonzero(stored.is_edit).tolist():
-                have.add(
-                    edit_mark(stored.trade_id[i], stored.timestamp_ms[i], stored.price[i], stored.quantity[i])
-                )
             for i in edits.tolist():
                 mark = edit_mark(new.trade_id[i], new.timestamp_ms[i], new.price[i], new.quantity[i])
                 if mark not in have:
                     have.add(mark)
                     keep[i] = True
-        return new.take(keep)
+        return new if keep.all() else new.take(keep)
 
     def _existing(self, symbol: str, lo: int, hi: int) -> _Existing:
         """The session's blocks and live entries (read after WATCH: a change aborts the merge)."""
@@ -362,7 +356,7 @@ class BulkWriter:
         top_ms = int(top[0][0].split(b"-")[0]) if top else 0
         movable = np.array([int(i.split(b"-")[0]) < top_ms for i in ids], np.bool_)
         stream = bool(top) or bool(self.client.exists(key))
-        return _Existing(Columns.concat(parts), refs, live, ids, movable, stream)
+        return _Existing(parts, refs, live, ids, movable, stream)
 
     def _write_blocks(
         self, pipe: valkey.client.Pipeline, symbol: str, cols: Columns, old: list[BlockRef]
@@ -371,8 +365,8 @@ class BulkWriter:
         index = self.keys.block_index(symbol)
         hours = cols.timestamp_ms // HOUR_MS
         cuts = np.flatnonzero(np.diff(hours)) + 1
-        for rows in np.split(np.arange(len(cols)), cuts):
-            part = cols.take(rows) if len(rows) != len(cols) else cols
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(cols)], strict=True):
+            part = _rows(cols, lo, hi)  # views: the rows are in time order, an hour is a run of them
             ref = BlockRef(
                 int(part.timestamp_ms[0]), int(part.timestamp_ms[-1]), len(part), uuid.uuid4().hex[:12]
             )
@@ -383,13 +377,15 @@ class BulkWriter:
             for ref in old:
                 pipe.pexpire(self.keys.block(symbol, ref.block_id), OLD_BLOCK_TTL_MS)
 
-    def _mark_seen(self, pipe: valkey.client.Pipeline, symbol: str, day: str, rows: Columns) -> None:
-        """Seen bits for every trade id of the session, edit marks for its edits (OR: never clears)."""
-        ids = rows.trade_id[~rows.is_edit]
-        chunk = ids >> SEEN_CHUNK_BITS
-        single = len(ids) and chunk.min() == chunk.max()
-        for c in [int(chunk[0])] if single else np.unique(chunk).tolist():
-            offsets = ids & _CHUNK_MASK if single else ids[chunk == c] & _CHUNK_MASK
+    def _mark_seen(
+        self, pipe: valkey.client.Pipeline, symbol: str, day: str, ids: np.ndarray, marks: set[bytes]
+    ) -> None:
+        """Seen bits for trade ids, marks for edits (OR: never clears a bit)."""
+        chunks = _chunks_of(ids)
+        for c in chunks:
+            offsets = (
+                ids & _CHUNK_MASK if len(chunks) == 1 else ids[(ids >> SEEN_CHUNK_BITS) == c] & _CHUNK_MASK
+            )
             flags = np.zeros(int(offsets.max()) + 1, np.bool_)
             flags[offsets] = True
             bitmap = np.packbits(flags)  # bit 0 of a byte is its high bit, as Valkey numbers them
@@ -398,18 +394,13 @@ class BulkWriter:
             pipe.set(scratch, bitmap.tobytes())
             pipe.bitop("OR", key, key, scratch)
             pipe.delete(scratch)
-        edits = np.flatnonzero(rows.is_edit).tolist()
-        if edits:
-            marks = [
-                edit_mark(rows.trade_id[i], rows.timestamp_ms[i], rows.price[i], rows.quantity[i])
-                for i in edits
-            ]
+        if marks:
             pipe.sadd(self.keys.seen_edits(symbol, day), *marks)
 
     # -- candles of days that already have bars ---------------------------------------------------
 
     def _candles(
-        self, pipe: valkey.client.Pipeline, symbol: str, session: int, blocks: Columns, stays: Columns
+        self, pipe: valkey.client.Pipeline, symbol: str, session: int, parts: list[Columns]
     ) -> list[tuple[str, list[tuple[dict[str, str], str]]]]:
         """New versions of the day's bars for every timeframe, if the candle streams hold bars of
         that day (a live candle worker wrote them): [(stream key, [(fields, id), ...])]."""
@@ -418,7 +409,7 @@ class BulkWriter:
             return []
         keys = {tf: self.keys.candles(tf, symbol) for tf in TIMEFRAMES}
         pipe.watch(*keys.values())
-        ticks = Columns.concat([blocks, stays])
+        ticks = _concat(parts)
         ticks = _ordered(ticks.take(np.flatnonzero((ticks.timestamp_ms >= lo) & (ticks.timestamp_ms <= hi))))
         frame = columns_frame(symbol, ticks)
         out = []
@@ -452,8 +443,86 @@ class BulkWriter:
         return bool(self.client.xrange(self.keys.candles("1m", symbol), min=str(lo), max=str(hi), count=1))
 
 
-def _with_seq(cols: Columns, seq: np.ndarray) -> Columns:
-    return Columns(**{**{name: getattr(cols, name) for name in cols.__dataclass_fields__}, "seq": seq})
+@dataclass
+class _Held:
+    """What a session holds, as duplicates are decided: its trades' ids, its edits, its top seq."""
+
+    ids: np.ndarray
+    marks: set[bytes]
+    seq: int
+
+
+def _held(old: _Existing, lo: int, hi: int) -> _Held:
+    ids, marks, seq = [], set(), 0
+    for part in [*old.parts, old.live]:
+        if not len(part):
+            continue
+        ms = part.timestamp_ms
+        mine = part if lo <= ms.min() and ms.max() <= hi else part.take((ms >= lo) & (ms <= hi))
+        edits = np.flatnonzero(mine.is_edit)
+        ids.append(np.delete(mine.trade_id, edits) if len(edits) else mine.trade_id)
+        for i in edits.tolist():
+            marks.add(edit_mark(mine.trade_id[i], mine.timestamp_ms[i], mine.price[i], mine.quantity[i]))
+        seq = max(seq, int(part.seq.max()))
+    return _Held(np.concatenate(ids) if ids else np.empty(0, np.int64), marks, seq)
+
+
+def _chunks_of(ids: np.ndarray) -> list[int]:
+    """The seen-bitmap chunks (8M ids each) the ids fall in."""
+    if not len(ids):
+        return []
+    lo, hi = int(ids.min()) >> SEEN_CHUNK_BITS, int(ids.max()) >> SEEN_CHUNK_BITS
+    return [lo] if lo == hi else np.unique(ids >> SEEN_CHUNK_BITS).tolist()
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a mostly sorted array (hours): cheaper than np.unique's hash."""
+    if len(values) < 2 or bool(np.all(values[1:] >= values[:-1])):
+        return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+    return np.unique(values)
+
+
+def _bits_set(ids: np.ndarray, bitmaps: dict[int, bytes | None]) -> np.ndarray:
+    """Whether each id's seen bit is set in the fetched `bitmaps` (chunk -> bytes; others: unset)."""
+    found = np.zeros(len(ids), np.bool_)
+    if not len(ids):
+        return found
+    chunk = ids >> SEEN_CHUNK_BITS
+    single = int(chunk.min()) if chunk.min() == chunk.max() else None
+    for c, raw in bitmaps.items():
+        if not raw:
+            continue
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8)).view(np.bool_)  # Valkey's bit order: high first
+        rows = np.arange(len(ids)) if single == c else np.flatnonzero(chunk == c)
+        offsets = ids[rows] & _CHUNK_MASK
+        if int(offsets.max()) < len(bits):
+            found[rows] = bits[offsets]
+        else:
+            inside = offsets < len(bits)
+            found[rows[inside]] = bits[offsets[inside]]
+    return found
+
+
+def _concat(parts: list[Columns]) -> Columns:
+    """Columns.concat without copying when at most one part has rows."""
+    full = [p for p in parts if len(p)]
+    return full[0] if len(full) == 1 else Columns.concat(full)
+
+
+def _rows(cols: Columns, lo: int, hi: int) -> Columns:
+    if (lo, hi) == (0, len(cols)):
+        return cols
+    return Columns(**{name: getattr(cols, name)[lo:hi] for name in cols.__dataclass_fields__})
+
+
+def _numbered(fresh: Columns, top: int) -> Columns:
+    """New rows in exchange-time order (file order within a ms), seq top + 1, top + 2, ... (so after
+    every row the session held, in the order reads return them)."""
+    ms = fresh.timestamp_ms
+    if len(ms) > 1 and not bool(np.all(ms[1:] >= ms[:-1])):
+        fresh = fresh.take(np.argsort(ms, kind="stable"))
+    seq = np.arange(top + 1, top + 1 + len(fresh), dtype=np.int64)
+    return Columns(**{**{name: getattr(fresh, name) for name in fresh.__dataclass_fields__}, "seq": seq})
 
 
 def _ordered(cols: Columns) -> Columns:
