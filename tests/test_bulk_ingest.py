@@ -5,6 +5,7 @@ every bulk-stored id, derived data (candle streams, day summaries) right for eve
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -20,11 +21,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 import valkey
+from rich.console import Console
+from valkey.cluster import ValkeyCluster
 
 from conftest import subprocess_env, wait_until
 from factories import BASE_MS, tick
 from tickvault.analytics.candles import TIMEFRAMES, candles_from_ticks
 from tickvault.analytics.features import summarize_session
+from tickvault.app.ingest import BarProgress
 from tickvault.domain.events import Tick
 from tickvault.errors import StoreError
 from tickvault.sources.bulk_load import load_files
@@ -183,6 +187,19 @@ def test_blocks_written_without_seen_bits_still_count_as_stored(store: Store, tm
     assert (result.stored, result.duplicates) == (0, 1)
 
 
+def test_a_cluster_takes_bulk_loads_like_one_server(cluster_client: ValkeyCluster, tmp_path: Path) -> None:
+    """Every key of a symbol shares its slot: the merge's WATCH and MULTI/EXEC run on its node."""
+    store = Store(cluster_client)
+    days = [day_of(s, BASE_MS, 800, k) for k, s in enumerate(("WDOFUT", "WINFUT", "DOLF26", "INDZ25"))]
+    live = [msgspec.structs.replace(t, seq=i + 1) for i, t in enumerate(days[0][:300])]
+    store.append_ticks(live)
+    store.writer.release()
+    files = [write_csv(tmp_path / f"{k}.csv", day) for k, day in enumerate(days)]
+    assert [r.stored for r in load_files(store, files)] == [500, 800, 800, 800]
+    assert [r.stored for r in load_files(store, files)] == [0, 0, 0, 0]
+    assert_store_holds(store, stored_once([live, *days]))
+
+
 def test_a_killed_bulk_writer_leaves_its_lease_to_the_next_one(store: Store) -> None:
     store.client.set(store.keys.writer_lease("WDOFUT"), LEASE_OWNER, px=10_000)  # a SIGKILLed load
     ticks = day_of("WDOFUT", BASE_MS, 10, 1)
@@ -304,13 +321,31 @@ def test_bad_rows_of_every_layout_are_named_and_the_rest_stored(
     assert store.count("WDOZ25") == 1 and store.count("WINFUT") == 4 and store.count("WDOFUT") == 1
     missing = tmp_path / "bad.csv"
     missing.write_text("symbol,price\nWDOFUT,1\n")
-    proc = _ingest(system_env, tmp_path, str(missing), "--format", "json")
-    assert proc.returncode == 2
+    fine = write_csv(tmp_path / "fine.csv", day_of("WDOFUT", BASE_MS + DAY_MS, 10, 2))
+    proc = _ingest(system_env, tmp_path, str(missing), str(fine), "--format", "json")
+    assert proc.returncode == 2  # the file that cannot be read is an error; the other is loaded
     doc = msgspec.json.decode(proc.stdout)
-    assert (
-        "bad.csv lacks quantity, timestamp, timestamp_ms, or date and time columns (has symbol, price)"
-        in (doc["files"][0]["error"])
-    )
+    bad, good = doc["files"]
+    lacks = "bad.csv lacks quantity, timestamp, timestamp_ms, or date and time columns (has symbol, price)"
+    assert lacks in bad["error"] and lacks in proc.stderr
+    assert {k: good[k] for k in ("file", "read", "stored", "duplicates", "rejected", "error")} == {
+        "file": "fine.csv", "read": 10, "stored": 10, "duplicates": 0, "rejected": 0, "error": None
+    }  # fmt: skip
+    assert doc["durable"] is True and store.count("WDOFUT") == 11
+
+
+def test_a_terminal_gets_a_progress_bar_per_file(store: Store, tmp_path: Path) -> None:
+    out = io.StringIO()
+    bars = BarProgress(Console(file=out, force_terminal=True, width=140))
+    files = [
+        write_csv(tmp_path / f"day{k}.csv", day_of("WDOFUT", BASE_MS + k * DAY_MS, 3000, k)) for k in (0, 1)
+    ]
+    with bars.bars:
+        reports = load_files(store, files, progress=bars)
+    text = out.getvalue()
+    assert [r.stored for r in reports] == [3000, 3000]
+    assert "day0.csv" in text and "day1.csv" in text and "100%" in text
+    assert "3,000 rows" in text and "rows/s" in text
 
 
 def test_a_load_killed_at_any_moment_and_run_again_stores_the_files_ticks_once(
@@ -351,6 +386,7 @@ import sys
 from tickvault.sources.bulk_load import load_files
 from tickvault.store.api import Store
 import valkey
+from valkey.cluster import ValkeyCluster
 
 def status(name):  # KiB
     return int(open("/proc/self/status").read().split(name + ":")[1].split()[0])
