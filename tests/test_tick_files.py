@@ -132,6 +132,27 @@ def test_b3_trade_file_with_every_kind_of_bad_row(tmp_path: Path) -> None:
     _same(path)
 
 
+def test_b3_clocks_all_of_nine_digits_take_the_arithmetic_path_with_the_same_result(tmp_path: Path) -> None:
+    head = B3.splitlines()[0]
+    clocks = [
+        "090000003",
+        "235959999",
+        "250000000",
+        "236000000",
+        "000000000",
+        "120060001",
+        "095959000",
+        "-10000000",
+    ]
+    rows = [
+        f"2025-11-24;WDOZ25;0;5412,500;5;{c};{10 * (i + 1)};1;2025-11-24;3;308" for i, c in enumerate(clocks)
+    ]
+    path = _write(tmp_path, "TradeIntraday_20251124_2.txt", "\n".join([head, *rows]) + "\n")
+    good, bad = by_columns(path)
+    assert len(good) == 4 and [line for line, _ in bad] == [4, 5, 7, 9]
+    _same(path)
+
+
 def test_tickvault_layout_with_every_kind_of_bad_row(tmp_path: Path) -> None:
     path = _write(tmp_path, "ticks.csv", TICKVAULT)
     good, bad = by_columns(path)

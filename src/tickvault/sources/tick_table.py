@@ -128,8 +128,10 @@ def _numbers(
     text = _text(arr)
     if text is not None:
         if decimal_comma:  # as Layout.row: "5.412,50" -> "5412.50", only where there is a comma
-            comma = pc.match_substring(text, ",")
-            if pc.any(comma).as_py():
+            if not pc.any(pc.match_substring(text, ".")).as_py():
+                text = pc.replace_substring(text, ",", ".")  # no dots anywhere (B3's files): one pass
+            else:
+                comma = pc.match_substring(text, ",")
                 fixed = pc.replace_substring(pc.replace_substring(text, ".", ""), ",", ".")
                 text = pc.if_else(comma, fixed, text)
         with contextlib.suppress(pa.ArrowInvalid):  # the usual case: every value a plain number
@@ -184,6 +186,19 @@ def _iso_ms(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _action_ok(action: Any) -> int:
     check_action(action)
     return 0
+
+
+def _b3_clock(text: pa.Array) -> tuple[np.ndarray, ...] | None:
+    """B3's HHMMSSmmm in every row (9 digits): (h, m, s, ms, matched) by integer arithmetic, what
+    the clock pattern reads from such a value; None when some row has another form."""
+    if not pc.all(pc.equal(pc.utf8_length(text), 9)).as_py():
+        return None
+    with contextlib.suppress(pa.ArrowInvalid):
+        value = pc.cast(text, pa.int64())
+        if value.null_count == 0 and pc.min(value).as_py() >= 0:  # digits only (no sign)
+            v = value.to_numpy()
+            return v // 10_000_000, v // 100_000 % 100, v // 1000 % 100, v % 1000, np.ones(len(v), np.bool_)
+    return None
 
 
 def _local_day(value: Any) -> int:
@@ -326,6 +341,9 @@ class _Chunk:
             text = _text(clock) if not pa.types.is_integer(clock.type) else clock.cast(pa.string())
             if text is None:
                 return none
+            fast = _b3_clock(text)
+            if fast is not None:
+                return self._local_ms(day, *fast)
             parts = pc.extract_regex(text, r"^\s*" + _CLOCK)
         matched = parts.is_valid().to_numpy(zero_copy_only=False)
         fields = {}
@@ -333,10 +351,20 @@ class _Chunk:
             fields[name] = _cast(pc.if_else(parts.is_valid(), parts.field(name), "0"), pa.int64())[0]
         frac = pc.utf8_slice_codeunits(pc.utf8_rpad(parts.field("f"), 3, "0"), 0, 3)
         millis = _cast(pc.if_else(parts.is_valid(), frac, "0"), pa.int64())[0]
+        return self._local_ms(day, fields["h"], fields["m"], fields["s"], millis, matched)
+
+    def _local_ms(
+        self,
+        day: pa.Array,
+        h: np.ndarray,
+        m: np.ndarray,
+        s: np.ndarray,
+        millis: np.ndarray,
+        matched: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         results, codes = _per_value(day, _decide(_local_day))
         day_ok = np.array([r is not _FAIL for r in results])[codes]
         days = np.array([0 if r is _FAIL else r for r in results], np.int64)[codes]
-        h, m, s = fields["h"], fields["m"], fields["s"]
         ok = matched & day_ok & (h < 24) & (m < 60) & (s < 60)
         local = days * _DAY_MS + h * 3_600_000 + m * 60_000 + s * 1000 + millis
         return local - self.r._offsets(local), ok
