@@ -20,6 +20,7 @@ B3 TradeIntraday file (`;`, decimal comma, HHMMSSmmm beside the date, several in
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -150,12 +151,15 @@ def steady_state(tmp: Path) -> None:
     print(f"  steady set: {FILES} files x {STEADY_ROWS:,} rows = {FILES * STEADY_ROWS:,} rows, "
           f"{size / 2**30:.1f} GiB of CSV (made in {time.perf_counter() - started:.0f} s)")  # fmt: skip
     work = Path(tempfile.mkdtemp(dir=tmp))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", PEAK, str(folder)], cwd=work, env=_env(), capture_output=True, text=True,
         timeout=7200,
     )  # fmt: skip
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
     peak = int(proc.stderr.split("peak_rss_kib")[1].split()[0]) * 1024
@@ -163,6 +167,8 @@ def steady_state(tmp: Path) -> None:
     rows = FILES * STEADY_ROWS
     print(f"  steady state: {rows / ingest:,.0f} ticks/s over {rows:,} rows ({ingest:.1f} s of ingest, "
           f"{wall:.1f} s with process start); peak RSS {peak / 2**20:,.0f} MiB")  # fmt: skip
+    print(f"      CPU: {cpu:.1f} s of the ingest process (all threads), {rows / cpu:,.0f} ticks per "
+          f"CPU-second; load average now {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"    targets: >= 1,500,000 ticks/s, RSS <= 1024 MiB; command: tickvault ingest {folder.name}/")
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
