@@ -33,7 +33,8 @@ from tickvault.domain.events import Tick
 from tickvault.errors import StoreError
 from tickvault.sources.bulk_load import load_files
 from tickvault.store.api import Store, columns_frame
-from tickvault.store.bulk import LEASE_OWNER, BulkWriter, SessionDays
+from tickvault.store.bulk import LEASE_OWNER, BulkWriter
+from tickvault.store.session_rows import SessionDays
 from tickvault.workers.candle_worker import CandleWorker
 from tickvault.workers.core_flow import store_history
 

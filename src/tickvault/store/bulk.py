@@ -39,18 +39,32 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
 
 import numpy as np
 import valkey
 
 from tickvault.analytics.candles import TIMEFRAMES, candles_from_ticks
-from tickvault.domain.events import B3_TZ, Candle, from_ms, to_fields, to_ms
+from tickvault.domain.events import Candle, from_ms, to_fields
 from tickvault.errors import StoreError
 from tickvault.store.api import Store, columns_frame
 from tickvault.store.block_codec import Columns, decode_block, encode_block
 from tickvault.store.cluster import node_client, transaction
 from tickvault.store.sealing import HOUR_MS, BlockRef
+from tickvault.store.session_rows import (
+    CHUNK_MASK,
+    SessionDays,
+    bits_set,
+    chunks_of,
+    concat,
+    distinct,
+    edit_mark,
+    fresh_rows,
+    held_of,
+    numbered,
+    ordered,
+    row_range,
+    session_bounds,
+)
 from tickvault.store.stream_codec import as_entries, columns_from_entries, columns_of, id_ms, raw_command
 from tickvault.store.tick_writer import LEASE_MS, SEEN_CHUNK_BITS
 from tickvault.store.valkey_errors import map_valkey_errors
@@ -60,45 +74,7 @@ log = logging.getLogger("tickvault.bulk")
 LEASE_OWNER = "tickvault-bulk"  # one name for every bulk writer: a killed one's lease is taken over at once
 OLD_BLOCK_TTL_MS = 30_000  # replaced blocks stay readable this long for readers holding the old index
 ROW_BYTES = 80  # memory of one buffered row (the 11 columns take 74 bytes)
-_CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-
-class SessionDays:
-    """B3 session date (YYYYMMDD as an int) of exchange times in ms, worked out once per hour."""
-
-    def __init__(self) -> None:
-        self._by_hour: dict[int, int] = {}
-
-    def __call__(self, ms: np.ndarray) -> np.ndarray:
-        hours = np.asarray(ms) // HOUR_MS
-        if not len(hours):
-            return np.empty(0, np.int64)
-        lo, hi = int(hours.min()), int(hours.max())
-        if hi - lo < 1 << 20:  # a table over the hours spanned (no sort): years of hours at most
-            table = np.array([self._day(h) for h in range(lo, hi + 1)], np.int64)
-            return table[hours - lo]
-        unique, inverse = np.unique(hours, return_inverse=True)
-        return np.array([self._day(h) for h in unique.tolist()], np.int64)[inverse]
-
-    def _day(self, hour: int) -> int:
-        day = self._by_hour.get(hour)
-        if day is None:
-            day = self._by_hour[hour] = int(datetime.fromtimestamp(hour * 3600, B3_TZ).strftime("%Y%m%d"))
-        return day
-
-
-def session_bounds(session: int) -> tuple[int, int]:
-    """[first, last] ms of a B3 session date: local midnight to the next one."""
-    day = date(session // 10_000, session // 100 % 100, session % 100)
-    after = day + timedelta(days=1)
-    start = to_ms(datetime(day.year, day.month, day.day, tzinfo=B3_TZ))
-    return start, to_ms(datetime(after.year, after.month, after.day, tzinfo=B3_TZ)) - 1
-
-
-def edit_mark(trade_id: int, ms: int, price: float, quantity: int) -> bytes:
-    """What makes an edit the same edit (the live writer's rule, `TickWriter._commands`)."""
-    return f"{trade_id}:{ms}:{float(price)!r}:{quantity}".encode()
 
 
 @dataclass
@@ -238,7 +214,7 @@ class BulkWriter:
         day = str(session)
         edits_key = keys.seen_edits(symbol, day)
         plain = ~new.is_edit
-        seen_keys = {c: keys.seen(symbol, day, c) for c in _chunks_of(new.trade_id[plain])}
+        seen_keys = {c: keys.seen(symbol, day, c) for c in chunks_of(new.trade_id[plain])}
         pipe.watch(keys.block_index(symbol), keys.ticks(symbol), keys.late(symbol), keys.writer_lease(symbol),
                    edits_key, *seen_keys.values())  # fmt: skip
         if pipe.get(keys.writer_lease(symbol)) != LEASE_OWNER.encode():
@@ -246,47 +222,26 @@ class BulkWriter:
             raise valkey.WatchError("lease retaken")
         node = node_client(self.client, keys.ticks(symbol))
         bitmaps = dict(zip(seen_keys, node.mget(list(seen_keys.values())) if seen_keys else [], strict=True))
-        known = plain & _bits_set(new.trade_id, bitmaps)
+        known = plain & bits_set(new.trade_id, bitmaps)
         if known[plain].all() and not new.is_edit.any():
             return BulkResult(duplicates=len(new))  # all stored already: nothing to read or write
         old = self._existing(symbol, lo, hi)
-        held = _held(old, lo, hi)
-        more = {c: keys.seen(symbol, day, c) for c in _chunks_of(held.ids) if c not in bitmaps}
+        held = held_of([*old.parts, old.live], lo, hi)
+        more = {c: keys.seen(symbol, day, c) for c in chunks_of(held.ids) if c not in bitmaps}
         if more:  # the session's own ids in other bitmaps: watched too, they decide what is new
             pipe.watch(*more.values())
             bitmaps.update(zip(more, node.mget(list(more.values())), strict=True))
-        unmarked = held.ids[~_bits_set(held.ids, bitmaps)]  # stored without a seen bit (History.put)
-        fresh = self._fresh(new, known, unmarked, held.marks | set(node.smembers(edits_key)))
+        unmarked = held.ids[~bits_set(held.ids, bitmaps)]  # stored without a seen bit (History.put)
+        fresh = fresh_rows(new, known, unmarked, held.marks | set(node.smembers(edits_key)))
         if not len(fresh):
             return BulkResult(duplicates=len(new))
-        fresh = _numbered(fresh, held.seq)
-        moving = old.live.take(old.movable)
-        # only the hours that take rows are written again; the session's other blocks stay as they are
-        hours = _distinct(np.concatenate([fresh.timestamp_ms, moving.timestamp_ms]) // HOUR_MS)
-        rewrite = [
-            i for i, ref in enumerate(old.refs)
-            if np.any((hours >= ref.first_ms // HOUR_MS) & (hours <= ref.last_ms // HOUR_MS))
-        ]  # fmt: skip
-        head = _ordered(_concat([*(old.parts[i] for i in rewrite), moving]))
-        if not len(head):
-            blocks = fresh
-        elif head.timestamp_ms[-1] <= fresh.timestamp_ms[0]:  # the usual load: new rows after the old
-            blocks = _concat([head, fresh])
-        else:
-            blocks = _ordered(_concat([head, fresh]))
+        fresh = numbered(fresh, held.seq)
+        blocks, rewrite = self._rewrite(old, fresh)
         candles = self._candles(pipe, symbol, session, [*old.parts, old.live, fresh])
         pipe.multi()
         pipe.pexpire(keys.writer_lease(symbol), LEASE_MS)
         self._write_blocks(pipe, symbol, blocks, [old.refs[i] for i in rewrite])
-        if not old.stream:
-            # the live writer reads the stream's state after every batch: once seen bits exist, a batch
-            # of its that stores nothing must still find a stream (an empty one: created and emptied)
-            pipe.xadd(keys.ticks(symbol), {"created": "bulk"}, id="0-1")
-            pipe.xdel(keys.ticks(symbol), "0-1")
-        moved = [old.live_ids[i] for i in np.flatnonzero(old.movable).tolist()]
-        if moved:
-            pipe.xdel(keys.ticks(symbol), *moved)
-            pipe.zrem(keys.late(symbol), *moved)
+        self._move_live(pipe, symbol, old)
         fresh_edits = {
             edit_mark(fresh.trade_id[i], fresh.timestamp_ms[i], fresh.price[i], fresh.quantity[i])
             for i in np.flatnonzero(fresh.is_edit).tolist()
@@ -302,32 +257,34 @@ class BulkWriter:
         return BulkResult(stored=len(fresh), duplicates=len(new) - len(fresh), sessions=1, candles=written)
 
     @staticmethod
-    def _fresh(new: Columns, known: np.ndarray, unmarked: np.ndarray, marks: set[bytes]) -> Columns:
-        """The new rows not stored yet: trades by id (seen bit unset, not among the session's ids
-        stored without one; the first of a repeated one), edits by content."""
-        keep = np.zeros(len(new), np.bool_)
-        plain = np.flatnonzero(~new.is_edit)
-        if len(plain):
-            ids = new.trade_id[plain]
-            if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):  # ids counting up: no repeats
-                candidate = np.ones(len(plain), np.bool_)
-            else:
-                _, first = np.unique(ids, return_index=True)
-                candidate = np.zeros(len(plain), np.bool_)
-                candidate[first] = True
-            candidate &= ~known[plain]
-            if len(unmarked):
-                candidate &= ~np.isin(ids, unmarked)
-            keep[plain[candidate]] = True
-        edits = np.flatnonzero(new.is_edit)
-        if len(edits):
-            have = set(marks)
-            for i in edits.tolist():
-                mark = edit_mark(new.trade_id[i], new.timestamp_ms[i], new.price[i], new.quantity[i])
-                if mark not in have:
-                    have.add(mark)
-                    keep[i] = True
-        return new if keep.all() else new.take(keep)
+    def _rewrite(old: _Existing, fresh: Columns) -> tuple[Columns, list[int]]:
+        """The rows to write as blocks, in order, and which old blocks they replace: only the hours
+        that take rows (new ones, or live ones moving in); the session's other blocks stay."""
+        moving = old.live.take(old.movable)
+        hours = distinct(np.concatenate([fresh.timestamp_ms, moving.timestamp_ms]) // HOUR_MS)
+        rewrite = [
+            i for i, ref in enumerate(old.refs)
+            if np.any((hours >= ref.first_ms // HOUR_MS) & (hours <= ref.last_ms // HOUR_MS))
+        ]  # fmt: skip
+        head = ordered(concat([*(old.parts[i] for i in rewrite), moving]))
+        if not len(head):
+            return fresh, rewrite
+        if head.timestamp_ms[-1] <= fresh.timestamp_ms[0]:  # the usual load: new rows after the old
+            return concat([head, fresh]), rewrite
+        return ordered(concat([head, fresh])), rewrite
+
+    def _move_live(self, pipe: valkey.client.Pipeline, symbol: str, old: _Existing) -> None:
+        """The session's live entries that went into the blocks leave the stream (as sealing does)."""
+        key = self.keys.ticks(symbol)
+        if not old.stream:
+            # the live writer reads the stream's state after every batch: once seen bits exist, a batch
+            # of its that stores nothing must still find a stream (an empty one: created and emptied)
+            pipe.xadd(key, {"created": "bulk"}, id="0-1")
+            pipe.xdel(key, "0-1")
+        moved = [old.live_ids[i] for i in np.flatnonzero(old.movable).tolist()]
+        if moved:
+            pipe.xdel(key, *moved)
+            pipe.zrem(self.keys.late(symbol), *moved)
 
     def _existing(self, symbol: str, lo: int, hi: int) -> _Existing:
         """The session's blocks and live entries (read after WATCH: a change aborts the merge)."""
@@ -366,7 +323,7 @@ class BulkWriter:
         hours = cols.timestamp_ms // HOUR_MS
         cuts = np.flatnonzero(np.diff(hours)) + 1
         for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(cols)], strict=True):
-            part = _rows(cols, lo, hi)  # views: the rows are in time order, an hour is a run of them
+            part = row_range(cols, lo, hi)  # views: the rows are in time order, an hour is a run of them
             ref = BlockRef(
                 int(part.timestamp_ms[0]), int(part.timestamp_ms[-1]), len(part), uuid.uuid4().hex[:12]
             )
@@ -381,10 +338,10 @@ class BulkWriter:
         self, pipe: valkey.client.Pipeline, symbol: str, day: str, ids: np.ndarray, marks: set[bytes]
     ) -> None:
         """Seen bits for trade ids, marks for edits (OR: never clears a bit)."""
-        chunks = _chunks_of(ids)
+        chunks = chunks_of(ids)
         for c in chunks:
             offsets = (
-                ids & _CHUNK_MASK if len(chunks) == 1 else ids[(ids >> SEEN_CHUNK_BITS) == c] & _CHUNK_MASK
+                ids & CHUNK_MASK if len(chunks) == 1 else ids[(ids >> SEEN_CHUNK_BITS) == c] & CHUNK_MASK
             )
             flags = np.zeros(int(offsets.max()) + 1, np.bool_)
             flags[offsets] = True
@@ -409,8 +366,8 @@ class BulkWriter:
             return []
         keys = {tf: self.keys.candles(tf, symbol) for tf in TIMEFRAMES}
         pipe.watch(*keys.values())
-        ticks = _concat(parts)
-        ticks = _ordered(ticks.take(np.flatnonzero((ticks.timestamp_ms >= lo) & (ticks.timestamp_ms <= hi))))
+        ticks = concat(parts)
+        ticks = ordered(ticks.take(np.flatnonzero((ticks.timestamp_ms >= lo) & (ticks.timestamp_ms <= hi))))
         frame = columns_frame(symbol, ticks)
         out = []
         for tf, key in keys.items():
@@ -441,95 +398,3 @@ class BulkWriter:
         if any(lo <= d <= hi for d in days):
             return True
         return bool(self.client.xrange(self.keys.candles("1m", symbol), min=str(lo), max=str(hi), count=1))
-
-
-@dataclass
-class _Held:
-    """What a session holds, as duplicates are decided: its trades' ids, its edits, its top seq."""
-
-    ids: np.ndarray
-    marks: set[bytes]
-    seq: int
-
-
-def _held(old: _Existing, lo: int, hi: int) -> _Held:
-    ids, marks, seq = [], set(), 0
-    for part in [*old.parts, old.live]:
-        if not len(part):
-            continue
-        ms = part.timestamp_ms
-        mine = part if lo <= ms.min() and ms.max() <= hi else part.take((ms >= lo) & (ms <= hi))
-        edits = np.flatnonzero(mine.is_edit)
-        ids.append(np.delete(mine.trade_id, edits) if len(edits) else mine.trade_id)
-        for i in edits.tolist():
-            marks.add(edit_mark(mine.trade_id[i], mine.timestamp_ms[i], mine.price[i], mine.quantity[i]))
-        seq = max(seq, int(part.seq.max()))
-    return _Held(np.concatenate(ids) if ids else np.empty(0, np.int64), marks, seq)
-
-
-def _chunks_of(ids: np.ndarray) -> list[int]:
-    """The seen-bitmap chunks (8M ids each) the ids fall in."""
-    if not len(ids):
-        return []
-    lo, hi = int(ids.min()) >> SEEN_CHUNK_BITS, int(ids.max()) >> SEEN_CHUNK_BITS
-    return [lo] if lo == hi else np.unique(ids >> SEEN_CHUNK_BITS).tolist()
-
-
-def _distinct(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values of a mostly sorted array (hours): cheaper than np.unique's hash."""
-    if len(values) < 2 or bool(np.all(values[1:] >= values[:-1])):
-        return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
-    return np.unique(values)
-
-
-def _bits_set(ids: np.ndarray, bitmaps: dict[int, bytes | None]) -> np.ndarray:
-    """Whether each id's seen bit is set in the fetched `bitmaps` (chunk -> bytes; others: unset)."""
-    found = np.zeros(len(ids), np.bool_)
-    if not len(ids):
-        return found
-    chunk = ids >> SEEN_CHUNK_BITS
-    single = int(chunk.min()) if chunk.min() == chunk.max() else None
-    for c, raw in bitmaps.items():
-        if not raw:
-            continue
-        bits = np.unpackbits(np.frombuffer(raw, np.uint8)).view(np.bool_)  # Valkey's bit order: high first
-        rows = np.arange(len(ids)) if single == c else np.flatnonzero(chunk == c)
-        offsets = ids[rows] & _CHUNK_MASK
-        if int(offsets.max()) < len(bits):
-            found[rows] = bits[offsets]
-        else:
-            inside = offsets < len(bits)
-            found[rows[inside]] = bits[offsets[inside]]
-    return found
-
-
-def _concat(parts: list[Columns]) -> Columns:
-    """Columns.concat without copying when at most one part has rows."""
-    full = [p for p in parts if len(p)]
-    return full[0] if len(full) == 1 else Columns.concat(full)
-
-
-def _rows(cols: Columns, lo: int, hi: int) -> Columns:
-    if (lo, hi) == (0, len(cols)):
-        return cols
-    return Columns(**{name: getattr(cols, name)[lo:hi] for name in cols.__dataclass_fields__})
-
-
-def _numbered(fresh: Columns, top: int) -> Columns:
-    """New rows in exchange-time order (file order within a ms), seq top + 1, top + 2, ... (so after
-    every row the session held, in the order reads return them)."""
-    ms = fresh.timestamp_ms
-    if len(ms) > 1 and not bool(np.all(ms[1:] >= ms[:-1])):
-        fresh = fresh.take(np.argsort(ms, kind="stable"))
-    seq = np.arange(top + 1, top + 1 + len(fresh), dtype=np.int64)
-    return Columns(**{**{name: getattr(fresh, name) for name in fresh.__dataclass_fields__}, "seq": seq})
-
-
-def _ordered(cols: Columns) -> Columns:
-    """Rows in (exchange time, seq) order: the order `Store.columns` returns them in."""
-    if len(cols) < 2:
-        return cols
-    step = np.diff(cols.timestamp_ms)
-    if np.all(step >= 0) and np.all(np.diff(cols.seq)[step == 0] > 0):
-        return cols
-    return cols.take(np.lexsort((cols.seq, cols.timestamp_ms)))
