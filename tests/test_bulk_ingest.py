@@ -382,6 +382,34 @@ def test_a_load_killed_at_any_moment_and_run_again_stores_the_files_ticks_once(
     assert_store_holds(store, stored_once([ticks]))
 
 
+def test_sigterm_stops_after_the_chunk_in_hand_and_a_rerun_loads_the_rest(
+    system_env: dict[str, str], store: Store, valkey_client: valkey.Valkey, tmp_path: Path
+) -> None:
+    days = [day_of("WDOFUT", BASE_MS - d * DAY_MS, 4000, d) for d in range(15)]
+    path = write_csv(tmp_path / "days.csv", [t for day in days for t in day])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tickvault", "ingest", str(path), "--memory", "4MiB"],
+        env=subprocess_env(system_env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        blocks = store.keys.block_index("WDOFUT")
+        assert wait_until(lambda: valkey_client.zcard(blocks) > 0 or proc.poll() is not None)
+        assert proc.poll() is None, "finished before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == 1 and "interrupted" in err
+    stored = int(out.split(" stored=")[1].split()[0])
+    assert 0 < stored < 60_000 and store.count("WDOFUT") == stored  # what it says it stored, durable
+    again = _ingest(system_env, tmp_path, str(path))
+    assert again.returncode == 0, again.stderr
+    assert f"stored={60_000 - stored} duplicates={stored}" in again.stdout
+    assert_store_holds(store, stored_once(days))
+
+
 MEMORY_PROBE = """
 import sys
 from tickvault.sources.bulk_load import load_files

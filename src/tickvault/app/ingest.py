@@ -5,8 +5,9 @@ Output: per file a line `NAME: read= stored= duplicates= rejected= (reasons)` an
 ending in `durable=yes|NO` on stdout (or one JSON document with `--format json`); rejected rows on
 stderr (the first `--show`; `--rejects FILE` gets every one as CSV); on a terminal a progress bar per
 file (rows, rows/s, time left) on stderr. Exit code 0; 2 when a file could not be read (a missing
-column, a damaged file: the other files are still loaded); 1 when the store failed or the writes
-could not be confirmed durable.
+column, a damaged file: the other files are still loaded); 1 when the store failed, the writes
+could not be confirmed durable, or SIGINT/SIGTERM stopped the load (after the chunk in hand: what was
+read is stored, and running the command again loads the rest).
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ def run_ingest(
         if report.rejected > show:
             say(f"... and {report.rejected - show} more rejected rows in {report.name}", logging.WARNING)
     _print_result(reports, durable, elapsed, json_output)
+    if stop.is_set():
+        say("tickvault: interrupted: what was read is stored; run the same command again for the rest",
+            logging.WARNING)  # fmt: skip
+        return 1
     if any(r.error for r in reports):
         return 2
     return 0 if durable else 1
