@@ -199,6 +199,9 @@ def test_a_cluster_takes_bulk_loads_like_one_server(cluster_client: ValkeyCluste
     assert [r.stored for r in load_files(store, files)] == [500, 800, 800, 800]
     assert [r.stored for r in load_files(store, files)] == [0, 0, 0, 0]
     assert_store_holds(store, stored_once([live, *days]))
+    assert not [
+        s for s in ("WDOFUT", "WINFUT", "DOLF26", "INDZ25") if cluster_client.get(store.keys.writer_lease(s))
+    ]
 
 
 def test_a_killed_bulk_writer_leaves_its_lease_to_the_next_one(store: Store) -> None:

@@ -103,6 +103,21 @@ class _Existing:
     stream: bool  # whether the tick stream exists
 
 
+@dataclass
+class _Probe:
+    """A session's state as one pipelined read finds it."""
+
+    lease: bytes | None
+    bitmaps: list[bytes | None]  # seen bitmaps of the new rows' chunks
+    refs: list[BlockRef]
+    live: bool  # live entries with ids in the session's range
+    late: list[bytes]  # ids of live entries stored late whose exchange time is in the session
+    top_ms: int  # the stream's newest id (ms; 0: empty)
+    stream: bool
+    edits: set[bytes]
+    minute_bar: bool  # a 1m candle version written during the session
+
+
 class BulkWriter:
     """Buffers tick columns per (symbol, session) and merges them into history blocks (see the module
     doc). `add` as the rows come, `flush` at the end (and it flushes by itself past `buffer_rows`)."""
@@ -155,27 +170,39 @@ class BulkWriter:
         for symbol, session in self._buffer:
             by_symbol.setdefault(symbol, []).append(session)
         self._daily_bars.clear()
-        with map_valkey_errors():
+        with map_valkey_errors(), self._leases(sorted(by_symbol)):
             for symbol in sorted(by_symbol):
-                self.client.sadd(self.keys.symbols(), symbol)
-                with self._lease(symbol):
-                    for session in sorted(by_symbol[symbol]):
-                        parts = self._buffer.pop((symbol, session))
-                        new = Columns.concat(parts)
-                        del parts
-                        self._buffered -= len(new)
-                        self._result.add(self._merge(symbol, session, new))
+                for session in sorted(by_symbol[symbol]):
+                    parts = self._buffer.pop((symbol, session))
+                    new = Columns.concat(parts)
+                    del parts
+                    self._buffered -= len(new)
+                    self._result.add(self._merge(symbol, session, new))
 
-    # -- the symbol's writer lease -------------------------------------------------------------
+    # -- the symbols' writer leases ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _lease(self, symbol: str) -> Iterator[None]:
-        self._take_lease(symbol)
+    def _leases(self, symbols: list[str]) -> Iterator[None]:
+        """Hold the writer lease of every symbol of a drain (taken and given up in one round trip
+        each: a file of thousands of instruments); a merge takes one again if it lapsed meanwhile."""
+        if not symbols:
+            yield
+            return
+        take = self.client.pipeline(transaction=False)
+        take.sadd(self.keys.symbols(), *symbols)
+        for symbol in symbols:
+            take.set(self.keys.writer_lease(symbol), LEASE_OWNER, nx=True, px=LEASE_MS)
+        for symbol, taken in zip(symbols, take.execute()[1:], strict=True):
+            if not taken:
+                self._take_lease(symbol)  # someone holds it: ours again after a killed load, or wait
         try:
             yield
         finally:
-            with contextlib.suppress(valkey.ValkeyError):  # it expires by itself
-                self.client.eval(_RELEASE, 1, self.keys.writer_lease(symbol), LEASE_OWNER)
+            with contextlib.suppress(valkey.ValkeyError):  # they expire by themselves
+                release = self.client.pipeline(transaction=False)
+                for symbol in symbols:
+                    release.execute_command("EVAL", _RELEASE, 1, self.keys.writer_lease(symbol), LEASE_OWNER)
+                release.execute()
 
     def _take_lease(self, symbol: str) -> None:
         key = self.keys.writer_lease(symbol)
@@ -217,27 +244,28 @@ class BulkWriter:
         seen_keys = {c: keys.seen(symbol, day, c) for c in chunks_of(new.trade_id[plain])}
         pipe.watch(keys.block_index(symbol), keys.ticks(symbol), keys.late(symbol), keys.writer_lease(symbol),
                    edits_key, *seen_keys.values())  # fmt: skip
-        if pipe.get(keys.writer_lease(symbol)) != LEASE_OWNER.encode():
+        node = node_client(self.client, keys.ticks(symbol))
+        probe = self._probe(node, symbol, lo, hi, list(seen_keys.values()), edits_key)  # one round trip
+        if probe.lease != LEASE_OWNER.encode():
             self._take_lease(symbol)  # it lapsed (a slow merge): take it again, then merge again
             raise valkey.WatchError("lease retaken")
-        node = node_client(self.client, keys.ticks(symbol))
-        bitmaps = dict(zip(seen_keys, node.mget(list(seen_keys.values())) if seen_keys else [], strict=True))
+        bitmaps = dict(zip(seen_keys, probe.bitmaps, strict=True))
         known = plain & bits_set(new.trade_id, bitmaps)
         if known[plain].all() and not new.is_edit.any():
             return BulkResult(duplicates=len(new))  # all stored already: nothing to read or write
-        old = self._existing(symbol, lo, hi)
+        old = self._existing(symbol, lo, hi, probe)
         held = held_of([*old.parts, old.live], lo, hi)
         more = {c: keys.seen(symbol, day, c) for c in chunks_of(held.ids) if c not in bitmaps}
         if more:  # the session's own ids in other bitmaps: watched too, they decide what is new
             pipe.watch(*more.values())
             bitmaps.update(zip(more, node.mget(list(more.values())), strict=True))
         unmarked = held.ids[~bits_set(held.ids, bitmaps)]  # stored without a seen bit (History.put)
-        fresh = fresh_rows(new, known, unmarked, held.marks | set(node.smembers(edits_key)))
+        fresh = fresh_rows(new, known, unmarked, held.marks | probe.edits)
         if not len(fresh):
             return BulkResult(duplicates=len(new))
         fresh = numbered(fresh, held.seq)
         blocks, rewrite = self._rewrite(old, fresh)
-        candles = self._candles(pipe, symbol, session, [*old.parts, old.live, fresh])
+        candles = self._candles(pipe, symbol, session, [*old.parts, old.live, fresh], probe.minute_bar)
         pipe.multi()
         pipe.pexpire(keys.writer_lease(symbol), LEASE_MS)
         self._write_blocks(pipe, symbol, blocks, [old.refs[i] for i in rewrite])
@@ -286,9 +314,39 @@ class BulkWriter:
             pipe.xdel(key, *moved)
             pipe.zrem(self.keys.late(symbol), *moved)
 
-    def _existing(self, symbol: str, lo: int, hi: int) -> _Existing:
-        """The session's blocks and live entries (read after WATCH: a change aborts the merge)."""
-        refs = self.store.history.refs(symbol, lo, hi)
+    def _probe(
+        self, node: valkey.Valkey, symbol: str, lo: int, hi: int, seen: list[str], edits: str
+    ) -> _Probe:
+        """What decides a merge, read in one round trip (after WATCH: a change aborts the merge)."""
+        keys, ticks = self.keys, self.keys.ticks(symbol)
+        read = node.pipeline(transaction=False)
+        read.get(keys.writer_lease(symbol))
+        read.mget(seen) if seen else read.echo(b"")
+        read.zrangebyscore(keys.block_index(symbol), lo, "+inf")
+        read.xrange(ticks, min=str(lo), max=str(hi), count=1)
+        read.zrangebyscore(keys.late(symbol), lo, hi)
+        read.xrevrange(ticks, count=1)
+        read.exists(ticks)
+        read.smembers(edits)
+        read.xrange(keys.candles("1m", symbol), min=str(lo), max=str(hi), count=1)
+        lease, bitmaps, members, live, late, top, exists, marks, minute = read.execute()
+        refs = [ref for ref in map(BlockRef.parse, members) if ref.first_ms <= hi]
+        top_ms = int(top[0][0].split(b"-")[0]) if top else 0
+        return _Probe(
+            lease,
+            bitmaps if seen else [],
+            refs,
+            bool(live),
+            late,
+            top_ms,
+            bool(exists),
+            set(marks),
+            bool(minute),
+        )
+
+    def _existing(self, symbol: str, lo: int, hi: int, probe: _Probe) -> _Existing:
+        """The session's blocks and live entries."""
+        refs = probe.refs
         datas = self.client.mget([self.keys.block(symbol, r.block_id) for r in refs]) if refs else []
         parts = []
         for ref, data in zip(refs, datas, strict=True):
@@ -296,24 +354,20 @@ class BulkWriter:
                 raise StoreError(f"{symbol}: block {ref.block_id} is indexed but missing")
             parts.append(decode_block(data))
         key = self.keys.ticks(symbol)
-        raw = raw_command(self.client, key, "XRANGE", key, str(lo), str(hi))
+        raw = raw_command(self.client, key, "XRANGE", key, str(lo), str(hi)) if probe.live else []
         # entries stored late sit at ids past their time: those in range by id but not by time belong
         # elsewhere; those of this session found by the late index (as Store._live reads them)
         on_time = np.flatnonzero(columns_of(raw).timestamp_ms == id_ms(raw)) if raw else np.empty(0, int)
         entries = [raw[i] for i in on_time.tolist()]
-        late_ids = self.client.zrangebyscore(self.keys.late(symbol), lo, hi)
-        if late_ids:
+        if probe.late:
             fetch = self.client.pipeline(transaction=False)
-            for entry_id in late_ids:
+            for entry_id in probe.late:
                 fetch.xrange(key, min=entry_id, max=entry_id)
             entries += [(entry_id, fields) for found in fetch.execute() for entry_id, fields in found]
         live = columns_from_entries(as_entries(entries)) if entries else Columns.empty()
         ids = [entry_id for entry_id, _ in entries]
-        top = self.client.xrevrange(key, count=1)
-        top_ms = int(top[0][0].split(b"-")[0]) if top else 0
-        movable = np.array([int(i.split(b"-")[0]) < top_ms for i in ids], np.bool_)
-        stream = bool(top) or bool(self.client.exists(key))
-        return _Existing(parts, refs, live, ids, movable, stream)
+        movable = np.array([int(i.split(b"-")[0]) < probe.top_ms for i in ids], np.bool_)
+        return _Existing(parts, refs, live, ids, movable, probe.stream)
 
     def _write_blocks(
         self, pipe: valkey.client.Pipeline, symbol: str, cols: Columns, old: list[BlockRef]
@@ -357,12 +411,12 @@ class BulkWriter:
     # -- candles of days that already have bars ---------------------------------------------------
 
     def _candles(
-        self, pipe: valkey.client.Pipeline, symbol: str, session: int, parts: list[Columns]
+        self, pipe: valkey.client.Pipeline, symbol: str, session: int, parts: list[Columns], minute_bar: bool
     ) -> list[tuple[str, list[tuple[dict[str, str], str]]]]:
         """New versions of the day's bars for every timeframe, if the candle streams hold bars of
         that day (a live candle worker wrote them): [(stream key, [(fields, id), ...])]."""
         lo, hi = session_bounds(session)
-        if not self._has_bars(symbol, lo, hi):
+        if not (minute_bar or self._daily_bar(symbol, lo, hi)):
             return []
         keys = {tf: self.keys.candles(tf, symbol) for tf in TIMEFRAMES}
         pipe.watch(*keys.values())
@@ -388,13 +442,13 @@ class BulkWriter:
             out.append((key, entries))
         return out
 
-    def _has_bars(self, symbol: str, lo: int, hi: int) -> bool:
-        """Whether a candle stream holds a bar of the day [lo, hi]: a daily bar of it, or a 1m bar
-        version written during it (a worker writes a bar when it closes, with its open time as id)."""
+    def _daily_bar(self, symbol: str, lo: int, hi: int) -> bool:
+        """Whether the daily candle stream holds a bar of the day [lo, hi]. With a 1m bar version
+        written during the day (`_Probe.minute_bar`), that tells whether a candle worker wrote bars of
+        it (a worker writes a bar when it closes, with its open time as id, and the day's bar at the
+        day's end or when it stops)."""
         days = self._daily_bars.get(symbol)
         if days is None:
             entries = self.client.xrange(self.keys.candles("1d", symbol))
             days = self._daily_bars[symbol] = {int(fields[b"timestamp_ms"]) for _, fields in entries}
-        if any(lo <= d <= hi for d in days):
-            return True
-        return bool(self.client.xrange(self.keys.candles("1m", symbol), min=str(lo), max=str(hi), count=1))
+        return any(lo <= d <= hi for d in days)
