@@ -39,6 +39,7 @@ from bench_blocks import realistic
 from tickvault.sources.bulk_load import load_files
 from tickvault.store.api import Store
 from tickvault.store.block_codec import AGGRESSOR_CODES, Columns
+from tickvault.store.bulk import BulkWriter
 from tickvault.store.server import EmbeddedValkey, ServerInfo
 
 ROWS = 500_000
@@ -221,6 +222,25 @@ def one_file(label: str, path: Path, tmp: Path, server: ServerInfo) -> None:
           f"   target <= 4")  # fmt: skip
 
 
+def many_instruments(server: ServerInfo, symbols: int = 2000, each: int = 100) -> None:
+    """Many instruments with few trades each (a B3 file with option series): a merge per session."""
+    client = valkey.Valkey(host=server.host, port=server.port)
+    client.flushall()
+    cols = realistic(symbols * each, seed=5)
+    code = np.repeat(np.arange(symbols), each).astype(np.int32)
+    np.random.default_rng(1).shuffle(code)
+    writer = BulkWriter(Store(client))
+    start = time.perf_counter()
+    writer.add([f"OPT{i:05d}" for i in range(symbols)], code, cols)
+    done = writer.flush()
+    elapsed = time.perf_counter() - start
+    client.close()
+    assert done.stored == symbols * each
+    per = elapsed / symbols * 1000
+    print(f"  {symbols:,} instruments x {each} trades: {elapsed:.2f} s, {per:.1f} ms per (symbol, session) "
+          f"({symbols * each / elapsed:,.0f} ticks/s)")  # fmt: skip
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -242,6 +262,7 @@ def main() -> None:
             rate = 20_000 / reported_seconds(out)
             print(f"  --via-bus (bus + recorder, the pre-issue-15 path) on 20,000 rows: {rate:,.0f} ticks/s "
                   f"-> {ROWS / rate:.0f} s for {ROWS:,} rows (extrapolated)")  # fmt: skip
+            many_instruments(info)
         finally:
             server.stop()
         steady_state(tmp)
