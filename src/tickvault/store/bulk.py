@@ -192,10 +192,10 @@ class BulkWriter:
         take.sadd(self.keys.symbols(), *symbols)
         for symbol in symbols:
             take.set(self.keys.writer_lease(symbol), LEASE_OWNER, nx=True, px=LEASE_MS)
-        for symbol, taken in zip(symbols, take.execute()[1:], strict=True):
-            if not taken:
-                self._take_lease(symbol)  # someone holds it: ours again after a killed load, or wait
         try:
+            for symbol, taken in zip(symbols, take.execute()[1:], strict=True):
+                if not taken:
+                    self._take_lease(symbol)  # someone holds it: ours again after a killed load, or wait
             yield
         finally:
             with contextlib.suppress(valkey.ValkeyError):  # they expire by themselves
