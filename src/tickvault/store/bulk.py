@@ -15,7 +15,8 @@ session, and merges each (symbol, session) into the history in one MULTI/EXEC:
   into the blocks (XDEL), except those of the stream's newest millisecond, which stay live as
   compaction leaves them; set the seen bit of every id (the live writer then refuses them too);
   drop the day's cached summary (`KeySpace.day_summary`); and where the candle streams already hold
-  bars of that day, append the day's bars recomputed from the merged ticks.
+  bars of that day, append the day's bars recomputed from the merged ticks (`day_candles`). What is
+  new and in which order is decided without I/O in `session_rows`.
 
 WATCH on everything read makes the transaction apply only if none of it changed (a recorder
 sealing, another bulk writer); otherwise the session is merged again. So a SIGKILL at any moment
@@ -43,12 +44,11 @@ from dataclasses import dataclass
 import numpy as np
 import valkey
 
-from tickvault.analytics.candles import TIMEFRAMES, candles_from_ticks
-from tickvault.domain.events import Candle, from_ms, to_fields
 from tickvault.errors import StoreError
-from tickvault.store.api import Store, columns_frame
+from tickvault.store.api import Store
 from tickvault.store.block_codec import Columns, decode_block, encode_block
 from tickvault.store.cluster import node_client, transaction
+from tickvault.store.day_candles import DayCandles
 from tickvault.store.sealing import HOUR_MS, BlockRef
 from tickvault.store.session_rows import (
     CHUNK_MASK,
@@ -132,7 +132,7 @@ class BulkWriter:
         self._buffered = 0
         self._sessions = SessionDays()
         self._result = BulkResult()
-        self._daily_bars: dict[str, set[int]] = {}
+        self._candles = DayCandles(self.client, self.keys)
 
     @property
     def buffered(self) -> int:
@@ -169,7 +169,7 @@ class BulkWriter:
         by_symbol: dict[str, list[int]] = {}
         for symbol, session in self._buffer:
             by_symbol.setdefault(symbol, []).append(session)
-        self._daily_bars.clear()
+        self._candles.forget()
         with map_valkey_errors(), self._leases(sorted(by_symbol)):
             for symbol in sorted(by_symbol):
                 for session in sorted(by_symbol[symbol]):
@@ -265,7 +265,9 @@ class BulkWriter:
             return BulkResult(duplicates=len(new))
         fresh = numbered(fresh, held.seq)
         blocks, rewrite = self._rewrite(old, fresh)
-        candles = self._candles(pipe, symbol, session, [*old.parts, old.live, fresh], probe.minute_bar)
+        candles = self._candles.versions(
+            pipe, symbol, session, [*old.parts, old.live, fresh], probe.minute_bar
+        )
         pipe.multi()
         pipe.pexpire(keys.writer_lease(symbol), LEASE_MS)
         self._write_blocks(pipe, symbol, blocks, [old.refs[i] for i in rewrite])
@@ -409,46 +411,3 @@ class BulkWriter:
             pipe.sadd(self.keys.seen_edits(symbol, day), *marks)
 
     # -- candles of days that already have bars ---------------------------------------------------
-
-    def _candles(
-        self, pipe: valkey.client.Pipeline, symbol: str, session: int, parts: list[Columns], minute_bar: bool
-    ) -> list[tuple[str, list[tuple[dict[str, str], str]]]]:
-        """New versions of the day's bars for every timeframe, if the candle streams hold bars of
-        that day (a live candle worker wrote them): [(stream key, [(fields, id), ...])]."""
-        lo, hi = session_bounds(session)
-        if not (minute_bar or self._daily_bar(symbol, lo, hi)):
-            return []
-        keys = {tf: self.keys.candles(tf, symbol) for tf in TIMEFRAMES}
-        pipe.watch(*keys.values())
-        ticks = concat(parts)
-        ticks = ordered(ticks.take(np.flatnonzero((ticks.timestamp_ms >= lo) & (ticks.timestamp_ms <= hi))))
-        frame = columns_frame(symbol, ticks)
-        out = []
-        for tf, key in keys.items():
-            top = self.client.xrevrange(key, count=1)
-            last = int(top[0][0].split(b"-")[0]) if top else 0
-            bars = candles_from_ticks(frame, tf)
-            opens = bars.index.as_unit("ms").asi8.tolist()
-            entries = []
-            for open_ms, row in zip(opens, bars.itertuples(index=False), strict=True):
-                bar = Candle(
-                    symbol=symbol, timestamp=from_ms(open_ms), timestamp_ms=open_ms, timeframe=tf,
-                    open=float(row.open), high=float(row.high), low=float(row.low), close=float(row.close),
-                    volume=float(row.volume), quantity=int(row.quantity), trades=int(row.trades),
-                    vwap=float(row.vwap), buy_quantity=int(row.buy_quantity),
-                    sell_quantity=int(row.sell_quantity),
-                )  # fmt: skip
-                entries.append((to_fields(bar), f"{max(open_ms, last)}-*"))
-            out.append((key, entries))
-        return out
-
-    def _daily_bar(self, symbol: str, lo: int, hi: int) -> bool:
-        """Whether the daily candle stream holds a bar of the day [lo, hi]. With a 1m bar version
-        written during the day (`_Probe.minute_bar`), that tells whether a candle worker wrote bars of
-        it (a worker writes a bar when it closes, with its open time as id, and the day's bar at the
-        day's end or when it stops)."""
-        days = self._daily_bars.get(symbol)
-        if days is None:
-            entries = self.client.xrange(self.keys.candles("1d", symbol))
-            days = self._daily_bars[symbol] = {int(fields[b"timestamp_ms"]) for _, fields in entries}
-        return any(lo <= d <= hi for d in days)
