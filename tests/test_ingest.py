@@ -1,4 +1,5 @@
-"""`tickvault ingest PATH`: a tick file through bus and recorder, counted, durable, idempotent."""
+"""`tickvault ingest PATH`: a tick file into history blocks (or, `--via-bus`, through bus and
+recorder), counted, durable, idempotent. The bulk path's own properties: tests/test_bulk_ingest.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import subprocess_env
 from factories import BASE_MS, ticks
@@ -38,9 +40,9 @@ def _csv(path: Path, n: int = 500) -> list[Tick]:
     return written
 
 
-def _ingest(path: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _ingest(path: Path, env: dict[str, str], cwd: Path, *more: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tickvault", "ingest", str(path)],
+        [sys.executable, "-m", "tickvault", "ingest", str(path), *more],
         env=subprocess_env(env),
         cwd=cwd,
         capture_output=True,
@@ -49,17 +51,21 @@ def _ingest(path: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.parametrize("how", [(), ("--via-bus",)], ids=["into-blocks", "via-bus"])
 def test_ingest_stores_every_row_once_even_twice(
-    system_env: dict[str, str], store: Store, tmp_path: Path
+    system_env: dict[str, str], store: Store, tmp_path: Path, how: tuple[str, ...]
 ) -> None:
     path = tmp_path / "ticks.csv"
     written = _csv(path)
-    first = _ingest(path, system_env, tmp_path)
+    first = _ingest(path, system_env, tmp_path, *how)
     assert first.returncode == 0, first.stderr
-    assert "read=750 stored=750 duplicates=0 rejected=0 durable=yes" in first.stdout
-    again = _ingest(path, system_env, tmp_path)
+    assert "ticks.csv: read=750 stored=750 duplicates=0 rejected=0\n" in first.stdout
+    assert "durable=yes" in first.stdout
+    again = _ingest(path, system_env, tmp_path, *how)
     assert again.returncode == 0, again.stderr
-    assert "read=750 stored=0 duplicates=750 rejected=0 durable=yes" in again.stdout
+    assert "ticks.csv: read=750 stored=0 duplicates=750 rejected=0\n" in again.stdout
+    # the bulk path never touches the live stream; the replay goes through it
+    assert store.client.xlen(store.keys.ticks("WDOFUT")) == (0 if how == () else 500)
     for symbol in ("WDOFUT", "WINFUT"):
         back = store.tick_events(symbol, BASE_MS, BASE_MS + 10**6)
         mine = [t for t in written if t.symbol == symbol]
@@ -82,7 +88,7 @@ def test_bad_rows_are_reported_with_line_and_reason(
     path.write_text("\n".join(lines) + "\n")
     proc = _ingest(path, system_env, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "read=30 stored=26 duplicates=0 rejected=4" in proc.stdout
+    assert "ticks.csv: read=30 stored=26 duplicates=0 rejected=4" in proc.stdout
     assert "ticks.csv:line 4: price: must be positive" in proc.stderr
     assert "ticks.csv:line 6: symbol:" in proc.stderr
     assert "ticks.csv:line 8: row: 1 values for 13 columns" in proc.stderr
@@ -131,7 +137,7 @@ def test_a_file_of_one_symbol_without_trade_ids_is_ingested_once_even_twice(
         env = subprocess_env(system_env)
         proc = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr
-        assert f"read=300 stored={stored} duplicates={300 - stored} rejected=0" in proc.stdout
+        assert f"wdo.csv: read=300 stored={stored} duplicates={300 - stored} rejected=0" in proc.stdout
     back = store.tick_events("WDOFUT", "2025-11-24", "2025-11-24")
     assert [t.trade_id for t in back] == list(range(1, 301))
     assert back[1].price == 5400.5 and back[1].aggressor == "sell" and back[0].aggressor == "buy"

@@ -290,57 +290,46 @@ def _print_summary(summary: Any, settings: Settings) -> None:
 # -- ingest ------------------------------------------------------------------------------------------
 
 
+class IngestFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 @app.command()
 def ingest(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(help="CSV or Parquet file with the tick fields")],
+    paths: Annotated[
+        list[str], typer.Argument(help="Tick files, directories or globs (CSV, Parquet, .gz, .zip)")
+    ],
+    via_bus: Annotated[
+        bool,
+        Opt("--via-bus", help="Replay through bus and recorder (live consumers see it), not into blocks"),
+    ] = False,
     show: Annotated[int, Opt(help="How many rejected rows to list", min=0)] = 50,
     symbol: Annotated[str | None, Opt(help="The symbol of a file without a symbol column")] = None,
+    fmt: Annotated[IngestFormat, Opt("--format", help="text (a line per file) or json")] = IngestFormat.text,
+    memory: Annotated[str | None, Opt(help="Working memory bound, e.g. 768MiB (the default), 2GiB")] = None,
+    rejects: Annotated[
+        Path | None, Opt(help="Write every rejected row here (CSV: file,line,field,reason)")
+    ] = None,
 ) -> None:
-    """Replay a tick file through the bus and the recorder; exits when everything is durable.
-    Columns may have tickvault's names or other common ones (B3's trade files, Portuguese, English)."""
-    from collections import Counter
-
-    from tickvault.app.system import System
-    from tickvault.sources.files import BadRow, file_symbols, read_ticks
+    """Past ticks from files straight into history blocks, once each (idempotent, crash-safe); exits
+    when they are durable. Columns may have tickvault's names or other common ones (B3's
+    TradeIntraday files, Portuguese, English)."""
+    from tickvault.app.ingest import run_ingest
 
     with _errors():
         if symbol is not None:
             from tickvault.domain.events import validate_symbol
 
             symbol = validate_symbol(symbol)
-        symbols = file_symbols(path, symbol=symbol)
-        settings = _settings(ctx, symbols=",".join(symbols) or None)
-        counts: Counter[str] = Counter()
-        bad: list[BadRow] = []
-
-        def rows(_: object) -> Iterator[Any]:
-            for item in read_ticks(path, symbol=symbol):
-                counts["read"] += 1
-                if isinstance(item, BadRow):
-                    bad.append(item)
-                    continue
-                yield item
-
-        system = System(settings, source=rows, private_bus=True, hold_back=True)
-        _stop_on_sigterm(system.stop_event)
-        system.start()
-        with contextlib.suppress(KeyboardInterrupt):
-            system.wait()
-        summary = system.stop()
-        for row in bad[:show]:
-            _say(f"rejected {path.name}:{row}", logging.WARNING)
-        if len(bad) > show:
-            _say(f"... and {len(bad) - show} more rejected rows", logging.WARNING)
-        reasons = Counter(row.error.field for row in bad)
-        print(
-            f"read={counts['read']} stored={sum(summary.stored.values())} duplicates={summary.duplicates} "
-            f"rejected={len(bad)}"
-            + (f" ({', '.join(f'{k}={v}' for k, v in reasons.most_common())})" if bad else "")
-            + f" durable={'yes' if summary.durable else 'NO'}"
-        )
-        if not (summary.drained and summary.durable):
-            raise typer.Exit(1)
+        settings = _settings(ctx)
+        code = run_ingest(
+            settings, paths, symbol=symbol, via_bus=via_bus, json_output=fmt == IngestFormat.json,
+            show=show, memory=memory, rejects=rejects, err=err_console, say=_say,
+        )  # fmt: skip
+    if code:
+        raise typer.Exit(code)
 
 
 # -- query -------------------------------------------------------------------------------------------

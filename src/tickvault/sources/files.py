@@ -101,15 +101,26 @@ def tick_from_row(row: dict[str, Any], layout: Layout | None = None) -> Tick:
     `layout`, the row is in the file's own column names."""
     if layout is not None:
         row = layout.row(row)
+    symbol, ms = row_key(row)
+    if layout is not None:
+        layout.number(row, symbol, ms)
+    return finish_tick(row, symbol, ms)
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, int]:
+    """(symbol, exchange ms) of a row in tick field names: what a row needs before it can be given a
+    trade number (the vectorised reader, `tick_table`, runs these same steps on the rows it cannot
+    decide column-wise)."""
     symbol = row.get("symbol")
     if not isinstance(symbol, str):
         raise DataError(
             "symbol", "required field is missing" if symbol is None else f"must be text, got {symbol!r}"
         )
-    symbol = symbol.strip()
-    ms = _time_ms(row)
-    if layout is not None:
-        layout.number(row, symbol, ms)
+    return symbol.strip(), _time_ms(row)
+
+
+def finish_tick(row: dict[str, Any], symbol: str, ms: int) -> Tick:
+    """The rest of `tick_from_row` once a row has its symbol, time and trade id."""
     price, quantity = _float(row, "price"), _int(row, "quantity")
     volume = _float(row, "volume") if row.get("volume") not in (None, "") else None
     aggressor = str(row["aggressor"]).strip() if row.get("aggressor") not in (None, "") else None

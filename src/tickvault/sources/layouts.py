@@ -108,19 +108,11 @@ class Layout:
                     out[name] = value.replace(".", "").replace(",", ".")
         day, clock = out.pop("date", None), out.pop("clock", None)
         if "timestamp" not in out and "timestamp_ms" not in out:
-            out["timestamp"] = _local_time(day, clock)
+            out["timestamp"] = local_time(day, clock)
         side = out.get("aggressor")
         if isinstance(side, str):
-            folded = fold(side)
-            if folded not in _SIDES:
-                raise DataError("aggressor", f"must be buy or sell (or compra, venda, B, S...), got {side!r}")
-            out["aggressor"] = _SIDES[folded]
-        action = out.pop("action", None)
-        if action not in (None, "") and str(action).strip() not in ("0", "0.0"):
-            raise DataError(
-                "AcaoAtualizacao",
-                f"{action!r}: a cancelled trade, not a trade (tickvault stores trades and edits)",
-            )
+            out["aggressor"] = side_of(side)
+        check_action(out.pop("action", None))
         return out
 
     def number(self, out: dict[str, Any], symbol: str, ms: int) -> None:
@@ -136,7 +128,24 @@ class Layout:
         return next((column for column, name in self.fields.items() if name == "symbol"), None)
 
 
-def _local_time(day: Any, clock: Any) -> str:
+def side_of(side: str) -> str:
+    """A file's aggressor text as buy, sell or none (`Compra`, `V`, `Leilão`, ...)."""
+    folded = fold(side)
+    if folded not in _SIDES:
+        raise DataError("aggressor", f"must be buy or sell (or compra, venda, B, S...), got {side!r}")
+    return _SIDES[folded]
+
+
+def check_action(action: Any) -> None:
+    """B3's AcaoAtualizacao: 0 (or nothing) is a trade; anything else cancels one."""
+    if action not in (None, "") and str(action).strip() not in ("0", "0.0"):
+        raise DataError(
+            "AcaoAtualizacao",
+            f"{action!r}: a cancelled trade, not a trade (tickvault stores trades and edits)",
+        )
+
+
+def local_time(day: Any, clock: Any) -> str:
     """`2025-11-27` or `27/11/2025` with `10:00:00.123` or B3's `100000123` -> ISO 8601 in B3 time."""
     if day in (None, ""):
         raise DataError("timestamp", "required field is missing (no date)")
