@@ -4,7 +4,7 @@ callback signatures, callbacks fired from the library's own threads with wide-ch
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from conftest import wait_until
 from fake_profitdll import build_fake_dll
 from tickvault.domain.events import B3_TZ, Tick
 from tickvault.errors import ConfigError, DataError
-from tickvault.sources.profitdll import ProfitDLLSource, parse_profit_date
+from tickvault.sources.profitdll import ProfitDLLSource, check_history_window, parse_profit_date
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +58,43 @@ def test_every_trade_arrives_as_a_correct_tick(fake_dll: Path) -> None:
     session.close()
 
 
-def test_history_packets_arrive_through_the_history_callback(fake_dll: Path) -> None:
+def recent_day(days_back: int = 2) -> datetime:
+    """10:00 B3 time of a day a little in the past (within the DLL's 30 days)."""
+    day = datetime.now(B3_TZ).date() - timedelta(days=days_back)
+    return datetime(day.year, day.month, day.day, 10, 0, tzinfo=B3_TZ)
+
+
+def test_history_trades_arrive_apart_from_live_ones_with_progress(fake_dll: Path) -> None:
     session = ProfitDLLSource(fake_dll, "KEY-123", "trader", "s3cret", login_timeout=10)
     session.start()
-    session.history(
-        "WINZ25", datetime(2025, 11, 21, 9, 0, tzinfo=B3_TZ), datetime(2025, 11, 21, 18, 0, tzinfo=B3_TZ)
-    )
-    assert session.history_done.wait(10)
-    ticks = iter_queue(session)
-    assert [(t.symbol, t.trade_id, t.price, t.aggressor) for t in ticks] == [
-        ("WINZ25", 1, 130000.0, "buy"), ("WINZ25", 2, 130005.0, "sell"),
-    ]  # fmt: skip
-    assert ticks[1].timestamp_ms - ticks[0].timestamp_ms == 250 and session.stats.history == 2
-    session.close()
+    try:
+        start = recent_day()
+        seen: list[int] = []
+        ticks = list(
+            session.history_ticks("WINZ25", start, start + timedelta(minutes=30), threading.Event(),
+                                  on_progress=seen.append)
+        )  # fmt: skip
+        # one trade a minute, 10:00 to 10:30 inclusive; the fake's impossible date and zero price refused
+        assert [t.trade_id for t in ticks] == list(range(601, 632))
+        assert {t.symbol for t in ticks} == {"WINZ25"} and ticks[0].timestamp == start
+        assert (ticks[0].price, ticks[0].aggressor, ticks[1].aggressor) == (130000.0, "buy", "sell")
+        assert session.stats.history_rejected == {"date": 1, "price": 1}
+        assert seen == [25, 50, 75, 100]
+        # told apart: nothing on the live queue, no live counter moved
+        assert session.queue.empty() and session.stats.received == 0 and session.stats.rejected == {}
+        assert session.stats.history == 31 and session.history_done.is_set()
+    finally:
+        session.close()
+
+
+def test_a_history_range_beyond_30_days_is_refused_before_asking() -> None:
+    now = datetime(2026, 12, 1, 13, 0, tzinfo=B3_TZ)
+    check_history_window(datetime(2026, 11, 1, 0, 0, tzinfo=B3_TZ), now, now)  # exactly 30 days: served
+    with pytest.raises(DataError, match="30 days back only, from 2026-11-01") as info:
+        check_history_window(datetime(2026, 10, 31, 23, 59, tzinfo=B3_TZ), now, now)
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match="before the start"):
+        check_history_window(now, now - timedelta(hours=1), now)
 
 
 def test_wrong_password_is_a_clear_error(fake_dll: Path) -> None:

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     zmq_enabled: bool = Field(True, validation_alias="ZMQ_ENABLED")
     zmq_host: str = Field("127.0.0.1", validation_alias="ZMQ_HOST")
     zmq_tick_port: int = Field(5555, ge=1, le=65535, validation_alias="ZMQ_TICK_PORT")
-    # reserved for the order book (5556) / history downloads (5557): nothing binds them yet
+    # the order book (5556); `tickvault download` publishes history_{SYMBOL} on the history port (5557)
     zmq_book_port: int = Field(5556, ge=1, le=65535, validation_alias="ZMQ_BOOK_PORT")
     zmq_history_port: int = Field(5557, ge=1, le=65535, validation_alias="ZMQ_HISTORY_PORT")
     zmq_signal_port: int = Field(5558, ge=1, le=65535, validation_alias="ZMQ_SIGNAL_PORT")

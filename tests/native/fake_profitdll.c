@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <wchar.h>
 
@@ -48,11 +49,6 @@ static const Trade LIVE[] = {
     {L"WDOF26", L"24/11/2025 10:15:30.123", 1001, 5412.0, 108240.0, 2, 3, 120, 2, 1},
     {L"WDOF26", L"24/11/2025 10:15:32.999", 4000000000u, 5414.0, 54140.0, 1, 386, 3, 3, 0},
 };
-static const Trade HISTORY[] = {
-    {L"WINZ25", L"21/11/2025 09:00:00.000", 1, 130000.0, 26000.0, 1, 15, 16, 2, 0},
-    {L"WINZ25", L"21/11/2025 09:00:00.250", 2, 130005.0, 52002.0, 2, 16, 15, 3, 0},
-};
-
 static void send_trade(const Trade *t, int history) {
     TAssetIDRec asset = {t->ticker, L"F", 0};
     if (history)
@@ -73,14 +69,6 @@ static void *login_thread(void *arg) {
 static void *live_thread(void *arg) {
     (void)arg;
     for (size_t i = 0; i < sizeof LIVE / sizeof LIVE[0]; i++) send_trade(&LIVE[i], 0);
-    return NULL;
-}
-
-static void *history_thread(void *arg) {
-    (void)arg;
-    for (size_t i = 0; i < sizeof HISTORY / sizeof HISTORY[0]; i++) send_trade(&HISTORY[i], 1);
-    TAssetIDRec asset = {L"WINZ25", L"F", 0};
-    on_progress(asset, 100);
     return NULL;
 }
 
@@ -142,10 +130,75 @@ int SubscribeTicker(const wchar_t *ticker, const wchar_t *exchange) {
 
 int UnsubscribeTicker(const wchar_t *ticker, const wchar_t *exchange) { (void)ticker; (void)exchange; return 0; }
 
-int GetHistoryTrades(const wchar_t *ticker, const wchar_t *exchange, const wchar_t *start, const wchar_t *end) {
-    (void)ticker; (void)exchange; (void)start; (void)end;
-    return spawn(history_thread);
+/* ---- history: GetHistoryTrades serves, for any range, one trade every `history_step` seconds of it
+ * that falls in 09:00-18:30 (trade number: that time's step of the day + 1, so a range asked twice
+ * gives the same trades), two bad trades among them (an impossible date, a zero price), and progress
+ * in quarters with 100 after the last trade, all on the connector thread as the real DLL. */
+typedef struct { wchar_t ticker[64]; long long start, end; } HistoryAsk;
+static int history_step = 60;
+static long history_asks, history_sent;
+
+static long long parse_dll_date(const wchar_t *text) { /* 'DD/MM/YYYY HH:mm:SS' as naive seconds, -1: bad */
+    int d, mo, y, h, mi, s;
+    if (text == NULL || swscanf(text, L"%d/%d/%d %d:%d:%d", &d, &mo, &y, &h, &mi, &s) != 6) return -1;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 59) return -1;
+    struct tm tm = {0};
+    tm.tm_mday = d; tm.tm_mon = mo - 1; tm.tm_year = y - 1900; tm.tm_hour = h; tm.tm_min = mi; tm.tm_sec = s;
+    return (long long)timegm(&tm);
 }
+
+static int in_session(long long t) { long long s = t % 86400; return s >= 9 * 3600 && s <= 18 * 3600 + 1800; }
+
+static void *history_job(void *arg) {
+    HistoryAsk *ask = arg;
+    TAssetIDRec asset = {ask->ticker, L"F", 0};
+    long total = 0, sent = 0, k = 0;
+    for (long long t = ask->start; t <= ask->end; t += history_step) total += in_session(t);
+    if (total >= 5) total += 2; /* the two bad ones */
+    int reported = 0;
+    for (long long t = ask->start; t <= ask->end; t += history_step) {
+        if (!in_session(t)) continue;
+        time_t when = (time_t)t;
+        struct tm tm;
+        gmtime_r(&when, &tm);
+        wchar_t date[32];
+        swprintf(date, 32, L"%02d/%02d/%04d %02d:%02d:%02d.%03d", tm.tm_mday, tm.tm_mon + 1, tm.tm_year + 1900,
+                 tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(k * 7 % 1000));
+        unsigned int number = (unsigned int)(t % 86400 / history_step + 1);
+        double price = 130000.0 + 5.0 * (double)(k % 20);
+        int qty = 1 + (int)(k % 3);
+        on_history(asset, date, number, price, price * 0.2 * qty, qty, 15, 16, k % 2 ? 3 : 2);
+        sent++; k++;
+        if (total >= 5 && k == 2) { /* an impossible date, then a zero price: both to be rejected */
+            on_history(asset, L"31/02/2026 10:00:00.000", 900001, 130000.0, 26000.0, 1, 15, 16, 2);
+            on_history(asset, date, 900002, 0.0, 0.0, 1, 15, 16, 2);
+            sent += 2;
+        }
+        int percent = (int)(sent * 100 / total);
+        if (percent / 25 > reported && percent < 100) { reported = percent / 25; on_progress(asset, reported * 25); }
+    }
+    __atomic_add_fetch(&history_sent, sent, __ATOMIC_SEQ_CST);
+    on_progress(asset, 100);
+    free(ask);
+    return NULL;
+}
+
+int GetHistoryTrades(const wchar_t *ticker, const wchar_t *exchange, const wchar_t *start, const wchar_t *end) {
+    (void)exchange;
+    long long from = parse_dll_date(start), to = parse_dll_date(end);
+    if (ticker == NULL || from < 0 || to < 0 || to < from) return -2147483645; /* NL_ERR_INVALID_ARGS */
+    HistoryAsk *ask = calloc(1, sizeof *ask);
+    if (ask == NULL) return -1;
+    wcsncpy(ask->ticker, ticker, 63);
+    ask->start = from; ask->end = to;
+    __atomic_add_fetch(&history_asks, 1, __ATOMIC_SEQ_CST);
+    return spawn_arg(history_job, (intptr_t)ask);
+}
+
+/* test controls: seconds between history trades; requests served; trades sent (bad ones included) */
+void FakeHistoryStep(int seconds) { history_step = seconds > 0 ? seconds : 60; }
+long FakeHistoryAsks(void) { return history_asks; }
+long FakeHistorySent(void) { return history_sent; }
 
 int FakeBusy(void) { return __atomic_load_n(&running, __ATOMIC_SEQ_CST); }
 
@@ -571,6 +624,7 @@ void FakeReset(void) {
     pthread_mutex_unlock(&page_lock);
     offer_v1 = NULL; offer_v2 = NULL; price_v1 = NULL; price_v2 = NULL;
     clock_ms = 0; next_id = 10000; rng = 88172645463325252ull;
+    history_step = 60; history_asks = 0; history_sent = 0;
     tick_clock(1);
     pthread_mutex_unlock(&connector);
 }

@@ -332,6 +332,35 @@ def ingest(
         raise typer.Exit(code)
 
 
+# -- download ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    symbol: Annotated[str, typer.Argument(help="The symbol, e.g. WINZ25")],
+    start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day) or e.g. '-2d' (30 days back)")],
+    end: Annotated[str, Opt(help="Same forms as --start")] = "now",
+    wait_subscribers: Annotated[
+        int, Opt(help="Hold the first frame until this many subscribe to history_ (10 s at most)", min=0)
+    ] = 0,
+) -> None:
+    """ProfitDLL's past trades of SYMBOL (PROFIT_* settings): published on the history port as
+    history_SYMBOL frames and stored straight into history blocks, once each."""
+    from tickvault.app.download import run_download
+    from tickvault.domain.events import validate_symbol
+    from tickvault.domain.timeparse import parse_time
+
+    with _errors():
+        settings = _settings(ctx)
+        begin, finish = parse_time(start, field="--start"), parse_time(end, field="--end")
+        code = run_download(
+            settings, validate_symbol(symbol), begin, finish, wait_subscribers=wait_subscribers, say=_say
+        )
+    if code:
+        raise typer.Exit(code)
+
+
 # -- query -------------------------------------------------------------------------------------------
 
 

@@ -115,6 +115,11 @@ def book_topic(symbol: str) -> str:  # reserved: the order book's port (ZMQ_BOOK
     return f"book_{symbol}"
 
 
+def history_topic(symbol: str) -> str:
+    """A history download's trades (ZMQ_HISTORY_PORT), the same JSON as `tick_{SYMBOL}`."""
+    return f"history_{symbol}"
+
+
 def features_topic(symbol: str) -> str:
     return f"features_{symbol}"
 

@@ -20,8 +20,19 @@ Signatures from the public manual: `DLLInitializeMarketLogin(key, user, password
 NewDaily, PriceBook, OfferBook, HistoryTrade, Progress, TinyBook)`; the trade callback is
 `(TAssetIDRec{pwcTicker, pwcBolsa, nFeed}, pwcDate 'DD/MM/YYYY HH:mm:SS.ZZZ', nTradeNumber, dPrice,
 dVol, nQtd, nBuyAgent, nSellAgent, nTradeType, bEdit)`, the history-trade callback the same without
-bEdit; stdcall on Windows (WinDLL/WINFUNCTYPE), the C convention elsewhere (how the tests drive a
+bEdit, and the progress callback `(TAssetIDRec, nProgress)` (1 to 100 for a GetHistoryTrades
+request); stdcall on Windows (WinDLL/WINFUNCTYPE), the C convention elsewhere (how the tests drive a
 fake library built with gcc). Trade type 2 is a buy aggression, 3 a sell aggression.
+
+History (`GetHistoryTrades(ticker, exchange, 'DD/MM/YYYY HH:mm:SS' start, end)`): its trades come
+through the history-trade callback, never the live one, and go on their own queue (`history_queue`,
+with the progress reports in arrival order between them), so a past trade can never be taken for a
+live one; rejects are counted apart (`stats.history_rejected`). `history_ticks` asks and yields them
+until progress 100. The callbacks are the login call's slots (V1): the manual marks
+SetHistoryTradeCallback deprecated for SetHistoryTradeCallbackV2 (a `TConnectorTradeCallback(asset,
+pTrade, flags)` whose trade must be read with TranslateTrade, the end flagged TC_LAST_PACKET), not
+bound here yet; the V1 callback's declaration is the manual's and every example's. The DLL serves
+30 days of history (`HISTORY_DAYS`); `check_history_window` refuses an older start before asking.
 
 The books (manual 4.0.0.42, checked against its Delphi, C++, C# and Python examples):
 - Only the V2 callbacks are registered, with `SetOfferBookCallbackV2` / `SetPriceBookCallbackV2`
@@ -61,13 +72,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tickvault.domain.book import BookBatch
 from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
-from tickvault.errors import ConfigError, TickvaultError
+from tickvault.errors import ConfigError, DataError, TickvaultError
 from tickvault.sources.profitdll_book import parse_profit_date  # the book's callbacks share the date text
 from tickvault.sources.profitdll_feed import BookCall, BookFeed, OfferCall, PriceCall
 
@@ -103,6 +114,7 @@ OfferBookCallbackV2 = _FUNC(
 PriceBookCallbackV2 = _FUNC(None, TAssetIDRec, _INT, _INT, _INT, _INT64, _INT, ctypes.c_double, _PTR, _PTR)
 _PAGE_HEADER = struct.Struct("<ii")  # count, size in bytes of the whole page
 MAX_PAGE_BYTES = 64 << 20  # a larger size is not a page: only its header is copied (then rejected)
+HISTORY_DAYS = 30  # how far back GetHistoryTrades serves (from today, B3 time)
 
 
 class ProfitDLLError(TickvaultError):
@@ -117,6 +129,29 @@ class ProfitStats:
     book_calls: int = 0  # book callbacks queued
     pages_freed: int = 0  # full-book pages copied and given back with FreePointer
     rejected: Counter[str] = field(default_factory=Counter)
+    history_rejected: Counter[str] = field(default_factory=Counter)  # bad trades of a history request
+
+
+@dataclass(frozen=True)
+class HistoryProgress:
+    """A progress report of a history request (the DLL's 1..100), queued between its trades."""
+
+    symbol: str
+    percent: int
+
+
+def check_history_window(start: datetime, end: datetime, now: datetime | None = None) -> None:
+    """Refuse, before asking the DLL, a range it cannot serve: a start more than HISTORY_DAYS days
+    back (from today's B3 midnight), or an end before the start."""
+    today = (now or datetime.now(B3_TZ)).astimezone(B3_TZ).date()
+    oldest = datetime(today.year, today.month, today.day, tzinfo=B3_TZ) - timedelta(days=HISTORY_DAYS)
+    if start < oldest:
+        raise DataError(
+            "start", f"ProfitDLL serves history {HISTORY_DAYS} days back only, from {oldest:%Y-%m-%d};"
+            f" {start.astimezone(B3_TZ):%Y-%m-%d %H:%M} is earlier",
+        )  # fmt: skip
+    if end < start:
+        raise DataError("end", f"{end.isoformat()} is before the start {start.isoformat()}")
 
 
 class ProfitDLLSource:
@@ -141,6 +176,7 @@ class ProfitDLLSource:
         self.stats = ProfitStats()
         self.book = BookFeed()  # read only by the thread that reads the queue
         self.queue: queue.SimpleQueue[Tick | BookCall] = queue.SimpleQueue()
+        self.history_queue: queue.SimpleQueue[Tick | HistoryProgress] = queue.SimpleQueue()
         self.history_done = threading.Event()
         self._market = threading.Event()
         self._login_failed = threading.Event()
@@ -168,19 +204,26 @@ class ProfitDLLSource:
             )  # fmt: skip
         except TickvaultError as exc:
             reason = getattr(exc, "field", type(exc).__name__)
-            self.stats.rejected[str(reason)] += 1
-            log.error("ProfitDLL trade %s rejected: %s", number, exc)
+            (self.stats.history_rejected if history else self.stats.rejected)[str(reason)] += 1
+            log.error("ProfitDLL %strade %s rejected: %s", "history " * history, number, exc)
             return
         except Exception as exc:  # noqa: BLE001 - nothing may propagate into the DLL
-            self.stats.rejected["unexpected"] += 1
+            (self.stats.history_rejected if history else self.stats.rejected)["unexpected"] += 1
             log.error("ProfitDLL trade %s rejected: %r", number, exc)
             return
+        if history:
+            self.stats.history += 1
+            self.history_queue.put(tick)
+            return
         self.stats.received += 1
-        self.stats.history += history
         self.stats.edits += tick.is_edit
         self.queue.put(tick)
 
     def _on_progress(self, asset: TAssetIDRec, percent: int) -> None:
+        try:
+            self.history_queue.put(HistoryProgress(str(asset.pwcTicker or ""), int(percent)))
+        except Exception:  # noqa: BLE001 - nothing may propagate into the DLL
+            self.stats.history_rejected["progress"] += 1
         if percent >= 100:
             self.history_done.set()
 
@@ -326,6 +369,40 @@ class ProfitDLLSource:
         )  # fmt: skip
         if code != NL_OK:
             raise ProfitDLLError(f"GetHistoryTrades({symbol}) returned {code}")
+
+    def history_ticks(
+        self,
+        symbol: str,
+        start: datetime,
+        end: datetime,
+        stop: threading.Event,
+        *,
+        idle_timeout: float = 120.0,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Iterator[Tick]:
+        """Ask for the past trades of `symbol` in [start, end] and yield them as they arrive, until
+        the DLL reports 100 (`on_progress` sees every report) or `stop` is set. No callback for
+        `idle_timeout` seconds is an error (the DLL went quiet mid-download)."""
+        check_history_window(start, end)
+        self.history(symbol, start, end)
+        quiet_since = time.monotonic()
+        while not stop.is_set():
+            try:
+                item = self.history_queue.get(timeout=0.1)
+            except queue.Empty:
+                if time.monotonic() - quiet_since > idle_timeout:
+                    raise ProfitDLLError(
+                        f"history of {symbol}: nothing from the DLL for {idle_timeout:g} s"
+                    ) from None
+                continue
+            quiet_since = time.monotonic()
+            if isinstance(item, Tick):
+                yield item
+                continue
+            if on_progress is not None:
+                on_progress(item.percent)
+            if item.percent >= 100 and item.symbol in (symbol, ""):
+                return
 
     def events(self, stop: threading.Event) -> Iterator[Tick | BookBatch]:
         """Ticks and book batches in the order the DLL delivered them, until `stop` is set."""
