@@ -16,11 +16,13 @@ BUY, SELL = 0, 1  # sides as the DLL numbers them
 Row = tuple[float, int, int, int]  # (price, quantity, agent or order count, offer id or 0)
 
 
-def build_fake_dll(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_fake_dll(tmp_path_factory: pytest.TempPathFactory, *defines: str) -> Path:
+    """`defines`: e.g. FAKE_V1_HISTORY_ONLY (a DLL without SetHistoryTradeCallbackV2 and TranslateTrade)."""
     if shutil.which("gcc") is None:
         pytest.skip("gcc is needed to build the fake ProfitDLL")
     out = tmp_path_factory.mktemp("dll") / "libfakeprofit.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-pthread", "-o", str(out), str(NATIVE)], check=True)
+    flags = [f"-D{name}" for name in defines]
+    subprocess.run(["gcc", "-shared", "-fPIC", "-pthread", *flags, "-o", str(out), str(NATIVE)], check=True)
     return out
 
 

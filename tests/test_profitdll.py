@@ -3,6 +3,7 @@ callback signatures, callbacks fired from the library's own threads with wide-ch
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -64,8 +65,17 @@ def recent_day(days_back: int = 2) -> datetime:
     return datetime(day.year, day.month, day.day, 10, 0, tzinfo=B3_TZ)
 
 
-def test_history_trades_arrive_apart_from_live_ones_with_progress(fake_dll: Path) -> None:
-    session = ProfitDLLSource(fake_dll, "KEY-123", "trader", "s3cret", login_timeout=10)
+@pytest.fixture(scope="module")
+def fake_dll_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fake_dll(tmp_path_factory, "FAKE_V1_HISTORY_ONLY")
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_history_trades_arrive_apart_from_live_ones_with_progress(
+    fake_dll: Path, fake_dll_v1: Path, version: int
+) -> None:
+    path = fake_dll if version == 2 else fake_dll_v1
+    session = ProfitDLLSource(path, "KEY-123", "trader", "s3cret", login_timeout=10)
     session.start()
     try:
         start = recent_day()
@@ -83,6 +93,12 @@ def test_history_trades_arrive_apart_from_live_ones_with_progress(fake_dll: Path
         # told apart: nothing on the live queue, no live counter moved
         assert session.queue.empty() and session.stats.received == 0 and session.stats.rejected == {}
         assert session.stats.history == 31 and session.history_done.is_set()
+        # V2 when the DLL has it, and then only V2: the V1 slot got NULL, so no trade came twice
+        calls = session._dll.FakeHistoryCalls
+        calls.restype = ctypes.c_long
+        assert session.stats.history_v2 == (version == 2)
+        assert (calls(1), calls(2)) == ((0, 33) if version == 2 else (33, 0))
+        assert session.stats.history_last_packets == (version == 2)
     finally:
         session.close()
 

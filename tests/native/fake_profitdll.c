@@ -136,7 +136,46 @@ int UnsubscribeTicker(const wchar_t *ticker, const wchar_t *exchange) { (void)ti
  * in quarters with 100 after the last trade, all on the connector thread as the real DLL. */
 typedef struct { wchar_t ticker[64]; long long start, end; } HistoryAsk;
 static int history_step = 60;
-static long history_asks, history_sent;
+static long history_asks, history_sent, history_v1_calls, history_v2_calls;
+
+/* V2 (the manual's recommended history callback): a trade pointer the client reads with TranslateTrade */
+typedef struct { uint16_t wYear, wMonth, wDayOfWeek, wDay, wHour, wMinute, wSecond, wMilliseconds; } SystemTime;
+typedef struct { uint8_t Version; const wchar_t *Ticker; const wchar_t *Exchange; uint8_t FeedType; } TConnectorAssetIdentifier;
+typedef struct {
+    uint8_t Version; SystemTime TradeDate; uint32_t TradeNumber; double Price; int64_t Quantity; double Volume;
+    int32_t BuyAgent; int32_t SellAgent; uint8_t TradeType;
+} TConnectorTrade;
+typedef void (*TConnectorTradeCallback)(TConnectorAssetIdentifier, const void *, uint32_t);
+#define TC_LAST_PACKET 2u
+static TConnectorTradeCallback on_history_v2;
+
+#ifndef FAKE_V1_HISTORY_ONLY /* built without: a DLL that predates the V2 history callback */
+int SetHistoryTradeCallbackV2(TConnectorTradeCallback cb) {
+    pthread_mutex_lock(&connector); on_history_v2 = cb; pthread_mutex_unlock(&connector); return 0;
+}
+int TranslateTrade(const void *trade, TConnectorTrade *out) {
+    if (trade == NULL || out == NULL || out->Version != 0) return -2147483645; /* NL_ERR_INVALID_ARGS */
+    *out = *(const TConnectorTrade *)trade;
+    return 0;
+}
+#endif
+
+/* one history trade to every registered history callback (both, when a client registered both) */
+static void send_history(TAssetIDRec asset, const wchar_t *date, const struct tm *tm, int ms, unsigned int number,
+                         double price, int qty, int type, uint32_t flags) {
+    if (on_history != NULL) {
+        on_history(asset, date, number, price, price * 0.2 * qty, qty, 15, 16, type);
+        history_v1_calls++;
+    }
+    if (on_history_v2 != NULL) {
+        TConnectorTrade t = {0, {(uint16_t)(tm->tm_year + 1900), (uint16_t)(tm->tm_mon + 1), 0, (uint16_t)tm->tm_mday,
+                                 (uint16_t)tm->tm_hour, (uint16_t)tm->tm_min, (uint16_t)tm->tm_sec, (uint16_t)ms},
+                             number, price, qty, price * 0.2 * qty, 15, 16, (uint8_t)type};
+        TConnectorAssetIdentifier id = {0, asset.pwcTicker, asset.pwcBolsa, 0};
+        on_history_v2(id, &t, flags);
+        history_v2_calls++;
+    }
+}
 
 static long long parse_dll_date(const wchar_t *text) { /* 'DD/MM/YYYY HH:mm:SS' as naive seconds, -1: bad */
     int d, mo, y, h, mi, s;
@@ -167,11 +206,14 @@ static void *history_job(void *arg) {
         unsigned int number = (unsigned int)(t % 86400 / history_step + 1);
         double price = 130000.0 + 5.0 * (double)(k % 20);
         int qty = 1 + (int)(k % 3);
-        on_history(asset, date, number, price, price * 0.2 * qty, qty, 15, 16, k % 2 ? 3 : 2);
+        int ms = (int)(k * 7 % 1000), last = t + history_step > ask->end;
+        send_history(asset, date, &tm, ms, number, price, qty, k % 2 ? 3 : 2, last ? TC_LAST_PACKET : 0);
         sent++; k++;
         if (total >= 5 && k == 2) { /* an impossible date, then a zero price: both to be rejected */
-            on_history(asset, L"31/02/2026 10:00:00.000", 900001, 130000.0, 26000.0, 1, 15, 16, 2);
-            on_history(asset, date, 900002, 0.0, 0.0, 1, 15, 16, 2);
+            struct tm feb31 = tm;
+            feb31.tm_mday = 31; feb31.tm_mon = 1;
+            send_history(asset, L"31/02/2026 10:00:00.000", &feb31, 0, 900001, 130000.0, 1, 2, 0);
+            send_history(asset, date, &tm, ms, 900002, 0.0, 1, 2, 0);
             sent += 2;
         }
         int percent = (int)(sent * 100 / total);
@@ -199,6 +241,7 @@ int GetHistoryTrades(const wchar_t *ticker, const wchar_t *exchange, const wchar
 void FakeHistoryStep(int seconds) { history_step = seconds > 0 ? seconds : 60; }
 long FakeHistoryAsks(void) { return history_asks; }
 long FakeHistorySent(void) { return history_sent; }
+long FakeHistoryCalls(int version) { return version == 2 ? history_v2_calls : history_v1_calls; }
 
 int FakeBusy(void) { return __atomic_load_n(&running, __ATOMIC_SEQ_CST); }
 
@@ -624,7 +667,7 @@ void FakeReset(void) {
     pthread_mutex_unlock(&page_lock);
     offer_v1 = NULL; offer_v2 = NULL; price_v1 = NULL; price_v2 = NULL;
     clock_ms = 0; next_id = 10000; rng = 88172645463325252ull;
-    history_step = 60; history_asks = 0; history_sent = 0;
+    history_step = 60; history_asks = 0; history_sent = 0; history_v1_calls = 0; history_v2_calls = 0;
     tick_clock(1);
     pthread_mutex_unlock(&connector);
 }

@@ -28,11 +28,16 @@ History (`GetHistoryTrades(ticker, exchange, 'DD/MM/YYYY HH:mm:SS' start, end)`)
 through the history-trade callback, never the live one, and go on their own queue (`history_queue`,
 with the progress reports in arrival order between them), so a past trade can never be taken for a
 live one; rejects are counted apart (`stats.history_rejected`). `history_ticks` asks and yields them
-until progress 100. The callbacks are the login call's slots (V1): the manual marks
-SetHistoryTradeCallback deprecated for SetHistoryTradeCallbackV2 (a `TConnectorTradeCallback(asset,
-pTrade, flags)` whose trade must be read with TranslateTrade, the end flagged TC_LAST_PACKET), not
-bound here yet; the V1 callback's declaration is the manual's and every example's. The DLL serves
-30 days of history (`HISTORY_DAYS`); `check_history_window` refuses an older start before asking.
+until progress 100 (`TProgressCallback(rAssetID, nProgress)`, the login call's slot). The trades come
+through `SetHistoryTradeCallbackV2` when the DLL has it and `TranslateTrade` (the manual marks the V1
+callback, SetHistoryTradeCallback, deprecated): a `TConnectorTradeCallback(TConnectorAssetIdentifier,
+pTrade, nFlags: Cardinal)` whose trade is read, inside the callback as the manual and the Python
+example do, with `TranslateTrade(pTrade, var TConnectorTrade)` (Version 0: a SYSTEMTIME date, a 64-bit
+quantity, a byte trade type); TC_LAST_PACKET (2) flags the last one (counted; the end is still
+progress 100). The login call's history slot then gets NULL, or each trade could arrive twice (once
+per version, as issue 16 saw with the books). An older DLL gets the V1 callback in that slot (the
+manual's THistoryTradeCallback: the live trade's arguments without bEdit, a 32-bit nQtd). The DLL
+serves 30 days of history (`HISTORY_DAYS`); `check_history_window` refuses an older start first.
 
 The books (manual 4.0.0.42, checked against its Delphi, C++, C# and Python examples):
 - Only the V2 callbacks are registered, with `SetOfferBookCallbackV2` / `SetPriceBookCallbackV2`
@@ -112,6 +117,29 @@ OfferBookCallbackV2 = _FUNC(
     _FLAG, _FLAG, _FLAG, _FLAG, _FLAG, ctypes.c_wchar_p, _PTR, _PTR,
 )  # fmt: skip
 PriceBookCallbackV2 = _FUNC(None, TAssetIDRec, _INT, _INT, _INT, _INT64, _INT, ctypes.c_double, _PTR, _PTR)
+
+
+class SystemTime(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_ushort) for name in (
+        "wYear", "wMonth", "wDayOfWeek", "wDay", "wHour", "wMinute", "wSecond", "wMilliseconds",
+    )]  # fmt: skip
+
+
+class TConnectorAssetIdentifier(ctypes.Structure):
+    _fields_ = [("Version", ctypes.c_ubyte), ("Ticker", ctypes.c_wchar_p), ("Exchange", ctypes.c_wchar_p),
+                ("FeedType", ctypes.c_ubyte)]  # fmt: skip
+
+
+class TConnectorTrade(ctypes.Structure):
+    _fields_ = [
+        ("Version", ctypes.c_ubyte), ("TradeDate", SystemTime), ("TradeNumber", ctypes.c_uint),
+        ("Price", ctypes.c_double), ("Quantity", ctypes.c_int64), ("Volume", ctypes.c_double),
+        ("BuyAgent", ctypes.c_int), ("SellAgent", ctypes.c_int), ("TradeType", ctypes.c_ubyte),
+    ]  # fmt: skip
+
+
+ConnectorTradeCallback = _FUNC(None, TConnectorAssetIdentifier, ctypes.c_void_p, ctypes.c_uint)
+TC_IS_EDIT, TC_LAST_PACKET = 1, 2
 _PAGE_HEADER = struct.Struct("<ii")  # count, size in bytes of the whole page
 MAX_PAGE_BYTES = 64 << 20  # a larger size is not a page: only its header is copied (then rejected)
 HISTORY_DAYS = 30  # how far back GetHistoryTrades serves (from today, B3 time)
@@ -125,6 +153,8 @@ class ProfitDLLError(TickvaultError):
 class ProfitStats:
     received: int = 0
     history: int = 0
+    history_v2: bool = False  # history trades through SetHistoryTradeCallbackV2 (else the V1 slot)
+    history_last_packets: int = 0
     edits: int = 0
     book_calls: int = 0  # book callbacks queued
     pages_freed: int = 0  # full-book pages copied and given back with FreePointer
@@ -182,6 +212,7 @@ class ProfitDLLSource:
         self._login_failed = threading.Event()
         self._dll: Any = None
         self._free: Any = None  # FreePointer
+        self._translate: Any = None  # TranslateTrade (V2 history trades)
         self._book_callbacks = False  # SetOfferBookCallbackV2 and SetPriceBookCallbackV2 accepted ours
         self._keep: list[Any] = []  # every callback object, alive as long as the session
 
@@ -218,6 +249,27 @@ class ProfitDLLSource:
         self.stats.received += 1
         self.stats.edits += tick.is_edit
         self.queue.put(tick)
+
+    def _history_v2(self, asset: TConnectorAssetIdentifier, pointer: int | None, flags: int) -> None:
+        """A V2 history trade: read with TranslateTrade, then the same checks as every trade."""
+        try:
+            self.stats.history_last_packets += bool(flags & TC_LAST_PACKET)
+            trade = TConnectorTrade(Version=0)
+            code = self._translate(pointer, ctypes.byref(trade))
+            if code != NL_OK:
+                self.stats.history_rejected["translate"] += 1
+                log.error("ProfitDLL TranslateTrade returned %s", code)
+                return
+            d = trade.TradeDate
+            date = (f"{d.wDay:02d}/{d.wMonth:02d}/{d.wYear:04d} {d.wHour:02d}:{d.wMinute:02d}:{d.wSecond:02d}"
+                    f".{d.wMilliseconds:03d}")  # fmt: skip
+            asset_id = TAssetIDRec(asset.Ticker, asset.Exchange, 0)
+        except Exception as exc:  # noqa: BLE001 - nothing may propagate into the DLL
+            self.stats.history_rejected["unexpected"] += 1
+            log.error("ProfitDLL history trade unreadable: %r", exc)
+            return
+        self._trade(asset_id, date, trade.TradeNumber, trade.Price, trade.Volume, trade.Quantity,
+                    trade.BuyAgent, trade.SellAgent, trade.TradeType, 0, history=True)  # fmt: skip
 
     def _on_progress(self, asset: TAssetIDRec, percent: int) -> None:
         try:
@@ -291,7 +343,15 @@ class ProfitDLLSource:
         progress = ProgressCallback(self._on_progress)
         unused = UnusedCallback(lambda: None)
         offer, price = OfferBookCallbackV2(self._offer), PriceBookCallbackV2(self._price)
-        self._keep = [state, trade, past, progress, unused, offer, price]
+        past_v2 = ConnectorTradeCallback(self._history_v2)
+        self._keep = [state, trade, past, past_v2, progress, unused, offer, price]
+        self._translate = getattr(self._dll, "TranslateTrade", None)
+        v2 = self._translate is not None and hasattr(self._dll, "SetHistoryTradeCallbackV2")
+        if self._translate is not None:
+            self._translate.argtypes, self._translate.restype = (
+                [ctypes.c_void_p, ctypes.c_void_p],
+                ctypes.c_int,
+            )
         self._free = getattr(self._dll, "FreePointer", None)
         if self._free is not None:
             self._free.argtypes, self._free.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
@@ -300,9 +360,15 @@ class ProfitDLLSource:
         key, user, password = self._credentials
         # the book slots take the V1 callbacks: NULL, or every update would arrive twice (V1 and V2)
         code = login(ctypes.c_wchar_p(key), ctypes.c_wchar_p(user), ctypes.c_wchar_p(password), state, trade,
-                     unused, None, None, past, progress, unused)  # fmt: skip
+                     unused, None, None, None if v2 else past, progress, unused)  # fmt: skip
         if code != NL_OK:
             raise ProfitDLLError(f"DLLInitializeMarketLogin returned {code}")
+        if v2:  # V2 only (the V1 slot got NULL): each history trade once
+            self._dll.SetHistoryTradeCallbackV2.restype = ctypes.c_int
+            code = self._dll.SetHistoryTradeCallbackV2(past_v2)
+            if code != NL_OK:
+                raise ProfitDLLError(f"SetHistoryTradeCallbackV2 returned {code}")
+        self.stats.history_v2 = v2
         self._book_callbacks = self._set_book_callbacks(offer, price)
         deadline = threading.Event()
         for _ in range(int(self.login_timeout * 20)):
