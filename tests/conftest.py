@@ -155,6 +155,7 @@ def system_env(
         "ZMQ_HISTORY_PORT": str(free_port()),
         "ZMQ_SIGNAL_PORT": str(free_port()),
         "ZMQ_REPLAY_PORT": str(free_port()),
+        "WEB_PORT": str(free_port()),  # `run` serves the web dashboard: never two tests on 8050
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -164,8 +164,13 @@ def run(
     only: Annotated[
         str | None, Opt(help="One component per process: source, recorder, candles, features, predictor")
     ] = None,
+    web: Annotated[bool | None, Opt("--web/--no-web", help="Serve the web dashboard [WEB_ENABLED]")] = None,
+    web_port: Annotated[
+        int | None, Opt(help="Web dashboard port, 0: any free port [WEB_PORT]", min=0, max=65535)
+    ] = None,
+    web_host: Annotated[str | None, Opt(help="Web dashboard address [WEB_HOST]")] = None,
 ) -> None:
-    """Run the whole system: source, bus, recorder, dashboard."""
+    """Run the whole system: source, bus, recorder, dashboards (terminal and web)."""
     from tickvault.app.dashboard import LiveView
     from tickvault.app.system import System
 
@@ -186,8 +191,13 @@ def run(
             raise ConfigError("--source", source, "must be sim, replay:PATH or profitdll")
         settings = _settings(
             ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey,
-            zmq_consume_enabled=consume,
+            zmq_consume_enabled=consume, web_enabled=web, web_port=web_port, web_host=web_host,
         )  # fmt: skip
+        serve_web = settings.web_enabled and only is None
+        if serve_web:  # beyond loopback without a token: refused before anything starts
+            from tickvault.app.web.server import check_bind, token_of
+
+            check_bind(settings.web_host, token_of(settings))
         view = LiveView(settings.symbols)
         chosen = _replay_source(replay, settings, file_symbol) if replay else None
         if source == "profitdll":
@@ -211,7 +221,8 @@ def run(
             system.stop_event = stop  # the DLL's tick queue ends when the system stops
         _stop_on_sigterm(system.stop_event)
         system.start()
-        _say(system.describe())
+        web_server = _serve_web(system, settings) if serve_web else None
+        _say(system.describe() + (f" web={web_server.url}" if web_server is not None else ""))
         metrics = _serve_metrics(system, metrics_port) if metrics_port is not None else None
         try:
             if dashboard and only is None and sys.stdout.isatty():
@@ -221,6 +232,8 @@ def run(
         except KeyboardInterrupt:
             pass
         _say("stopping: draining bus and recorder ...")
+        if web_server is not None:
+            web_server.stop()
         summary = system.stop()
         if metrics is not None:
             metrics.stop()
@@ -244,6 +257,33 @@ def _serve_metrics(system: Any, port: int) -> Any:
         _say(f"metrics port {port} unavailable ({exc}); running without metrics", logging.WARNING)
         return None
     _say(f"metrics: http://127.0.0.1:{server.port}/metrics")
+    return server
+
+
+def _serve_web(system: Any, settings: Settings) -> Any:
+    """The web dashboard on the system's Valkey, or None: without Valkey there is nothing to show,
+    and a port in use is a DEGRADED line, not a failed run."""
+    from tickvault.app.web.server import WebServer
+    from tickvault.store.api import Store
+
+    if system.connection is None:
+        _say("web dashboard off: it reads Valkey, and this run has none", logging.WARNING)
+        return None
+
+    def problems() -> list[str]:
+        signal = system.features.signal_problem if system.features is not None else None
+        return [*system.degraded, *([signal] if signal else [])]
+
+    server = WebServer.from_settings(
+        settings, Store(system.connection.client("web")), symbols=settings.symbols,
+        where=system.connection.where, problems=problems,
+    )  # fmt: skip
+    try:
+        server.start()
+    except ConfigError as exc:
+        system.degraded.append(f"web dashboard unavailable ({exc.reason})")
+        log.error("web dashboard not served: %s", exc)
+        return None
     return server
 
 
@@ -470,6 +510,37 @@ def monitor(
             pass
         finally:
             conn.close()
+
+
+@app.command()
+def web(
+    ctx: typer.Context,
+    symbols: Annotated[str | None, Opt(help="Comma-separated symbols shown first [MONITOR_SYMBOLS]")] = None,
+    web_port: Annotated[int | None, Opt(help="Port, 0: any free port [WEB_PORT]", min=0, max=65535)] = None,
+    web_host: Annotated[
+        str | None, Opt(help="Address; beyond loopback WEB_TOKEN is required [WEB_HOST]")
+    ] = None,
+) -> None:
+    """Serve the web dashboard alone, reading Valkey only (beside a system running elsewhere).
+    The token for an address beyond loopback comes from WEB_TOKEN (environment or .env)."""
+    from tickvault.app.web.server import WebServer, check_bind, token_of
+    from tickvault.store.api import Store
+    from tickvault.store.connection import Connection
+
+    with _errors():
+        settings = _settings(ctx, monitor_symbols=symbols, web_host=web_host, web_port=web_port)
+        check_bind(settings.web_host, token_of(settings))  # before anything connects
+        stop = threading.Event()
+        _stop_on_sigterm(stop)
+        with Connection.open(settings) as conn:  # like `monitor`: Valkey down is shown, not fatal
+            server = WebServer.from_settings(
+                settings, Store(conn.client("web")), symbols=settings.monitor_symbols, where=conn.where
+            )
+            server.start()
+            try:
+                _hold(stop, f"tickvault web: {server.url} reading {conn.where}  Ctrl+C to stop")
+            finally:
+                server.stop()
 
 
 @app.command("curve-keys")
