@@ -25,8 +25,10 @@ import valkey
 from conftest import subprocess_env, wait_until
 from factories import BASE_MS, tick
 from tickvault.analytics.candles import TIMEFRAMES, bar_bounds
+from tickvault.app.web.bars import chart_bars, worker_position
+from tickvault.app.web.clock import local_s
 from tickvault.app.web.live import Cursor, LiveFeed
-from tickvault.app.web.panels import Ladder, Level, candles_until, local_s, moment
+from tickvault.app.web.panels import Ladder, Level, moment
 from tickvault.app.web.server import STATIC, WebServer
 from tickvault.config import redact
 from tickvault.domain.events import Candle, Features, Prediction, Signal, from_ms, to_fields
@@ -34,6 +36,7 @@ from tickvault.errors import ConfigError
 from tickvault.store.api import Store
 from tickvault.store.health import HealthReporter
 from tickvault.store.server import EmbeddedValkey, free_port
+from tickvault.workers.candle_worker import CandleWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t0ken-W3b-Dashb0ard-Secret"
@@ -130,7 +133,8 @@ def test_a_moment_shows_what_the_store_api_returns(store: Store) -> None:
     store.append_ticks(ticks)
     last = ticks[-1]
     store.append_events([
-        signal(ticks[100].timestamp_ms, "BUY"), signal(ticks[200].timestamp_ms, "HOLD"),
+        signal(ticks[100].timestamp_ms, "BUY"), signal(ticks[101].timestamp_ms, "BUY", 0.9),
+        signal(ticks[200].timestamp_ms, "HOLD"),
         signal(ticks[300].timestamp_ms, "SELL", 0.61),
         Features(symbol="WDOFUT", timestamp=last.timestamp, timestamp_ms=last.timestamp_ms,
                  values={"ofi_60s": 0.25, "ret_1m": float("nan"), "volatility_regime_30d": "LOW_VOL"}),
@@ -139,13 +143,19 @@ def test_a_moment_shows_what_the_store_api_returns(store: Store) -> None:
     ])  # fmt: skip
     view = moment(store, "WDOFUT", "1m", None)
     first_ms = view["bars"][0]["ms"]
-    same_bars(view["bars"], store.candles("WDOFUT", "1m", first_ms, last.timestamp_ms))
+    # live: the bars closed so far (the open one comes with the page's first live update)
+    closed_until = bar_bounds(last.timestamp_ms, "1m")[0] - 1
+    same_bars(view["bars"], store.candles("WDOFUT", "1m", first_ms, closed_until))
     assert view["live"] and view["last"]["id"] == store.last_tick("WDOFUT").trade_id == last.trade_id  # type: ignore[union-attr]
     assert [row["id"] for row in view["tape"]] == [t.trade_id for t in reversed(ticks[-50:])]
     assert view["tape"][0]["buyer"] == last.buyer and view["tape"][0]["aggressor"] == last.aggressor
-    markers = [(m["action"], m["ms"]) for m in view["markers"]]
-    assert markers == [("BUY", ticks[100].timestamp_ms), ("SELL", ticks[300].timestamp_ms)]  # no HOLD
-    assert view["markers"][0]["time"] == local_s(bar_bounds(ticks[100].timestamp_ms, "1m")[0])
+    # one marker per bar and action: the count and the newest; HOLD is not drawn
+    markers = [(m["action"], m["ms"], m["count"], m["confidence"]) for m in view["markers"]]
+    assert markers == [("BUY", ticks[101].timestamp_ms, 2, 0.9), ("SELL", ticks[300].timestamp_ms, 1, 0.61)]
+    assert [s["ms"] for s in view["signals"]] == [
+        t.timestamp_ms for t in (ticks[100], ticks[101], ticks[300])
+    ]
+    assert view["markers"][0]["time"] == local_s(bar_bounds(ticks[101].timestamp_ms, "1m")[0])
     assert view["features"]["values"] == {"ofi_60s": 0.25, "ret_1m": None, "volatility_regime_30d": "LOW_VOL"}
     assert view["prediction"]["probabilities"] == {"DOWN": 0.2, "FLAT": 0.3, "UP": 0.5}
     assert view["book"] is None  # nothing stores a book yet: the page hides its panel
@@ -177,24 +187,46 @@ def test_a_past_moment_is_the_market_as_it_stood_then(store: Store) -> None:
     assert view["book"]["asks"][0] == [5400.5, 20, 2] and view["book"]["at"] == view["at"]
 
 
-def test_the_chart_joins_the_candle_stream_and_bars_from_ticks(store: Store) -> None:
-    ticks = session_ticks()
-    store.append_ticks(ticks)
-    end_ms = ticks[-1].timestamp_ms
-    whole = store.candles("WDOFUT", "1m", BASE_MS, end_ms)
-    # a candle worker wrote the first bars; one of them marked so the test sees which source it came from
-    for ts, bar in list(zip(whole.index, whole.itertuples(index=False), strict=True))[:4]:
-        ms = int(ts.value // 1_000_000)
-        high = bar.high + (100.0 if ms == BASE_MS else 0.0)
-        store.client.xadd(store.keys.candles("1m", "WDOFUT"), to_fields(Candle(
-            symbol="WDOFUT", timestamp=from_ms(ms), timestamp_ms=ms, timeframe="1m", open=bar.open,
-            high=high, low=bar.low, close=bar.close, volume=bar.volume, quantity=int(bar.quantity),
-            trades=int(bar.trades), vwap=bar.vwap, buy_quantity=int(bar.buy_quantity),
-            sell_quantity=int(bar.sell_quantity))))  # fmt: skip
-    bars = candles_until(store, "WDOFUT", "1m", end_ms)
-    assert list(bars.index) == list(whole.index)
-    assert bars["high"].iloc[0] == whole["high"].iloc[0] + 100.0  # closed bars: the candle stream's
-    pd.testing.assert_frame_equal(bars.iloc[1:], whole.iloc[1:], check_freq=False)  # the rest: ticks
+def test_chart_bars_from_the_candle_worker_history_and_ticks_equal_store_candles(store: Store) -> None:
+    ticks = session_ticks(1500, step_ms=900)  # 22 minutes
+    store.append_ticks(ticks[:500])
+    store.seal("WDOFUT", ticks[500].timestamp_ms)  # history older than the worker (a backfill, say)
+    worker = CandleWorker(store, ("WDOFUT",))
+    for i in range(500, 1400, 100):  # the worker keeps up; the last 100 ticks it has not read yet
+        store.append_ticks(ticks[i : i + 100])
+        while worker.step(block_ms=0):
+            pass
+    store.append_ticks(ticks[1400:])
+    assert worker_position(store, "WDOFUT") == ticks[1399].timestamp_ms
+    for end in (
+        ticks[-1].timestamp_ms,
+        ticks[1399].timestamp_ms + 1,
+        ticks[900].timestamp_ms,
+        ticks[250].timestamp_ms,
+    ):
+        for tf in TIMEFRAMES:
+            bars = chart_bars(store, "WDOFUT", tf, end)
+            assert len(bars)
+            first = int(bars.index[0].value // 1_000_000)
+            pd.testing.assert_frame_equal(
+                bars[CHART], store.candles("WDOFUT", tf, first, end)[CHART], check_freq=False
+            )
+            closed = chart_bars(store, "WDOFUT", tf, end, closed_only=True)
+            before = bar_bounds(end, tf)[0] - 1
+            expected = store.candles("WDOFUT", tf, first, before) if before >= first else closed
+            pd.testing.assert_frame_equal(closed[CHART], expected[CHART], check_freq=False)
+    # closed bars really come from the worker's stream: a correction written there is what is shown
+    minute = bar_bounds(ticks[700].timestamp_ms, "1m")[0]
+    bar = store.candle_stream("WDOFUT", "1m", minute, minute).iloc[0]
+    store.client.xadd(store.keys.candles("1m", "WDOFUT"), to_fields(Candle(
+        symbol="WDOFUT", timestamp=from_ms(minute), timestamp_ms=minute, timeframe="1m", open=bar.open,
+        high=bar.high + 100.0, low=bar.low, close=bar.close, volume=bar.volume, quantity=int(bar.quantity),
+        trades=int(bar.trades), vwap=bar.vwap)))  # fmt: skip
+    shown = chart_bars(store, "WDOFUT", "1m", ticks[-1].timestamp_ms)
+    assert shown.loc[from_ms(minute), "high"] == bar.high + 100.0
+
+
+CHART = ["open", "high", "low", "close", "quantity", "trades"]  # what the chart draws (vwap may round)
 
 
 # -- the live feed ----------------------------------------------------------------------------------
@@ -494,6 +526,9 @@ def test_web_command_serves_a_store_filled_elsewhere(
             assert view["last"]["id"] == ticks[-1].trade_id
             update = events(port, f"/api/live?symbol=WDOFUT&tf=5m&since_ms={view['at_ms']}", 1)[0]
             assert update["tape"][0]["id"] == ticks[-1].trade_id
+            # the bar still open comes with the first live update: with the view's, the whole chart
+            bars = view["bars"] + update["bars"]
+            same_bars(bars, store.candles("WDOFUT", "5m", bars[0]["ms"], ticks[-1].timestamp_ms))
         finally:
             proc.terminate()
             proc.wait(60)
@@ -506,7 +541,8 @@ def test_on_a_cluster_the_view_and_the_live_feed_work(cluster_client: Any, serve
     store.append_ticks(ticks)
     server = serve(store=store)
     view = json.loads(request(server.port, "/api/view?symbol=WDOFUT")[2])
-    same_bars(view["bars"], store.candles("WDOFUT", "1m", view["bars"][0]["ms"], ticks[-1].timestamp_ms))
+    closed_until = bar_bounds(ticks[-1].timestamp_ms, "1m")[0] - 1
+    same_bars(view["bars"], store.candles("WDOFUT", "1m", view["bars"][0]["ms"], closed_until))
     first = events(server.port, f"/api/live?symbol=WDOFUT&since_ms={view['at_ms']}", 1)[0]
     assert first["tape"][0]["id"] == ticks[-1].trade_id
     assert json.loads(request(server.port, "/api/health")[2])["status"] == "IDLE"

@@ -33,10 +33,10 @@ import valkey
 
 from tickvault.analytics.candles import TIMEFRAMES, bar_bounds, candles_from_ticks
 from tickvault.app.monitor import MonitorSnapshot, gather
+from tickvault.app.web.bars import Bar, bars_of, fold, forming_bars
 from tickvault.app.web.panels import (
     TAPE_ROWS,
     BookSource,
-    bar_row,
     book_ladder,
     features_view,
     marker,
@@ -59,21 +59,6 @@ KEEP_BARS = 600  # per timeframe: a page further behind than this reloads its ch
 MAX_READ = 20_000  # tick entries per symbol per read: a backlog is caught up over several reads
 MARKERS_KEPT = 200
 _FAILURES = (StoreError, valkey.ValkeyError, OSError)
-
-
-@dataclass
-class Bar:
-    open_ms: int
-    open: float
-    high: float
-    low: float
-    close: float
-    quantity: int
-    trades: int
-    version: int
-
-    def row(self) -> dict[str, Any]:
-        return bar_row(self.open_ms, self.open, self.high, self.low, self.close, self.quantity, self.trades)
 
 
 @dataclass
@@ -335,37 +320,26 @@ class LiveFeed:
         return changed
 
     def _first_read(self, state: SymbolState) -> None:
-        """The bars open now, from the store; reading on from the newest stored entry."""
+        """The bars open now, from the store (see bars.forming_bars); reading on from the newest entry."""
         store, symbol = self.store, state.symbol
-        key = store.keys.ticks(symbol)
-        top = store.client.xrevrange(key, count=1)
-        version = 0  # stamped below, under the lock
+        top = store.client.xrevrange(store.keys.ticks(symbol), count=1)
+        bars: dict[str, dict[int, Bar]] = {tf: {} for tf in TIMEFRAMES}
+        position, recent = "-", []
         if top:
             top_ms = int(top[0][0].split(b"-")[0])
-            # the bars as of the ms before the newest entry; that ms and on are read from the stream
-            # (the whole ms, so ticks sharing it are counted once)
-            start = min(bar_bounds(top_ms, tf)[0] for tf in TIMEFRAMES)
-            ticks = store.ticks(symbol, start, top_ms - 1) if top_ms - 1 >= start else None
-            bars: dict[str, dict[int, Bar]] = {tf: {} for tf in TIMEFRAMES}
-            for tf in TIMEFRAMES:
-                if ticks is None:
-                    continue
-                open_ms = bar_bounds(top_ms, tf)[0]
-                part = ticks[ticks["timestamp_ms"].to_numpy() >= open_ms]
-                for bar in _bars_of(candles_from_ticks(part, tf), version):
-                    bars[tf][bar.open_ms] = bar
+            # the bars as of the ms before the newest entry; that whole ms and on are read from the
+            # stream, so ticks sharing it are counted once
+            for tf, frame in forming_bars(store, symbol, top_ms - 1).items():
+                bars[tf] = {bar.open_ms: bar for bar in bars_of(frame, 0)}
             position = f"{top_ms}-0"
-            max_seq = int(ticks["seq"].max()) if ticks is not None and len(ticks) else 0
             recent = tape_until(store, symbol, top_ms - 1)  # newest first
-        else:
-            bars, position, recent, max_seq = {tf: {} for tf in TIMEFRAMES}, "-", [], 0
         signal_top = store.client.xrevrange(store.keys.signals(symbol), count=1)
         with self._lock:
             version = self._stamp()
             for tf_bars in bars.values():
                 for bar in tf_bars.values():
                     bar.version = version
-            state.bars, state.position, state.max_seq = bars, position, max_seq
+            state.bars, state.position = bars, position
             state.signal_position = "(" + signal_top[0][0].decode() if signal_top else "-"
             for row in reversed(recent):
                 state.trades.append((version, row))
@@ -373,22 +347,28 @@ class LiveFeed:
 
     def _fold(self, state: SymbolState, raw: list[Any]) -> None:
         cols = columns_of(raw)
-        on_time = (id_ms(raw) == cols.timestamp_ms) & ~cols.is_edit
-        fresh = cols.take(on_time)
-        late_ms = np.unique(cols.timestamp_ms[~on_time])
+        on_time = id_ms(raw) == cols.timestamp_ms
+        fresh = cols.take(on_time & ~cols.is_edit)
+        late = np.flatnonzero(~on_time & ~cols.is_edit)
+        edits = np.unique(cols.timestamp_ms[cols.is_edit])
         last_id = raw[-1][0]
         with self._lock:
             version = self._stamp()
             state.position = "(" + (last_id.decode() if isinstance(last_id, bytes) else str(last_id))
-            state.max_seq = max(state.max_seq, int(cols.seq.max()) if len(cols) else 0)
+            state.max_seq = max(state.max_seq, int(cols.seq.max()))
             for tf in TIMEFRAMES:
                 bars = state.bars[tf]
-                oldest = min(bars) if bars else None
-                for ms in late_ms:  # late ticks and edits: their bar is recomputed from the store
+                fold(bars, fresh, tf, version)
+                for k in late:  # stored late: added in time order, or its bar recomputed
+                    at = int(cols.timestamp_ms[k])
+                    bar = bars.get(bar_bounds(at, tf)[0])
+                    tick = (at, int(cols.seq[k]), float(cols.price[k]), int(cols.quantity[k]))
+                    if bar is not None and not bar.add_late(*tick, version):
+                        state.dirty.add((tf, bar.open_ms))
+                for ms in edits:  # an edit replaces a trade: its bar is recomputed from the store
                     open_ms = bar_bounds(int(ms), tf)[0]
-                    if oldest is not None and open_ms >= oldest:
+                    if open_ms in bars:
                         state.dirty.add((tf, open_ms))
-                _fold_bars(bars, fresh, tf, version)
                 while len(bars) > KEEP_BARS:
                     dropped = bars.pop(min(bars))
                     state.floor[tf] = max(state.floor[tf], dropped.version)
@@ -398,10 +378,11 @@ class LiveFeed:
                 state.last = _trade_at(fresh, len(fresh) - 1)
 
     def _recompute(self, state: SymbolState) -> None:
-        """Bars touched by a late tick or an edit, recomputed from the stored ticks (the source of
-        truth) as `Store.candles` does, from the ticks read so far: the source numbers ticks in the
-        order the stream receives them, so a tick stored since the last read (sequence number past
-        it) is left to be folded by the next read, not counted twice."""
+        """Bars touched by an edit (or a late tick in a bar read whole), recomputed from the stored
+        ticks (the source of truth) as `Store.candles` does, from the ticks read so far: the source
+        numbers ticks in the order the stream receives them, so a tick stored since the last read
+        (sequence number past it) is left to the next read, not counted twice. It costs the bar's
+        ticks: edits are rare."""
         with self._lock:
             dirty, state.dirty, max_seq = sorted(state.dirty), set(), state.max_seq
         for tf, open_ms in dirty:
@@ -410,7 +391,7 @@ class LiveFeed:
             with self._lock:
                 version = self._stamp()
                 bars = state.bars[tf]
-                for bar in _bars_of(frame, version):
+                for bar in bars_of(frame, version):
                     if bar.open_ms in bars:
                         bars[bar.open_ms] = bar
 
@@ -457,35 +438,3 @@ def _trade_at(cols: Columns, i: int) -> dict[str, Any]:
         int(cols.timestamp_ms[i]), int(cols.trade_id[i]), float(cols.price[i]), int(cols.quantity[i]),
         AGGRESSOR_CODES[int(cols.aggressor[i])], int(cols.buyer[i]), int(cols.seller[i]),
     )  # fmt: skip
-
-
-def _bars_of(frame: Any, version: int) -> list[Bar]:
-    index_ms = frame.index.as_unit("ms").asi8 if len(frame) else []
-    return [
-        Bar(int(ms), float(b.open), float(b.high), float(b.low), float(b.close), int(b.quantity),
-            int(b.trades), version)
-        for ms, b in zip(index_ms, frame.itertuples(index=False), strict=True)
-    ]  # fmt: skip
-
-
-def _fold_bars(bars: dict[int, Bar], cols: Columns, tf: str, version: int) -> None:
-    """Add on-time ticks (exchange time never going back) to the bars of `tf`, opening new ones."""
-    ms, price, qty = cols.timestamp_ms, cols.price, cols.quantity
-    i, n = 0, len(ms)
-    while i < n:
-        open_ms, end_ms = bar_bounds(int(ms[i]), tf)
-        j = int(np.searchsorted(ms, end_ms, side="left"))
-        j = max(j, i + 1)
-        seg = price[i:j]
-        bar = bars.get(open_ms)
-        if bar is None:
-            bars[open_ms] = Bar(open_ms, float(seg[0]), float(seg.max()), float(seg.min()), float(seg[-1]),
-                                int(qty[i:j].sum()), j - i, version)  # fmt: skip
-        else:
-            bar.high = max(bar.high, float(seg.max()))
-            bar.low = min(bar.low, float(seg.min()))
-            bar.close = float(seg[-1])
-            bar.quantity += int(qty[i:j].sum())
-            bar.trades += j - i
-            bar.version = version
-        i = j

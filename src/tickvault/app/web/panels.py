@@ -18,37 +18,16 @@ import numpy as np
 import pandas as pd
 
 from tickvault.analytics.candles import bar_bounds
-from tickvault.domain.events import from_ms
+from tickvault.app.web.bars import bar_rows, chart_bars, index_ms
+from tickvault.app.web.clock import clock, local_s, offset_text
 from tickvault.domain.instruments import instrument_for
 from tickvault.store.api import Store
 
 TAPE_ROWS = 50
 LADDER_LEVELS = 10
-MARKERS = 500  # the newest signals drawn on the chart
-_H = 3_600_000
-# how far back the chart reaches when it opens, per timeframe (about 300-500 bars of a B3 session)
-WINDOW_MS = {"1m": 8 * _H, "5m": 3 * 24 * _H, "15m": 8 * 24 * _H, "1h": 45 * 24 * _H, "1d": 400 * 24 * _H}
-# bars missing from the candle stream (the bar still open, a worker behind or not running) are
-# computed from ticks, over at most this span: more would cost the page its one-second load
-TICK_WINDOW_MS = {"1m": 8 * _H, "5m": 24 * _H, "15m": 3 * 24 * _H, "1h": 7 * 24 * _H, "1d": 7 * 24 * _H}
-_TAPE_SPANS_MS = (60_000, 15 * 60_000, 4 * _H)  # widened until the tape is full
-
-
-def local_s(ms: int) -> int:
-    """B3 wall-clock seconds of an epoch-ms time (what the chart's time axis shows)."""
-    offset = from_ms(ms).utcoffset()
-    return (ms // 1000) + (int(offset.total_seconds()) if offset is not None else 0)
-
-
-def clock(ms: int) -> str:
-    """`2026-11-24 10:00:00.123` in B3 time."""
-    return from_ms(ms).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def offset_text(ms: int) -> str:
-    """The B3 offset from UTC at `ms`, e.g. `-03:00`."""
-    text = from_ms(ms).strftime("%z")
-    return f"{text[:3]}:{text[3:]}"
+MARKERS = 500  # bars with signal markers drawn on the chart, the newest
+SIGNAL_ROWS = 12
+_TAPE_SPANS_MS = (1_000, 15_000, 60_000, 15 * 60_000, 4 * 3_600_000)  # widened until the tape is full
 
 
 def price_decimals(symbol: str) -> int:
@@ -60,57 +39,31 @@ def price_decimals(symbol: str) -> int:
     return 6
 
 
-def _index_ms(frame: pd.DataFrame) -> np.ndarray:
-    index = pd.DatetimeIndex(frame.index)
-    return np.asarray(index.as_unit("ms").asi8, dtype=np.int64)
-
-
-def bar_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A candles frame (Store.candles / candle_stream) as chart bars; `volume` is contracts."""
-    rows = []
-    for ms, bar in zip(_index_ms(frame), frame.itertuples(index=False), strict=True):
-        rows.append(bar_row(int(ms), bar.open, bar.high, bar.low, bar.close, bar.quantity, bar.trades))
-    return rows
-
-
-def bar_row(ms: int, o: float, h: float, lo: float, c: float, quantity: int, trades: int) -> dict[str, Any]:
-    return {
-        "time": local_s(ms), "ms": ms, "open": float(o), "high": float(h), "low": float(lo),
-        "close": float(c), "volume": int(quantity), "trades": int(trades),
-    }  # fmt: skip
-
-
-def candles_until(store: Store, symbol: str, tf: str, end_ms: int) -> pd.DataFrame:
-    """The bars of the chart ending at `end_ms` (the last one as it stood then): closed bars from
-    the candle stream the workers write, the rest (the bar still open, bars the stream does not have
-    yet) computed from ticks by `Store.candles`, within TICK_WINDOW_MS."""
-    start_ms = bar_bounds(end_ms - WINDOW_MS[tf], tf)[0]
-    current_open = bar_bounds(end_ms, tf)[0]
-    stream = store.candle_stream(symbol, tf, start_ms, end_ms)
-    stream = stream[_index_ms(stream) < current_open]  # the bar holding end_ms: as of end_ms, from ticks
-    from_ticks = bar_bounds(end_ms - TICK_WINDOW_MS[tf], tf)[0]
-    if len(stream):
-        from_ticks = max(from_ticks, bar_bounds(int(_index_ms(stream)[-1]), tf)[1])
-    computed = store.candles(symbol, tf, max(from_ticks, start_ms), end_ms)
-    parts = [p for p in (stream, computed) if len(p)]
-    return pd.concat(parts) if len(parts) > 1 else parts[0] if parts else computed
-
-
 def signal_markers(signals: pd.DataFrame, tf: str, limit: int = MARKERS) -> list[dict[str, Any]]:
-    """BUY/SELL signals (Store.signals) as chart markers on the bar of their time (HOLD is not drawn)."""
-    if not len(signals):
-        return []
-    acting = signals[signals["action"].isin(["BUY", "SELL"])].tail(limit)
+    """BUY/SELL signals (Store.signals) as chart markers: one per bar and action (a model may signal
+    every second), with how many and the newest one's confidence; HOLD is not drawn."""
+    acting = signals[signals["action"].isin(["BUY", "SELL"])] if len(signals) else signals
+    merged: dict[tuple[int, str], dict[str, Any]] = {}
+    for ms, row in zip(index_ms(acting), acting.itertuples(index=False), strict=True):
+        key = (bar_bounds(int(ms), tf)[0], str(row.action))
+        count = merged[key]["count"] + 1 if key in merged else 1
+        merged[key] = marker(int(ms), tf, str(row.action), float(row.confidence), count)
+    return sorted(merged.values(), key=lambda m: m["ms"])[-limit:]
+
+
+def recent_signals(signals: pd.DataFrame, rows: int = SIGNAL_ROWS) -> list[dict[str, Any]]:
+    """The newest BUY/SELL signals one by one (the signals list beside the chart), oldest first."""
+    acting = signals[signals["action"].isin(["BUY", "SELL"])].tail(rows) if len(signals) else signals
     return [
-        marker(int(ms), tf, str(row.action), float(row.confidence))
-        for ms, row in zip(_index_ms(acting), acting.itertuples(index=False), strict=True)
+        marker(int(ms), "1d", str(row.action), float(row.confidence))
+        for ms, row in zip(index_ms(acting), acting.itertuples(index=False), strict=True)
     ]
 
 
-def marker(ms: int, tf: str, action: str, confidence: float) -> dict[str, Any]:
+def marker(ms: int, tf: str, action: str, confidence: float, count: int = 1) -> dict[str, Any]:
     return {
         "time": local_s(bar_bounds(ms, tf)[0]), "ms": ms, "at": clock(ms), "action": action,
-        "confidence": confidence,
+        "confidence": confidence, "count": count,
     }  # fmt: skip
 
 
@@ -263,15 +216,18 @@ def moment(
         end_ms = last_tick.timestamp_ms if last_tick is not None else None
     view: dict[str, Any] = {
         "symbol": symbol, "tf": tf, "live": live, "decimals": price_decimals(symbol),
-        "tick_size": instrument_for(symbol).tick_size, "bars": [], "markers": [], "tape": [],
+        "tick_size": instrument_for(symbol).tick_size, "instrument": instrument_for(symbol).name,
+        "bars": [], "markers": [], "signals": [], "tape": [],
         "book": None, "features": None, "prediction": None, "last": None, "at": None, "offset": None,
     }  # fmt: skip
     if end_ms is None:
         return view  # nothing stored for this symbol yet
-    bars = candles_until(store, symbol, tf, end_ms)
+    # live: the bars closed so far; the bar still open comes with the page's first live update
+    bars = chart_bars(store, symbol, tf, end_ms, closed_only=live)
     view["bars"] = bar_rows(bars)
-    first_ms = int(_index_ms(bars)[0]) if len(bars) else end_ms
-    view["markers"] = signal_markers(store.signals(symbol, first_ms, end_ms), tf)
+    first_ms = int(index_ms(bars)[0]) if len(bars) else bar_bounds(end_ms, tf)[0]
+    signals = store.signals(symbol, first_ms, end_ms)
+    view["markers"], view["signals"] = signal_markers(signals, tf), recent_signals(signals)
     if last_tick is not None:  # the newest trade at or before end_ms: the tape ends there
         view["tape"] = tape_until(store, symbol, last_tick.timestamp_ms)
     ladder = book(store, symbol, None if live else end_ms)

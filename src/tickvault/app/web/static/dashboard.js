@@ -10,7 +10,7 @@
 
   const state = {
     symbols: [], timeframes: [], symbol: null, tf: "1m", mode: "live", at: null,
-    decimals: 2, tickSize: 0.01, bars: [], markers: new Map(), tape: [], last: null, open: null,
+    decimals: 2, tickSize: 0.01, bars: [], markers: new Map(), signals: [], tape: [], last: null,
     source: null, loading: 0, reloadAt: 0, serverDown: false, health: null, updates: 0,
   };
 
@@ -85,25 +85,37 @@
     candles.update(candleBar(bar));
     volume.update(volumeBar(bar));
   }
+  // one marker per bar and action (a model may signal every second): the count, the newest confidence
   function setMarkers() {
     const list = [...state.markers.values()].sort((a, b) => a.time - b.time || a.ms - b.ms);
     markerLayer.setMarkers(list.map((m) => ({
       time: m.time, position: m.action === "BUY" ? "belowBar" : "aboveBar",
       color: m.action === "BUY" ? "#26a69a" : "#ef5350", shape: m.action === "BUY" ? "arrowUp" : "arrowDown",
-      text: `${m.action} ${m.confidence.toFixed(2)}`,
+      id: `${m.action}:${m.ms}`, // the legend tells the count and confidence of the bar under the cursor
     })));
-    renderSignals(list);
   }
   function addMarkers(markers, reset) {
     if (reset) state.markers.clear();
-    for (const m of markers || []) state.markers.set(`${m.ms}:${m.action}`, m);
+    for (const m of markers || []) {
+      const key = `${m.time}:${m.action}`;
+      const had = state.markers.get(key);
+      if (had && m.ms > had.ms) state.markers.set(key, { ...m, count: had.count + m.count });
+      else if (!had) state.markers.set(key, { ...m });
+    }
     setMarkers();
+  }
+  function addSignals(signals, reset) {
+    const fresh = (signals || []).slice().reverse(); // newest first
+    state.signals = (reset ? fresh : fresh.concat(state.signals)).slice(0, SIGNAL_ROWS);
+    renderSignals(state.signals);
   }
   function showLegend(bar) {
     if (!bar) { $("legend").textContent = ""; return; }
+    const signals = ["BUY", "SELL"].map((a) => state.markers.get(`${bar.time}:${a}`)).filter(Boolean)
+      .map((m) => `${m.action} ×${m.count} (last ${m.confidence.toFixed(2)})`).join("  ");
     $("legend").textContent =
       `O ${price(bar.open)}  H ${price(bar.high)}  L ${price(bar.low)}  C ${price(bar.close)}  ` +
-      `vol ${int(bar.volume)}  trades ${int(bar.trades)}`;
+      `vol ${int(bar.volume)}  trades ${int(bar.trades)}${signals ? `  ${signals}` : ""}`;
   }
   chart.subscribeCrosshairMove((param) => {
     if (!param || param.time === undefined) { showLegend(state.bars[state.bars.length - 1]); return; }
@@ -184,7 +196,7 @@
   }
 
   function renderSignals(list) {
-    $("signals").innerHTML = list.slice(-SIGNAL_ROWS).reverse().map((m) =>
+    $("signals").innerHTML = list.map((m) =>
       `<li data-ms="${m.ms}"><span class="${m.action}">${m.action}</span><span>${esc(m.at.slice(11))}</span>` +
       `<span>conf ${m.confidence.toFixed(2)}</span></li>`).join("") || '<li class="empty">none yet</li>';
   }
@@ -267,6 +279,8 @@
     candles.applyOptions({ priceFormat: { type: "price", precision: view.decimals, minMove: view.tick_size } });
     setBars(view.bars);
     addMarkers(view.markers, true);
+    addSignals(view.signals, true);
+    $("quote-name").textContent = view.instrument || "";
     state.last = null;
     renderQuote(view.last);
     applyTape(view.tape, true);
@@ -314,7 +328,7 @@
     document.body.dataset.updates = String(state.updates);
     if (u.reload && Date.now() - state.reloadAt > 1000) { state.reloadAt = Date.now(); load(); return; }
     if (u.bars) { for (const bar of u.bars) updateBar(bar); showLegend(state.bars[state.bars.length - 1]); }
-    if (u.markers) addMarkers(u.markers, false);
+    if (u.markers) { addMarkers(u.markers, false); addSignals(u.markers, false); }
     if (u.tape) applyTape(u.tape, !!u.tape_reset);
     if (u.last) renderQuote(u.last);
     if ("book" in u) renderBook(u.book);
@@ -373,6 +387,7 @@
   window.tickvault = {
     state,
     chartBars: () => candles.data(),
+    chartMarkers: () => markerLayer.markers(),
     markers: () => [...state.markers.values()],
   };
   start().catch((err) => showProblem(`dashboard failed to start: ${err.message}`));
