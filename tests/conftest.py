@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import valkey  # noqa: E402
 from valkey.cluster import ValkeyCluster  # noqa: E402
 
+import browser  # noqa: E402
 import leaks  # noqa: E402
 from tickvault.app.system import System
 from tickvault.bus.pubsub import Subscriber  # noqa: E402
@@ -38,6 +39,14 @@ SETTING_ENV_NAMES = [
 
 
 _BEFORE = pytest.StashKey[leaks.Snapshot]()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line when the browser tests (test_web_browser.py) could not run here, and why."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if any("test_web_browser" in getattr(report, "nodeid", "") for report in skipped):
+        reason = browser.missing() or "see the skip reasons above"
+        terminalreporter.write_line(f"browser tests skipped: {reason}", yellow=True, bold=True)
 
 
 @pytest.fixture(autouse=True)
