@@ -58,6 +58,9 @@ HEALTH_EVERY_S = 1.0
 KEEP_BARS = 600  # per timeframe: a page further behind than this reloads its chart
 MAX_READ = 20_000  # tick entries per symbol per read: a backlog is caught up over several reads
 MARKERS_KEPT = 200
+# a symbol no page watches is still read this long: its open bars cost up to a minute of ticks to
+# read afresh (seconds at 10k ticks/s), so a reload or a timeframe switch must not pay it again
+KEEP_WARM_S = 300.0
 _FAILURES = (StoreError, valkey.ValkeyError, OSError)
 
 
@@ -65,6 +68,7 @@ _FAILURES = (StoreError, valkey.ValkeyError, OSError)
 class SymbolState:
     symbol: str
     watchers: int = 0
+    idle_since: float = 0.0  # when its last page left (monotonic s)
     ready: bool = False
     position: str = "-"  # the tick stream id read up to (exclusive start of the next read)
     bars: dict[str, dict[int, Bar]] = field(default_factory=lambda: {tf: {} for tf in TIMEFRAMES})
@@ -165,8 +169,8 @@ class LiveFeed:
             state = self._symbols.get(symbol)
             if state is not None:
                 state.watchers -= 1
-                if state.watchers <= 0:
-                    del self._symbols[symbol]  # read afresh when a page watches it again
+                if state.watchers <= 0:  # kept warm a while: a reload or a timeframe switch is instant
+                    state.idle_since = time.monotonic()
 
     def update(self, symbol: str, tf: str, cursor: Cursor) -> bytes | None:
         """The JSON update for a page showing `symbol` at `tf` that was sent up to `cursor` (which
@@ -254,13 +258,19 @@ class LiveFeed:
         while not self._stop.is_set():
             began = time.monotonic()
             with self._lock:
-                watched = [s for s, state in self._symbols.items() if state.watchers > 0]
+                for symbol in [s for s, st in self._symbols.items() if self._cold(st, began)]:
+                    del self._symbols[symbol]  # read afresh if a page watches it again
+                watched = list(self._symbols)
             if watched:
                 self._round(watched)
             else:
                 self._next_health = 0.0  # a page that opens gets health at once
             self._wake.wait(max(0.0, self.interval - (time.monotonic() - began)) if watched else 1.0)
             self._wake.clear()
+
+    @staticmethod
+    def _cold(state: SymbolState, now: float) -> bool:
+        return state.watchers <= 0 and now - state.idle_since > KEEP_WARM_S
 
     def _round(self, symbols: list[str]) -> None:
         changed = False

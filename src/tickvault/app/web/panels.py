@@ -27,7 +27,7 @@ TAPE_ROWS = 50
 LADDER_LEVELS = 10
 MARKERS = 500  # bars with signal markers drawn on the chart, the newest
 SIGNAL_ROWS = 12
-_TAPE_SPANS_MS = (1_000, 15_000, 60_000, 15 * 60_000, 4 * 3_600_000)  # widened until the tape is full
+_TAPE_SPANS_MS = (200, 2_000, 60_000, 15 * 60_000, 4 * 3_600_000)  # widened until the tape is full
 
 
 def price_decimals(symbol: str) -> int:

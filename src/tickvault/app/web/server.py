@@ -264,9 +264,14 @@ class Guard:
             await self.app(scope, receive, send)
             return
 
+        vendored = scope["path"].startswith("/static/vendor/")
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
+                headers = [*message.get("headers", []), *_SECURITY_HEADERS]
+                if vendored:  # a pinned build (VENDOR.md): the browser keeps it across reloads
+                    headers.append((b"cache-control", b"public, max-age=86400"))
+                message["headers"] = headers
             await send(message)
 
         request = Request(scope)
