@@ -10,9 +10,12 @@ sends what changed after the version it last sent, so a slow page skips intermed
 a bar, a trade of the last `TAPE_ROWS` or a signal (coalesced, not lossy); one that fell behind the
 bars kept is told to reload.
 
-A bar is folded incrementally from ticks stored on time (stream id = exchange time). A tick stored
-late, or a trade edit, in a bar the feed keeps marks that bar for recomputing with `Store.candles`,
-the source of truth, so a live bar equals the one the chart loads afterwards.
+A bar is folded incrementally from the ticks in stream order; a tick stored late (an id past its
+exchange time) lands in its bar in time order, as in the store; a trade edit marks its bar for
+recomputing from the stored ticks, the source of truth. So a live bar equals the one `Store.candles`
+computes and the chart loads afterwards (tested). The open bars of a symbol are read once, when a
+page first watches it (bars.forming_bars), and the symbol is kept warm `KEEP_WARM_S` after its last
+page leaves.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class Changes:
             self.version += 1
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
-            if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # that loop closed meanwhile (the server stopped)
                 loop.call_soon_threadsafe(_settle, future)
         return self.version
 
@@ -156,6 +159,7 @@ class LiveFeed:
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="web-feed", daemon=True)
         self.reads = 0  # polling rounds done (for the bench and tests)
+        self._last_error = ""
 
     # -- the pages' side -------------------------------------------------------------------------
 
@@ -286,8 +290,10 @@ class LiveFeed:
             self._next_health = time.monotonic() + HEALTH_EVERY_S
             self._set_health(MonitorSnapshot(connected=False, error=str(exc), taken_at=time.monotonic()))
             changed = True
-        except Exception:  # noqa: BLE001 - bad stored data must not stop the page's feed
-            log.exception("web feed: read failed")
+        except Exception as exc:  # noqa: BLE001 - bad stored data must not stop the pages' feed
+            if str(exc) != self._last_error:  # once per new error, not four times a second
+                log.exception("web feed: read failed")
+            self._last_error = str(exc)
         self.reads += 1
         if changed:
             self.changes.bump()

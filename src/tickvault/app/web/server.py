@@ -198,7 +198,7 @@ def create_app(
     @_guarded
     def health(request: Request) -> Response:
         _params(request, ())
-        return JSONResponse(feed.health() or {"status": "STARTING"}, headers={"cache-control": "no-store"})
+        return JSONResponse(feed.health(), headers={"cache-control": "no-store"})
 
     async def live(request: Request) -> Response:
         try:
