@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test bench soak check clean valkey
+.PHONY: run test bench soak check clean valkey screenshot
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ check: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
+
+# the README's picture of the web dashboard (docs/dashboard.png), from a short simulated run in
+# headless Chromium (Debian's `chromium` package), so it stays true
+screenshot: $(STAMP)
+	$(BIN)/python docs/screenshot.py $(ARGS)
 
 valkey: $(STAMP)
 	$(BIN)/tickvault valkey $(ARGS)

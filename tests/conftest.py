@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import valkey  # noqa: E402
 from valkey.cluster import ValkeyCluster  # noqa: E402
 
+import browser  # noqa: E402
 import leaks  # noqa: E402
 from tickvault.app.system import System
 from tickvault.bus.subscriber import Subscriber  # noqa: E402
@@ -38,6 +39,14 @@ SETTING_ENV_NAMES = [
 
 
 _BEFORE = pytest.StashKey[leaks.Snapshot]()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line when the browser tests (test_web_browser.py) could not run here, and why."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if any("test_web_browser" in getattr(report, "nodeid", "") for report in skipped):
+        reason = browser.missing() or "see the skip reasons above"
+        terminalreporter.write_line(f"browser tests skipped: {reason}", yellow=True, bold=True)
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +104,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No setting from the machine's environment or a .env file reaches a test."""
     for name in SETTING_ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
+    # a System built in-process serves no web page unless its test asks; a `tickvault run` subprocess
+    # gets its environment from subprocess_env (system_env: a free WEB_PORT) and serves as users see
+    monkeypatch.setenv("WEB_ENABLED", "false")
     monkeypatch.chdir(tmp_path)
 
 
@@ -155,6 +167,7 @@ def system_env(
         "ZMQ_HISTORY_PORT": str(free_port()),
         "ZMQ_SIGNAL_PORT": str(free_port()),
         "ZMQ_REPLAY_PORT": str(free_port()),
+        "WEB_PORT": str(free_port()),  # `run` serves the web dashboard: never two tests on 8050
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -47,6 +47,9 @@ HONOURED = [
     ("VALKEY_CA_CERT", "/etc/tv/ca.pem", "valkey_ca_cert", Path("/etc/tv/ca.pem")),
     ("TICKVAULT_ONLY", "recorder", "only", "recorder"),
     ("TICKVAULT_METRICS_PORT", "9108", "metrics_port", 9108),
+    ("WEB_ENABLED", "false", "web_enabled", False),
+    ("WEB_HOST", "0.0.0.0", "web_host", "0.0.0.0"),
+    ("WEB_PORT", "8060", "web_port", 8060),
 ]
 
 
@@ -57,6 +60,7 @@ def test_every_setting_is_covered_here() -> None:
         "PROFIT_PASSWORD",
         "PROFIT_KEY",
         "ZMQ_CURVE_SERVER_SECRET",
+        "WEB_TOKEN",
     }
 
 
@@ -113,6 +117,9 @@ def test_embedded_is_default_and_explicit_host_means_external(monkeypatch: pytes
         ("TICKVAULT_SYMBOLS", "WDO FUT", "must match"),
         ("MONITOR_SYMBOLS", ",", "at least one symbol"),
         ("TICKVAULT_SPEED", "-1", "greater than or equal"),
+        ("WEB_PORT", "http", "valid integer"),
+        ("WEB_PORT", "65536", "less than or equal"),
+        ("WEB_ENABLED", "perhaps", "valid boolean"),
     ],
 )
 def test_bad_value_names_the_variable_and_value(

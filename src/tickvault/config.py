@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         DEFAULT_SYMBOLS, validation_alias="MONITOR_SYMBOLS"
     )
 
+    # the web dashboard (`run`, `web`): loopback unless WEB_TOKEN is set (see app/web/server.py)
+    web_enabled: bool = Field(True, validation_alias="WEB_ENABLED")
+    web_host: str = Field("127.0.0.1", min_length=1, validation_alias="WEB_HOST")
+    web_port: int = Field(8050, ge=0, le=65535, validation_alias="WEB_PORT")  # 0: any free port
+    web_token: SecretStr | None = Field(None, validation_alias="WEB_TOKEN")
+
     # tickvault's own
     data_dir: Path = Field(Path("data"), validation_alias="TICKVAULT_DATA_DIR")
     symbols: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -181,7 +187,7 @@ _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
 
 def redact(name: str, value: Any) -> Any:
     """A setting's value fit for an error message or a log line: no password, ever."""
-    if ("PASSWORD" in name or name.endswith("_KEY")) and value not in (None, ""):
+    if ("PASSWORD" in name or "TOKEN" in name or name.endswith("_KEY")) and value not in (None, ""):
         return "***"
     if isinstance(value, str):
         return _URL_PASSWORD.sub(r"\1***@", value)

@@ -140,10 +140,13 @@ FLAGS: dict[str, _Flag] = {
         int, "Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)", min=0
     ),
     "only": _Flag(str, "One component per process: source, recorder, candles, features, predictor"),
+    "web_enabled": _Flag(bool, "Serve the web dashboard", ("--web/--no-web",)),
+    "web_port": _Flag(int, "Web dashboard port, 0: any free port", min=0),
+    "web_host": _Flag(str, "Web dashboard address (beyond loopback it needs WEB_TOKEN)"),
 }
 SHARED = tuple(FLAGS)[: tuple(FLAGS).index("features_interval_ms") + 1]  # on the top-level command
 RUN = ("symbols", "speed", "seed", "zmq_enabled", "zmq_consume_enabled", "valkey_enabled",
-       "metrics_port", "only")  # fmt: skip
+       "metrics_port", "only", "web_enabled", "web_port", "web_host")  # fmt: skip
 
 
 def _option(field: str) -> inspect.Parameter:
@@ -204,6 +207,7 @@ def run(
         symbols = ctx.obj.get("symbols")  # given: what a recorder records; else a replayed file's own
         spec = SourceSpec.parse(source, symbols)
         settings = _settings(ctx, symbols=spec.symbols)
+        _refuse_an_open_page(settings)
         view, stop = LiveView(settings.symbols), threading.Event()
         system = System(
             settings, handlers=[view], source=spec.factory(settings, stop),
@@ -220,6 +224,14 @@ def run(
         summary = system.stop()
         _print_summary(summary, settings)
         _exit_for(system.source_error, summary.drained)
+
+
+def _refuse_an_open_page(settings: Settings) -> None:
+    """A page beyond loopback without WEB_TOKEN: refused before anything starts."""
+    if settings.web_enabled and settings.only is None:
+        from tickvault.app.web.server import check_bind, token_of
+
+        check_bind(settings.web_host, token_of(settings))
 
 
 def _exit_for(source_error: Exception | None, drained: bool) -> None:
@@ -434,6 +446,37 @@ def monitor(
                     time.sleep(interval)
                     snap = gather(store, settings.monitor_symbols, snap)
                     live.update(render(snap, where, width=console.width))
+
+
+@app.command()
+def web(
+    ctx: typer.Context,
+    symbols: Annotated[str | None, Opt(help="Comma-separated symbols shown first [MONITOR_SYMBOLS]")] = None,
+    web_port: Annotated[int | None, Opt(help="Port, 0: any free port [WEB_PORT]", min=0, max=65535)] = None,
+    web_host: Annotated[
+        str | None, Opt(help="Address; beyond loopback WEB_TOKEN is required [WEB_HOST]")
+    ] = None,
+) -> None:
+    """Serve the web dashboard alone, reading Valkey only (beside a system running elsewhere).
+    The token for an address beyond loopback comes from WEB_TOKEN (environment or .env)."""
+    from tickvault.app.web.server import WebServer, check_bind, token_of
+    from tickvault.store.api import Store
+    from tickvault.store.connection import Connection
+
+    with _errors():
+        settings = _settings(ctx, monitor_symbols=symbols, web_host=web_host, web_port=web_port)
+        check_bind(settings.web_host, token_of(settings))  # before anything connects
+        stop = threading.Event()
+        _stop_on_sigterm(stop)
+        with Connection.open(settings) as conn:  # like `monitor`: Valkey down is shown, not fatal
+            server = WebServer.from_settings(
+                settings, Store(conn.client("web")), symbols=settings.monitor_symbols, where=conn.where
+            )
+            server.start()
+            try:
+                _hold(stop, f"tickvault web: {server.url} reading {conn.where}  Ctrl+C to stop")
+            finally:
+                server.stop()
 
 
 @app.command("curve-keys")

@@ -14,6 +14,7 @@ recorder's own measure, `store_lag_ms` (the largest over components), and "-" wh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class MonitorSnapshot:
     taken_at: float = 0.0
     ticks_per_s: float | None = None
     bad_health_values: int = 0  # health fields that were not integers (skipped)
+    heartbeats: dict[str, int] = field(default_factory=dict)  # component -> unix s of its last report
 
     @property
     def lag_ms(self) -> int | None:
@@ -123,10 +125,13 @@ def _read_health(store: Store, snap: MonitorSnapshot) -> None:
         fields = store.client.hgetall(key)
         if not fields:
             continue  # expired between SCAN and HGETALL
-        snap.components.append(key.decode(errors="replace").removeprefix(prefix))
+        component = key.decode(errors="replace").removeprefix(prefix)
+        snap.components.append(component)
         for raw_name, raw_value in fields.items():
             name = raw_name.decode(errors="replace")
             if name == "at":
+                with contextlib.suppress(ValueError):
+                    snap.heartbeats[component] = int(raw_value)
                 continue
             try:
                 value = int(raw_value)

@@ -45,6 +45,14 @@ def _metrics(system: System) -> Component | None:
     return Metrics(system.wiring, port, system.counters) if port is not None else None
 
 
+def _web(system: System) -> Component | None:
+    if not system.settings.web_enabled or system.wiring.private_bus:  # a batch job shows no page
+        return None
+    from tickvault.app.components.web import Web  # starlette and uvicorn only when serving
+
+    return Web(system.wiring, system.problems)
+
+
 # Which components each `--only` runs, in start order (stopped in the reverse): an entry builds its
 # component from the system, or None when the settings leave it out.
 REGISTRY: tuple[tuple[frozenset[Role], Callable[[System], Component | None]], ...] = (
@@ -58,6 +66,7 @@ REGISTRY: tuple[tuple[frozenset[Role], Callable[[System], Component | None]], ..
     (frozenset({"recorder"}), lambda s: BusRecorder(s.wiring)),
     (WHOLE_OR_SOURCE, lambda s: CoreFlow(s.wiring, s.event_handlers, s.warm_up)),
     (WHOLE_OR_SOURCE, lambda s: Source(s.wiring, s.source_factory, s.hold_back)),
+    (frozenset({None}), _web),  # after the source: the page opens on a running system
     (EVERY, lambda s: Health(s.wiring, s.counters)),  # last: it reports every counter
 )
 
@@ -241,11 +250,17 @@ class System:
         parts = [f"symbols={','.join(s.symbols)}", f"speed={'max' if s.speed == 0 else s.speed}"]
         parts.append(f"zmq tick={w.publisher.endpoint}" if w.publisher else "zmq off")
         parts.append(w.connection.where if w.connection else "valkey off")
-        problems = [*w.degraded]
-        if w.features is not None and w.features.signal_problem:
-            problems.append(w.features.signal_problem)
-        parts += [f"DEGRADED: {problem}" for problem in problems]
+        url = getattr(self.component("web"), "url", None)
+        if url:
+            parts.append(f"web={url}")
+        parts += [f"DEGRADED: {problem}" for problem in self.problems()]
         return "tickvault running: " + " ".join(parts)
+
+    def problems(self) -> list[str]:
+        """What runs degraded: parts that could not start, a signal port not bound."""
+        w = self.wiring
+        signal = w.features.signal_problem if w.features is not None else ""
+        return [*w.degraded, *([signal] if signal else [])]
 
     def unstored(self) -> int:
         """Ticks this run produced that the in-process recorder has not stored (or refused) yet."""

@@ -1,0 +1,291 @@
+"""Web dashboard: the server's CPU at 10,000 ticks/s with 5 live pages, beside a naive per-tick push.
+
+A writer process stores 10,000 ticks/s into a Valkey of the benchmark's own (each stamped with the
+wall clock, so a page's lag is the newest trade it shows against the time it arrives), and a candle
+worker (`run --only candles`) writes the candle streams as in a running system. Five plain HTTP
+streaming readers, each in its own process, follow the server's Server-Sent Events as five open pages
+would. Measured over the same window for both servers, each in its own process: its CPU (utime +
+stime from /proc), the updates and bytes each page receives, and how far behind the store a page is.
+`tickvault web` (the real command) reads the stream once for every page and sends each page at most
+four coalesced updates a second; the baseline, the obvious first version, sends every tick to every
+page as its own event. Then, where Chromium is installed, the page load on loopback with the market
+still at 10,000 ticks/s: navigation to the chart drawn with data."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RATE = 10_000  # ticks/s
+CLIENTS = 5
+WARM_S = 4.0
+MEASURE_S = 12.0
+SYMBOL = "WDOFUT"
+HERE = Path(__file__).resolve()
+
+
+# -- the writer: RATE ticks/s, stamped with the wall clock -----------------------------------------
+
+
+def writer(url: str, seconds: float, first_id: int) -> None:
+    import valkey
+
+    from tickvault.domain.events import make_tick
+    from tickvault.store.api import Store
+
+    # one writer name in every phase: the next phase's writer takes the stream's lease over at once
+    store = Store(valkey.Valkey.from_url(url), writer_name="bench-writer")
+    batch, trade_id = RATE // 100, first_id  # a batch every 10 ms
+    started = time.monotonic()
+    sent = 0
+    while time.monotonic() - started < seconds:
+        now_ms = int(time.time() * 1000)
+        ticks = []
+        for _ in range(batch):
+            trade_id += 1
+            ticks.append(make_tick(SYMBOL, now_ms, trade_id, 5400.0 + 0.5 * (trade_id % 11), 1 + trade_id % 4,
+                                   multiplier=10.0, trade_type=2 + trade_id % 2, seq=trade_id))  # fmt: skip
+        store.append_ticks(ticks)
+        sent += batch
+        ahead = started + sent / RATE - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)  # pacing the load, not synchronising a test
+
+
+# -- the baseline: every tick to every page ----------------------------------------------------------
+
+
+def naive_server(url: str, port: int) -> None:
+    """An SSE endpoint per page that XREADs the stream and pushes each tick as one JSON event."""
+    import asyncio
+
+    import uvicorn
+    import valkey.asyncio as avalkey
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    async def live(request: Any) -> StreamingResponse:
+        client = avalkey.Valkey.from_url(url)
+
+        async def stream() -> Any:
+            last = "$"
+            try:
+                while True:
+                    found = await client.xread({f"stream:ticks:{SYMBOL}": last}, block=1000, count=5000)
+                    for _, entries in found or []:
+                        for entry_id, fields in entries:
+                            last = entry_id
+                            tick = {k.decode(): v.decode() for k, v in fields.items()}
+                            yield b"data: " + json.dumps(tick).encode() + b"\n\n"
+                    await asyncio.sleep(0)
+            finally:
+                await client.aclose()
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    uvicorn.run(
+        Starlette(routes=[Route("/api/live", live)]), host="127.0.0.1", port=port, log_level="warning"
+    )
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+
+
+def reader(port: int, path: str, start: float, end: float) -> None:
+    """One page, in a process of its own (five readers in one process would measure the GIL): counts
+    events and bytes between the wall-clock times `start` and `end`, samples how old the newest trade
+    it got is, and prints the result as one JSON line."""
+    events = size = 0
+    lags: list[float] = []
+    sampled = 0.0
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        stream = conn.getresponse()
+        while time.time() < end:
+            line = stream.fp.readline()
+            if not line:
+                break
+            now = time.time()
+            if not line.startswith(b"data: ") or now < start:
+                continue
+            events += 1
+            size += len(line)
+            if now - sampled >= 0.05:  # the lag sampled 20 times a second: the reader must keep up
+                sampled = now
+                newest = _newest_ms(json.loads(line[6:]))
+                if newest is not None:
+                    lags.append(now * 1000 - newest)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+    print(json.dumps({"events": events, "bytes": size, "lags": lags}))
+
+
+def _newest_ms(message: dict[str, Any]) -> int | None:
+    if "timestamp_ms" in message:  # the baseline's per-tick event
+        return int(message["timestamp_ms"])
+    tape = message.get("tape")
+    return int(tape[0]["ms"]) if tape else None
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not listen")
+
+
+class Phase:
+    """A server process and the writer's load for one measurement; everything ends with the phase."""
+
+    count = 0
+
+    def __init__(self, server: list[str], env: dict[str, str], port: int, seconds: float) -> None:
+        Phase.count += 1
+        first_id = Phase.count * 100_000_000  # trade ids never repeat across phases
+        self.port = port
+        self.server = subprocess.Popen(server, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.load = subprocess.Popen([sys.executable, str(HERE), "--writer", env["VALKEY_URL"], str(seconds),
+                                      str(first_id)], env=env)  # fmt: skip
+
+    def __enter__(self) -> Phase:
+        wait_listening(self.port, self.server)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in (self.load, self.server):
+            proc.terminate()
+            proc.wait(30)
+
+
+def measure(name: str, server: list[str], env: dict[str, str], port: int, path: str) -> dict[str, Any]:
+    with Phase(server, env, port, WARM_S + MEASURE_S + 2) as phase:
+        start = time.time() + WARM_S
+        readers = [
+            subprocess.Popen(
+                [sys.executable, str(HERE), "--reader", str(port), path, str(start), str(start + MEASURE_S)],
+                env=env,
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            for _ in range(CLIENTS)
+        ]
+        time.sleep(max(0.0, start - time.time()))
+        cpu0, wall0 = cpu_s(phase.server.pid), time.monotonic()
+        time.sleep(MEASURE_S)
+        cpu = (cpu_s(phase.server.pid) - cpu0) / (time.monotonic() - wall0)
+        results = [json.loads(r.communicate(timeout=MEASURE_S + 60)[0]) for r in readers]
+    lags = np.array([lag for r in results for lag in r["lags"]] or [np.nan])
+    out = {
+        "cpu": cpu,
+        "events_per_s": sum(r["events"] for r in results) / CLIENTS / MEASURE_S,
+        "kib_per_s": sum(r["bytes"] for r in results) / CLIENTS / MEASURE_S / 1024,
+        "lag_p50": float(np.percentile(lags, 50)),
+        "lag_p99": float(np.percentile(lags, 99)),
+    }
+    print(f"  {name}: server CPU {out['cpu'] * 100:,.0f}% of one core; per page {out['events_per_s']:,.1f}"
+          f" updates/s, {out['kib_per_s']:,.0f} KiB/s; newest trade on the page {out['lag_p50']:,.0f} ms"
+          f" behind the store (p50), {out['lag_p99']:,.0f} ms (p99)")  # fmt: skip
+    return out
+
+
+def page_load(env: dict[str, str]) -> None:
+    """Navigation to the chart drawn with data, with the market running at RATE."""
+    chromium = os.environ.get("TICKVAULT_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).is_file():
+        print(f"  page load: skipped (no Chromium at {chromium})")
+        return
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    with Phase(tickvault_web(port), env, port, 90), sync_playwright() as driver:
+        time.sleep(WARM_S)  # the market has been running a while when someone opens the page
+        browser = driver.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            times = []
+            for _ in range(5):
+                page = browser.new_page()
+                started = time.perf_counter()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("() => document.body.dataset.loaded !== undefined")
+                times.append((time.perf_counter() - started) * 1000)
+                page.close()
+        finally:
+            browser.close()
+    median, worst = np.median(times), max(times)
+    print(f"  page load at {RATE:,} ticks/s (Chromium, loopback, navigation to the chart drawn with"
+          f" data): median {median:,.0f} ms, worst {worst:,.0f} ms of 5 (target 1,000 ms)")  # fmt: skip
+
+
+def tickvault_web(port: int) -> list[str]:
+    return [sys.executable, "-m", "tickvault", "web", "--web-port", str(port)]
+
+
+def _free_port() -> int:
+    from tickvault.store.server import free_port
+
+    return free_port()
+
+
+def main() -> None:
+    from tickvault.store.server import EmbeddedValkey
+
+    with tempfile.TemporaryDirectory() as tmp:
+        valkey_server = EmbeddedValkey(Path(tmp) / "valkey", port=_free_port())
+        info = valkey_server.ensure_running()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VALKEY", "WEB_", "TICKVAULT_"))}
+        env.update(VALKEY_URL=f"{info.url}/0", TICKVAULT_DATA_DIR=str(Path(tmp) / "data"),
+                   MONITOR_SYMBOLS=SYMBOL, TICKVAULT_SYMBOLS=SYMBOL)  # fmt: skip
+        # the system's candle worker, as `run` has one: the page's closed bars come from its streams
+        candles = subprocess.Popen([sys.executable, "-m", "tickvault", "run", "--only", "candles"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            print(f"  {RATE:,} ticks/s stored, {CLIENTS} pages following {SYMBOL}, {MEASURE_S:g} s measured")
+            port = _free_port()
+            mine = measure("tickvault web (aggregated, coalesced)", tickvault_web(port), env, port,
+                           f"/api/live?symbol={SYMBOL}&tf=1m")  # fmt: skip
+            port = _free_port()
+            naive = measure("naive per-tick push", [sys.executable, str(HERE), "--naive", env["VALKEY_URL"],
+                            str(port)], env, port, "/api/live")  # fmt: skip
+            cpu_ratio = naive["cpu"] / max(mine["cpu"], 1e-9)
+            sent_ratio = naive["kib_per_s"] / max(mine["kib_per_s"], 1e-9)
+            print(f"  ratio: server CPU {cpu_ratio:,.1f}x lower, {sent_ratio:,.0f}x less sent to each page")
+            page_load(env)
+        finally:
+            candles.terminate()
+            candles.wait(60)
+            valkey_server.stop()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--writer"]:
+        writer(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1:2] == ["--reader"]:
+        reader(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+    elif sys.argv[1:2] == ["--naive"]:
+        naive_server(sys.argv[2], int(sys.argv[3]))
+    else:
+        sys.path.insert(0, str(HERE.parent))
+        main()
