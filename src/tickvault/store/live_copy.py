@@ -101,6 +101,8 @@ class _Run:
     ids: list[str] = field(default_factory=list)
     parts: list[Columns] = field(default_factory=list)
     rows: int = 0
+    last: Id = (0, 0)  # where the run ends: the next batch continues it only from exactly there
+    added_after: int = 0
 
 
 class CopyRun:
@@ -116,10 +118,12 @@ class CopyRun:
         """RESP commands that add the chunk of a batch whose rows `cols` were XADDed with ids
         `first`..`last` after the stream's `prev` id and `added_before` entries."""
         run = self._run
-        if run is None:
+        if run is None or (run.last, run.added_after) != (prev, added_before):
+            # a new run; one not continued (entries came between) stays as its raw chunks
             run = self._run = _Run(first, prev, added_before)
         run.parts.append(cols)
         run.rows += len(cols)
+        run.last, run.added_after = last, added_before + len(cols)
         entry = _id_text(last)
         if run.rows < MERGE_ROWS and len(run.parts) < MERGE_BATCHES:
             run.ids.append(entry)
