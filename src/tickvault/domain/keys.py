@@ -58,6 +58,10 @@ class KeySpace:
         """Sorted set: exchange time (score) -> stream id, for ticks stored out of time order."""
         return f"{META_PREFIX}:late:{self._sym(symbol)}"
 
+    def live_copy(self, symbol: str) -> str:
+        """Stream of columnar copies of the live stream's batches (see store/live_copy.py)."""
+        return f"{META_PREFIX}:livecopy:{self._sym(symbol)}"
+
     def block(self, symbol: str, block_id: str) -> str:
         """One compressed history block (see store/sealing.py)."""
         return f"{META_PREFIX}:block:{self._sym(symbol)}:{block_id}"

@@ -47,6 +47,7 @@ from tickvault.domain.timeparse import TimeLike, parse_time, to_ms_bounds
 from tickvault.errors import DataError
 from tickvault.store.block_codec import Columns
 from tickvault.store.cluster import is_cluster, primaries_with_key
+from tickvault.store.live_copy import read_live
 from tickvault.store.sealing import History
 from tickvault.store.stream_codec import columns_from_entries, columns_of, id_ms, raw_command
 from tickvault.store.tick_writer import AppendResult, TickLike, TickWriter
@@ -113,7 +114,43 @@ class Store:
     # -- reading ---------------------------------------------------------------------------------
 
     def _live(self, symbol: str, start_ms: int, end_ms: int) -> Columns:
-        """Live stream ticks whose exchange time lies in [start_ms, end_ms] (in no particular order)."""
+        """Live stream ticks whose exchange time lies in [start_ms, end_ms] (in no particular order):
+        the same rows, in the same order, as `_live_entries`, but the part the columnar copy covers
+        is read from it (see live_copy.py) and only the rest entry by entry."""
+        key = self.keys.ticks(symbol)
+        with map_valkey_errors():
+            tail = read_live(self.client, self.keys, symbol, start_ms, end_ms)
+            if tail.empty:
+                return Columns.empty()
+            if tail.boundary is None:
+                return self._live_entries(symbol, start_ms, end_ms)
+            below = f"({tail.boundary[0]}-{tail.boundary[1]}"
+            upper = str(end_ms) if end_ms < tail.boundary[0] else below
+            raw = raw_command(self.client, key, "XRANGE", key, str(start_ms), upper)
+            old_late = [i for i in tail.index if stream_id(i) < tail.boundary]
+            late: list[tuple[bytes, dict[bytes, bytes]]] = []
+            if old_late:
+                pipe = self.client.pipeline(transaction=False)
+                for entry_id in old_late:
+                    pipe.xrange(key, min=entry_id, max=entry_id)
+                late = [entry for found in pipe.execute() for entry in found]
+        in_range = columns_of(raw)
+        on_time = in_range.timestamp_ms == id_ms(raw) if raw else np.ones(0, dtype=np.bool_)
+        if not on_time.all():
+            in_range = in_range.take(np.flatnonzero(on_time))
+        # late rows in the late index's order: exchange time, then id text (as ZRANGEBYSCORE gives them)
+        late_cols = Columns.concat([columns_from_entries(late), tail.late]) if late else tail.late
+        late_keys = [entry_id for entry_id, _ in late] + tail.late_ids
+        if len(late_keys) > 1:
+            times = late_cols.timestamp_ms.tolist()
+            order = sorted(range(len(late_keys)), key=lambda i: (times[i], late_keys[i]))
+            late_cols = late_cols.take(np.array(order, dtype=np.int64))
+        parts = [p for p in (in_range, tail.on_time, late_cols) if len(p)]
+        return Columns.concat(parts) if parts else Columns.empty()
+
+    def _live_entries(self, symbol: str, start_ms: int, end_ms: int) -> Columns:
+        """`_live` entry by entry: XRANGE of the stream and the late index (the reference path, and the
+        path for whatever the columnar copy does not cover)."""
         key = self.keys.ticks(symbol)
         with map_valkey_errors():
             raw = raw_command(self.client, key, "XRANGE", key, str(start_ms), str(end_ms))

@@ -17,6 +17,7 @@ import numpy as np
 import valkey
 
 from tickvault.domain.keys import KeySpace
+from tickvault.domain.tick_schema import stream_id
 from tickvault.store.block_codec import Columns, decode_block, encode_block
 from tickvault.store.cluster import transaction
 from tickvault.store.stream_codec import columns_of, raw_command
@@ -72,6 +73,9 @@ class History:
             pipe.zadd(self.keys.block_index(symbol), {ref.member: ref.last_ms})
         pipe.xdel(key, *ids)
         pipe.zrem(self.keys.late(symbol), *ids)
+        # chunks of the live copy whose ticks are all sealed now (ids are a prefix of the stream)
+        last_ms, last_seq = stream_id(ids[-1])
+        pipe.xtrim(self.keys.live_copy(symbol), minid=f"{last_ms}-{last_seq + 1}", approximate=False)
         pipe.execute()
         return len(ids)
 
@@ -134,6 +138,8 @@ class History:
                 pipe.zadd(self.keys.block_index(symbol), {kept.member: kept.last_ms})
                 removed += ref.rows - len(keep)
             pipe.execute()
+        # the live copy's chunks whose ticks are all older than the cutoff (trimmed from the stream)
+        self.client.xtrim(self.keys.live_copy(symbol), minid=str(cutoff_ms), approximate=False)
         return removed
 
     def newest_ms(self, symbol: str) -> int | None:

@@ -37,8 +37,10 @@ from tickvault.domain.events import B3_TZ
 from tickvault.domain.keys import KeySpace
 from tickvault.domain.tick_schema import COLUMN_DTYPES, FIELD, ROW_FIELDS, Aggressor, stream_id
 from tickvault.errors import StoreError
+from tickvault.store.block_codec import Columns
 from tickvault.store.cluster import is_cluster, node_client, refresh
 from tickvault.store.leases import SymbolLeases
+from tickvault.store.live_copy import CopyRun, stream_ids
 from tickvault.store.raw_resp import EXEC_REPLY_ON, REPLY_OFF_MULTI, RawConnection
 from tickvault.store.raw_resp import pack as _pack
 from tickvault.store.stream_codec import (
@@ -114,6 +116,7 @@ class _SymbolState:
     exists: bool = False
     seen: dict[str, np.ndarray] = field(default_factory=dict)  # key -> bitmap bytes (Valkey bit order)
     edits: dict[str, set[bytes]] = field(default_factory=dict)
+    copy: CopyRun = field(default_factory=CopyRun)  # the columnar copy of the live stream (live_copy.py)
 
 
 class _Sessions:
@@ -385,11 +388,8 @@ class TickWriter:
         stored = len(rows)
         if stored:
             kept_ms = ms[rows]
-            eff = np.maximum.accumulate(np.maximum(kept_ms, state.last_ms))
-            starts = np.r_[0, np.flatnonzero(np.diff(eff)) + 1]
-            run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, stored]))
-            seq = np.arange(stored) - starts[run]
-            seq += np.where(eff == state.last_ms, state.last_seq + 1, 0)
+            prev = (state.last_ms, state.last_seq)
+            eff, seq = stream_ids(kept_ms, prev)
             late = kept_ms < eff
             ids = pc.binary_join_element_wise(_text(pa.array(eff)), _text(pa.array(seq)), "-")
             columns = self._columns(symbol, cols, rows)
@@ -397,6 +397,17 @@ class TickWriter:
             out.append(_resp_xadd(self.keys.ticks(symbol), ids, columns))
             for i in np.flatnonzero(late).tolist():
                 out.append(_pack(("ZADD", self.keys.late(symbol), str(int(kept_ms[i])), ids[i].as_py())))
+            # the same rows as columns, in the same transaction: fast reads of the live tail
+            out.extend(
+                state.copy.commands(
+                    self.keys.live_copy(symbol),
+                    self._copy_columns(cols, rows, kept_ms),
+                    (int(eff[0]), int(seq[0])),
+                    (int(eff[-1]), int(seq[-1])),
+                    prev,
+                    state.entries_added,
+                )
+            )
             state.last_ms, state.last_seq = int(eff[-1]), int(seq[-1])
             state.entries_added += stored
             state.exists = True
@@ -407,6 +418,23 @@ class TickWriter:
             out.append(_pack(("BITOP", "OR", key, key, scratch)))
             out.append(_pack(("DEL", scratch)))
         return stored, n - stored, int(np.count_nonzero(late)) if stored else 0
+
+    @staticmethod
+    def _copy_columns(cols: dict[str, tuple[Any, ...]], rows: np.ndarray, kept_ms: np.ndarray) -> Columns:
+        """The kept `rows` as Columns: the values a reader parses back from their stream texts."""
+        out: dict[str, np.ndarray] = {"timestamp_ms": kept_ms}
+        for name, kind in COLUMN_DTYPES.items():
+            if name == "timestamp_ms":
+                continue
+            codes = FIELD[name].codes
+            if codes:  # names -> int8 codes, an unknown name code 0 (as stream_codec reads them)
+                texts = np.array(cols[name], dtype=object)[rows]
+                out[name] = np.zeros(len(rows), kind)
+                for code, text in enumerate(codes):
+                    out[name][texts == text] = code
+            else:
+                out[name] = np.asarray(cols[name], dtype=kind)[rows]
+        return Columns(**out)
 
     @staticmethod
     def _columns(symbol: str, cols: dict[str, tuple[Any, ...]], rows: np.ndarray) -> dict[str, pa.Array]:
