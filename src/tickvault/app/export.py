@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,8 +38,6 @@ from tickvault.store.api import Store
 
 KINDS_HELP = f"ticks, candles:TF (TF in {', '.join(TIMEFRAMES)}), features, predictions or signals"
 UTC_NS = pa.timestamp("ns", tz="UTC")
-# monotonic columns stored as deltas: smaller and faster to encode than dictionaries of unique values
-_DELTA = ("timestamp", "timestamp_ms", "trade_id", "seq")
 
 
 @dataclass(frozen=True)
@@ -111,15 +110,8 @@ def write_partition(root: Path, part: Partition, table: pa.Table, token: str) ->
         folder.mkdir(parents=True, exist_ok=True)
         written = folder / f"part-{token}.parquet"
         temporary = folder / f".part-{token}.parquet.tmp"  # hidden: no reader's glob matches it
-        delta = [c for c in _DELTA if c in table.column_names]
         try:
-            pq.write_table(
-                table,
-                temporary,
-                compression="zstd",
-                use_dictionary=[c for c in table.column_names if c not in delta],
-                column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
-            )
+            pq.write_table(table, temporary, compression="zstd", **_encodings(table.schema))
             _fsync(temporary)
             os.replace(temporary, written)
         except BaseException:
@@ -131,6 +123,18 @@ def write_partition(root: Path, part: Partition, table: pa.Table, token: str) ->
     if written is None and folder.exists():
         _remove_empty(folder, root)
     return written
+
+
+def _encodings(schema: pa.Schema) -> dict[str, Any]:
+    """Integers and times as bit-packed deltas: several times faster to write than Parquet's default
+    dictionaries (hashing every value), and then zstd; ~1.4x the bytes of the default on ticks,
+    still a third of pandas' default file. Arrow dictionaries stay dictionaries (no hashing: the
+    codes are already there)."""
+    integers = [f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_timestamp(f.type)]
+    return {
+        "use_dictionary": [f.name for f in schema if pa.types.is_dictionary(f.type)],
+        "column_encoding": dict.fromkeys(integers, "DELTA_BINARY_PACKED"),
+    }
 
 
 def _fsync(path: Path) -> None:
