@@ -165,3 +165,21 @@ def test_bad_export_arguments_exit_2_with_one_line(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tickvault: error:") and words in lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_terminal_gets_a_progress_bar_then_the_summary(store: Store, tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from tickvault.app.export import run_export
+
+    store.append_ticks(ticks(100))
+    screen = io.StringIO()
+    lines: list[str] = []
+    console = Console(file=screen, force_terminal=True, width=120)
+    result = run_export(
+        store, ["WDOFUT"], "2025-11-24", "2025-11-24", "ticks", tmp_path, console=console, say=lines.append
+    )
+    assert result.rows == 100 and "100 rows" in screen.getvalue()  # the bar's last state
+    assert lines == [lines[0]] and lines[0].startswith("exported 100 rows of ticks into 1 partitions")

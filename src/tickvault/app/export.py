@@ -232,7 +232,7 @@ def run_export(
         result = export(store, symbols, start_ms, end_ms, kind, root)
     rate = result.rows / result.elapsed_s if result.elapsed_s > 0 else 0.0
     say(
-        f"exported {result.rows:,} {kind} rows into {result.partitions} partitions of {root}"
+        f"exported {result.rows:,} rows of {kind} into {result.partitions} partitions of {root}"
         f" ({result.emptied} empty in the range, {result.elapsed_s:.2f} s, {rate:,.0f} rows/s)"
     )
     return result

@@ -251,9 +251,13 @@ class Store:
             return out
         bars = [latest[ms] for ms in sorted(latest)]
         frame = pd.DataFrame({name: [getattr(b, name) for b in bars] for name in out.columns})
-        frame.index = pd.DatetimeIndex(
-            pd.to_datetime([b.timestamp_ms for b in bars], unit="ms", utc=True), name="timestamp"
-        ).tz_convert(B3_TZ)
+        frame.index = (
+            pd.DatetimeIndex(
+                pd.to_datetime([b.timestamp_ms for b in bars], unit="ms", utc=True), name="timestamp"
+            )
+            .tz_convert(B3_TZ)
+            .as_unit("ns")
+        )  # as `candles` has it (from the ticks' ns index)
         return frame.astype(out.dtypes.to_dict())
 
     # -- features, predictions, signals: one entry per event, appended in time order by their one
