@@ -414,6 +414,33 @@ def query(
         out.write_frame(frame, fmt.value, output, limit=limit)
 
 
+# -- export ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    symbol: Annotated[str, typer.Argument(help="Symbol(s), e.g. WDOFUT or WDOFUT,WINFUT")],
+    start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")],
+    output: Annotated[Path, Opt(help="Dataset folder: date=YYYY-MM-DD/symbol=SYMBOL/part-*.parquet")],
+    end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
+    kind: Annotated[
+        str, Opt(help="ticks, candles:TF (TF in 1m, 5m, 15m, 1h, 1d), features, predictions or signals")
+    ] = "ticks",
+) -> None:
+    """Write a time range as a hive-partitioned Parquet dataset (zstd, UTC ns timestamps); exporting
+    the same range again replaces its partitions."""
+    from tickvault.app.export import check_kind, run_export
+    from tickvault.domain.events import validate_symbol
+
+    with _errors():
+        settings = _settings(ctx)
+        symbols = [validate_symbol(s.strip()) for s in symbol.split(",")]
+        check_kind(kind)
+        with _store(settings, "export") as (store, _):
+            run_export(store, symbols, start, end, kind, output, console=err_console, say=_say)
+
+
 # -- monitor -----------------------------------------------------------------------------------------
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import valkey
 
 from tickvault.analytics.candles import (
@@ -47,6 +48,7 @@ from tickvault.domain.timeparse import TimeLike, parse_time, to_ms_bounds
 from tickvault.errors import DataError
 from tickvault.store.block_codec import Columns
 from tickvault.store.cluster import is_cluster, primaries_with_key
+from tickvault.store.frames import Output, check_output, from_frame, from_table, tick_columns, ticks_table
 from tickvault.store.live_copy import read_live
 from tickvault.store.sealing import History
 from tickvault.store.stream_codec import columns_from_entries, columns_of, id_ms, raw_command
@@ -54,6 +56,8 @@ from tickvault.store.tick_writer import AppendResult, TickLike, TickWriter
 from tickvault.store.valkey_errors import map_valkey_errors, store_error
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from tickvault.store.connection import Connection
 
 log = logging.getLogger("tickvault.store")
@@ -191,18 +195,38 @@ class Store:
         """The stored ticks of `symbol` with exchange time in [start, end], as Tick objects."""
         return frame_to_ticks(self.ticks(symbol, start, end))
 
-    def ticks(self, symbol: str | Sequence[str], start: TimeLike, end: TimeLike) -> pd.DataFrame:
+    @overload
+    def ticks(
+        self, symbol: str | Sequence[str], start: TimeLike, end: TimeLike, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def ticks(
+        self, symbol: str | Sequence[str], start: TimeLike, end: TimeLike, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def ticks(
+        self, symbol: str | Sequence[str], start: TimeLike, end: TimeLike, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def ticks(
+        self, symbol: str | Sequence[str], start: TimeLike, end: TimeLike, *, output: Output = "pandas"
+    ) -> Any:
         """Ticks with exchange time in [start, end] (both inclusive, ms resolution) as a DataFrame
         indexed by exchange timestamp (America/Sao_Paulo); blocks and the live stream stitched.
-        Several symbols give one frame in time order, told apart by the `symbol` column."""
+        Several symbols give one frame in time order, told apart by the `symbol` column.
+        `output`: "pandas", "arrow" (made from the columns, no pandas) or "polars" (see frames.py)."""
+        check_output(output)
         start_ms, end_ms = to_ms_bounds(start, end)
         if isinstance(symbol, str):
+            if output != "pandas":
+                return from_table(ticks_table([(symbol, self.columns(symbol, start_ms, end_ms))]), output)
             return columns_frame(symbol, self.columns(symbol, start_ms, end_ms))
         symbols = [validate_symbol(s) for s in symbol]
         # one reader per symbol at once: in a cluster each goes to its own node (zstd and the socket
         # wait release the GIL, so this helps on one server too)
         with ThreadPoolExecutor(max_workers=max(1, min(len(symbols), 8))) as pool:
             found = list(pool.map(lambda s: self.columns(s, start_ms, end_ms), symbols))
+        if output != "pandas":
+            return from_table(ticks_table(list(zip(symbols, found, strict=True))), output)
         frames = [columns_frame(s, cols) for s, cols in zip(symbols, found, strict=True)]
         merged = pd.concat(frames) if frames else columns_frame("", Columns.empty())
         merged["symbol"] = pd.Categorical(merged["symbol"].astype(str), categories=symbols)
@@ -223,11 +247,26 @@ class Store:
                 sealed += self.history.seal(symbol, stream_id(oldest[-1][0])[0])
         return sealed
 
-    def candles(self, symbol: str, tf: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+    @overload
+    def candles(
+        self, symbol: str, tf: str, start: TimeLike, end: TimeLike, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def candles(
+        self, symbol: str, tf: str, start: TimeLike, end: TimeLike, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def candles(
+        self, symbol: str, tf: str, start: TimeLike, end: TimeLike, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def candles(
+        self, symbol: str, tf: str, start: TimeLike, end: TimeLike, *, output: Output = "pandas"
+    ) -> Any:
         """Bars of timeframe `tf` (1m, 5m, 15m, 1h, 1d) computed from the stored ticks in
         [start, end], labelled by their open time in B3 time (see candles.py)."""
         check_timeframe(tf)
-        return candles_from_ticks(self.ticks(symbol, start, end), tf)
+        check_output(output)
+        return from_frame(candles_from_ticks(self.ticks(symbol, start, end), tf), output)
 
     def candle_stream(self, symbol: str, tf: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
         """Bars the live candle worker wrote to `stream:candles:{tf}:{symbol}` that overlap
@@ -249,9 +288,13 @@ class Store:
             return out
         bars = [latest[ms] for ms in sorted(latest)]
         frame = pd.DataFrame({name: [getattr(b, name) for b in bars] for name in out.columns})
-        frame.index = pd.DatetimeIndex(
-            pd.to_datetime([b.timestamp_ms for b in bars], unit="ms", utc=True), name="timestamp"
-        ).tz_convert(B3_TZ)
+        frame.index = (
+            pd.DatetimeIndex(
+                pd.to_datetime([b.timestamp_ms for b in bars], unit="ms", utc=True), name="timestamp"
+            )
+            .tz_convert(B3_TZ)
+            .as_unit("ns")
+        )  # as `candles` has it (from the ticks' ns index)
         return frame.astype(out.dtypes.to_dict())
 
     # -- features, predictions, signals: one entry per event, appended in time order by their one
@@ -284,9 +327,24 @@ class Store:
                 raise store_error(error)
         return len(events) - len(errors)
 
-    def events(self, kind: str, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+    @overload
+    def events(
+        self, kind: str, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def events(
+        self, kind: str, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def events(
+        self, kind: str, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def events(
+        self, kind: str, symbol: str, start: TimeLike, end: TimeLike, *, output: Output = "pandas"
+    ) -> Any:
         """`kind` in features|predictions|signals: events in [start, end] as a DataFrame indexed by
         exchange time; a feature or probability dict becomes one column per name."""
+        check_output(output)
         event_type = {v: k for k, v in _EVENT_STREAM.items()}.get(kind)
         if event_type is None:
             raise DataError("kind", f"{kind!r} must be features, predictions or signals")
@@ -305,24 +363,76 @@ class Store:
         frame.index = pd.DatetimeIndex(pd.to_datetime(ms, unit="ms", utc=True), name="timestamp").tz_convert(
             B3_TZ
         )
-        return frame
+        return from_frame(frame, output)
 
-    def features(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
-        return self.events("features", symbol, start, end)
+    @overload
+    def features(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def features(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def features(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def features(self, symbol: str, start: TimeLike, end: TimeLike, *, output: Output = "pandas") -> Any:
+        return self.events("features", symbol, start, end, output=output)
 
-    def predictions(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
-        return self.events("predictions", symbol, start, end)
+    @overload
+    def predictions(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def predictions(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def predictions(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def predictions(self, symbol: str, start: TimeLike, end: TimeLike, *, output: Output = "pandas") -> Any:
+        return self.events("predictions", symbol, start, end, output=output)
 
-    def signals(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
-        return self.events("signals", symbol, start, end)
+    @overload
+    def signals(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def signals(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def signals(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def signals(self, symbol: str, start: TimeLike, end: TimeLike, *, output: Output = "pandas") -> Any:
+        return self.events("signals", symbol, start, end, output=output)
 
     @map_valkey_errors()
     def seal(self, symbol: str, before_ms: int) -> int:
         """Move live-stream ticks stored before `before_ms` into history blocks (see history.py)."""
         return self.history.seal(symbol, before_ms)
 
-    def as_of(self, symbol: str, when: TimeLike) -> Tick | None:
-        """The last tick with exchange time at or before `when` (None if there is none)."""
+    @overload
+    def as_of(self, symbol: str, when: TimeLike, *, output: None = None) -> Tick | None: ...
+    @overload
+    def as_of(self, symbol: str, when: TimeLike, *, output: Literal["pandas"]) -> pd.DataFrame: ...
+    @overload
+    def as_of(self, symbol: str, when: TimeLike, *, output: Literal["arrow"]) -> pa.Table: ...
+    @overload
+    def as_of(self, symbol: str, when: TimeLike, *, output: Literal["polars"]) -> pl.DataFrame: ...
+    def as_of(self, symbol: str, when: TimeLike, *, output: Output | None = None) -> Any:
+        """The last tick with exchange time at or before `when` (None if there is none). With
+        `output`: that tick as a one-row frame of the form asked for, like `ticks` (empty if none)."""
+        if output is not None:
+            check_output(output)
+            found = self.as_of(symbol, when)
+            cols = tick_columns([found] if found is not None else [])
+            if output == "pandas":
+                return columns_frame(symbol, cols)
+            return from_table(ticks_table([(symbol, cols)]), output)
         at_ms = to_ms(parse_time(when, field="when"))
         key = self.keys.ticks(symbol)
         with map_valkey_errors():
@@ -455,7 +565,8 @@ def columns_frame(symbol: str, cols: Columns) -> pd.DataFrame:
         else:
             data[f.name] = values.astype(f.frame, copy=False)  # no copy: Columns has that dtype
     index = pd.DatetimeIndex(pd.to_datetime(cols.timestamp_ms, unit="ms", utc=True), name="timestamp")
-    return pd.DataFrame(data, index=index.tz_convert(B3_TZ), copy=False)
+    # ns, as arrow and polars outputs have it (pandas 3 would pick us for ms input)
+    return pd.DataFrame(data, index=index.tz_convert(B3_TZ).as_unit("ns"), copy=False)
 
 
 _CATEGORICAL = tuple(f.name for f in TICK_FIELDS if f.frame == "category")

@@ -73,7 +73,9 @@ def _first_bar_ms(store: Store, symbol: str, tf: str) -> int | None:
 
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     parts = [p for p in parts if len(p)]
-    return pd.concat(parts) if len(parts) > 1 else parts[0] if parts else empty_candles()
+    out = pd.concat(parts) if len(parts) > 1 else parts[0] if parts else empty_candles()
+    out.index = pd.DatetimeIndex(out.index).as_unit("ns")  # as Store.candles: ns whatever pandas infers
+    return out
 
 
 def _stream(store: Store, symbol: str, tf: str, start_ms: int, before_ms: int) -> pd.DataFrame:
