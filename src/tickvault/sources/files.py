@@ -116,7 +116,13 @@ def row_key(row: dict[str, Any]) -> tuple[str, int]:
         raise DataError(
             "symbol", "required field is missing" if symbol is None else f"must be text, got {symbol!r}"
         )
-    return symbol.strip(), _time_ms(row)
+    ms = _time_ms(row)
+    if not 0 <= ms <= _LAST_MS:  # a date must be one (a number past year 9999 overflowed the readers)
+        raise DataError("timestamp_ms", f"{ms} is not a time between 1970 and 9999")
+    return symbol.strip(), ms
+
+
+_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
 def finish_tick(row: dict[str, Any], symbol: str, ms: int) -> Tick:
