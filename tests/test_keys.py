@@ -11,7 +11,8 @@ import pytest
 from valkey.crc import key_slot
 
 import tickvault
-from tickvault.domain.keys import KeySpace
+from tickvault.domain.keys import KeySpace, validate_namespace
+from tickvault.errors import ConfigError
 
 PACKAGE = Path(tickvault.__file__).parent
 # A value for every argument of a KeySpace method besides the symbol (a new argument: add it here).
@@ -43,6 +44,24 @@ def test_in_cluster_mode_every_key_of_a_symbol_is_in_the_symbol_slot(symbol: str
     keys = per_symbol_keys(KeySpace(cluster=True), symbol)
     slot = key_slot(f"{{{symbol}}}".encode())
     assert {name: key_slot(key.encode()) for name, key in keys.items()} == dict.fromkeys(keys, slot)
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_a_namespace_prefixes_every_key_and_keeps_the_symbol_slot(cluster: bool) -> None:
+    ns, live = KeySpace(cluster=cluster, namespace="replay-1"), KeySpace(cluster=cluster)
+    keys, plain = per_symbol_keys(ns, "WDOFUT"), per_symbol_keys(live, "WDOFUT")
+    assert keys == {name: "ns:replay-1:" + key for name, key in plain.items()}
+    assert ns.symbols() == "ns:replay-1:tv:symbols" and ns.health("*") == "ns:replay-1:tv:health:*"
+    assert ns.dead_letters() == "ns:replay-1:" + live.dead_letters() and ns.live() == live
+    if cluster:
+        slot = key_slot(b"{WDOFUT}")
+        assert {key_slot(key.encode()) for key in keys.values()} == {slot}
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "a b", "*", "x{y}", "é", "a" * 65])
+def test_a_bad_namespace_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="TICKVAULT_NAMESPACE"):
+        validate_namespace(name)
 
 
 def test_standalone_keys_are_the_guide_names_without_hash_tags() -> None:

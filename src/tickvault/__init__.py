@@ -33,7 +33,7 @@ def connect(url: str | None = None) -> Store:
     settings = load_settings(valkey_url=url)
     conn = Connection.open(settings)
     conn.check()
-    return Store(conn.client("api"), owner=conn)
+    return Store(conn.client("api"), conn.keys, owner=conn)
 
 
 __all__ = [

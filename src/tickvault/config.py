@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tickvault.domain.events import validate_symbol
+from tickvault.domain.keys import validate_namespace
 from tickvault.errors import ConfigError, DataError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -97,6 +98,8 @@ class Settings(BaseSettings):
     # `tickvault run`: one component per process (unset: the whole system), Prometheus on 127.0.0.1
     only: Only | None = Field(None, validation_alias="TICKVAULT_ONLY")
     metrics_port: int | None = Field(None, ge=0, le=65535, validation_alias="TICKVAULT_METRICS_PORT")
+    # a replay's or backtest's output apart from the live data: every key gets `ns:{NAME}:` in front
+    namespace: str = Field("", validation_alias="TICKVAULT_NAMESPACE")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -122,6 +125,16 @@ class Settings(BaseSettings):
             except DataError as exc:
                 raise ValueError(exc.reason) from None
         return tuple(out)
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if value:
+            try:
+                validate_namespace(value)
+            except ConfigError as exc:
+                raise ValueError(exc.reason) from None
+        return value
 
     @field_validator("valkey_url")
     @classmethod

@@ -84,7 +84,7 @@ def _store(settings: Settings, role: str, *, check: bool = True) -> Iterator[tup
     with Connection.open(settings) as conn:
         if check:
             conn.check()
-        yield Store(conn.client(role)), conn.where
+        yield Store(conn.client(role), conn.keys), conn.where
 
 
 Opt = typer.Option
@@ -126,6 +126,7 @@ FLAGS: dict[str, _Flag] = {
     "log_format": _Flag(str, "text or json, one line per event"),
     "model_path": _Flag(Path, "Model file"),
     "signal_threshold": _Flag(float, "P(UP)/P(DOWN) to act"),
+    "namespace": _Flag(str, "Read and write under ns:NAME: keys (a replay's output), never the live data"),
     "features_interval_ms": _Flag(int),
     # the ones only some commands take
     "symbols": _Flag(str, "Comma-separated symbols"),
@@ -145,7 +146,7 @@ FLAGS: dict[str, _Flag] = {
     "web_host": _Flag(str, "Web dashboard address (beyond loopback it needs WEB_TOKEN)"),
 }
 SHARED = tuple(FLAGS)[: tuple(FLAGS).index("features_interval_ms") + 1]  # on the top-level command
-RUN = ("symbols", "speed", "seed", "zmq_enabled", "zmq_consume_enabled", "valkey_enabled",
+RUN = ("namespace", "symbols", "speed", "seed", "zmq_enabled", "zmq_consume_enabled", "valkey_enabled",
        "metrics_port", "only", "web_enabled", "web_port", "web_host")  # fmt: skip
 
 
@@ -191,7 +192,7 @@ def main_options(ctx: typer.Context) -> None:
 def run(
     ctx: typer.Context,
     source: Annotated[
-        str, Opt(help="sim (built-in B3 simulator), replay:PATH (CSV/Parquet ticks) or profitdll (PROFIT_*)")
+        str, Opt(help="sim, replay:PATH (CSV/Parquet), store:START..END (into --namespace) or profitdll")
     ] = "sim",
     duration: Annotated[
         float | None, Opt(help="Stop after this many seconds (default: until Ctrl+C)", min=0)
@@ -384,6 +385,7 @@ class Format(StrEnum):
 
 
 @app.command()
+@_flags("namespace")
 def query(
     ctx: typer.Context,
     symbol: Annotated[str, typer.Argument(help="Symbol, e.g. WDOFUT; ticks also take WDOFUT,WINFUT,...")],
@@ -497,7 +499,10 @@ def web(
         _stop_on_sigterm(stop)
         with Connection.open(settings) as conn:  # like `monitor`: Valkey down is shown, not fatal
             server = WebServer.from_settings(
-                settings, Store(conn.client("web")), symbols=settings.monitor_symbols, where=conn.where
+                settings,
+                Store(conn.client("web"), conn.keys),
+                symbols=settings.monitor_symbols,
+                where=conn.where,
             )
             server.start()
             try:

@@ -90,7 +90,11 @@ class RunDashboard:
         self.view = view
         self.every_s = every_s
         self.width = width  # the terminal's columns (a narrow one gets the compact table)
-        self.store = Store(system.connection.client("dashboard")) if system.connection else None
+        self.store = (
+            Store(system.connection.client("dashboard"), system.connection.keys)
+            if system.connection
+            else None
+        )
         self.snap: Any = None
         self._next = 0.0
 

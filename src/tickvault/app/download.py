@@ -138,7 +138,7 @@ def download(
 
     with Connection.open(settings) as conn:
         conn.check()
-        store = Store(conn.client("download"))
+        store = Store(conn.client("download"), conn.keys)
         publisher = Publisher(
             endpoint(settings.zmq_host, settings.zmq_history_port), curve=server_keys_of(settings),
             allow_insecure=settings.zmq_allow_insecure,

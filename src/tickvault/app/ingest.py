@@ -155,7 +155,7 @@ def _bulk(
 
     with Connection.open(settings) as conn:
         conn.check()
-        store = Store(conn.client("ingest"))
+        store = Store(conn.client("ingest"), conn.keys)
         bars = BarProgress(err) if err.is_terminal else None
         with bars.bars if bars is not None else ExitStack():
             reports = load_files(

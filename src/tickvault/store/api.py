@@ -534,7 +534,7 @@ class Store:
                 k
                 for pattern in self.keys.session_patterns(symbol)
                 for k in self.client.scan_iter(match=pattern, count=1000)
-                if k.decode().split(":")[3] < cutoff_session
+                if k.decode().removeprefix(self.keys.prefix).split(":")[3] < cutoff_session
             ]
             if stale:
                 self.client.delete(*stale)

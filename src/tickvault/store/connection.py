@@ -10,6 +10,7 @@ from valkey.backoff import ExponentialBackoff
 from valkey.retry import Retry
 
 from tickvault.config import Settings
+from tickvault.domain.keys import KeySpace
 from tickvault.errors import StoreUnavailable
 from tickvault.store.cluster import close_client, cluster_client, is_cluster_url, parse_cluster_url
 from tickvault.store.server import EmbeddedValkey, client_name
@@ -45,6 +46,11 @@ class Connection:
     @property
     def cluster(self) -> bool:
         return is_cluster_url(self.url)
+
+    @property
+    def keys(self) -> KeySpace:
+        """The keys everything this connection's users read and write (TICKVAULT_NAMESPACE's)."""
+        return KeySpace(cluster=self.cluster, namespace=self.settings.namespace)
 
     @property
     def where(self) -> str:

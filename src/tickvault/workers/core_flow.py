@@ -70,9 +70,13 @@ class FeatureService:
         handlers: list[Callable[[Event], None]] | None = None,
         max_pending_writes: int = 100_000,
         curve: ServerKeys | None = None,
+        history: Store | None = None,
     ) -> None:
         self.store = store
-        self._history = HistoryLookup(store_history(store)) if store is not None else None
+        # `history`: the store previous sessions are read from when not `store` (a replay's: the live one)
+        self._history = (
+            HistoryLookup(store_history(history or store, cache=store.keys)) if store is not None else None
+        )
         self.engine = FeatureEngine(symbols, config, history=self._history)
         self.model = model
         self._unmodelled: set[str] = set()

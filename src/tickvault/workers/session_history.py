@@ -19,6 +19,7 @@ from tickvault.analytics.features import (
     summarize_session,
 )
 from tickvault.domain.events import B3_TZ, to_ms
+from tickvault.domain.keys import KeySpace
 from tickvault.store.api import Store
 from tickvault.store.valkey_errors import map_valkey_errors
 
@@ -34,15 +35,19 @@ class _Summary(msgspec.Struct):
     quantities: dict[int, int]
 
 
-def store_history(store: Store) -> Callable[[str, date, int], list[SessionSummary]]:
+def store_history(
+    store: Store, cache: KeySpace | None = None
+) -> Callable[[str, date, int], list[SessionSummary]]:
     """Summaries of the sessions before `day`, read once from the ticks and then kept in Valkey
     (`KeySpace.day_summary`: `tv:daysum:{SYMBOL}:{YYYYMMDD}`). Only past days are cached, never the
     day in progress. An unreachable Valkey raises StoreUnavailable (a backfill must not go on without
-    history; the live service wraps this in `HistoryLookup`)."""
+    history; the live service wraps this in `HistoryLookup`). `cache`: where the summaries are kept
+    when not in the store's own keys (a replay reads the live ticks, and writes only its namespace)."""
+    keys = cache or store.keys
 
     @map_valkey_errors()
     def summary(symbol: str, day: date) -> SessionSummary | None:
-        key = store.keys.day_summary(symbol, day.strftime("%Y%m%d"))
+        key = keys.day_summary(symbol, day.strftime("%Y%m%d"))
         raw = store.client.get(key)
         if raw is not None:
             if raw == b"-":

@@ -64,19 +64,27 @@ class CoreFlow:
         w = self.wiring
         self.features = w.features = FeatureService(
             w.settings.symbols,
-            store=Store(w.connection.client("features")) if w.connection else None,
+            store=Store(w.connection.client("features"), w.connection.keys) if w.connection else None,
             model=load_model(w.settings.model_file),
             threshold=w.settings.signal_threshold,
             config=feature_config(w.settings),
             signal_bind=self._signal_bind(),
             handlers=self.handlers,
             curve=server_keys_of(w.settings),
+            history=self._live_store(),
         )
         self.features.start()
         self._feed(self.features)
         lasts = w.lasts()
         if self.warm_up and w.store is not None and lasts:
             self.features.warm_up(_session_so_far(w.store, lasts))
+
+    def _live_store(self) -> Store | None:
+        """In a namespace (a replay), previous sessions come from the live data, as they would live."""
+        connection = self.wiring.connection
+        if connection is None or not connection.keys.namespace:
+            return None
+        return Store(connection.client("history"), connection.keys.live())
 
     def _signal_bind(self) -> str | None:
         w, s = self.wiring, self.wiring.settings

@@ -30,7 +30,9 @@ class Health:
         if connection is None:
             return
         name = f"{self.wiring.settings.only or 'run'}@{socket.gethostname()}:{os.getpid()}"
-        self.reporter = HealthReporter(connection.client("health"), name, self._counters)
+        self.reporter = HealthReporter(
+            connection.client("health"), name, self._counters, keys=connection.keys
+        )
         self.reporter.start()
 
     def stop(self) -> SummaryPart | None:

@@ -96,19 +96,23 @@ class Source:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """What `run --source` names: `sim`, `replay:PATH` (CSV/Parquet ticks) or `profitdll`."""
+    """What `run --source` names: `sim`, `replay:PATH` (CSV/Parquet ticks), `store:START..END` (the
+    live store's recorded ticks, run into a namespace) or `profitdll`."""
 
     spec: str
     replay: Path | None = None
     symbols: str | None = None  # for the settings: a file's own symbols when none were given
     symbol: str | None = None  # the one symbol a file without a symbol column plays as
+    stored: tuple[int, int] | None = None  # store:START..END as inclusive epoch ms
 
     @classmethod
     def parse(cls, spec: str, symbols: str | None) -> SourceSpec:
         if spec in ("sim", "profitdll"):
             return cls(spec, symbols=symbols)
+        if spec.startswith("store:"):
+            return cls(spec, symbols=symbols, stored=parse_range(spec.removeprefix("store:")))
         if not spec.startswith("replay:"):
-            raise ConfigError("--source", spec, "must be sim, replay:PATH or profitdll")
+            raise ConfigError("--source", spec, "must be sim, replay:PATH, store:START..END or profitdll")
         replay = Path(spec.removeprefix("replay:"))
         if not replay.is_file():
             raise ConfigError("--source", spec, f"{replay} is not a file")
@@ -128,6 +132,8 @@ class SourceSpec:
         """How the ticks are made (None: the simulator); `stop` ends a live feed."""
         if self.replay is not None:
             return _replay(self.replay, settings.speed, self.symbol)
+        if self.stored is not None:
+            return _from_store(*self.stored, settings, stop)
         if self.live:
             from tickvault.sources.profitdll import profitdll_source
 
@@ -150,3 +156,35 @@ def _replay(path: Path, speed: float, symbol: str | None) -> SourceFactory:
             yield item
 
     return lambda _: pace(good(), speed)
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """`START..END` (each as `query --start` takes it) to inclusive epoch ms; an end before the start
+    or a missing part is refused."""
+    from tickvault.domain.timeparse import to_ms_bounds
+
+    start, sep, end = text.partition("..")
+    if not sep or not start.strip() or not end.strip():
+        raise ConfigError(
+            "--source", f"store:{text}", "must be store:START..END, e.g. store:2025-11-24..2025-11-25"
+        )
+    return to_ms_bounds(start.strip(), end.strip())
+
+
+def _from_store(start_ms: int, end_ms: int, settings: Settings, stop: threading.Event) -> SourceFactory:
+    """The live store's ticks of the range as the market, paced like a file replay. It needs a
+    namespace: a replay's output must never land among the live data it reads."""
+    from tickvault.sources.store_replay import store_ticks
+
+    if not settings.namespace:
+        raise ConfigError(
+            "--namespace", "", "store:START..END replays into a namespace; give --namespace NAME"
+        )
+
+    def ticks(store: Store | None) -> Iterator[Tick]:
+        if store is None:
+            raise ConfigError("--source", "store", "a replay from the store needs Valkey (--valkey)")
+        live = Store(store.client, store.keys.live())
+        return pace(store_ticks(live, settings.symbols, start_ms, end_ms), settings.speed, stop=stop)
+
+    return ticks

@@ -30,7 +30,7 @@ class Valkey:
         if w.record_only:  # one recorder per symbol group: its own writer name
             name += f"[{','.join(w.record_only)}]"
         w.connection = connection
-        w.store = Store(connection.client("recorder"), writer_name=name)
+        w.store = Store(connection.client("recorder"), connection.keys, writer_name=name)
 
     def stop(self) -> SummaryPart | None:
         connection = self.wiring.connection

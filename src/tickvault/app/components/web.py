@@ -29,7 +29,7 @@ class Web:
             w.notices.append((logging.WARNING, "web dashboard off: it reads Valkey, and this run has none"))
             return
         server = WebServer.from_settings(
-            w.settings, Store(w.connection.client("web")), symbols=w.settings.symbols,
+            w.settings, Store(w.connection.client("web"), w.connection.keys), symbols=w.settings.symbols,
             where=w.connection.where, problems=self._problems,
         )  # fmt: skip
         try:

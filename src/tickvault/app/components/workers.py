@@ -65,7 +65,7 @@ def candles(wiring: Wiring) -> Worker:
     def make(w: Wiring, connection: Connection) -> LeasedWorker[Any]:
         stored = w.store.symbols() if w.store else ()
         return CandleWorker(
-            Store(connection.client("candles")),
+            Store(connection.client("candles"), connection.keys),
             tuple(dict.fromkeys((*w.settings.symbols, *stored))),
             name=_who("candles"),
             lease_ms=5_000,  # several `run --only candles` share the symbols
@@ -79,7 +79,7 @@ def feature_workers(wiring: Wiring) -> Worker:
 
     def make(w: Wiring, connection: Connection) -> LeasedWorker[Any]:
         return FeatureWorker(
-            Store(connection.client("features")),
+            Store(connection.client("features"), connection.keys),
             w.settings.symbols,
             feature_config(w.settings),
             name=_who("features"),
@@ -106,7 +106,10 @@ def predictor_workers(wiring: Wiring) -> Worker:
         if len(symbols) < len(s.symbols):
             log.warning("model %s predicts only %s", model.name, ",".join(symbols))
         return PredictorWorker(
-            Store(connection.client("predictor")), model, symbols, threshold=s.signal_threshold
+            Store(connection.client("predictor"), connection.keys),
+            model,
+            symbols,
+            threshold=s.signal_threshold,
         )
 
     return Worker(wiring, "predictor", "predictor workers read the features streams in Valkey", make)
