@@ -12,6 +12,8 @@
   maximum of the re-insertion rows, which never crosses from one order to the next because every
   order's rows start with one), and the resting orders are sorted by it.
 
+`valid_through` tells whether such a book is known in full (a clear of each side, no seq gap since).
+
 Every row carries the time, received time and seq given (by default those of row `stop`: the
 snapshot stands for the book after that update, so the next update continues the sequence).
 """
@@ -20,7 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from tickvault.analytics.book.history import _clear_rows, _last_before, _mbp_side, _stable_order
+from tickvault.analytics.book.history import (
+    _clear_rows,
+    _last_before,
+    _mbp_side,
+    _stable_order,
+    _validity,
+)
 from tickvault.domain.book import ADD, ASK, BID, CLEAR, DELETE, LAST, NO_SIDE, SNAPSHOT, BookColumns
 from tickvault.errors import DataError
 
@@ -67,6 +75,18 @@ def snapshot_at(
         action,
         flags,
     )
+
+
+def valid_through(cols: BookColumns, stop: int, *, opening: bool = True) -> bool:
+    """Whether the book after row `stop` is known in full: both sides known from a clear at or
+    before it and no seq missing since (as `book_at`'s `valid`). `opening=False`: a clear in row 0
+    (a stored snapshot that was itself made across a gap) does not count."""
+    if stop < 0:
+        return False
+    clears = _clear_rows(cols)
+    if not opening:
+        clears = (clears[0][clears[0] > 0], clears[1][clears[1] > 0])
+    return bool(_validity(cols, np.array([stop]), clears)[0])
 
 
 def _levels(cols: BookColumns, stop: int) -> tuple[np.ndarray, ...]:
