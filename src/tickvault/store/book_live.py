@@ -21,7 +21,7 @@ import numpy as np
 from tickvault.domain.book import BookColumns, BookKind
 from tickvault.domain.keys import KeySpace
 from tickvault.store.book_codec import decode_columns
-from tickvault.store.cluster import transaction
+from tickvault.store.cluster import node_client, transaction
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -105,24 +105,35 @@ def newest_snapshot(client: Any, keys: KeySpace, symbol: str) -> LiveSnapshot | 
     return snapshot_before(client, keys, symbol, 2**62)
 
 
+def queue_live(pipe: Any, keys: KeySpace, symbol: str, lo_ms: int, hi_ms: int | None) -> None:
+    """Queue on `pipe` the three reads of `live_entries` (their replies go to `finish_live`)."""
+    key = keys.book(symbol)
+    pipe.xrange(key, min=str(lo_ms), max="+" if hi_ms is None else str(hi_ms))
+    pipe.xrange(key, min=str(hi_ms + 1 if hi_ms is not None else "+"), max="+", count=1)
+    pipe.zrangebyscore(keys.book_late(symbol), "-inf", "+inf" if hi_ms is None else hi_ms)
+
+
+def finish_live(client: Any, keys: KeySpace, symbol: str, replies: list[Any]) -> list[Entry]:
+    """The entries from the replies of `queue_live`, with the late ones they name, once each."""
+    in_range, after, late_ids = replies
+    entries: dict[bytes, dict[bytes, bytes]] = dict([*in_range, *after])
+    missing = [i for i in late_ids if i not in entries]
+    if missing:
+        pipe = node_client(client, keys.book(symbol)).pipeline(transaction=False)
+        for entry_id in missing:
+            pipe.xrange(keys.book(symbol), min=entry_id, max=entry_id)
+        entries.update(e for found in pipe.execute() for e in found)
+    return list(entries.items())
+
+
 def live_entries(
     client: Any, keys: KeySpace, symbol: str, lo_ms: int, hi_ms: int | None = None
 ) -> list[Entry]:
     """Every live entry that may hold updates stamped in [lo_ms, hi_ms] (None: to the end), once each,
     in stream order (see the module docstring)."""
-    key = keys.book(symbol)
-    entries: list[Entry] = list(client.xrange(key, min=str(lo_ms), max="+" if hi_ms is None else str(hi_ms)))
-    if hi_ms is not None:
-        entries += client.xrange(key, min=str(hi_ms + 1), max="+", count=1)
-    late_ids = client.zrangebyscore(keys.book_late(symbol), "-inf", "+inf" if hi_ms is None else hi_ms)
-    have = {entry_id for entry_id, _ in entries}
-    missing = [i for i in late_ids if i not in have]
-    if missing:
-        pipe = client.pipeline(transaction=False)
-        for entry_id in missing:
-            pipe.xrange(key, min=entry_id, max=entry_id)
-        entries += [e for found in pipe.execute() for e in found]
-    return entries
+    pipe = node_client(client, keys.book(symbol)).pipeline(transaction=False)
+    queue_live(pipe, keys, symbol, lo_ms, hi_ms)
+    return finish_live(client, keys, symbol, pipe.execute())
 
 
 def entry_columns(entries: list[Entry], symbol: str) -> BookColumns | None:

@@ -52,7 +52,7 @@ from tickvault.store.valkey_errors import map_valkey_errors
 LEASE_MS = 10_000
 SEEN_CHUNK_BITS = 23  # one bitmap key per 8M update seqs: at most 1 MiB each
 _CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
-SNAPSHOT_EVERY = 20_000  # updates between stored snapshots: what a read replays at most, about 1 ms
+SNAPSHOT_EVERY = 10_000  # updates between stored snapshots: what a read of any moment replays at most
 SNAPSHOT_MS = 60_000
 HOLE_BOUND = 4
 

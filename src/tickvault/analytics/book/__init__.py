@@ -20,7 +20,7 @@ from tickvault.analytics.book.history import (
     quotes,
 )
 from tickvault.analytics.book.live import LevelBook, Levels, OrderBook, Top, live_book
-from tickvault.analytics.book.snapshot import snapshot_at, valid_through
+from tickvault.analytics.book.snapshot import snapshot_at, valid_rows, valid_through
 
 __all__ = [
     "BookAt",
@@ -39,5 +39,6 @@ __all__ = [
     "live_book",
     "quotes",
     "snapshot_at",
+    "valid_rows",
     "valid_through",
 ]

@@ -81,12 +81,17 @@ def valid_through(cols: BookColumns, stop: int, *, opening: bool = True) -> bool
     """Whether the book after row `stop` is known in full: both sides known from a clear at or
     before it and no seq missing since (as `book_at`'s `valid`). `opening=False`: a clear in row 0
     (a stored snapshot that was itself made across a gap) does not count."""
-    if stop < 0:
-        return False
+    return bool(valid_rows(cols, np.array([stop]), opening=opening)[0])
+
+
+def valid_rows(cols: BookColumns, stops: np.ndarray, *, opening: bool = True) -> np.ndarray:
+    """`valid_through` for many rows at once (-1: nothing applied, never valid)."""
     clears = _clear_rows(cols)
     if not opening:
         clears = (clears[0][clears[0] > 0], clears[1][clears[1] > 0])
-    return bool(_validity(cols, np.array([stop]), clears)[0])
+    stops = np.asarray(stops, np.int64)
+    valid: np.ndarray = _validity(cols, stops, clears) & (stops >= 0)
+    return valid
 
 
 def _levels(cols: BookColumns, stop: int) -> tuple[np.ndarray, ...]:
