@@ -27,7 +27,7 @@ import zmq
 from tickvault.bus.curve import ClientKeys, ServerKeys, as_client, as_server, is_loopback
 from tickvault.bus.ring import DEFAULT_RING, ReplayClient, Ring
 from tickvault.bus.spool import Spool
-from tickvault.domain.events import Event, encode
+from tickvault.domain.events import encode
 from tickvault.errors import BusError, InsecureBind
 
 log = logging.getLogger("tickvault.bus")
@@ -104,7 +104,7 @@ class Publisher:
             max_memory=max_queue,
         )
         self._context = context or zmq.Context.instance()
-        self._queue: collections.deque[tuple[bytes, Event | bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[bytes, msgspec.Struct | bytes]] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._idle = False
@@ -151,8 +151,9 @@ class Publisher:
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
 
-    def publish(self, topic: str, event: Event | bytes) -> None:
-        """Queue one message; never blocks, never raises (the caller may be a market-data callback)."""
+    def publish(self, topic: str, event: msgspec.Struct | bytes) -> None:
+        """Queue one message (an event, a book frame, or its JSON); never blocks, never raises (the
+        caller may be a market-data callback)."""
         self._queue.append((topic.encode(), event))
         if self._idle:
             try:  # noqa: SIM105 - a bare try is cheaper than contextlib.suppress on this hot path
