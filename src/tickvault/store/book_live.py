@@ -29,13 +29,15 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 @dataclass
 class BookPosition:
     """What is stored of a symbol's book: its kind (None: nothing yet), the highest bus frame and
-    update seq, the newest exchange time, and how many updates."""
+    update seq, the newest exchange time, how many updates were written, and the retention floor
+    (updates stamped before it are gone, or hidden where they share a live entry with newer ones)."""
 
     kind: BookKind | None = None
     frame: int = 0
     seq: int = 0
     ms: int = 0
     updates: int = 0
+    floor: int = 0
 
 
 def read_position(client: Any, keys: KeySpace, symbol: str) -> BookPosition:
@@ -43,13 +45,8 @@ def read_position(client: Any, keys: KeySpace, symbol: str) -> BookPosition:
     if not raw:
         return BookPosition()
     kind: BookKind | None = "mbo" if raw.get("kind") == "mbo" else "mbp" if raw.get("kind") == "mbp" else None
-    return BookPosition(
-        kind,
-        int(raw.get("frame", 0)),
-        int(raw.get("seq", 0)),
-        int(raw.get("ms", 0)),
-        int(raw.get("updates", 0)),
-    )
+    numbers = [int(raw.get(name, 0)) for name in ("frame", "seq", "ms", "updates", "floor")]
+    return BookPosition(kind, *numbers)
 
 
 @dataclass

@@ -153,8 +153,11 @@ class BookQueries:
 
     def book_update_columns(self, symbol: str, start_ms: int, end_ms: int) -> BookColumns:
         """The stored updates stamped in [start_ms, end_ms], in seq order (no stored snapshots)."""
-        validate_symbol(symbol)
-        kind = self._kind(symbol)
+        position = self.book_position(symbol)
+        kind = position.kind or "mbp"
+        start_ms = max(start_ms, position.floor)  # below it: removed by retention
+        if end_ms < start_ms:
+            return BookColumns.empty(symbol, kind)
         with map_valkey_errors():
             history = self.book_history
             parts = [
@@ -250,6 +253,8 @@ class BookQueries:
                 return 0
             cutoff = newest - int(days * 86_400_000)
             removed = self.book_history.expire(symbol, cutoff)
+            # a live entry holding updates both sides of the cut stays whole: the floor hides the older
+            self.client.hset(self.keys.book_position(symbol), "floor", cutoff)
             key = self.keys.book(symbol)
             old = self.client.xrange(key, min="-", max=str(cutoff - 1))
             if old:
