@@ -20,7 +20,6 @@ from factories import BASE_MS
 from tickvault.analytics.book import book_at, book_frames, live_book, quotes, snapshot_at, valid_through
 from tickvault.domain.book import (
     LAST,
-    SNAPSHOT,
     BookBatch,
     BookColumns,
     BookKind,
