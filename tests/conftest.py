@@ -155,6 +155,7 @@ def system_env(
         "ZMQ_HISTORY_PORT": str(free_port()),
         "ZMQ_SIGNAL_PORT": str(free_port()),
         "ZMQ_REPLAY_PORT": str(free_port()),
+        "ZMQ_BOOK_REPLAY_PORT": str(free_port()),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -91,6 +91,9 @@ def main_options(
     zmq_history_port: Annotated[int | None, Opt(help="[ZMQ_HISTORY_PORT]")] = None,
     zmq_signal_port: Annotated[int | None, Opt(help="[ZMQ_SIGNAL_PORT]")] = None,
     zmq_replay_port: Annotated[int | None, Opt(help="Gap replay endpoint [ZMQ_REPLAY_PORT]")] = None,
+    zmq_book_replay_port: Annotated[
+        int | None, Opt(help="Gap replay endpoint of the book frames [ZMQ_BOOK_REPLAY_PORT]")
+    ] = None,
     stream_max_len: Annotated[int | None, Opt(help="Live stream bound [STREAM_MAX_LEN]")] = None,
     stream_retention_days: Annotated[int | None, Opt(help="[STREAM_RETENTION_DAYS]")] = None,
     time_travel: Annotated[
@@ -117,6 +120,7 @@ def main_options(
         "zmq_history_port": zmq_history_port,
         "zmq_signal_port": zmq_signal_port,
         "zmq_replay_port": zmq_replay_port,
+        "zmq_book_replay_port": zmq_book_replay_port,
         "stream_max_len": stream_max_len,
         "stream_retention_days": stream_retention_days,
         "time_travel_enabled": time_travel,
@@ -158,6 +162,13 @@ def run(
         bool | None, Opt("--valkey/--no-valkey", help="Record to Valkey [VALKEY_ENABLED]")
     ] = None,
     dashboard: Annotated[bool, Opt("--dashboard/--no-dashboard", help="Live terminal dashboard")] = True,
+    book: Annotated[
+        bool | None,
+        Opt(
+            "--book/--no-book",
+            help="The simulator's order book: published, recorded, in features [BOOK_ENABLED]",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None, Opt(help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)", min=0)
     ] = None,
@@ -186,7 +197,7 @@ def run(
             raise ConfigError("--source", source, "must be sim, replay:PATH or profitdll")
         settings = _settings(
             ctx, symbols=symbols, speed=speed, seed=seed, zmq_enabled=zmq, valkey_enabled=valkey,
-            zmq_consume_enabled=consume,
+            zmq_consume_enabled=consume, book_enabled=book,
         )  # fmt: skip
         view = LiveView(settings.symbols)
         chosen = _replay_source(replay, settings, file_symbol) if replay else None

@@ -21,16 +21,19 @@ import msgspec
 import zmq
 
 from tickvault.analytics.features import FeatureConfig
+from tickvault.app.book_flow import BookFlow
 from tickvault.bus.curve import ClientKeys, ServerKeys, allow_client, client_keys, is_loopback, server_keys
 from tickvault.bus.ingest import Ingest
 from tickvault.bus.pubsub import BIND_RETRY_S, Publisher, Subscriber, endpoint
 from tickvault.config import Settings
+from tickvault.domain.book import BookBatch
 from tickvault.domain.events import B3_TZ, Event, Tick, day_start_ms, decode_tick
 from tickvault.domain.keys import tick_topic
 from tickvault.errors import BusError, ConfigError, DataError, InsecureBind, StoreError, TickvaultError
 from tickvault.recorder.frames import valid_seqs
 from tickvault.recorder.recorder import Recorder
 from tickvault.recorder.recovery import store_recovery
+from tickvault.sources.book_simulator import BookMarketSimulator
 from tickvault.sources.simulator import SESSION, MarketSimulator, pace
 from tickvault.store.api import Store, frame_to_ticks
 from tickvault.store.connection import Connection
@@ -90,9 +93,12 @@ def feature_config(settings: Settings) -> FeatureConfig:
     )
 
 
-def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimulator:
+def simulator_resuming(
+    settings: Settings, lasts: dict[str, Tick], *, book: bool = False
+) -> MarketSimulator | BookMarketSimulator:
     """A simulator that continues after what the store already holds, so a second run adds new
-    ticks (new times, new trade ids) instead of replaying the first run's ones as duplicates."""
+    ticks (new times, new trade ids) instead of replaying the first run's ones as duplicates.
+    `book`: the same ticks with an order book around them (`BookMarketSimulator`)."""
     start = SESSION.start_for(datetime.now(B3_TZ))
     first_ids: dict[str, int] = {}
     if lasts:
@@ -103,7 +109,8 @@ def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimu
         )
         session = start.astimezone(B3_TZ).strftime("%Y%m%d")
         first_ids = {s: t.trade_id + 1 for s, t in lasts.items() if t.session == session}
-    return MarketSimulator(settings.symbols, seed=settings.seed, start=start, first_trade_ids=first_ids)
+    simulator = BookMarketSimulator if book else MarketSimulator
+    return simulator(settings.symbols, seed=settings.seed, start=start, first_trade_ids=first_ids)
 
 
 class System:
@@ -149,6 +156,7 @@ class System:
         self.publisher: Publisher | None = None
         self.recorder: Recorder | None = None
         self.ingest = Ingest(handlers=handlers)
+        self.book = BookFlow(settings, self.ingest, private_bus=private_bus)  # the order book's path
         self.event_handlers = list(event_handlers or [])  # features, predictions, signals in-process
         self.degraded: list[str] = []  # what could not start: logged, in the summary
         self.stop_event = threading.Event()
@@ -197,6 +205,7 @@ class System:
                 name += f"[{','.join(self.record_only)}]"
                 spool = f"recorder-{'-'.join(self.record_only)}.spool"
             self.store = Store(self.connection.client("recorder"), writer_name=name)
+            self.book.store = Store(self.connection.client("book-recorder"))
             if self.only != "source":
                 self.recorder = Recorder(
                     self.store,
@@ -268,14 +277,22 @@ class System:
             else:
                 self.ingest.add_handler(self.recorder.submit_one)
                 self._spawn("recorder", self.recorder.run, None, self._recorder_stop)
+        if s.book_enabled and self._source_factory is None:  # the simulator's book (another source: none)
+            self.book.start(
+                record=self.recorder is not None,
+                features=self.features.submit_book if self.features is not None else None,
+                server_keys=self._server_keys(),
+                client_keys=self._own_client_keys(),
+            )
         self._feed_features(lasts)
         if self.warm_up and self.features is not None and self.store is not None and lasts:
             self.features.warm_up(self._session_so_far(lasts))
-        ticks = (
-            self._source_factory(self.store)
-            if self._source_factory
-            else pace(simulator_resuming(s, lasts).ticks(), s.speed, stop=self.stop_event)
-        )
+        if self._source_factory:
+            ticks: Iterator[Tick | BookBatch] = self._source_factory(self.store)
+        else:
+            simulator = simulator_resuming(s, lasts, book=s.book_enabled)
+            items = simulator.events() if isinstance(simulator, BookMarketSimulator) else simulator.ticks()
+            ticks = pace(items, s.speed, stop=self.stop_event)
         self.started_at = time.monotonic()
         self._spawn("source", self._pump, ticks)
 
@@ -473,6 +490,7 @@ class System:
         # a symbol with nothing stored yet starts at 0, so its first live message shows any gap before it
         self._subscriber.prime({tick_topic(sym): lasts[sym].seq if sym in lasts else 0 for sym in symbols})
         self._spawn("recorder", self.recorder.run, self._subscriber, self._recorder_stop)
+        self.book.start_recorder_only(symbols, bool(shard), self._client_keys())
         self.started_at = time.monotonic()
 
     def counters(self) -> dict[str, int]:
@@ -511,14 +529,16 @@ class System:
         for worker in (self.predictor, self.feature_worker, self.candles):
             if worker is not None:
                 out.update(worker.counters())
+        out.update(self.book.counters())
         return out
 
     def describe(self) -> str:
         s = self.settings
         parts = [f"symbols={','.join(s.symbols)}", f"speed={'max' if s.speed == 0 else s.speed}"]
         parts.append(f"zmq tick={self.publisher.endpoint}" if self.publisher else "zmq off")
+        parts += [self.book.describe()] if self.book.describe() else []
         parts.append(self.connection.where if self.connection else "valkey off")
-        problems = [*self.degraded]
+        problems = [*self.degraded, *self.book.degraded]
         if self.features is not None and self.features.signal_problem:
             problems.append(self.features.signal_problem)
         parts += [f"DEGRADED: {problem}" for problem in problems]
@@ -542,16 +562,21 @@ class System:
             - stats.rejected_total
         )
 
-    def _pump(self, ticks: Iterator[Tick]) -> None:
+    def _pump(self, ticks: Iterator[Tick | BookBatch]) -> None:
         hold = self.hold_back and self.recorder is not None
         try:
             for n, tick in enumerate(ticks):
                 if self.stop_event.is_set():
                     break
                 if hold and n % _CHECK_EVERY == 0:
-                    while self.unstored() > MAX_UNSTORED and not self.stop_event.wait(0.005):
+                    while (
+                        self.unstored() > MAX_UNSTORED or self.book.unstored() > MAX_UNSTORED
+                    ) and not self.stop_event.wait(0.005):
                         pass
-                self.ingest.on_tick(tick)
+                if isinstance(tick, BookBatch):
+                    self.ingest.on_book(tick)
+                else:
+                    self.ingest.on_tick(tick)
         except TickvaultError as exc:  # a refused login, a missing library: one clear line, no traceback
             self.source_error = exc
             log.error("source failed: %s", exc)
@@ -605,6 +630,7 @@ class System:
             while not self.recorder.caught_up(self.ingest.produced_seq()) and time.monotonic() < deadline:
                 time.sleep(0.01)
             summary.drained = self.recorder.caught_up(self.ingest.produced_seq())
+        summary.drained = self.book.stop() and summary.drained
         self._recorder_stop.set()
         # after the recorder drained: the candle worker reads to the end, then stops
         for worker_stop in (self._candles_stop, self._features_stop, self._predictor_stop):

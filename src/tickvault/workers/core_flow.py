@@ -38,6 +38,7 @@ from tickvault.analytics.features import (
 )
 from tickvault.bus.curve import ServerKeys, as_server
 from tickvault.bus.pubsub import BIND_RETRY_S
+from tickvault.domain.book import BookBatch
 from tickvault.domain.events import B3_TZ, Action, Event, Features, Prediction, Signal, Tick, encode, to_ms
 from tickvault.domain.keys import features_topic, signal_topic
 from tickvault.errors import StoreError, StoreUnavailable
@@ -281,7 +282,7 @@ class FeatureService:
         self.threshold = threshold
         self.handlers = list(handlers or [])
         self.stats = FeatureStats()
-        self._inbox: queue.SimpleQueue[tuple[Tick, int] | Callable[[], Iterable[Tick]] | None] = (
+        self._inbox: queue.SimpleQueue[tuple[Tick, int] | BookBatch | Callable[[], Iterable[Tick]] | None] = (
             queue.SimpleQueue()
         )
         self._pending: list[Event] = []
@@ -338,6 +339,11 @@ class FeatureService:
         """The ingest handler: never blocks, never raises into the source."""
         self._inbox.put((tick, time.perf_counter_ns()))
 
+    def submit_book(self, batch: BookBatch) -> None:
+        """The ingest book handler: the batch goes to the engine's live book (`spread`,
+        `book_imbalance`) in order with the ticks; never blocks, never raises into the source."""
+        self._inbox.put(batch)
+
     def warm_up(self, load: Callable[[], Iterable[Tick]]) -> None:
         """Before the live ticks: fold the ticks `load` returns (the session so far, from the store)
         into the engine without sending anything, so a restarted run's features go on as if it had
@@ -373,6 +379,9 @@ class FeatureService:
                 if item is None:
                     return
                 self.idle.clear()
+                if isinstance(item, BookBatch):
+                    self._book(item)
+                    continue
                 if callable(item):
                     self._replay(item)
                     continue
@@ -380,6 +389,14 @@ class FeatureService:
             except queue.Empty:
                 self.idle.set()
             self._retry_bind()
+
+    def _book(self, batch: BookBatch) -> None:
+        try:
+            for update in batch:
+                self.engine.on_book(update)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("feature engine failed on a book batch of %s", batch[0].symbol if batch else "?")
 
     def _replay(self, load: Callable[[], Iterable[Tick]]) -> None:
         started = time.monotonic()
