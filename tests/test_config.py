@@ -17,6 +17,8 @@ HONOURED = [
     ("ZMQ_HISTORY_PORT", "6557", "zmq_history_port", 6557),
     ("ZMQ_SIGNAL_PORT", "6558", "zmq_signal_port", 6558),
     ("ZMQ_REPLAY_PORT", "6559", "zmq_replay_port", 6559),
+    ("ZMQ_BOOK_REPLAY_PORT", "6560", "zmq_book_replay_port", 6560),
+    ("BOOK_ENABLED", "false", "book_enabled", False),
     ("ZMQ_HOST", "127.0.0.2", "zmq_host", "127.0.0.2"),
     ("VALKEY_HOST", "db.example", "valkey_host", "db.example"),
     ("VALKEY_PORT", "6380", "valkey_port", 6380),

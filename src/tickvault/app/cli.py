@@ -396,11 +396,18 @@ class Format(StrEnum):
 def query(
     ctx: typer.Context,
     symbol: Annotated[str, typer.Argument(help="Symbol, e.g. WDOFUT; ticks also take WDOFUT,WINFUT,...")],
-    start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")],
+    start: Annotated[
+        str | None, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")
+    ] = None,
     end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
     kind: Annotated[
-        str, Opt(help="ticks, candles:TF (TF in 1m, 5m, 15m, 1h, 1d), features, predictions or signals")
+        str,
+        Opt(
+            help="ticks, candles:TF (TF in 1m, 5m, 15m, 1h, 1d), features, predictions, signals; the order "
+            "book: book:N (N levels a side, with --at), book-frames:STEP[:N] (e.g. 1s), quotes, book-updates"
+        ),
     ] = "ticks",
+    at: Annotated[str | None, Opt(help="--kind book:N: the moment, same forms as --start")] = None,
     fmt: Annotated[
         Format, Opt("--format", help="table, csv, json (one JSON object per line) or parquet")
     ] = Format.table,
@@ -419,7 +426,13 @@ def query(
         events = ("features", "predictions", "signals")
         if len(symbols) > 1 and kind != "ticks":
             raise ConfigError("SYMBOL", symbol, "several symbols at once are for --kind ticks only")
-        if kind != "ticks" and kind not in events:
+        book = _book_kind(kind)
+        if book is not None and book[0] == "book":
+            if at is None:
+                raise ConfigError("--at", None, f"--kind {kind} needs the moment: --at T")
+        elif start is None:
+            raise ConfigError("--start", None, f"--kind {kind} needs a range: --start T [--end T]")
+        if book is None and kind != "ticks" and kind not in events:
             from tickvault.analytics.candles import TIMEFRAMES
 
             tf = kind.split(":", 1)[1] if kind.startswith("candles:") else ""
@@ -435,14 +448,60 @@ def query(
         with Connection.open(settings) as conn:
             conn.check()
             store = Store(conn.client("query"))
-            if kind == "ticks":
+            if book is not None:
+                frame = _book_frame(store, symbols[0], book, start, end, at)
+            elif kind == "ticks":
                 # several symbols: one frame in time order, read from their nodes in parallel
                 frame = store.ticks(symbols if len(symbols) > 1 else symbols[0], start, end)
             elif kind in events:
                 frame = store.events(kind, symbol, start, end)
             else:
                 frame = store.candles(symbol, kind.split(":", 1)[1], start, end)
+        if book is not None and book[0] == "book":
+            valid = "yes" if frame.attrs["valid"] else "NO (a gap, or no snapshot before it)"
+            _say(f"{symbols[0]} book as of {frame.attrs['as_of']} (seq {frame.attrs['seq']}), valid: {valid}")
         out.write_frame(frame, fmt.value, output, limit=limit)
+
+
+def _book_kind(kind: str) -> tuple[str, str, int] | None:
+    """(what, step, depth) of an order-book --kind, None for any other kind."""
+    what, _, rest = kind.partition(":")
+    if what not in ("book", "book-frames", "quotes", "book-updates"):
+        return None
+    try:
+        if what == "book":
+            return what, "", int(rest) if rest else 10
+        if what == "book-frames":
+            step, _, depth = rest.partition(":")
+            from tickvault.domain.timeparse import parse_duration_ms
+
+            parse_duration_ms(step or "1s")
+            return what, step or "1s", int(depth) if depth else 10
+    except (ValueError, DataError):
+        pass
+    else:
+        if not rest:
+            return what, "", 0
+    raise ConfigError(
+        "--kind",
+        kind,
+        "must be book:N, book-frames:STEP[:N] (e.g. book-frames:1s:10), quotes or book-updates",
+    )
+
+
+def _book_frame(
+    store: Any, symbol: str, book: tuple[str, str, int], start: str | None, end: str, at: str | None
+) -> Any:
+    what, step, depth = book
+    if depth < 0 or (what in ("book", "book-frames") and depth == 0):
+        raise ConfigError("--kind", f"{what}:{depth}", "the depth must be a positive number of levels")
+    if what == "book":
+        return store.book(symbol, at, depth)
+    if what == "book-frames":
+        return store.book_frames(symbol, start, end, step, depth)
+    if what == "quotes":
+        return store.quotes(symbol, start, end)
+    return store.book_updates(symbol, start, end)
 
 
 # -- monitor -----------------------------------------------------------------------------------------
