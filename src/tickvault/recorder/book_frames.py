@@ -14,11 +14,12 @@ frames around it go on.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 import numpy as np
@@ -49,7 +50,7 @@ Action = Literal["add", "update", "delete", "clear"]
 
 
 class LevelWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """An MBP event (`BookUpdate`) as the bus carries it."""
+    """An MBP event (`BookUpdate`) as the bus carries it (`order_id`, `agent`: 0, the columns')."""
 
     symbol: str
     timestamp: TimeText
@@ -62,6 +63,9 @@ class LevelWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     received_ms: NonNegativeInt = 0
     seq: Numbered
     flags: Flags = 0
+
+    order_id: ClassVar[int] = 0
+    agent: ClassVar[int] = 0
 
 
 class OrderWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -79,6 +83,8 @@ class OrderWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     received_ms: NonNegativeInt = 0
     seq: Numbered
     flags: Flags = 0
+
+    orders: ClassVar[int] = 0
 
 
 class MbpFrame(msgspec.Struct, tag_field="kind", tag="mbp", forbid_unknown_fields=True, frozen=True):
@@ -124,7 +130,8 @@ class RejectedFrame:
 
 @dataclass
 class DecodedFrames:
-    frames: list[FrameWire] = field(default_factory=list)
+    frames: list[FrameWire] = field(default_factory=list)  # the valid ones, in the order received
+    parts: list[BookPart] = field(default_factory=list)  # their updates as columns, one part per symbol
     rejected: list[RejectedFrame] = field(default_factory=list)
 
 
@@ -157,99 +164,155 @@ def decode_book_frames(messages: Sequence[Sequence[bytes]]) -> DecodedFrames:
             except DataError as exc:
                 wires.append(None)
                 out.rejected.append(RejectedFrame(i, exc, message))
-    errors = _check(messages, wires)
-    for i, wire in enumerate(wires):
-        if wire is None:
-            continue
-        if i in errors:
-            out.rejected.append(RejectedFrame(i, errors[i], messages[i]))
-        else:
-            out.frames.append(wire)
+    _Batch(messages, wires).check(out)
     out.rejected.sort(key=lambda r: r.index)
     return out
 
 
-def _check(messages: Sequence[Sequence[bytes]], wires: list[FrameWire | None]) -> dict[int, DataError]:
-    """Message index -> the first broken rule, for the decoded frames (see the module docstring)."""
-    errors: dict[int, DataError] = {}
-    symbols: dict[str, DataError | None] = {}
-    index: list[int] = []  # per event: its message, its frame's symbol and kind
-    owners: list[str] = []
-    mbo: list[bool] = []
-    events: list[LevelWire | OrderWire] = []
-    for i, wire in enumerate(wires):
-        if wire is None:
-            continue
-        if wire.symbol not in symbols:
-            try:
-                validate_symbol(wire.symbol)
-                symbols[wire.symbol] = None
-            except DataError as exc:
-                symbols[wire.symbol] = exc
-        problem = symbols[wire.symbol]
-        if problem is not None:
-            errors[i] = problem
-        elif bytes(messages[i][0]) != book_topic(wire.symbol).encode():
-            topic = bytes(messages[i][0])[:64]
-            errors[i] = DataError("topic", f"{topic!r} does not match symbol {wire.symbol!r}")
-        else:
-            count = len(wire.events)
-            index.extend([i] * count)
-            owners.extend([wire.symbol] * count)
-            mbo.extend([isinstance(wire, MboFrame)] * count)
-            events.extend(wire.events)
-    if not events:
-        return errors
-    at = np.array(index, np.int64)
-    n = len(events)
-    other_symbol = np.fromiter((e.symbol != s for e, s in zip(events, owners, strict=True)), bool, n)
-    side = np.fromiter((SIDE_CODES[e.side] for e in events), np.int8, n)
-    action = np.fromiter((ACTION_CODES[e.action] for e in events), np.int8, n)
-    price = np.fromiter((e.price for e in events), np.float64, n)
-    seq = np.fromiter((e.seq for e in events), np.int64, n)
-    flags = np.fromiter((e.flags for e in events), np.int64, n)
-    is_mbo = np.array(mbo, bool)
-    first = np.r_[True, at[1:] != at[:-1]]  # an event that opens its frame
-    last = np.r_[at[1:] != at[:-1], True]
-    priced = np.where(is_mbo, (action != DELETE) & (action != CLEAR), action != CLEAR)
-    snapshot = (flags & SNAPSHOT) > 0
-    frame_of = np.cumsum(first) - 1
-    snap_any = np.bincount(frame_of, weights=snapshot)[frame_of] > 0
-    rules: list[tuple[np.ndarray, str, str]] = [
-        (other_symbol, "symbol", "an event of another symbol than its frame's"),
-        (~np.isfinite(price), "price", "must be a finite number"),
-        (priced & (price <= 0), "price", "must be positive for a level or a resting order"),
-        ((side == NO_SIDE) & (action != CLEAR), "side", "must be bid or ask ('none' is for a clear only)"),
-        (~first & (seq != np.r_[0, seq[:-1]] + 1), "seq", "events of a frame must be numbered consecutively"),
-        (~last & ((flags & LAST) > 0), "flags", "LAST before the end of a frame (one frame is one batch)"),
-        (last & ((flags & LAST) == 0), "flags", "the last event of a frame must be flagged LAST"),
-        (snap_any & ~snapshot, "flags", "SNAPSHOT on some events of a frame but not all"),
-        (
-            first & snapshot & ((action != CLEAR) | (side != NO_SIDE)),
-            "flags",
-            "a snapshot must open with a clear of the whole book",
-        ),
-    ]
-    for bad, name, reason in rules:
-        for k in np.flatnonzero(bad).tolist():
-            errors.setdefault(index[k], DataError(name, reason))
-    for k, error in _time_mismatches(events).items():
-        errors.setdefault(index[k], error)
-    return errors
+_ROW: tuple[str, ...] = ("symbol", "timestamp", "timestamp_ms", "side", "price", "quantity", "orders")
+_ROW += ("order_id", "agent", "action", "received_ms", "seq", "flags")
+_row = operator.attrgetter(*_ROW)
 
 
-def _time_mismatches(events: Sequence[LevelWire | OrderWire]) -> dict[int, DataError]:
+class _Batch:
+    """The events of a received batch's decoded frames as columns, checked together."""
+
+    def __init__(self, messages: Sequence[Sequence[bytes]], wires: list[FrameWire | None]) -> None:
+        self.messages, self.wires = messages, wires
+        self.errors: dict[int, DataError] = {}
+
+    def _frames(self) -> list[int]:
+        """Messages whose frame-level fields hold (symbol, topic); the rest get their error."""
+        symbols: dict[str, DataError | None] = {}
+        topics: dict[str, bytes] = {}
+        keep = []
+        for i, wire in enumerate(self.wires):
+            if wire is None:
+                continue
+            symbol = wire.symbol
+            if symbol not in symbols:
+                try:
+                    validate_symbol(symbol)
+                    symbols[symbol] = None
+                except DataError as exc:
+                    symbols[symbol] = exc
+                topics[symbol] = book_topic(symbol).encode()
+            problem = symbols[symbol]
+            if problem is not None:
+                self.errors[i] = problem
+            elif bytes(self.messages[i][0]) != topics[symbol]:
+                topic = bytes(self.messages[i][0])[:64]
+                self.errors[i] = DataError("topic", f"{topic!r} does not match symbol {symbol!r}")
+            else:
+                keep.append(i)
+        return keep
+
+    def check(self, out: DecodedFrames) -> None:
+        keep = self._frames()
+        wires = self.wires
+        sizes = [len(wires[i].events) for i in keep]  # type: ignore[union-attr]
+        events = [e for i in keep for e in wires[i].events]  # type: ignore[union-attr]
+        if events:
+            self._rules(keep, sizes, events, out)
+        for i, wire in enumerate(wires):
+            if wire is None:
+                continue
+            if i in self.errors:
+                out.rejected.append(RejectedFrame(i, self.errors[i], self.messages[i]))
+            else:
+                out.frames.append(wire)
+
+    def _rules(
+        self, keep: list[int], sizes: list[int], events: list[LevelWire | OrderWire], out: DecodedFrames
+    ) -> None:
+        n = len(events)
+        got = dict(zip(_ROW, zip(*map(_row, events), strict=True), strict=True))  # one pass over the events
+        at = np.repeat(np.array(keep, np.int64), sizes)  # per event: its message
+        owners = [self.wires[i].symbol for i in keep]  # type: ignore[union-attr]
+        frame_symbol = np.repeat(np.array(owners, dtype=object), sizes)
+        side = np.fromiter(map(SIDE_CODES.__getitem__, got["side"]), np.int8, n)
+        action = np.fromiter(map(ACTION_CODES.__getitem__, got["action"]), np.int8, n)
+        price_a, seq_a = np.array(got["price"], np.float64), np.array(got["seq"], np.int64)
+        flags_a = np.array(got["flags"], np.int64)
+        is_mbo = np.repeat(np.array([isinstance(self.wires[i], MboFrame) for i in keep]), sizes)
+        first = np.r_[True, at[1:] != at[:-1]]  # an event that opens its frame
+        last = np.r_[at[1:] != at[:-1], True]
+        priced = np.where(is_mbo, (action != DELETE) & (action != CLEAR), action != CLEAR)
+        snapshot = (flags_a & SNAPSHOT) > 0
+        frame_of = np.cumsum(first) - 1
+        snap_any = np.bincount(frame_of, weights=snapshot)[frame_of] > 0
+        rules: list[tuple[np.ndarray, str, str]] = [
+            (
+                np.array(got["symbol"], dtype=object) != frame_symbol,
+                "symbol",
+                "an event of another symbol than its frame's",
+            ),
+            (~np.isfinite(price_a), "price", "must be a finite number"),
+            (priced & (price_a <= 0), "price", "must be positive for a level or a resting order"),
+            (
+                (side == NO_SIDE) & (action != CLEAR),
+                "side",
+                "must be bid or ask ('none' is for a clear only)",
+            ),
+            (
+                ~first & (seq_a != np.r_[0, seq_a[:-1]] + 1),
+                "seq",
+                "events of a frame must be numbered consecutively",
+            ),
+            (
+                ~last & ((flags_a & LAST) > 0),
+                "flags",
+                "LAST before the end of a frame (one frame is one batch)",
+            ),
+            (last & ((flags_a & LAST) == 0), "flags", "the last event of a frame must be flagged LAST"),
+            (snap_any & ~snapshot, "flags", "SNAPSHOT on some events of a frame but not all"),
+            (
+                first & snapshot & ((action != CLEAR) | (side != NO_SIDE)),
+                "flags",
+                "a snapshot must open with a clear of the whole book",
+            ),
+        ]
+        errors = self.errors
+        for bad, name, reason in rules:
+            for k in np.flatnonzero(bad).tolist():
+                errors.setdefault(int(at[k]), DataError(name, reason))
+        ms = np.array(got["timestamp_ms"], np.int64)
+        for k, error in _time_mismatches(got["timestamp"], ms).items():
+            errors.setdefault(int(at[k]), error)
+        valid = np.ones(n, bool) if not errors else ~np.isin(at, list(errors))
+        columns: dict[str, np.ndarray] = {
+            name: np.array(got[name], np.int64)
+            for name in ("received_ms", "quantity", "orders", "order_id", "agent")
+        }
+        columns.update(timestamp_ms=ms, seq=seq_a, side=side, price=price_a, action=action, flags=flags_a)
+        # one part per (symbol, kind) of the valid frames, in the order first seen
+        groups = [(w.symbol, kind_of(w)) for w in (self.wires[i] for i in keep) if w is not None]
+        group_ids = {g: k for k, g in enumerate(dict.fromkeys(groups))}
+        frame_group = np.array([group_ids[g] for g in groups], np.int64)
+        frame_ok = np.array([i not in errors for i in keep], bool)
+        frame_seq = np.array([w.seq for w in (self.wires[i] for i in keep) if w is not None], np.int64)
+        event_group = np.repeat(frame_group, sizes)
+        for (name, kind), k in group_ids.items():
+            rows = valid & (event_group == k) if len(group_ids) > 1 else valid
+            if not rows.any():
+                continue
+            take = rows if not rows.all() else slice(None)
+            cols = BookColumns(name, kind, **{c: v[take] for c, v in columns.items()})
+            out.parts.append(BookPart(cols, int(frame_seq[frame_ok & (frame_group == k)].max())))
+
+
+def _time_mismatches(texts: Sequence[str], millis: np.ndarray) -> dict[int, DataError]:
     """Event index -> error where the ISO timestamp is unparsable, naive, or not timestamp_ms."""
-    texts = pa.array([e.timestamp for e in events], pa.string())
-    millis = np.fromiter((e.timestamp_ms for e in events), np.int64, len(events))
     try:
-        parsed = pc.cast(texts, _TS_UTC).cast(pa.int64()).to_numpy(zero_copy_only=False) // 1000
-        bad = np.flatnonzero(parsed != millis)
+        parsed = (
+            pc.cast(pa.array(texts, pa.string()), _TS_UTC).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        )
+        bad = np.flatnonzero(parsed // 1000 != millis)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        bad = np.arange(len(events))  # find the culprits one by one
+        bad = np.arange(len(texts))  # find the culprits one by one
     errors: dict[int, DataError] = {}
     for i in bad.tolist():
-        text, ms = events[i].timestamp, events[i].timestamp_ms
+        text, ms = texts[i], int(millis[i])
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
@@ -260,39 +323,3 @@ def _time_mismatches(events: Sequence[LevelWire | OrderWire]) -> dict[int, DataE
         elif to_ms(moment) != ms:
             errors[i] = DataError("timestamp_ms", f"{ms} does not match timestamp {text}")
     return errors
-
-
-def book_parts(frames: Sequence[FrameWire]) -> list[BookPart]:
-    """Validated frames as writer input: per symbol, their events as columns, in the order given."""
-    groups: dict[tuple[str, BookKind], list[FrameWire]] = {}
-    for frame in frames:
-        groups.setdefault((frame.symbol, kind_of(frame)), []).append(frame)
-    parts = []
-    for (symbol, kind), group in groups.items():
-        events: list[LevelWire | OrderWire] = [e for f in group for e in f.events]
-        n = len(events)
-        zeros = np.zeros(n, np.int64)
-        if kind == "mbp":
-            orders = np.fromiter((e.orders for e in events), np.int64, n)  # type: ignore[union-attr]
-            order_id, agent = zeros, zeros
-        else:
-            orders = zeros
-            order_id = np.fromiter((e.order_id for e in events), np.int64, n)  # type: ignore[union-attr]
-            agent = np.fromiter((e.agent for e in events), np.int64, n)  # type: ignore[union-attr]
-        cols = BookColumns(
-            symbol,
-            kind,
-            np.fromiter((e.timestamp_ms for e in events), np.int64, n),
-            np.fromiter((e.received_ms for e in events), np.int64, n),
-            np.fromiter((e.seq for e in events), np.int64, n),
-            np.fromiter((SIDE_CODES[e.side] for e in events), np.int8, n),
-            np.fromiter((e.price for e in events), np.float64, n),
-            np.fromiter((e.quantity for e in events), np.int64, n),
-            orders,
-            order_id,
-            agent,
-            np.fromiter((ACTION_CODES[e.action] for e in events), np.int8, n),
-            np.fromiter((e.flags for e in events), np.uint8, n),
-        )
-        parts.append(BookPart(cols, max(f.seq for f in group)))
-    return parts

@@ -3,15 +3,16 @@
 It keeps the tick recorder's guarantees with the same mechanisms, for frames instead of ticks: a
 receiver thread validates frames (`book_frames`; a bad one is rejected whole, counted by reason,
 dead-lettered, and its numbers count for nothing), hands the valid frames' numbers to the
-Subscriber (`ordered=False`: gaps are filled beside, from the publisher's ring), and queues the
-frames in a spool (memory, then a local file: a slow or absent Valkey costs disk, never updates).
-Live frames wait at most FILL_HOLD_S for a fill under way, so the stored frames stay a prefix and a
-recorder killed now resumes at the gap. A writer thread takes up to MAX_FRAMES frames at a time and
-stores them with `BookWriter` (idempotent by update seq, so a repeat is harmless and no valid frame
-is ever dropped for its number); while Valkey fails it retries with backoff, and after any failure
-it first re-sends the batches of the last RETAIN_S seconds, which a restarted Valkey may have lost
-from its append-only file. Every HOUSEKEEPING_S it seals what is older than the live window into
-history blocks and applies retention. At stop, what Valkey did not take stays in the spool file.
+Subscriber (`ordered=False`: gaps are filled beside, from the publisher's ring), and queues their
+updates, as columns, in a spool (memory, then a local file: a slow or absent Valkey costs disk,
+never updates). Live frames wait at most FILL_HOLD_S for a fill under way, so the stored frames stay
+a prefix and a recorder killed now resumes at the gap. A writer thread takes several received
+batches at a time and stores them with `BookWriter` (idempotent by update seq, so a repeat is
+harmless and no valid frame is ever dropped for its number); while Valkey fails it retries with
+backoff, and after any failure it first re-sends the batches of the last RETAIN_S seconds, which a
+restarted Valkey may have lost from its append-only file. Every HOUSEKEEPING_S it seals what is
+older than the live window into history blocks and applies retention. At stop, what Valkey did not
+take stays in the spool file.
 """
 
 from __future__ import annotations
@@ -25,26 +26,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from tickvault.bus.pubsub import Subscriber
 from tickvault.bus.spool import Spool
 from tickvault.domain.book import BookBatch, BookFrame, BookKind, BookUpdate
 from tickvault.domain.events import encode
 from tickvault.domain.keys import book_topic
 from tickvault.errors import DataError, StoreError
-from tickvault.recorder.book_frames import (
-    FrameWire,
-    book_parts,
-    decode_book_frames,
-    decode_frame,
-    encode_frame,
-    kind_of,
-)
+from tickvault.recorder.book_frames import DecodedFrames, decode_book_frames
 from tickvault.store.api import Store
-from tickvault.store.book_writer import SNAPSHOT_EVERY, SNAPSHOT_MS, BookWriter
+from tickvault.store.book_codec import decode_columns, encode_columns
+from tickvault.store.book_writer import SNAPSHOT_EVERY, SNAPSHOT_MS, BookPart, BookWriter
 
 log = logging.getLogger("tickvault.bookrecorder")
 
-MAX_FRAMES = 5000
+MAX_FRAMES = 5000  # frames received at once: one chunk (the spool's unit) of validated columns
+CHUNKS_PER_WRITE = 4
 LINGER_MS = 2.0
 DEAD_LETTER_MAXLEN = 100_000
 HOUSEKEEPING_S = 60.0
@@ -53,6 +51,20 @@ RETAIN_S = 5.0  # > the 1 s (at worst 2 s) an append-only file with fsync everys
 BACKOFF_S = (0.05, 2.0)
 FILL_WAIT_S = 5.0
 FILL_HOLD_S = 1.0
+
+
+Chunk = list[BookPart]  # the validated updates of one received batch of frames, one part per symbol
+
+
+def _encode_chunk(chunk: Chunk) -> bytes:
+    return msgspec.msgpack.encode(
+        [(p.cols.symbol, p.last_frame, encode_columns(p.cols, level=1)) for p in chunk]
+    )
+
+
+def _decode_chunk(data: bytes) -> Chunk:
+    rows = msgspec.msgpack.decode(data, type=list[tuple[str, int, bytes]])
+    return [BookPart(decode_columns(blob, symbol), frame) for symbol, frame, blob in rows]
 
 
 @dataclass
@@ -84,7 +96,7 @@ class BookRecorder:
         store: Store,
         *,
         spool_path: Path | None = None,
-        max_memory: int = 200_000,
+        max_memory: int = 200,
         live_ms: int = LIVE_WINDOW_MS,
         retention_days: float = 0,
         housekeeping_s: float = HOUSEKEEPING_S,
@@ -92,7 +104,8 @@ class BookRecorder:
         snapshot_every: int = SNAPSHOT_EVERY,
         snapshot_ms: int = SNAPSHOT_MS,
     ) -> None:
-        """`max_memory` frames are held in memory before the spool file takes the rest."""
+        """`max_memory` chunks (of up to MAX_FRAMES frames) are held in memory before the spool file
+        takes the rest."""
         self.store = store
         self.writer = BookWriter(
             store.client,
@@ -107,14 +120,14 @@ class BookRecorder:
         self._next_housekeeping = time.monotonic() + housekeeping_s
         self.stats = BookRecorderStats()
         path = spool_path or Path("data") / "spool" / "book-recorder.spool"
-        self.spool: Spool[FrameWire] = Spool(path, encode_frame, decode_frame, max_memory=max_memory)
+        self.spool: Spool[Chunk] = Spool(path, _encode_chunk, _decode_chunk, max_memory=max_memory)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._subscriber: Subscriber | None = None
-        self._held: list[FrameWire] = []
+        self._held: list[Chunk] = []
         self._held_since = 0.0
         self._taking_fill = False
-        self._retained: collections.deque[tuple[float, list[FrameWire]]] = collections.deque()
+        self._retained: collections.deque[tuple[float, list[BookPart]]] = collections.deque()
         self._resend_owed = False
         self._writing = False
 
@@ -124,25 +137,26 @@ class BookRecorder:
 
     # -- intake ----------------------------------------------------------------------------------
 
-    def decode(self, messages: Sequence[Sequence[bytes]]) -> list[FrameWire]:
-        """Valid frames of a batch of `[topic, payload]` messages; the rest is rejected and counted."""
+    def decode(self, messages: Sequence[Sequence[bytes]]) -> DecodedFrames:
+        """The valid frames of a batch of `[topic, payload]` messages (and their updates as columns);
+        the rest is rejected, counted and dead-lettered."""
         self.stats.received += len(messages)
         decoded = decode_book_frames(messages)
         for bad in decoded.rejected:
             self.reject(bad.error, bad.frames)
-        return decoded.frames
+        return decoded
 
-    def submit(self, frames: Sequence[FrameWire]) -> None:
-        """Queue validated frames for writing."""
-        if frames:
-            self.spool.extend(frames)
+    def submit(self, chunk: Chunk) -> None:
+        """Queue validated updates for writing."""
+        if chunk:
+            self.spool.extend([chunk])
             self._wake.set()
 
     def submit_batch(self, batch: BookBatch, frame: int) -> None:
         """The in-process path (no bus): one numbered batch, validated as a frame from the bus is."""
         kind: BookKind = "mbp" if type(batch[0]) is BookUpdate else "mbo"
         payload = encode(BookFrame(seq=frame, symbol=batch[0].symbol, kind=kind, events=batch))
-        self.submit(self.decode([[book_topic(batch[0].symbol).encode(), payload]]))
+        self.submit(self.decode([[book_topic(batch[0].symbol).encode(), payload]]).parts)
 
     def reject(self, exc: DataError, frames: Sequence[bytes]) -> None:
         self.stats.rejected[exc.kind] += 1
@@ -161,20 +175,24 @@ class BookRecorder:
         except Exception as err:  # the dead-letter copy is best effort; the count above is not
             log.warning("could not keep rejected book message: %s", err)
 
-    def _queue_live(self, frames: list[FrameWire], subscriber: Subscriber) -> None:
+    def _queue_live(self, chunk: Chunk, subscriber: Subscriber) -> None:
         """Live frames go to the spool at once, unless a gap fill is under way: then they wait for
         it, at most FILL_HOLD_S (see the tick recorder's `_queue_live`)."""
-        if frames and not self._held and not subscriber.filling():
-            self.submit(frames)
+        if chunk and not self._held and not subscriber.filling():
+            self.submit(chunk)
             return
-        if frames:
+        if chunk:
             if not self._held:
                 self._held_since = time.monotonic()
-            self._held.extend(frames)
+            self._held.append(chunk)
         if self._held and (not subscriber.filling() or time.monotonic() - self._held_since >= FILL_HOLD_S):
             self._take_fills(subscriber)
-            held, self._held = self._held, []
-            self.submit(held)
+            self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        for chunk in held:
+            self.submit(chunk)
 
     def _take_fills(self, subscriber: Subscriber) -> None:
         with self._lock:
@@ -183,50 +201,52 @@ class BookRecorder:
                 return
             self._taking_fill = True
         try:
-            self.submit(self.decode(filled))
+            self.submit(self.decode(filled).parts)
         finally:
             with self._lock:
                 self._taking_fill = False
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def _split_kinds(self, frames: list[FrameWire]) -> list[FrameWire]:
-        """The frames of each symbol's book kind (the stored one, else the first seen); the others
+    def _split_kinds(self, parts: list[BookPart]) -> list[BookPart]:
+        """The parts of each symbol's book kind (the stored one, else the first seen); the others
         are rejected (a symbol's book is MBP or MBO, never both)."""
         kinds: dict[str, BookKind] = {}
         out = []
-        for frame in frames:
-            kind = kinds.get(frame.symbol)
+        for part in parts:
+            symbol = part.cols.symbol
+            kind = kinds.get(symbol)
             if kind is None:
-                kind = kinds[frame.symbol] = self.writer.position(frame.symbol).kind or kind_of(frame)
-            if kind_of(frame) != kind:
-                topic = book_topic(frame.symbol).encode()
-                why = DataError("kind", f"{frame.symbol}'s book is {kind}; got a {kind_of(frame)} frame")
-                self.reject(why, [topic, encode_frame(frame)])
+                kind = kinds[symbol] = self.writer.position(symbol).kind or part.cols.kind
+            if part.cols.kind != kind:
+                events = part.cols.take(slice(0, 20)).events()
+                payload = b"[" + b",".join(encode(e) for e in events) + b"]"
+                why = DataError("kind", f"{symbol}'s book is {kind}; got {part.cols.kind} updates")
+                self.reject(why, [book_topic(symbol).encode(), payload])
             else:
-                out.append(frame)
+                out.append(part)
         return out
 
-    def write(self, frames: list[FrameWire], stop: threading.Event | None = None) -> bool:
-        """Store frames, retrying while Valkey fails (until `stop`). True once stored."""
+    def write(self, parts: list[BookPart], stop: threading.Event | None = None) -> bool:
+        """Store the updates of `parts`, retrying while Valkey fails (until `stop`). True once stored."""
         delay = BACKOFF_S[0]
         while True:
             try:
                 self._resend_if_owed()
-                frames = self._split_kinds(frames)
-                result = self.writer.write(book_parts(frames))
+                parts = self._split_kinds(parts)
+                result = self.writer.write(parts)
                 break
             except StoreError as exc:
                 self._resend_owed = True
                 self.stats.write_errors += 1
-                log.error("book write of %d frames failed, retrying in %.2f s: %s", len(frames), delay, exc)
+                log.error("book write failed, retrying in %.2f s: %s", delay, exc)
                 if stop is not None and stop.wait(delay):
                     return False
                 if stop is None:
                     time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_S[1])
         now = time.monotonic()
-        self._retained.append((now, frames))
+        self._retained.append((now, parts))
         while self._retained and now - self._retained[0][0] > RETAIN_S:
             self._retained.popleft()
         with self._lock:
@@ -235,17 +255,17 @@ class BookRecorder:
             stats.batches += result.batches
             stats.duplicates += result.duplicates
             stats.snapshots += result.snapshots
-            for frame in frames:
-                topic = book_topic(frame.symbol)
-                if frame.seq > stats.last_frame.get(topic, 0):
-                    stats.last_frame[topic] = frame.seq
+            for part in parts:
+                topic = book_topic(part.cols.symbol)
+                if part.last_frame > stats.last_frame.get(topic, 0):
+                    stats.last_frame[topic] = part.last_frame
         return True
 
     def _resend_if_owed(self) -> None:
         if not self._resend_owed:
             return
-        for _, frames in list(self._retained):
-            result = self.writer.write(book_parts(frames))
+        for _, parts in list(self._retained):
+            result = self.writer.write(parts)
             with self._lock:
                 self.stats.rewritten += result.stored
                 self.stats.stored.update(result.stored_by_symbol)
@@ -279,24 +299,24 @@ class BookRecorder:
     def _write_step(self, stop: threading.Event) -> bool:
         self._housekeeping()
         with self._lock:
-            frames = self.spool.take(MAX_FRAMES)
-            self._writing = bool(frames)
+            chunks = self.spool.take(CHUNKS_PER_WRITE)
+            self._writing = bool(chunks)
         try:
-            if not frames:
+            if not chunks:
                 if stop.is_set():
                     return False
                 self._wake.wait(0.05)
                 self._wake.clear()
                 return True
             try:
-                written = self.write(frames, stop)
+                written = self.write([part for chunk in chunks for part in chunk], stop)
             except BaseException:
-                self.spool.putback(frames)
+                self.spool.putback(chunks)
                 raise
             if not written:
-                self.spool.putback(frames)
+                self.spool.putback(chunks)
                 if self._resend_owed:  # batches Valkey may have lost go back too, for the next run
-                    self.spool.putback([f for _, batch in self._retained for f in batch])
+                    self.spool.putback([parts for _, parts in self._retained])
                     self._retained.clear()
                 return False
             return True
@@ -323,23 +343,25 @@ class BookRecorder:
                     stop.wait(0.05)
                     continue
                 messages = subscriber.receive(timeout_ms=50, max_messages=MAX_FRAMES, linger_ms=LINGER_MS)
-                frames = self.decode(messages) if messages else []
-                subscriber.track([(book_topic(f.symbol), f.seq) for f in frames])
+                decoded = self.decode(messages) if messages else DecodedFrames()
+                topics = {f.symbol: book_topic(f.symbol) for f in decoded.frames}
+                subscriber.track([(topics[f.symbol], f.seq) for f in decoded.frames])
                 self._take_fills(subscriber)
-                self._queue_live(frames, subscriber)
+                self._queue_live(decoded.parts, subscriber)
         finally:
             if subscriber is not None:
                 subscriber.finish_fills(FILL_WAIT_S)
                 self._take_fills(subscriber)
-                held, self._held = self._held, []
-                self.submit(held)
+                self._release_held()
             writer_stop.set()
             self._wake.set()
             writer.join()
             self.writer.release()
             if len(self.spool):
                 log.warning(
-                    "%d book frames not yet in Valkey are kept in %s", len(self.spool), self.spool.path
+                    "%d chunks of book frames not yet in Valkey are kept in %s",
+                    len(self.spool),
+                    self.spool.path,
                 )
             self.spool.close()
 
