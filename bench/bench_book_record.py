@@ -17,6 +17,7 @@ bytes per update live and in sealed history blocks, `store.book(at=T)` at random
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import subprocess
@@ -50,8 +51,15 @@ def batches_of(cols: BookColumns) -> list[BookBatch]:
     return out
 
 
-def baseline(client: valkey.Valkey, cols: BookColumns) -> tuple[float, float]:
-    """(updates/s, bytes per update) of one stream entry per update, every field a stream field."""
+def _valkey_usec(client: valkey.Valkey, *commands: str) -> float:
+    """Microseconds Valkey's thread has spent in these commands so far (INFO commandstats)."""
+    stats = client.info("commandstats")
+    return float(sum(stats.get(f"cmdstat_{name}", {}).get("usec", 0) for name in commands))
+
+
+def baseline(client: valkey.Valkey, cols: BookColumns) -> tuple[float, float, float]:
+    """(updates/s, bytes per update, Valkey µs per update) of one stream entry per update, every field
+    a stream field."""
     conn = RawConnection(client, "XADD")
     key = "bench:book:per-update"
     n = min(BASELINE_UPDATES, len(cols))
@@ -63,15 +71,23 @@ def baseline(client: valkey.Valkey, cols: BookColumns) -> tuple[float, float]:
               "order_id", str(oid), "agent", str(agent), "action", str(action), "flags", str(flags)))
         for i, (ts, rcv, seq, side, price, qty, oid, agent, action, flags) in enumerate(rows)
     ]  # fmt: skip
+    spent = _valkey_usec(client, "xadd")
     start = time.perf_counter()
     for k in range(0, n, 5000):
         conn.send(REPLY_OFF_MULTI + b"".join(commands[k : k + 5000]) + EXEC_REPLY_ON)
         conn.read()
     elapsed = time.perf_counter() - start
     conn.release()
+    spent = (_valkey_usec(client, "xadd") - spent) / n
     used = client.memory_usage(key, samples=0) or 0
     client.delete(key)
-    return n / elapsed, used / n
+    return n / elapsed, used / n, spent
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def record(info: object, cols: BookColumns, batches: list[BookBatch], tmp: Path) -> tuple[float, float, bool]:
@@ -101,16 +117,25 @@ def record(info: object, cols: BookColumns, batches: list[BookBatch], tmp: Path)
         ingest = Ingest()
         ingest.book_publisher = pub
         total = len(cols)
+        cpu_recorder, cpu_source = _cpu_s(proc.pid), time.process_time()
         start = time.perf_counter()
         for batch in batches:
             ingest.on_book(batch)
         handed = time.perf_counter() - start
+        published = None
         while store.book_position(SYMBOL).updates < total:
+            if published is None and pub.pending() == 0:
+                published = time.perf_counter() - start
             if time.perf_counter() - start > 600:
                 raise RuntimeError("not recorded within 10 minutes")
             time.sleep(0.005)
         elapsed = time.perf_counter() - start
+        cpu_recorder = (_cpu_s(proc.pid) - cpu_recorder) / total * 1e6
+        cpu_source = (time.process_time() - cpu_source) / total * 1e6  # ingest, publisher, and this poll
         exact = store.book_update_columns(SYMBOL, 0, 2**62).equals(cols)
+        print(f"  (publisher drained after {published or elapsed:.1f} s, recorded after {elapsed:.1f} s; CPU per "
+              f"update: source process {cpu_source:.2f} µs, recorder process {cpu_recorder:.2f} µs, so "
+              f"{1e6 / max(cpu_source, cpu_recorder):,.0f} updates/s with a core each)")  # fmt: skip
         return total / elapsed, total / handed, exact
     finally:
         proc.terminate()
@@ -144,6 +169,8 @@ def main() -> None:
     started = time.perf_counter()
     cols = simulated_hour("mbo")
     batches = batches_of(cols)
+    gc.collect()
+    gc.freeze()  # the pre-generated source data is not the system's: keep the collector off it
     print(
         f"  data: {len(cols):,} updates in {len(batches):,} batches, generated in {time.perf_counter() - started:.0f} s"
     )
@@ -153,10 +180,22 @@ def main() -> None:
         info = server.ensure_running()
         client = valkey.Valkey(host=info.host, port=info.port)
         try:
-            rate, base_bytes = baseline(client, cols)
+            rate, base_bytes, base_usec = baseline(client, cols)
             print(f"  baseline, one stream entry per update (raw XADD, no bus): {rate:,.0f} updates/s, "
-                  f"{base_bytes:.0f} B/update")  # fmt: skip
+                  f"{base_bytes:.0f} B/update, Valkey {base_usec:.2f} µs/update (its ceiling "
+                  f"{1e6 / base_usec:,.0f}/s)")  # fmt: skip
+            spent = _valkey_usec(
+                client, "evalsha", "eval", "xinfo", "get", "hgetall", "zrevrangebyscore", "xrange"
+            )
             recorded, handed, exact = record(info, cols, batches, tmp)
+            spent = (
+                _valkey_usec(
+                    client, "evalsha", "eval", "xinfo", "get", "hgetall", "zrevrangebyscore", "xrange"
+                )
+                - spent
+            )
+            print(f"  Valkey time for the book's writes: {spent / len(cols):.3f} µs/update (its ceiling "
+                  f"{len(cols) / spent * 1e6:,.0f}/s)")  # fmt: skip
             print(f"  tickvault, ingest -> bus -> recorder process -> Valkey: {recorded:,.0f} updates/s "
                   f"({handed:,.0f}/s handed to ingest), {'0 lost, 0 duplicated' if exact else 'MISMATCH'}; "
                   f"{recorded / rate:.1f}x the baseline")  # fmt: skip

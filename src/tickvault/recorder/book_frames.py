@@ -181,11 +181,19 @@ class _Batch:
         self.messages, self.wires = messages, wires
         self.errors: dict[int, DataError] = {}
 
-    def _frames(self) -> list[int]:
-        """Messages whose frame-level fields hold (symbol, topic); the rest get their error."""
+    def _frames(self) -> None:
+        """The frames whose frame-level fields hold (symbol, topic), with their events in one list;
+        the rest get their error."""
+        if self._one_topic():
+            return
         symbols: dict[str, DataError | None] = {}
         topics: dict[str, bytes] = {}
-        keep = []
+        groups: dict[tuple[str, bool], int] = {}
+        self.keep: list[int] = []
+        self.group: list[int] = []  # per kept frame: its (symbol, kind)
+        self.seqs: list[int] = []
+        self.sizes: list[int] = []
+        self.events: list[LevelWire | OrderWire] = []
         for i, wire in enumerate(self.wires):
             if wire is None:
                 continue
@@ -204,17 +212,45 @@ class _Batch:
                 topic = bytes(self.messages[i][0])[:64]
                 self.errors[i] = DataError("topic", f"{topic!r} does not match symbol {symbol!r}")
             else:
-                keep.append(i)
-        return keep
+                key = (symbol, type(wire) is MboFrame)
+                self.group.append(groups.setdefault(key, len(groups)))
+                self.keep.append(i)
+                self.seqs.append(wire.seq)
+                self.sizes.append(len(wire.events))
+                self.events.extend(wire.events)
+        self.groups = list(groups)
+
+    def _one_topic(self) -> bool:
+        """The common case at once: every frame decoded, of one symbol and kind, on its topic."""
+        wires = self.wires
+        if not wires or any(w is None for w in wires):
+            return False
+        first = wires[0]
+        assert first is not None
+        if len({bytes(m[0]) for m in self.messages}) != 1 or {w.symbol for w in wires} != {first.symbol}:  # type: ignore[union-attr]
+            return False
+        try:
+            validate_symbol(first.symbol)
+        except DataError:
+            return False
+        if (
+            bytes(self.messages[0][0]) != book_topic(first.symbol).encode()
+            or len({type(w) for w in wires}) != 1
+        ):
+            return False
+        self.groups = [(first.symbol, type(first) is MboFrame)]
+        self.keep = list(range(len(wires)))
+        self.group = [0] * len(wires)
+        self.seqs = [w.seq for w in wires]  # type: ignore[union-attr]
+        self.sizes = [len(w.events) for w in wires]  # type: ignore[union-attr]
+        self.events = [e for w in wires for e in w.events]  # type: ignore[union-attr]
+        return True
 
     def check(self, out: DecodedFrames) -> None:
-        keep = self._frames()
-        wires = self.wires
-        sizes = [len(wires[i].events) for i in keep]  # type: ignore[union-attr]
-        events = [e for i in keep for e in wires[i].events]  # type: ignore[union-attr]
-        if events:
-            self._rules(keep, sizes, events, out)
-        for i, wire in enumerate(wires):
+        self._frames()
+        if self.events:
+            self._rules(out)
+        for i, wire in enumerate(self.wires):
             if wire is None:
                 continue
             if i in self.errors:
@@ -222,19 +258,19 @@ class _Batch:
             else:
                 out.frames.append(wire)
 
-    def _rules(
-        self, keep: list[int], sizes: list[int], events: list[LevelWire | OrderWire], out: DecodedFrames
-    ) -> None:
-        n = len(events)
-        got = dict(zip(_ROW, zip(*map(_row, events), strict=True), strict=True))  # one pass over the events
-        at = np.repeat(np.array(keep, np.int64), sizes)  # per event: its message
-        owners = [self.wires[i].symbol for i in keep]  # type: ignore[union-attr]
-        frame_symbol = np.repeat(np.array(owners, dtype=object), sizes)
+    def _rules(self, out: DecodedFrames) -> None:
+        n = len(self.events)
+        got = dict(zip(_ROW, zip(*map(_row, self.events), strict=True), strict=True))  # one pass
+        sizes = self.sizes
+        at = np.repeat(np.array(self.keep, np.int64), sizes)  # per event: its message
+        frame_group = np.array(self.group, np.int64)
+        event_group = np.repeat(frame_group, sizes)
+        frame_symbol = np.array([symbol for symbol, _ in self.groups], dtype=object)[event_group]
         side = np.fromiter(map(SIDE_CODES.__getitem__, got["side"]), np.int8, n)
         action = np.fromiter(map(ACTION_CODES.__getitem__, got["action"]), np.int8, n)
         price_a, seq_a = np.array(got["price"], np.float64), np.array(got["seq"], np.int64)
         flags_a = np.array(got["flags"], np.int64)
-        is_mbo = np.repeat(np.array([isinstance(self.wires[i], MboFrame) for i in keep]), sizes)
+        is_mbo = np.array([mbo for _, mbo in self.groups], bool)[event_group]
         first = np.r_[True, at[1:] != at[:-1]]  # an event that opens its frame
         last = np.r_[at[1:] != at[:-1], True]
         priced = np.where(is_mbo, (action != DELETE) & (action != CLEAR), action != CLEAR)
@@ -286,18 +322,16 @@ class _Batch:
         }
         columns.update(timestamp_ms=ms, seq=seq_a, side=side, price=price_a, action=action, flags=flags_a)
         # one part per (symbol, kind) of the valid frames, in the order first seen
-        groups = [(w.symbol, kind_of(w)) for w in (self.wires[i] for i in keep) if w is not None]
-        group_ids = {g: k for k, g in enumerate(dict.fromkeys(groups))}
-        frame_group = np.array([group_ids[g] for g in groups], np.int64)
-        frame_ok = np.array([i not in errors for i in keep], bool)
-        frame_seq = np.array([w.seq for w in (self.wires[i] for i in keep) if w is not None], np.int64)
-        event_group = np.repeat(frame_group, sizes)
-        for (name, kind), k in group_ids.items():
-            rows = valid & (event_group == k) if len(group_ids) > 1 else valid
+        frame_ok = (
+            np.array([i not in errors for i in self.keep], bool) if errors else np.ones(len(self.keep), bool)
+        )
+        frame_seq = np.array(self.seqs, np.int64)
+        for k, (name, mbo) in enumerate(self.groups):
+            rows = valid & (event_group == k) if len(self.groups) > 1 else valid
             if not rows.any():
                 continue
             take = rows if not rows.all() else slice(None)
-            cols = BookColumns(name, kind, **{c: v[take] for c, v in columns.items()})
+            cols = BookColumns(name, "mbo" if mbo else "mbp", **{c: v[take] for c, v in columns.items()})
             out.parts.append(BookPart(cols, int(frame_seq[frame_ok & (frame_group == k)].max())))
 
 
