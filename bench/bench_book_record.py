@@ -39,6 +39,7 @@ from tickvault.store.raw_resp import EXEC_REPLY_ON, REPLY_OFF_MULTI, RawConnecti
 from tickvault.store.server import EmbeddedValkey, free_port
 
 BASELINE_UPDATES = 200_000
+WRITER_COMMANDS = ("evalsha", "eval", "xinfo", "get", "hgetall", "zrevrangebyscore", "xrange", "sadd")
 
 
 def batches_of(cols: BookColumns) -> list[BookBatch]:
@@ -133,9 +134,12 @@ def record(info: object, cols: BookColumns, batches: list[BookBatch], tmp: Path)
         cpu_recorder = (_cpu_s(proc.pid) - cpu_recorder) / total * 1e6
         cpu_source = (time.process_time() - cpu_source) / total * 1e6  # ingest, publisher, and this poll
         exact = store.book_update_columns(SYMBOL, 0, 2**62).equals(cols)
-        print(f"  (publisher drained after {published or elapsed:.1f} s, recorded after {elapsed:.1f} s; CPU per "
-              f"update: source process {cpu_source:.2f} µs, recorder process {cpu_recorder:.2f} µs, so "
-              f"{1e6 / max(cpu_source, cpu_recorder):,.0f} updates/s with a core each)")  # fmt: skip
+        ceiling = 1e6 / max(cpu_source, cpu_recorder)
+        print(f"  (publisher drained after {published or elapsed:.1f} s, recorded after {elapsed:.1f} s;")
+        print(
+            f"  CPU per update: source process {cpu_source:.2f} µs, recorder process {cpu_recorder:.2f} µs:"
+        )
+        print(f"  {ceiling:,.0f} updates/s with a core each)")
         return total / elapsed, total / handed, exact
     finally:
         proc.terminate()
@@ -161,7 +165,8 @@ def reads(store: Store, cols: BookColumns, label: str) -> None:
         frames = store.book_frames(SYMBOL, begin, begin + HOUR_MS - 1, "1s", 10)
         runs.append(time.perf_counter() - start)
     print(
-        f"  book_frames 1 h at 1 s, 10 levels, {label}: {statistics.median(runs) * 1000:.0f} ms ({len(frames)} rows)"
+        f"  book_frames 1 h at 1 s, 10 levels, {label}: {statistics.median(runs) * 1000:.0f} ms",
+        f"({len(frames)} rows)",
     )
 
 
@@ -172,7 +177,8 @@ def main() -> None:
     gc.collect()
     gc.freeze()  # the pre-generated source data is not the system's: keep the collector off it
     print(
-        f"  data: {len(cols):,} updates in {len(batches):,} batches, generated in {time.perf_counter() - started:.0f} s"
+        f"  data: {len(cols):,} updates in {len(batches):,} batches,",
+        f"generated in {time.perf_counter() - started:.0f} s",
     )
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -204,7 +210,8 @@ def main() -> None:
             pattern = store.keys.book_snapshot(SYMBOL, 0)[:-1] + "*"
             snaps = sum(client.memory_usage(k) or 0 for k in client.scan_iter(match=pattern))
             print(
-                f"  live entries: {live / len(cols):.2f} B/update (+ snapshots {snaps / len(cols):.2f} B/update)"
+                f"  live entries: {live / len(cols):.2f} B/update",
+                f"(+ snapshots {snaps / len(cols):.2f} B/update)",
             )
             reads(store, cols, "live")
             sealed = store.compact_book(SYMBOL, 0)
