@@ -416,3 +416,15 @@ def test_valid_through_ignores_the_opening_clear_of_a_snapshot_made_across_a_gap
     snap = snapshot_at(cols, stop)
     assert valid_through(snap, len(snap) - 1)
     assert not valid_through(snap, len(snap) - 1, opening=False)
+
+
+def test_the_book_in_a_valkey_cluster_keeps_every_key_of_a_symbol_in_its_slot(cluster_client: Any) -> None:
+    store = Store(cluster_client)
+    batches = session("mbo")
+    write_all(store, batches)
+    store.compact_book(SYMBOL, 2_000)
+    cols = columns(batches)
+    assert store.book_update_columns(SYMBOL, 0, 2**62).equals(cols)
+    at = batches[len(batches) // 2].timestamp_ms
+    got = store.book(SYMBOL, at, depth=None)
+    assert (frame_levels(got, "bid"), frame_levels(got, "ask")) == live_books_at(batches, "mbo", [at])[at]
