@@ -428,3 +428,28 @@ def test_the_book_in_a_valkey_cluster_keeps_every_key_of_a_symbol_in_its_slot(cl
     at = batches[len(batches) // 2].timestamp_ms
     got = store.book(SYMBOL, at, depth=None)
     assert (frame_levels(got, "bid"), frame_levels(got, "ask")) == live_books_at(batches, "mbo", [at])[at]
+
+
+def test_snapshots_are_stored_at_a_session_start_and_after_a_reconnect(store: Store) -> None:
+    batches = session("mbo")
+    opening = batches[0]  # the session's snapshot group, from the source
+    assert opening[0].action == "clear" and opening[-1].is_snapshot
+    # writes of 50 batches, a snapshot every 10**6 updates or 10**12 ms: only the events below make one
+    writer = write_all(store, batches[:100], per_write=50, snapshot_every=10**6)
+    seqs = [s.seq for s in snapshots(store.client, store.keys, SYMBOL)]
+    assert seqs == [batches[49][-1].seq]  # the first write: after the session's snapshot (a fresh writer too)
+    writer.write([BookPart(columns(batches[100:150]))])
+    assert len(snapshots(store.client, store.keys, SYMBOL)) == 1  # nothing due
+    writer.reset()  # what a failed write does: the state is reloaded, as after a reconnect
+    writer.write([BookPart(columns(batches[150:200]))])
+    assert [s.seq for s in snapshots(store.client, store.keys, SYMBOL)][-1] == batches[199][-1].seq
+    writer.write([BookPart(columns(batches[200:250]))])
+    assert len(snapshots(store.client, store.keys, SYMBOL)) == 2  # nothing due
+    # a new session (or a restarted source) opens with its own snapshot: one is stored right after it
+    book = live_book(SYMBOL, "mbo")
+    book.apply_all(e for b in batches[:250] for e in b)
+    seq = batches[249][-1].seq
+    events = book.snapshot(batches[249].timestamp_ms)
+    reopening = BookBatch(msgspec.structs.replace(e, seq=seq + 1 + i) for i, e in enumerate(events))
+    writer.write([BookPart(columns([reopening]))])
+    assert [s.seq for s in snapshots(store.client, store.keys, SYMBOL)][-1] == reopening[-1].seq

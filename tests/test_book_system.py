@@ -18,7 +18,7 @@ from tickvault.app.output import to_csv_text, to_json_lines
 from tickvault.app.system import System
 from tickvault.config import load_settings
 from tickvault.domain.book import BookBatch, BookColumns, OrderUpdate
-from tickvault.domain.events import B3_TZ
+from tickvault.domain.events import B3_TZ, Event, Features
 from tickvault.sources.book_simulator import BookMarketSimulator
 from tickvault.store.api import Store
 from tickvault.store.book_writer import BookPart, BookWriter
@@ -38,10 +38,13 @@ def _run_until(system: System, updates: int, timeout: float = 60) -> None:
 def test_run_with_the_simulator_records_its_book_and_the_features_see_it(
     system_env: dict[str, str], store: Store
 ) -> None:
-    system = System(load_settings(speed=0, symbols=SYMBOL))
+    emitted: list[Event] = []
+    system = System(load_settings(speed=0, symbols=SYMBOL), event_handlers=[emitted.append])
     _run_until(system, 3000)
     summary = system.stop()
     assert summary.drained
+    features = [e for e in emitted if isinstance(e, Features)]
+    assert features and sum(f.values["spread"] is not None for f in features) > len(features) // 2
     counters = summary.counters
     produced = sum(system.ingest.stats.book_updates.values())
     assert produced >= 3000 and counters["book_stored"] == produced
