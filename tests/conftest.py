@@ -168,6 +168,7 @@ def system_env(
         "ZMQ_SIGNAL_PORT": str(free_port()),
         "ZMQ_REPLAY_PORT": str(free_port()),
         "WEB_PORT": str(free_port()),  # `run` serves the web dashboard: never two tests on 8050
+        "ZMQ_BOOK_REPLAY_PORT": str(free_port()),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -16,7 +16,7 @@ from tickvault.errors import ConfigError
 
 PACKAGE = Path(tickvault.__file__).parent
 # A value for every argument of a KeySpace method besides the symbol (a new argument: add it here).
-ARGUMENTS = {"tf": "5m", "kind": "candles:1m", "session": "20251124", "chunk": 3, "block_id": "b1"}
+ARGUMENTS = {"tf": "5m", "kind": "candles:1m", "session": "20251124", "chunk": 3, "block_id": "b1", "seq": 42}
 
 
 def per_symbol_keys(keys: KeySpace, symbol: str) -> dict[str, str]:

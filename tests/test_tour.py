@@ -56,7 +56,8 @@ def test_the_tour_is_what_this_test_runs() -> None:
 @pytest.mark.timeout(600)
 def test_a_new_user_follows_the_tour_from_a_fresh_folder(tmp_path: Path) -> None:
     ports = {name: str(free_port()) for name in ("ZMQ_TICK_PORT", "ZMQ_BOOK_PORT", "ZMQ_HISTORY_PORT",
-                                                 "ZMQ_SIGNAL_PORT", "ZMQ_REPLAY_PORT")}  # fmt: skip
+                                                 "ZMQ_SIGNAL_PORT", "ZMQ_REPLAY_PORT",
+                                                 "ZMQ_BOOK_REPLAY_PORT")}  # fmt: skip
     # features every 5 s of market instead of 1 s: the same commands, a fifth of the rows to train on
     env = subprocess_env({**ports, "COLUMNS": "160", "FEATURES_INTERVAL_MS": "5000"})
     outputs = []

@@ -36,8 +36,10 @@ class Settings(BaseSettings):
     zmq_enabled: bool = Field(True, validation_alias="ZMQ_ENABLED")
     zmq_host: str = Field("127.0.0.1", validation_alias="ZMQ_HOST")
     zmq_tick_port: int = Field(5555, ge=1, le=65535, validation_alias="ZMQ_TICK_PORT")
-    # the order book (5556); `tickvault download` publishes history_{SYMBOL} on the history port (5557)
+    # the order book's frames (book_{SYMBOL}) and their own replay endpoint; `tickvault download`
+    # publishes history_{SYMBOL} on the history port (5557)
     zmq_book_port: int = Field(5556, ge=1, le=65535, validation_alias="ZMQ_BOOK_PORT")
+    zmq_book_replay_port: int = Field(5560, ge=1, le=65535, validation_alias="ZMQ_BOOK_REPLAY_PORT")
     zmq_history_port: int = Field(5557, ge=1, le=65535, validation_alias="ZMQ_HISTORY_PORT")
     zmq_signal_port: int = Field(5558, ge=1, le=65535, validation_alias="ZMQ_SIGNAL_PORT")
     # tickvault's addition: where a subscriber asks the publisher for messages it missed
@@ -51,6 +53,8 @@ class Settings(BaseSettings):
     # the guide's zmq_consume_enabled: the core flow reads ticks from the bus instead of in-process
     zmq_consume_enabled: bool = Field(False, validation_alias="ZMQ_CONSUME_ENABLED")
     zmq_replay_port: int = Field(5559, ge=1, le=65535, validation_alias="ZMQ_REPLAY_PORT")
+    # the simulator's order book (MBO), published, recorded and fed to the features; off: ticks only
+    book_enabled: bool = Field(True, validation_alias="BOOK_ENABLED")
 
     # Valkey: VALKEY_URL wins; else an explicit VALKEY_HOST/VALKEY_PORT means that server; else embedded.
     valkey_enabled: bool = Field(True, validation_alias="VALKEY_ENABLED")

@@ -1,6 +1,6 @@
-"""What a user starts: the `tickvault` command line, the `run` system that wires the components, the
-terminal dashboard and monitor, the web dashboard (`app/web/`), query output formats, Prometheus
-metrics, logging setup.
+"""What a user starts: the `tickvault` command line, the `run` system that wires the components (the
+order book's part in `book_flow`), the terminal dashboard and monitor, the web dashboard
+(`app/web/`), query output formats, Prometheus metrics, logging setup.
 
 Imports: anything below it. Nothing imports `app` but `tickvault/__main__.py`.
 """

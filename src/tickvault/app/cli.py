@@ -118,6 +118,7 @@ FLAGS: dict[str, _Flag] = {
     "zmq_history_port": _Flag(int),
     "zmq_signal_port": _Flag(int),
     "zmq_replay_port": _Flag(int, "Gap replay endpoint"),
+    "zmq_book_replay_port": _Flag(int, "Gap replay endpoint of the book frames"),
     "stream_max_len": _Flag(int, "Live stream bound"),
     "stream_retention_days": _Flag(int),
     "time_travel_enabled": _Flag(bool, decls=("--time-travel/--no-time-travel",)),
@@ -142,12 +143,15 @@ FLAGS: dict[str, _Flag] = {
     ),
     "only": _Flag(str, "One component per process: source, recorder, candles, features, predictor"),
     "web_enabled": _Flag(bool, "Serve the web dashboard", ("--web/--no-web",)),
+    "book_enabled": _Flag(
+        bool, "The simulator's order book: published, recorded, in features", ("--book/--no-book",)
+    ),
     "web_port": _Flag(int, "Web dashboard port, 0: any free port", min=0),
     "web_host": _Flag(str, "Web dashboard address (beyond loopback it needs WEB_TOKEN)"),
 }
 SHARED = tuple(FLAGS)[: tuple(FLAGS).index("features_interval_ms") + 1]  # on the top-level command
 RUN = ("namespace", "symbols", "speed", "seed", "zmq_enabled", "zmq_consume_enabled", "valkey_enabled",
-       "metrics_port", "only", "web_enabled", "web_port", "web_host")  # fmt: skip
+       "metrics_port", "only", "web_enabled", "web_port", "web_host", "book_enabled")  # fmt: skip
 
 
 def _option(field: str) -> inspect.Parameter:
@@ -389,11 +393,18 @@ class Format(StrEnum):
 def query(
     ctx: typer.Context,
     symbol: Annotated[str, typer.Argument(help="Symbol, e.g. WDOFUT; ticks also take WDOFUT,WINFUT,...")],
-    start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")],
+    start: Annotated[
+        str | None, Opt(help="ISO 8601 with offset, a date (B3 day), 'now' or e.g. '-2h'")
+    ] = None,
     end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
     kind: Annotated[
-        str, Opt(help="ticks, candles:TF (TF in 1m, 5m, 15m, 1h, 1d), features, predictions or signals")
+        str,
+        Opt(
+            help="ticks, candles:TF (TF in 1m, 5m, 15m, 1h, 1d), features, predictions, signals; the order "
+            "book: book:N (N levels a side, with --at), book-frames:STEP[:N] (e.g. 1s), quotes, book-updates"
+        ),
     ] = "ticks",
+    at: Annotated[str | None, Opt(help="--kind book:N: the moment, same forms as --start")] = None,
     fmt: Annotated[
         Format, Opt("--format", help="table, csv, json (one JSON object per line) or parquet")
     ] = Format.table,
@@ -408,11 +419,14 @@ def query(
     with _errors():
         settings = _settings(ctx)
         symbols = [validate_symbol(s.strip()) for s in symbol.split(",")]
-        check_kind(kind, symbols)
+        check_kind(kind, symbols, start, at)
         if fmt is Format.parquet and output is None:
             raise ConfigError("--format", "parquet", "writes binary data; give --output PATH")
         with _store(settings, "query") as (store, _):
-            frame = read_kind(store, kind, symbols, start, end)
+            frame = read_kind(store, kind, symbols, start, end, at)
+        if "valid" in frame.attrs:  # a book as of a moment says which, and whether it is whole
+            valid = "yes" if frame.attrs["valid"] else "NO (a gap, or no snapshot before it)"
+            _say(f"{symbols[0]} book as of {frame.attrs['as_of']} (seq {frame.attrs['seq']}), valid: {valid}")
         out.write_frame(frame, fmt.value, output, limit=limit)
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tickvault.domain.events import encode
 from tickvault.store.api import frame_to_ticks
+from tickvault.store.book_reader import book_updates_columns
 
 
 def iso_index(index: pd.DatetimeIndex) -> pd.Index:
@@ -30,9 +31,13 @@ def to_csv_text(frame: pd.DataFrame) -> str:
 
 
 def to_json_lines(frame: pd.DataFrame) -> str:
-    """Ticks as their bus payloads; other frames (candles) as one object per row with an ISO time."""
+    """Ticks and book updates as their bus payloads (the events' JSON); other frames (candles, books)
+    as one object per row with an ISO time."""
     if "trade_id" in frame:
         return "".join(encode(tick).decode() + "\n" for tick in frame_to_ticks(frame))
+    if frame.attrs.get("kind") in ("mbp", "mbo") and "action" in frame:  # Store.book_updates
+        cols = book_updates_columns(frame, frame.attrs["symbol"], frame.attrs["kind"])
+        return "".join(encode(event).decode() + "\n" for event in cols.events())
     out = frame.copy()
     out.insert(0, "timestamp", iso_index(frame.index) if len(frame) else [])
     text = out.to_json(orient="records", lines=True, date_format="iso").rstrip("\n")

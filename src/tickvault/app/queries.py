@@ -7,7 +7,8 @@ import pandas as pd
 from tickvault.analytics.candles import TIMEFRAMES
 from tickvault.analytics.features import FeatureConfig
 from tickvault.domain.instruments import instrument_for
-from tickvault.errors import ConfigError
+from tickvault.domain.timeparse import parse_duration_ms
+from tickvault.errors import ConfigError, DataError
 from tickvault.ml.model import Dataset, training_set
 from tickvault.store.api import Store, frame_to_ticks
 from tickvault.workers.session_history import store_history
@@ -15,10 +16,51 @@ from tickvault.workers.session_history import store_history
 EVENTS = ("features", "predictions", "signals")
 
 
-def check_kind(kind: str, symbols: list[str]) -> None:
-    """ticks (of one symbol or several), features, predictions, signals or candles:TF."""
+BookKind = tuple[str, str, int]  # (what, step, depth)
+
+
+def book_kind(kind: str) -> BookKind | None:
+    """(what, step, depth) of an order-book --kind, None for any other kind."""
+    what, _, rest = kind.partition(":")
+    if what not in ("book", "book-frames", "quotes", "book-updates"):
+        return None
+    try:
+        if what == "book":
+            return what, "", int(rest) if rest else 10
+        if what == "book-frames":
+            step, _, depth = rest.partition(":")
+            parse_duration_ms(step or "1s")
+            return what, step or "1s", int(depth) if depth else 10
+    except (ValueError, DataError):
+        pass
+    else:
+        if not rest:
+            return what, "", 0
+    raise ConfigError(
+        "--kind",
+        kind,
+        "must be book:N, book-frames:STEP[:N] (e.g. book-frames:1s:10), quotes or book-updates",
+    )
+
+
+def check_kind(kind: str, symbols: list[str], start: str | None = "", at: str | None = None) -> None:
+    """ticks (of one symbol or several), features, predictions, signals, candles:TF, or the book's
+    kinds (book:N needs --at; every other kind a --start)."""
     if len(symbols) > 1 and kind != "ticks":
         raise ConfigError("SYMBOL", ",".join(symbols), "several symbols at once are for --kind ticks only")
+    book = book_kind(kind)
+    if book is not None and book[0] == "book":
+        if at is None:
+            raise ConfigError("--at", None, f"--kind {kind} needs the moment: --at T")
+        if book[2] <= 0:
+            raise ConfigError("--kind", kind, "the depth must be a positive number of levels")
+        return
+    if start is None:
+        raise ConfigError("--start", None, f"--kind {kind} needs a range: --start T [--end T]")
+    if book is not None:
+        if book[0] == "book-frames" and book[2] <= 0:
+            raise ConfigError("--kind", kind, "the depth must be a positive number of levels")
+        return
     if kind == "ticks" or kind in EVENTS:
         return
     tf = kind.split(":", 1)[1] if kind.startswith("candles:") else ""
@@ -30,10 +72,24 @@ def check_kind(kind: str, symbols: list[str]) -> None:
         )
 
 
-def read_kind(store: Store, kind: str, symbols: list[str], start: str, end: str) -> pd.DataFrame:
-    """The rows of `kind` between start and end (inclusive); several symbols' ticks in one frame in
-    time order, read from their nodes in parallel."""
-    check_kind(kind, symbols)
+def read_kind(
+    store: Store, kind: str, symbols: list[str], start: str | None, end: str, at: str | None = None
+) -> pd.DataFrame:
+    """The rows of `kind` between start and end (inclusive), or the book as of `at`; several
+    symbols' ticks in one frame in time order, read from their nodes in parallel."""
+    check_kind(kind, symbols, start, at)
+    book = book_kind(kind)
+    if book is not None:
+        what, step, depth = book
+        if what == "book":
+            return store.book(symbols[0], at, depth)
+        assert start is not None
+        if what == "book-frames":
+            return store.book_frames(symbols[0], start, end, step, depth)
+        if what == "quotes":
+            return store.quotes(symbols[0], start, end)
+        return store.book_updates(symbols[0], start, end)
+    assert start is not None
     if kind == "ticks":
         return store.ticks(symbols if len(symbols) > 1 else symbols[0], start, end)
     if kind in EVENTS:

@@ -45,6 +45,15 @@ def _metrics(system: System) -> Component | None:
     return Metrics(system.wiring, port, system.counters) if port is not None else None
 
 
+def _book(system: System) -> Component | None:
+    s = system.settings
+    if not s.book_enabled or (s.only is None and system.source_factory is not None):
+        return None  # the simulator is the source that makes a book
+    from tickvault.app.components.book import Book
+
+    return Book(system.wiring, recorder_only=s.only == "recorder")
+
+
 def _web(system: System) -> Component | None:
     if not system.settings.web_enabled or system.wiring.private_bus:  # a batch job shows no page
         return None
@@ -65,6 +74,7 @@ REGISTRY: tuple[tuple[frozenset[Role], Callable[[System], Component | None]], ..
     (frozenset({None}), lambda s: LocalRecorder(s.wiring)),
     (frozenset({"recorder"}), lambda s: BusRecorder(s.wiring)),
     (WHOLE_OR_SOURCE, lambda s: CoreFlow(s.wiring, s.event_handlers, s.warm_up)),
+    (frozenset({None, "recorder"}), _book),  # after the recorder and core flow it feeds
     (WHOLE_OR_SOURCE, lambda s: Source(s.wiring, s.source_factory, s.hold_back)),
     (frozenset({None}), _web),  # after the source: the page opens on a running system
     (EVERY, lambda s: Health(s.wiring, s.counters)),  # last: it reports every counter
@@ -228,7 +238,10 @@ class System:
             self.stop_event.set()
             parts: SummaryPart = {}
             for component in reversed(self.components):
-                parts.update(self._stop_one(component))
+                part = self._stop_one(component)
+                drained = parts.get("drained", True) and part.get("drained", True)  # every part's
+                parts.update(part)
+                parts["drained"] = drained
             elapsed = time.monotonic() - self.started_at if self.started_at else 0.0
             self._summary = RunSummary(**parts, elapsed_s=elapsed, counters=self.counters())
         return self._summary
@@ -250,6 +263,9 @@ class System:
         parts = [f"symbols={','.join(s.symbols)}", f"speed={'max' if s.speed == 0 else s.speed}"]
         parts.append(f"zmq tick={w.publisher.endpoint}" if w.publisher else "zmq off")
         parts.append(w.connection.where if w.connection else "valkey off")
+        said = getattr(self.component("book"), "describe", lambda: "")()
+        if said:
+            parts.append(said)
         url = getattr(self.component("web"), "url", None)
         if url:
             parts.append(f"web={url}")
@@ -260,7 +276,8 @@ class System:
         """What runs degraded: parts that could not start, a signal port not bound."""
         w = self.wiring
         signal = w.features.signal_problem if w.features is not None else ""
-        return [*w.degraded, *([signal] if signal else [])]
+        book: list[str] = getattr(self.component("book"), "degraded", [])
+        return [*w.degraded, *book, *([signal] if signal else [])]
 
     def unstored(self) -> int:
         """Ticks this run produced that the in-process recorder has not stored (or refused) yet."""

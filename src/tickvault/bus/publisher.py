@@ -28,7 +28,7 @@ from tickvault.bus.curve import ServerKeys, as_server, is_loopback
 from tickvault.bus.envelope import HEARTBEAT_PREFIX, seq_of
 from tickvault.bus.ring import DEFAULT_RING, Ring
 from tickvault.bus.spool import Spool
-from tickvault.domain.events import Event, encode
+from tickvault.domain.events import encode
 from tickvault.errors import BusError, InsecureBind
 
 log = logging.getLogger("tickvault.bus")
@@ -85,7 +85,7 @@ class Publisher:
             max_memory=max_queue,
         )
         self._context = context or zmq.Context.instance()
-        self._queue: collections.deque[tuple[bytes, Event | bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[bytes, msgspec.Struct | bytes]] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._idle = False
@@ -132,8 +132,9 @@ class Publisher:
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
 
-    def publish(self, topic: str, event: Event | bytes) -> None:
-        """Queue one message; never blocks, never raises (the caller may be a market-data callback)."""
+    def publish(self, topic: str, event: msgspec.Struct | bytes) -> None:
+        """Queue one message (an event, a book frame, or its JSON); never blocks, never raises (the
+        caller may be a market-data callback)."""
         self._queue.append((topic.encode(), event))
         if self._idle:
             try:  # noqa: SIM105 - a bare try is cheaper than contextlib.suppress on this hot path
@@ -240,7 +241,9 @@ class Publisher:
         return topic, encode(event), getattr(event, "seq", 0)
 
     def _drain(self) -> None:
-        send = self._socket.send_multipart
+        # two plain sends: 0.7 µs a message; send_multipart(copy=False) builds a tracked Frame per
+        # part, 2.4 µs (zero-copy pays only for large messages, these are ~250 bytes)
+        send, more = self._socket.send, zmq.SNDMORE
         sent = 0
         ring = self.ring
         while True:
@@ -251,7 +254,8 @@ class Publisher:
                 return
             topic, payload, seq = item
             try:
-                send((topic, payload), copy=False)
+                send(topic, more)
+                send(payload)
                 self.stats.published += 1
             except zmq.ZMQError as exc:
                 self.stats.send_errors += 1

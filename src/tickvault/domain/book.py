@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+import msgspec
 import numpy as np
 
 from tickvault.domain.events import Event, from_ms
@@ -162,6 +163,25 @@ class BookBatch(tuple[BookEvent, ...]):
     @property
     def timestamp_ms(self) -> int:
         return self[0].timestamp_ms
+
+
+class BookFrame(msgspec.Struct, frozen=True, kw_only=True):
+    """One batch on the bus: the JSON payload of a `book_{SYMBOL}` frame on ZMQ_BOOK_PORT,
+
+        {"seq": 812, "symbol": "WDOFUT", "kind": "mbo", "events": [{...}, ...]}
+
+    `events` are one exchange message's updates (`BookUpdate` for "mbp", `OrderUpdate` for "mbo"),
+    each as the JSON codec writes it, the last flagged LAST. Two numbers, both per symbol, both
+    contiguous and continuing across runs: the frame's `seq` counts frames (batches) of the topic,
+    as a tick frame's seq counts ticks, and is what the bus's replay ring, heartbeats and gap
+    filling follow; each event's `seq` counts updates, so a frame's events carry consecutive seqs
+    and the next frame's first is one past its last. A store or reader checks the updates' seqs; a
+    subscriber needs only the frames'."""
+
+    seq: int
+    symbol: str
+    kind: BookKind
+    events: Sequence[BookEvent]
 
 
 def level_update(

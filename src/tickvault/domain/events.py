@@ -225,8 +225,8 @@ def _decoder(kind: type[E]) -> msgspec.json.Decoder[E]:
     return dec
 
 
-def encode(event: Event) -> bytes:
-    """The JSON form of an event, as published on the bus and written to files."""
+def encode(event: msgspec.Struct) -> bytes:
+    """The JSON form of an event (or a book frame), as published on the bus and written to files."""
     return _encoder.encode(event)
 
 

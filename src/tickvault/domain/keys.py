@@ -137,6 +137,52 @@ class KeySpace:
         """Prefix of the counters written before WAITAOF, one per node in a cluster (Store.wait_durable)."""
         return f"{self.prefix}{META_PREFIX}:symbols:durability-probe"
 
+    # -- the order book (store/book_writer.py, store/book_sealing.py; README "Data in Valkey")
+
+    def book(self, symbol: str) -> str:
+        """Live book stream: one entry per written batch of updates, packed columns (book_codec)."""
+        return f"{self.prefix}stream:book:{self._sym(symbol)}"
+
+    def book_seen(self, symbol: str, chunk: int) -> str:
+        """Bitmap of the book update seqs stored (idempotent writes), 8M seqs per chunk."""
+        return f"{self.prefix}{META_PREFIX}:bookseen:{self._sym(symbol)}:{chunk}"
+
+    def book_seen_pattern(self, symbol: str) -> str:
+        """SCAN pattern of a symbol's `book_seen` bitmaps."""
+        return f"{self.prefix}{META_PREFIX}:bookseen:{self._sym(symbol)}:*"
+
+    def book_position(self, symbol: str) -> str:
+        """Hash: the book's kind and the highest frame, seq and time stored (where a restart resumes)."""
+        return f"{self.prefix}{META_PREFIX}:bookpos:{self._sym(symbol)}"
+
+    def book_late(self, symbol: str) -> str:
+        """Sorted set: first exchange ms -> id of a live book entry stored after newer ones."""
+        return f"{self.prefix}{META_PREFIX}:booklate:{self._sym(symbol)}"
+
+    def book_snapshot(self, symbol: str, seq: int) -> str:
+        """One periodic snapshot of the live book: the book after update `seq`, packed columns."""
+        return f"{self.prefix}{META_PREFIX}:booksnap:{self._sym(symbol)}:{seq}"
+
+    def book_snapshots(self, symbol: str) -> str:
+        """Sorted set of the live snapshots by exchange time, member `ms:seq:valid:rows`."""
+        return f"{self.prefix}{META_PREFIX}:booksnaps:{self._sym(symbol)}"
+
+    def book_block(self, symbol: str, block_id: str) -> str:
+        """One sealed book history block: a snapshot, then the updates after it (book_codec)."""
+        return f"{self.prefix}{META_PREFIX}:bookblock:{self._sym(symbol)}:{block_id}"
+
+    def book_blocks(self, symbol: str) -> str:
+        """Sorted set of a symbol's book blocks by newest exchange time (see store/book_sealing.py)."""
+        return f"{self.prefix}{META_PREFIX}:bookblocks:{self._sym(symbol)}"
+
+    def book_writer_lease(self, symbol: str) -> str:
+        """Who writes this symbol's book now (one writer at a time, see store/book_writer.py)."""
+        return f"{self.prefix}{META_PREFIX}:bookwriter:{self._sym(symbol)}"
+
+    def book_symbols(self) -> str:
+        """Set of every symbol that has a stored book."""
+        return f"{self.prefix}{META_PREFIX}:booksymbols"
+
     def dead_letters(self) -> str:
         """Stream of rejected messages, each with its reason."""
         return f"{self.prefix}{META_PREFIX}:deadletter"
@@ -146,7 +192,8 @@ def tick_topic(symbol: str) -> str:
     return f"tick_{symbol}"
 
 
-def book_topic(symbol: str) -> str:  # reserved: the order book's port (ZMQ_BOOK_PORT) has no source yet
+def book_topic(symbol: str) -> str:
+    """Book frames (`domain.book.BookFrame`) on ZMQ_BOOK_PORT."""
     return f"book_{symbol}"
 
 

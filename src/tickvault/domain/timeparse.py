@@ -82,3 +82,21 @@ def to_ms_bounds(start: TimeLike, end: TimeLike) -> tuple[int, int]:
     if end_ms < start_ms:
         raise DataError("end", f"is before start ({end!r} < {start!r})")
     return start_ms, end_ms
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(value: str | int, *, field: str = "every") -> int:
+    """A positive duration in ms from `500ms`, `1s`, `5m`, `1h`, `1d` (or an int of ms)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        ms = value
+    else:
+        found = _DURATION.fullmatch(str(value).strip())
+        if found is None:
+            raise DataError(field, f"{value!r} is not a duration; use e.g. 500ms, 1s, 5m, 1h")
+        ms = round(float(found.group(1)) * _UNIT_MS[found.group(2)])
+    if ms <= 0:
+        raise DataError(field, f"must be positive, got {value!r}")
+    return ms

@@ -1,5 +1,6 @@
 """The recorder, the only writer of live market data to Valkey: bus frames validated into columns
-(`frames`), spooled while Valkey is away, written in idempotent batches.
+(`frames`; the order book's: `book_frames`), spooled while Valkey is away, written in idempotent
+batches (`recorder`; `book_recorder`).
 
 Imports: `bus`, `store`, `domain`, `errors`.
 """

@@ -40,6 +40,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -338,8 +339,18 @@ class MarketSimulator:
             yield tick
 
 
+class Timed(Protocol):
+    """Anything stamped with an exchange time: a tick, a book batch."""
+
+    @property
+    def timestamp_ms(self) -> int: ...
+
+
+T = TypeVar("T", bound=Timed)
+
+
 def pace(
-    ticks: Iterable[Tick],
+    ticks: Iterable[T],
     speed: float,
     *,
     stop: threading.Event | None = None,
@@ -347,18 +358,19 @@ def pace(
     sleep: Callable[[float], object] | None = None,
     max_wait: float = 1.0,
     step: float = 0.05,
-) -> Iterator[Tick]:
-    """Release ticks at `speed` times exchange time (1 = real time, 60 = a minute per second; 0 or
-    inf = as fast as possible). A single wait is capped at `max_wait` s, so the night between sessions
-    (or a long lull) passes in a second, not hours; the pace restarts from there. Sleeps in steps of
-    at most `step` s (by default waiting on `stop` itself), so a set `stop` ends iteration promptly.
-    A consumer that falls behind gets the backlog as fast as it takes it, like a real feed."""
+) -> Iterator[T]:
+    """Release ticks (or anything with a `timestamp_ms`, such as book batches) at `speed` times
+    exchange time (1 = real time, 60 = a minute per second; 0 or inf = as fast as possible). A single
+    wait is capped at `max_wait` s, so the night between sessions (or a long lull) passes in a
+    second, not hours; the pace restarts from there. Sleeps in steps of at most `step` s (by default
+    waiting on `stop` itself), so a set `stop` ends iteration promptly. A consumer that falls behind
+    gets the backlog as fast as it takes it, like a real feed."""
     if math.isnan(speed) or speed < 0:
         raise ValueError(f"speed must be >= 0 (0 or inf: unpaced), got {speed!r}")
     wait = sleep or (stop.wait if stop is not None else _time.sleep)
     unpaced = speed == 0 or math.isinf(speed)
 
-    def paced() -> Iterator[Tick]:  # a nested generator, so a bad speed raises at the call
+    def paced() -> Iterator[T]:  # a nested generator, so a bad speed raises at the call
         anchor_wall, anchor_ms = 0.0, None
         for tick in ticks:
             if stop is not None and stop.is_set():

@@ -47,6 +47,7 @@ from tickvault.domain.tick_schema import COLUMN_FIELDS, TICK_FIELDS, stream_id
 from tickvault.domain.timeparse import TimeLike, parse_time, to_ms_bounds
 from tickvault.errors import DataError
 from tickvault.store.block_codec import Columns
+from tickvault.store.book_reader import BookQueries
 from tickvault.store.cluster import is_cluster, primaries_with_key
 from tickvault.store.frames import Output, check_output, from_frame, from_table, tick_columns, ticks_table
 from tickvault.store.live_copy import read_live
@@ -63,8 +64,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tickvault.store")
 
 
-class Store:
-    """Ticks in Valkey. `client` must be created with decode_responses=False."""
+class Store(BookQueries):
+    """Ticks (and, through `BookQueries`, order books) in Valkey. `client` must be created with
+    decode_responses=False."""
 
     def __init__(
         self,
@@ -541,8 +543,11 @@ class Store:
         return removed
 
     def cleanup(self, days: float) -> dict[str, int]:
-        """`apply_retention` for every stored symbol: symbol -> entries removed."""
-        return {symbol: self.apply_retention(symbol, days) for symbol in self.symbols()}
+        """`apply_retention` (and `book_retention`) for every stored symbol: symbol -> entries removed."""
+        out = {symbol: self.apply_retention(symbol, days) for symbol in self.symbols()}
+        for symbol in self.book_symbols():
+            out[symbol] = out.get(symbol, 0) + self.book_retention(symbol, days)
+        return out
 
     @map_valkey_errors()
     def symbols(self) -> list[str]:

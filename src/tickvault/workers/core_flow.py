@@ -30,6 +30,7 @@ from tickvault.analytics.features import (
 )
 from tickvault.bus.curve import ServerKeys, as_server
 from tickvault.bus.publisher import BIND_RETRY_S
+from tickvault.domain.book import BookBatch
 from tickvault.domain.events import Event, Features, Prediction, Signal, Tick, encode
 from tickvault.domain.keys import features_topic, signal_topic
 from tickvault.errors import StoreError, StoreUnavailable
@@ -83,7 +84,7 @@ class FeatureService:
         self.threshold = threshold
         self.handlers = list(handlers or [])
         self.stats = FeatureStats()
-        self._inbox: queue.SimpleQueue[tuple[Tick, int] | Callable[[], Iterable[Tick]] | None] = (
+        self._inbox: queue.SimpleQueue[tuple[Tick, int] | BookBatch | Callable[[], Iterable[Tick]] | None] = (
             queue.SimpleQueue()
         )
         self._pending: list[Event] = []
@@ -140,6 +141,11 @@ class FeatureService:
         """The ingest handler: never blocks, never raises into the source."""
         self._inbox.put((tick, time.perf_counter_ns()))
 
+    def submit_book(self, batch: BookBatch) -> None:
+        """The ingest book handler: the batch goes to the engine's live book (`spread`,
+        `book_imbalance`) in order with the ticks; never blocks, never raises into the source."""
+        self._inbox.put(batch)
+
     def warm_up(self, load: Callable[[], Iterable[Tick]]) -> None:
         """Before the live ticks: fold the ticks `load` returns (the session so far, from the store)
         into the engine without sending anything, so a restarted run's features go on as if it had
@@ -175,6 +181,9 @@ class FeatureService:
                 if item is None:
                     return
                 self.idle.clear()
+                if isinstance(item, BookBatch):
+                    self._book(item)
+                    continue
                 if callable(item):
                     self._replay(item)
                     continue
@@ -182,6 +191,14 @@ class FeatureService:
             except queue.Empty:
                 self.idle.set()
             self._retry_bind()
+
+    def _book(self, batch: BookBatch) -> None:
+        try:
+            for update in batch:
+                self.engine.on_book(update)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("feature engine failed on a book batch of %s", batch[0].symbol if batch else "?")
 
     def _replay(self, load: Callable[[], Iterable[Tick]]) -> None:
         started = time.monotonic()

@@ -1,7 +1,8 @@
 """The order book computed from its events, with no I/O: `live` keeps one symbol's book up to date
 event by event (`LevelBook`, `OrderBook`); `history` reconstructs past books from `BookColumns`,
-vectorised (`book_at`, `book_frames`, `quotes`). Both follow `domain.book`'s semantics and are held
-against the same slow reference books in the tests.
+vectorised (`book_at`, `book_frames`, `quotes`); `snapshot` exports the book after any row as a
+snapshot group (`snapshot_at`: what the store keeps every N updates). All follow `domain.book`'s
+semantics and are held against the same slow reference books or the live engine in the tests.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tickvault.analytics.book.history import (
     quotes,
 )
 from tickvault.analytics.book.live import LevelBook, Levels, OrderBook, Top, live_book
+from tickvault.analytics.book.snapshot import snapshot_at, valid_rows, valid_through
 
 __all__ = [
     "BookAt",
@@ -36,4 +38,7 @@ __all__ = [
     "level_rows",
     "live_book",
     "quotes",
+    "snapshot_at",
+    "valid_rows",
+    "valid_through",
 ]

@@ -75,6 +75,7 @@ class Wiring:
     degraded: list[str] = field(default_factory=list)  # what could not start: logged, in `describe`
     notices: list[tuple[int, str]] = field(default_factory=list)  # (log level, line) for the user
     source_done: threading.Event = field(default_factory=threading.Event)
+    book_unstored: Callable[[], int] | None = None  # the book's part of a held-back source (see Book)
     _lasts: dict[str, Tick] | None = None
 
     def lasts(self) -> dict[str, Tick]:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from tickvault.app.components.base import SummaryPart, Wiring, spawn
 from tickvault.config import Settings
+from tickvault.domain.book import BookBatch
 from tickvault.domain.events import B3_TZ, Tick
 from tickvault.errors import ConfigError, TickvaultError
+from tickvault.sources.book_simulator import BookMarketSimulator
 from tickvault.sources.simulator import SESSION, MarketSimulator, pace
 from tickvault.store.api import Store
 
@@ -29,9 +31,12 @@ _CHECK_EVERY = 1024
 SourceFactory = Callable[[Store | None], Iterator[Tick]]
 
 
-def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimulator:
+def simulator_resuming(
+    settings: Settings, lasts: dict[str, Tick], *, book: bool = False
+) -> MarketSimulator | BookMarketSimulator:
     """A simulator that continues after what the store already holds, so a second run adds new
-    ticks (new times, new trade ids) instead of replaying the first run's ones as duplicates."""
+    ticks (new times, new trade ids) instead of replaying the first run's ones as duplicates.
+    `book`: the same ticks with an order book around them (`BookMarketSimulator`)."""
     start = SESSION.start_for(datetime.now(B3_TZ))
     first_ids: dict[str, int] = {}
     if lasts:
@@ -42,7 +47,8 @@ def simulator_resuming(settings: Settings, lasts: dict[str, Tick]) -> MarketSimu
         )
         session = start.astimezone(B3_TZ).strftime("%Y%m%d")
         first_ids = {s: t.trade_id + 1 for s, t in lasts.items() if t.session == session}
-    return MarketSimulator(settings.symbols, seed=settings.seed, start=start, first_trade_ids=first_ids)
+    simulator = BookMarketSimulator if book else MarketSimulator
+    return simulator(settings.symbols, seed=settings.seed, start=start, first_trade_ids=first_ids)
 
 
 class Source:
@@ -57,14 +63,20 @@ class Source:
 
     def start(self) -> None:
         w = self.wiring
-        ticks = (
-            self.factory(w.store)
-            if self.factory
-            else pace(simulator_resuming(w.settings, w.lasts()).ticks(), w.settings.speed, stop=w.stop)
-        )
-        self._thread = spawn("source", self._pump, ticks)
+        items: Iterator[Tick | BookBatch]
+        if self.factory:
+            items = self.factory(w.store)
+        else:
+            simulator = simulator_resuming(w.settings, w.lasts(), book=w.book_unstored is not None)
+            made = simulator.events() if isinstance(simulator, BookMarketSimulator) else simulator.ticks()
+            items = pace(made, w.settings.speed, stop=w.stop)
+        self._thread = spawn("source", self._pump, items)
 
-    def _pump(self, ticks: Iterator[Tick]) -> None:
+    def _unstored(self) -> int:
+        w = self.wiring
+        return max(w.unstored(), w.book_unstored() if w.book_unstored is not None else 0)
+
+    def _pump(self, ticks: Iterator[Tick | BookBatch]) -> None:
         w = self.wiring
         hold = self.hold_back and w.recorder is not None
         try:
@@ -72,9 +84,12 @@ class Source:
                 if w.stop.is_set():
                     break
                 if hold and n % _CHECK_EVERY == 0:
-                    while w.unstored() > MAX_UNSTORED and not w.stop.wait(0.005):
+                    while self._unstored() > MAX_UNSTORED and not w.stop.wait(0.005):
                         pass
-                w.ingest.on_tick(tick)
+                if isinstance(tick, BookBatch):
+                    w.ingest.on_book(tick)
+                else:
+                    w.ingest.on_tick(tick)
         except TickvaultError as exc:  # a refused login, a missing library: one clear line, no traceback
             self.error = exc
             log.error("source failed: %s", exc)

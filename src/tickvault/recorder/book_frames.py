@@ -1,0 +1,359 @@
+"""Book frames from the bus, validated whole, then as columns: the recorder's path for the order book.
+
+A frame (`domain.book.BookFrame`) is one batch: `{"seq", "symbol", "kind", "events": [...]}`. msgspec
+decodes it into `MbpFrame` or `MboFrame` (tagged by `kind`), checking in C what types can say (known
+sides and actions, non-negative sizes, ids and times, flags 0..3, an MBP event carrying no order id
+nor an MBO one a level count). The rest is checked for the whole received batch at once with numpy
+and pyarrow: every rule of `domain.book` (`BookUpdate`, `OrderUpdate`: a finite price, positive
+where it names a level or an order, side "none" for a clear only, timestamp text and ms agreeing),
+and what makes a frame one batch: events of the frame's symbol and topic, numbered consecutively
+from 1 up, LAST on the last event only, SNAPSHOT on all or none, a snapshot opening with a clear of
+the whole book. A frame that breaks any rule is rejected whole with the field and the reason; the
+frames around it go on.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tickvault.domain.book import (
+    ACTION_CODES,
+    CLEAR,
+    DELETE,
+    LAST,
+    NO_SIDE,
+    SIDE_CODES,
+    SNAPSHOT,
+    BookColumns,
+    BookKind,
+)
+from tickvault.domain.events import data_error, to_ms, validate_symbol
+from tickvault.domain.keys import book_topic
+from tickvault.domain.tick_schema import NonNegativeFloat, NonNegativeInt, TimeText
+from tickvault.errors import DataError
+from tickvault.store.book_writer import BookPart
+
+Numbered = Annotated[int, msgspec.Meta(ge=1)]
+Flags = Annotated[int, msgspec.Meta(ge=0, le=3)]
+Side = Literal["bid", "ask", "none"]
+Action = Literal["add", "update", "delete", "clear"]
+
+
+class LevelWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """An MBP event (`BookUpdate`) as the bus carries it (`order_id`, `agent`: 0, the columns')."""
+
+    symbol: str
+    timestamp: TimeText
+    timestamp_ms: int
+    side: Side
+    price: NonNegativeFloat
+    quantity: NonNegativeInt
+    orders: NonNegativeInt = 0
+    action: Action = "update"
+    received_ms: NonNegativeInt = 0
+    seq: Numbered
+    flags: Flags = 0
+
+    order_id: ClassVar[int] = 0
+    agent: ClassVar[int] = 0
+
+
+class OrderWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """An MBO event (`OrderUpdate`) as the bus carries it."""
+
+    symbol: str
+    timestamp: TimeText
+    timestamp_ms: int
+    side: Side
+    price: NonNegativeFloat
+    quantity: NonNegativeInt
+    order_id: NonNegativeInt
+    agent: NonNegativeInt = 0
+    action: Action = "add"
+    received_ms: NonNegativeInt = 0
+    seq: Numbered
+    flags: Flags = 0
+
+    orders: ClassVar[int] = 0
+
+
+class MbpFrame(msgspec.Struct, tag_field="kind", tag="mbp", forbid_unknown_fields=True, frozen=True):
+    seq: NonNegativeInt  # the frame number (0: not numbered)
+    symbol: str
+    events: Annotated[list[LevelWire], msgspec.Meta(min_length=1)]
+
+
+class MboFrame(msgspec.Struct, tag_field="kind", tag="mbo", forbid_unknown_fields=True, frozen=True):
+    seq: NonNegativeInt
+    symbol: str
+    events: Annotated[list[OrderWire], msgspec.Meta(min_length=1)]
+
+
+FrameWire = MbpFrame | MboFrame
+
+_decoder = msgspec.json.Decoder(FrameWire)
+_list_decoder = msgspec.json.Decoder(list[FrameWire])
+_TS_UTC = pa.timestamp("us", tz="UTC")
+_TZ_OFFSET = re.compile(r"(Z|[+-]\d\d:?\d\d)$")
+_EVENT_PATH = re.compile(r"`\$\.events\[\d+\]\.(\w+)`")
+
+
+def encode_frame(frame: FrameWire) -> bytes:
+    """A validated frame as JSON again (the recorder's spool file)."""
+    return msgspec.json.encode(frame)
+
+
+def decode_frame(data: bytes) -> FrameWire:
+    return _decoder.decode(data)
+
+
+def kind_of(frame: FrameWire) -> BookKind:
+    return "mbp" if isinstance(frame, MbpFrame) else "mbo"
+
+
+@dataclass
+class RejectedFrame:
+    index: int
+    error: DataError
+    frames: Sequence[bytes]
+
+
+@dataclass
+class DecodedFrames:
+    frames: list[FrameWire] = field(default_factory=list)  # the valid ones, in the order received
+    parts: list[BookPart] = field(default_factory=list)  # their updates as columns, one part per symbol
+    rejected: list[RejectedFrame] = field(default_factory=list)
+
+
+def _decode_one(message: Sequence[bytes]) -> FrameWire:
+    if len(message) != 2:
+        raise DataError("frames", f"expected [topic, payload], got {len(message)} frames")
+    try:
+        return _decoder.decode(message[1])
+    except msgspec.MsgspecError as exc:
+        error = data_error(exc)
+        inner = _EVENT_PATH.search(str(exc))  # `$.events[3].price`: name the event's field
+        raise (DataError(inner.group(1), error.reason) if inner else error) from None
+
+
+def decode_book_frames(messages: Sequence[Sequence[bytes]]) -> DecodedFrames:
+    """Validate a batch of `[topic, payload]` book messages; bad ones come back in `rejected`."""
+    out = DecodedFrames()
+    wires: list[FrameWire | None]
+    try:  # the common case, every frame well-formed, decodes in one C call
+        if any(len(m) != 2 for m in messages):
+            raise ValueError
+        wires = list(_list_decoder.decode(b"[" + b",".join(bytes(m[1]) for m in messages) + b"]"))
+        if len(wires) != len(messages):
+            raise ValueError
+    except (msgspec.MsgspecError, ValueError):
+        wires = []
+        for i, message in enumerate(messages):
+            try:
+                wires.append(_decode_one(message))
+            except DataError as exc:
+                wires.append(None)
+                out.rejected.append(RejectedFrame(i, exc, message))
+    _Batch(messages, wires).check(out)
+    out.rejected.sort(key=lambda r: r.index)
+    return out
+
+
+_ROW: tuple[str, ...] = ("symbol", "timestamp", "timestamp_ms", "side", "price", "quantity", "orders")
+_ROW += ("order_id", "agent", "action", "received_ms", "seq", "flags")
+_row = operator.attrgetter(*_ROW)
+
+
+class _Batch:
+    """The events of a received batch's decoded frames as columns, checked together."""
+
+    def __init__(self, messages: Sequence[Sequence[bytes]], wires: list[FrameWire | None]) -> None:
+        self.messages, self.wires = messages, wires
+        self.errors: dict[int, DataError] = {}
+
+    def _frames(self) -> None:
+        """The frames whose frame-level fields hold (symbol, topic), with their events in one list;
+        the rest get their error."""
+        if self._one_topic():
+            return
+        symbols: dict[str, DataError | None] = {}
+        topics: dict[str, bytes] = {}
+        groups: dict[tuple[str, bool], int] = {}
+        self.keep: list[int] = []
+        self.group: list[int] = []  # per kept frame: its (symbol, kind)
+        self.seqs: list[int] = []
+        self.sizes: list[int] = []
+        self.events: list[LevelWire | OrderWire] = []
+        for i, wire in enumerate(self.wires):
+            if wire is None:
+                continue
+            symbol = wire.symbol
+            if symbol not in symbols:
+                try:
+                    validate_symbol(symbol)
+                    symbols[symbol] = None
+                except DataError as exc:
+                    symbols[symbol] = exc
+                topics[symbol] = book_topic(symbol).encode()
+            problem = symbols[symbol]
+            if problem is not None:
+                self.errors[i] = problem
+            elif bytes(self.messages[i][0]) != topics[symbol]:
+                topic = bytes(self.messages[i][0])[:64]
+                self.errors[i] = DataError("topic", f"{topic!r} does not match symbol {symbol!r}")
+            else:
+                key = (symbol, type(wire) is MboFrame)
+                self.group.append(groups.setdefault(key, len(groups)))
+                self.keep.append(i)
+                self.seqs.append(wire.seq)
+                self.sizes.append(len(wire.events))
+                self.events.extend(wire.events)
+        self.groups = list(groups)
+
+    def _one_topic(self) -> bool:
+        """The common case at once: every frame decoded, of one symbol and kind, on its topic."""
+        wires = self.wires
+        if not wires or any(w is None for w in wires):
+            return False
+        first = wires[0]
+        assert first is not None
+        if len({bytes(m[0]) for m in self.messages}) != 1 or {w.symbol for w in wires} != {first.symbol}:  # type: ignore[union-attr]
+            return False
+        try:
+            validate_symbol(first.symbol)
+        except DataError:
+            return False
+        if (
+            bytes(self.messages[0][0]) != book_topic(first.symbol).encode()
+            or len({type(w) for w in wires}) != 1
+        ):
+            return False
+        self.groups = [(first.symbol, type(first) is MboFrame)]
+        self.keep = list(range(len(wires)))
+        self.group = [0] * len(wires)
+        self.seqs = [w.seq for w in wires]  # type: ignore[union-attr]
+        self.sizes = [len(w.events) for w in wires]  # type: ignore[union-attr]
+        self.events = [e for w in wires for e in w.events]  # type: ignore[union-attr]
+        return True
+
+    def check(self, out: DecodedFrames) -> None:
+        self._frames()
+        if self.events:
+            self._rules(out)
+        for i, wire in enumerate(self.wires):
+            if wire is None:
+                continue
+            if i in self.errors:
+                out.rejected.append(RejectedFrame(i, self.errors[i], self.messages[i]))
+            else:
+                out.frames.append(wire)
+
+    def _rules(self, out: DecodedFrames) -> None:
+        n = len(self.events)
+        got = dict(zip(_ROW, zip(*map(_row, self.events), strict=True), strict=True))  # one pass
+        sizes = self.sizes
+        at = np.repeat(np.array(self.keep, np.int64), sizes)  # per event: its message
+        frame_group = np.array(self.group, np.int64)
+        event_group = np.repeat(frame_group, sizes)
+        frame_symbol = np.array([symbol for symbol, _ in self.groups], dtype=object)[event_group]
+        side = np.fromiter(map(SIDE_CODES.__getitem__, got["side"]), np.int8, n)
+        action = np.fromiter(map(ACTION_CODES.__getitem__, got["action"]), np.int8, n)
+        price_a, seq_a = np.array(got["price"], np.float64), np.array(got["seq"], np.int64)
+        flags_a = np.array(got["flags"], np.int64)
+        is_mbo = np.array([mbo for _, mbo in self.groups], bool)[event_group]
+        first = np.r_[True, at[1:] != at[:-1]]  # an event that opens its frame
+        last = np.r_[at[1:] != at[:-1], True]
+        priced = np.where(is_mbo, (action != DELETE) & (action != CLEAR), action != CLEAR)
+        snapshot = (flags_a & SNAPSHOT) > 0
+        frame_of = np.cumsum(first) - 1
+        snap_any = np.bincount(frame_of, weights=snapshot)[frame_of] > 0
+        rules: list[tuple[np.ndarray, str, str]] = [
+            (
+                np.array(got["symbol"], dtype=object) != frame_symbol,
+                "symbol",
+                "an event of another symbol than its frame's",
+            ),
+            (~np.isfinite(price_a), "price", "must be a finite number"),
+            (priced & (price_a <= 0), "price", "must be positive for a level or a resting order"),
+            (
+                (side == NO_SIDE) & (action != CLEAR),
+                "side",
+                "must be bid or ask ('none' is for a clear only)",
+            ),
+            (
+                ~first & (seq_a != np.r_[0, seq_a[:-1]] + 1),
+                "seq",
+                "events of a frame must be numbered consecutively",
+            ),
+            (
+                ~last & ((flags_a & LAST) > 0),
+                "flags",
+                "LAST before the end of a frame (one frame is one batch)",
+            ),
+            (last & ((flags_a & LAST) == 0), "flags", "the last event of a frame must be flagged LAST"),
+            (snap_any & ~snapshot, "flags", "SNAPSHOT on some events of a frame but not all"),
+            (
+                first & snapshot & ((action != CLEAR) | (side != NO_SIDE)),
+                "flags",
+                "a snapshot must open with a clear of the whole book",
+            ),
+        ]
+        errors = self.errors
+        for bad, name, reason in rules:
+            for k in np.flatnonzero(bad).tolist():
+                errors.setdefault(int(at[k]), DataError(name, reason))
+        ms = np.array(got["timestamp_ms"], np.int64)
+        for k, error in _time_mismatches(got["timestamp"], ms).items():
+            errors.setdefault(int(at[k]), error)
+        valid = np.ones(n, bool) if not errors else ~np.isin(at, list(errors))
+        columns: dict[str, np.ndarray] = {
+            name: np.array(got[name], np.int64)
+            for name in ("received_ms", "quantity", "orders", "order_id", "agent")
+        }
+        columns.update(timestamp_ms=ms, seq=seq_a, side=side, price=price_a, action=action, flags=flags_a)
+        # one part per (symbol, kind) of the valid frames, in the order first seen
+        frame_ok = (
+            np.array([i not in errors for i in self.keep], bool) if errors else np.ones(len(self.keep), bool)
+        )
+        frame_seq = np.array(self.seqs, np.int64)
+        for k, (name, mbo) in enumerate(self.groups):
+            rows = valid & (event_group == k) if len(self.groups) > 1 else valid
+            if not rows.any():
+                continue
+            take = rows if not rows.all() else slice(None)
+            cols = BookColumns(name, "mbo" if mbo else "mbp", **{c: v[take] for c, v in columns.items()})
+            out.parts.append(BookPart(cols, int(frame_seq[frame_ok & (frame_group == k)].max())))
+
+
+def _time_mismatches(texts: Sequence[str], millis: np.ndarray) -> dict[int, DataError]:
+    """Event index -> error where the ISO timestamp is unparsable, naive, or not timestamp_ms."""
+    try:
+        parsed = (
+            pc.cast(pa.array(texts, pa.string()), _TS_UTC).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        )
+        bad = np.flatnonzero(parsed // 1000 != millis)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        bad = np.arange(len(texts))  # find the culprits one by one
+    errors: dict[int, DataError] = {}
+    for i in bad.tolist():
+        text, ms = texts[i], int(millis[i])
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            errors[i] = DataError("timestamp", f"{text!r} is not an ISO 8601 time")
+            continue
+        if moment.tzinfo is None or not _TZ_OFFSET.search(text):
+            errors[i] = DataError("timestamp", f"{text} has no timezone offset")
+        elif to_ms(moment) != ms:
+            errors[i] = DataError("timestamp_ms", f"{ms} does not match timestamp {text}")
+    return errors
