@@ -28,7 +28,7 @@ from tickvault.analytics.candles import TIMEFRAMES, bar_bounds
 from tickvault.app.web.bars import chart_bars, worker_position
 from tickvault.app.web.clock import local_s
 from tickvault.app.web.live import Cursor, LiveFeed
-from tickvault.app.web.panels import Ladder, Level, moment
+from tickvault.app.web.panels import Ladder, Level, book_ladder, moment
 from tickvault.app.web.server import STATIC, WebServer
 from tickvault.config import redact
 from tickvault.domain.events import Candle, Features, Prediction, Signal, from_ms, to_fields
@@ -546,3 +546,26 @@ def test_on_a_cluster_the_view_and_the_live_feed_work(cluster_client: Any, serve
     first = events(server.port, f"/api/live?symbol=WDOFUT&since_ms={view['at_ms']}", 1)[0]
     assert first["tape"][0]["id"] == ticks[-1].trade_id
     assert json.loads(request(server.port, "/api/health")[2])["status"] == "IDLE"
+
+
+def test_the_book_panel_shows_the_stored_book_as_of_the_moment(store: Store) -> None:
+    """With a book stored, the page's ladder is `Store.book` at that moment (best 10 a side), and
+    the live view shows the newest book."""
+    from test_book_store import session, write_all
+
+    batches = session("mbo", 3000)
+    write_all(store, batches)
+    at_ms = batches[len(batches) // 2].timestamp_ms
+    ladder = book_ladder(store, "WDOFUT", at_ms)
+    expected = store.book("WDOFUT", at_ms, 10)
+    assert ladder is not None
+    for side, levels in (("bid", ladder.bids), ("ask", ladder.asks)):
+        rows = expected[expected["side"].astype(str) == side]
+        assert [(lv.price, lv.quantity, lv.orders) for lv in levels] == [
+            (float(r.price), int(r.quantity), int(r.orders)) for r in rows.itertuples()
+        ]
+    newest = book_ladder(store, "WDOFUT", None)
+    last = store.book("WDOFUT", batches[-1].timestamp_ms, 10)
+    assert newest is not None and newest.bids[0].price == float(
+        last[last["side"].astype(str) == "bid"].iloc[0].price
+    )

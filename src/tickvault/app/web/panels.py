@@ -191,6 +191,9 @@ def ladder_from_frame(frame: pd.DataFrame, at_ms: int | None, levels: int = LADD
     return Ladder(at_ms, sides["bid"], sides["ask"])
 
 
+_END_OF_TIME = 253_402_300_799_000  # 9999-12-31, ms
+
+
 def book_ladder(store: Store, symbol: str, at_ms: int | None, levels: int = LADDER_LEVELS) -> Ladder | None:
     """The book's best `levels` per side as of `at_ms` (None: the newest), or None while no order
     book is stored: the dashboard shows its book panel only when this returns a ladder. The one seam
@@ -199,7 +202,8 @@ def book_ladder(store: Store, symbol: str, at_ms: int | None, levels: int = LADD
     reader = getattr(store, "book", None)
     if reader is None:
         return None
-    frame = reader(symbol) if at_ms is None else reader(symbol, at_ms)
+    # None: the newest book, whatever the clock of the source that wrote it (a simulator runs ahead)
+    frame = reader(symbol, _END_OF_TIME if at_ms is None else at_ms, levels)
     return ladder_from_frame(frame, at_ms, levels)
 
 
@@ -230,7 +234,7 @@ def moment(
     view["markers"], view["signals"] = signal_markers(signals, tf), recent_signals(signals)
     if last_tick is not None:  # the newest trade at or before end_ms: the tape ends there
         view["tape"] = tape_until(store, symbol, last_tick.timestamp_ms)
-    ladder = book(store, symbol, None if live else end_ms)
+    ladder = book(store, symbol, end_ms)  # live too: the book as of the newest trade on the tape
     view["book"] = ladder.view() if ladder is not None else None
     view["features"] = latest_features(store, symbol, end_ms)
     view["prediction"] = latest_prediction(store, symbol, end_ms)
