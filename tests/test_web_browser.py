@@ -125,7 +125,8 @@ def test_the_live_page_follows_the_running_system(
     assert drawn["position"] == "belowBar"
     kept = page.evaluate("(ms) => window.tickvault.markers().find(m => m.ms === ms)", ms)
     assert kept["count"] == 1 and kept["confidence"] == 0.83
-    expect(page.get_by_test_id("book")).to_be_hidden()  # no order book is stored: no book panel
+    # `run` records the simulator's order book: the book panel shows its ladder
+    expect(page.get_by_test_id("book")).to_be_visible()
     expect(page.get_by_test_id("health")).to_contain_text("ticks/s stored")
     # the market stops; the tape's newest trade is the newest stored in Valkey
     system.stop()
