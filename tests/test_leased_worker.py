@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,13 +14,12 @@ import valkey
 
 from conftest import wait_until
 from factories import tick
-from test_predictor_worker import SignModel, features
+from test_predictor_worker import SignModel, features, running
 from tickvault.domain.events import to_fields
 from tickvault.errors import StoreError
 from tickvault.store.api import Store
 from tickvault.store.server import EmbeddedValkey, free_port
 from tickvault.store.tick_writer import TickWriter
-from tickvault.workers.leased import LeasedWorker
 from tickvault.workers.predictor_worker import GROUP, PredictorWorker
 
 
@@ -43,18 +41,6 @@ def logged(logger: logging.Logger) -> Iterator[list[logging.LogRecord]]:
         yield handler.records
     finally:
         logger.removeHandler(handler)
-
-
-@contextlib.contextmanager
-def running(worker: LeasedWorker[object]) -> Iterator[threading.Thread]:
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), name="worker", daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        stop.set()
-        thread.join(30)
 
 
 def done(store: Store, symbol: str, n: int) -> bool:
