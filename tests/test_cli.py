@@ -98,6 +98,33 @@ def test_bad_arguments_exit_2_with_a_specific_message(
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("times", "words"),
+    [
+        (["--start", "99999999999999999"], "start: '99999999999999999' is not a time"),
+        (["--start", "+99999999999d"], "start: '+99999999999d' is out of range"),
+        (["--start", "-999999d"], "start: '-999999d' is out of range"),
+        (["--start", "2025-13-45"], "start: '2025-13-45' is not a date"),
+        (["--start", "1950-01-01", "--end", "1960-01-01"], "end: '1960-01-01' is before 1970"),
+    ],
+)
+def test_a_time_out_of_range_is_one_clear_line_and_exit_2(
+    system_env: dict[str, str], times: list[str], words: str
+) -> None:
+    """Times no datetime can hold (or no stream id: before 1970) are bad input, said in one line; the
+    old parser let OverflowError and Valkey's "Invalid stream ID" out (exit 1)."""
+    result = runner.invoke(app, ["query", "WDOFUT", *times])
+    assert (result.exit_code, result.output.count("\n")) == (2, 1), result.output
+    assert words in result.output
+
+
+def test_a_start_before_1970_reads_from_the_first_tick(system_env: dict[str, str], store: Store) -> None:
+    store.append_ticks(ticks(3))
+    result = runner.invoke(app, ["query", "WDOFUT", "--start", "0001-01-01T00:00:00Z", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1 + 3
+
+
 def test_each_settings_flag_sets_its_setting_and_is_offered_where_it_belongs() -> None:
     from tickvault.app.cli import FLAGS, RUN, SHARED
     from tickvault.config import Settings

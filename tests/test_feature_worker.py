@@ -67,6 +67,52 @@ def test_a_worker_takes_over_from_where_the_store_says(cluster_client: ValkeyClu
         assert stored_entries(store, symbol) == expected_entries(store, symbol, ticks)
 
 
+def test_a_lapsed_lease_another_worker_used_is_taken_back_from_the_store(store: Store) -> None:
+    """`a` stalls past its lease, `b` takes the symbols and folds on, then stops; `a` wakes up to
+    free leases and takes them back. Its engine missed what `b` folded: it must start again from the
+    store (as a fresh worker does), not go on from its own stale state."""
+    ticks = list(
+        itertools.islice(MarketSimulator(list(SYMBOLS), seed=24, start=from_ms(BASE_MS)).ticks(), 6000)
+    )
+    a = FeatureWorker(store, SYMBOLS, CONFIG, name="a", lease_ms=60_000)
+    b = FeatureWorker(store, SYMBOLS, CONFIG, name="b", lease_ms=60_000)
+    store.append_ticks(ticks[:2000])
+    while a.step(block_ms=0):
+        pass
+    for symbol in SYMBOLS:
+        store.client.delete(a.lease_key(symbol))  # `a` stalls past its lease
+    store.append_ticks(ticks[2000:4000])
+    while b.step(block_ms=0):
+        pass
+    b.release()
+    store.append_ticks(ticks[4000:])
+    while a.step(block_ms=0):
+        pass
+    assert set(a.owned) == set(SYMBOLS) and a.stats.errors == 0
+    assert a.stats.takeovers == 2 * len(SYMBOLS)  # the first start, and again after `b`
+    for symbol in SYMBOLS:
+        assert stored_entries(store, symbol) == expected_entries(store, symbol, ticks)
+
+
+def test_a_lapsed_lease_nobody_took_keeps_the_workers_state(store: Store) -> None:
+    """The same lapse with nobody taking over: `a` goes on from its own state, no replay."""
+    ticks = list(
+        itertools.islice(MarketSimulator(list(SYMBOLS), seed=25, start=from_ms(BASE_MS)).ticks(), 4000)
+    )
+    a = FeatureWorker(store, SYMBOLS, CONFIG, name="a", lease_ms=60_000)
+    store.append_ticks(ticks[:2000])
+    while a.step(block_ms=0):
+        pass
+    for symbol in SYMBOLS:
+        store.client.delete(a.lease_key(symbol))
+    store.append_ticks(ticks[2000:])
+    while a.step(block_ms=0):
+        pass
+    assert a.stats.takeovers == len(SYMBOLS) and a.stats.errors == 0
+    for symbol in SYMBOLS:
+        assert stored_entries(store, symbol) == expected_entries(store, symbol, ticks)
+
+
 @pytest.mark.timeout(600)
 def test_three_worker_processes_one_sigkilled_mid_stream(
     valkey_cluster: EmbeddedCluster, cluster_client: ValkeyCluster, tmp_path: Path

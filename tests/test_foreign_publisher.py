@@ -263,6 +263,89 @@ def test_an_ordered_consumer_ignores_the_number_of_an_invalid_frame(stranger: zm
     assert (sub.stats.gaps, sub.stats.duplicates, sub.stats.last_seq) == (0, 1, {"tick_WDOF24": 10})
 
 
+def _receive(sub: Subscriber, n: int) -> list[list[bytes]]:
+    got: list[list[bytes]] = []
+
+    def received() -> bool:
+        got.extend(sub.receive(timeout_ms=50))
+        return len(got) >= n
+
+    assert wait_until(received, timeout=10), got
+    return got
+
+
+# what a stranger may put on `hb.tick_X`, with the reason it is rejected ("" for a sane number)
+STRANGE_HEARTBEATS = [
+    (b'{"seq":1000000000000}', "ahead"),
+    (b'{"seq":-5}', "negative"),
+    (b'{"seq":7.5}', "seq"),
+    (b'{"seq":"9"}', "seq"),
+    (b'{"seq":true}', "seq"),
+    (b"[1]", "seq"),
+    (b"\x8f not json", "json"),
+    (b'{"seq":%d}', ""),  # a few ahead of the frames: plausible, but nothing proves it
+]
+
+
+def test_an_ordered_consumer_is_not_moved_by_a_strangers_heartbeats(stranger: zmq.Socket) -> None:
+    """Valid ticks 1..16, each followed by a stranger's heartbeat: absurd ones (far ahead, negative,
+    not an integer, not JSON) and plausible ones three ahead. A heartbeat's number proves nothing,
+    so every valid tick is delivered once and in order, and each absurd one is counted by reason.
+    The old consumer took the first heartbeat (10^12) as its position and dropped every tick after."""
+    symbol = "WDOF24"
+    topic = f"tick_{symbol}".encode()
+    sub = Subscriber(stranger.getsockopt_string(zmq.LAST_ENDPOINT), ["tick_"], validate=valid_seqs)
+    expected: Counter[str] = Counter()
+    try:
+        assert _subscribed(stranger)
+        for n in range(1, 17):
+            stranger.send_multipart([topic, foreign_tick(symbol, n, n)])
+            payload, reason = STRANGE_HEARTBEATS[(n - 1) % len(STRANGE_HEARTBEATS)]
+            stranger.send_multipart([b"hb." + topic, payload % (n + 3) if not reason else payload])
+            expected.update([reason] if reason else [])
+        got = _receive(sub, 16)
+    finally:
+        sub.close()
+    assert [msgspec.json.decode(f[1])["seq"] for f in got] == list(range(1, 17))
+    assert sub.stats.heartbeats_rejected == expected
+    assert (sub.stats.duplicates, sub.stats.last_seq) == (0, {topic.decode(): 16})
+
+
+def test_a_heartbeat_fill_moves_an_ordered_consumer_only_as_far_as_the_ring_proves(
+    stranger: zmq.Socket,
+) -> None:
+    """A heartbeat is a hint to look for a lost tail: the replay endpoint is asked, what comes back
+    valid is delivered (and moves the position), the rest of the heartbeat's claim moves nothing.
+    The ring holds ticks 1..5; the wire carries 1..3, a heartbeat claiming 50, then 4..9."""
+    symbol = "WDOF24"
+    topic = f"tick_{symbol}".encode()
+    ring = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*")
+    for n in range(1, 6):
+        ring.publish(topic.decode(), foreign_tick(symbol, n, n))
+    flushed = ring.flush(10)
+    sub = Subscriber(
+        stranger.getsockopt_string(zmq.LAST_ENDPOINT), ["tick_"], replay=ring.replay_endpoint,
+        validate=valid_seqs,
+    )  # fmt: skip
+    try:
+        assert flushed and _subscribed(stranger)
+        for n in range(1, 4):
+            stranger.send_multipart([topic, foreign_tick(symbol, n, n)])
+        stranger.send_multipart([b"hb." + topic, b'{"seq":50}'])
+        got = _receive(sub, 5)  # 1..3 from the wire, 4..5 from the ring
+        assert sub.stats.last_seq == {topic.decode(): 5}
+        for n in range(4, 10):
+            stranger.send_multipart([topic, foreign_tick(symbol, n, n)])
+            stranger.send_multipart([b"hb." + topic, b'{"seq":50}'])
+        got += _receive(sub, 4)
+    finally:
+        sub.close()
+        ring.close()
+    assert [msgspec.json.decode(f[1])["seq"] for f in got] == list(range(1, 10))
+    assert (sub.stats.recovered_replay, sub.stats.duplicates) == (2, 2)  # 4 and 5 came twice
+    assert sub.stats.last_seq == {topic.decode(): 9} and not sub.stats.heartbeats_rejected
+
+
 # -- any interleaving ------------------------------------------------------------------------------
 
 SYMBOLS = ("WDOF24", "WINF24")

@@ -65,6 +65,23 @@ def test_time_parser_returns_aware_time_or_data_error(text: str) -> None:
         assert moment.tzinfo is not None
 
 
+@given(
+    st.one_of(
+        st.integers(),
+        st.text(alphabet="+-0123456789.:TZdhms", max_size=30),
+        st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", fullmatch=True),
+    )
+)
+def test_time_parser_refuses_any_number_out_of_range_with_a_data_error(value: int | str) -> None:
+    """Epoch ms, offsets and dates no datetime can hold: a DataError, not ValueError/OverflowError."""
+    try:
+        moment = parse_time(value)
+    except DataError as exc:
+        assert exc.field == "time" and str(exc)
+    else:
+        assert moment.tzinfo is not None
+
+
 @settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(alphabet=string.printable, max_size=60), max_size=8))
 def test_csv_reader_yields_ticks_or_bad_rows(tmp_path: Path, rows: list[str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,13 +14,13 @@ import valkey
 
 from conftest import wait_until
 from factories import tick
-from test_predictor_worker import SignModel, features
+from test_predictor_worker import SignModel, features, running
 from tickvault.domain.events import to_fields
 from tickvault.errors import StoreError
 from tickvault.store.api import Store
+from tickvault.store.leases import SymbolLeases
 from tickvault.store.server import EmbeddedValkey, free_port
 from tickvault.store.tick_writer import TickWriter
-from tickvault.workers.leased import LeasedWorker
 from tickvault.workers.predictor_worker import GROUP, PredictorWorker
 
 
@@ -43,18 +42,6 @@ def logged(logger: logging.Logger) -> Iterator[list[logging.LogRecord]]:
         yield handler.records
     finally:
         logger.removeHandler(handler)
-
-
-@contextlib.contextmanager
-def running(worker: LeasedWorker[object]) -> Iterator[threading.Thread]:
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), name="worker", daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        stop.set()
-        thread.join(30)
 
 
 def done(store: Store, symbol: str, n: int) -> bool:
@@ -129,3 +116,27 @@ def test_the_tick_writer_holds_its_symbols_by_the_same_leases(store: Store) -> N
     second.flush()
     assert store.client.get(store.keys.writer_lease("WDOFUT")) == b"second"
     assert [t.trade_id for t in store.tick_events("WDOFUT", 0, 2**42)] == [1, 2]
+
+
+def test_hold_says_when_a_writer_must_reload_a_symbol(store: Store) -> None:
+    """The tick and book writers' lease (`SymbolLeases.hold`): taken on a first write, renewed after,
+    refused while another writer holds it, and "taken" again after a lapse another writer used or
+    after the writer forgot its state: the cases where the writer must reload the symbol."""
+    key = store.keys.writer_lease
+    a = SymbolLeases(store.client, key, "a", 60_000, renew_every_ms=0)  # asks Valkey on every hold
+    b = SymbolLeases(store.client, key, "b", 60_000, renew_every_ms=0, subject="the book of {}")
+    assert a.hold("WDOFUT") is True  # nothing known of it yet
+    assert a.hold("WDOFUT") is False  # renewed: ours all along
+    with pytest.raises(StoreError, match="the book of WDOFUT is being written by 'a'"):
+        b.hold("WDOFUT")
+    store.client.delete(key("WDOFUT"))  # `a` stalls past its lease; `b` takes the symbol and writes
+    assert b.hold("WDOFUT") is True
+    b.release()
+    assert store.client.get(key("WDOFUT")) is None
+    assert a.hold("WDOFUT") is True  # taken back after a lapse
+    a.forget()  # a failed write dropped its state
+    assert a.hold("WDOFUT") is True and a.hold("WDOFUT") is False
+    cached = SymbolLeases(store.client, key, "c", 60_000)  # the writers' own: renewal trusted a while
+    assert cached.hold("WINFUT") is True
+    store.client.delete(key("WINFUT"))
+    assert cached.hold("WINFUT") is False and store.client.get(key("WINFUT")) is None  # not asked again

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import msgspec
 
+from tickvault.errors import DataError
+
 HEARTBEAT_PREFIX = b"hb."
 
 
@@ -24,6 +26,24 @@ def seq_of(payload: bytes) -> int:
         return _seq_decoder.decode(payload).seq
     except msgspec.MsgspecError:
         return 0
+
+
+_any_decoder = msgspec.json.Decoder()
+
+
+def heartbeat_seq(payload: bytes) -> int:
+    """A heartbeat's newest `seq`; DataError (its `kind` the reason: `json`, `seq`, `negative`) if the
+    payload is not a JSON object with a non-negative integer `seq`. A stranger may send anything."""
+    try:
+        body = _any_decoder.decode(payload)
+    except msgspec.MsgspecError as exc:
+        raise DataError("json", f"heartbeat payload is not JSON: {exc}") from None
+    seq = body.get("seq") if isinstance(body, dict) else None
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise DataError("seq", f"heartbeat without an integer seq: {payload[:80]!r}")
+    if seq < 0:
+        raise DataError("negative", f"heartbeat seq {seq} is negative")
+    return seq
 
 
 def endpoint(host: str, port: int) -> str:

@@ -145,14 +145,16 @@ class ReplayClient:
             self._socket = sock
         return self._socket
 
-    def fetch(self, topic: str, first: int, last: int) -> tuple[int, list[bytes]]:
+    def fetch(
+        self, topic: str, first: int, last: int, *, attempts: int | None = None
+    ) -> tuple[int, list[bytes]]:
         """(start, payloads): the messages seq start..start+len-1 the publisher still has within
         first..last. `start` > `first` when the ring no longer holds the oldest ones; an empty list
-        when it holds none or does not answer."""
+        when it holds none or does not answer (within `attempts`, by default the client's own)."""
         out: list[bytes] = []
         start = want = first
         while want <= last:
-            frames = self._ask(topic, want, last)
+            frames = self._ask(topic, want, last, attempts or self.attempts)
             if frames is None:
                 break
             try:
@@ -167,11 +169,11 @@ class ReplayClient:
             want = header.first + header.count
         return start, out
 
-    def _ask(self, topic: str, first: int, last: int) -> list[bytes] | None:
+    def _ask(self, topic: str, first: int, last: int, attempts: int) -> list[bytes] | None:
         """One request, retried on a fresh socket with a doubling timeout: a publisher busy with a
         backlog may answer late, and for a recorder an unanswered request is a gap nobody else fills."""
         timeout = self.timeout_ms
-        for attempt in range(1, self.attempts + 1):
+        for attempt in range(1, attempts + 1):
             sock = self._connect()
             sock.send_multipart([b"", msgspec.json.encode({"topic": topic, "from": first, "to": last})])
             if self._answered(sock, timeout):
@@ -180,7 +182,7 @@ class ReplayClient:
             if self.cancel is not None and self.cancel.is_set():
                 return None
             log.warning("replay endpoint %s did not answer in %d ms (attempt %d of %d)",
-                        self.endpoint, timeout, attempt, self.attempts)  # fmt: skip
+                        self.endpoint, timeout, attempt, attempts)  # fmt: skip
             timeout *= 2
         return None
 

@@ -16,8 +16,9 @@ from typing import Any
 import zmq
 
 from tickvault.bus.curve import ClientKeys, as_client
-from tickvault.bus.envelope import HEARTBEAT_PREFIX, envelope_seqs, is_heartbeat, seq_of
+from tickvault.bus.envelope import HEARTBEAT_PREFIX, envelope_seqs, heartbeat_seq, is_heartbeat
 from tickvault.bus.ring import ReplayClient
+from tickvault.errors import DataError
 
 log = logging.getLogger("tickvault.bus")
 
@@ -37,6 +38,7 @@ class SubscriberStats:
     behind: int = 0  # ordered=False: the same, kept (the consumer's writes are idempotent)
     restarts: int = 0
     heartbeats: int = 0
+    heartbeats_rejected: collections.Counter[str] = field(default_factory=collections.Counter)  # by reason
     last_seq: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -51,6 +53,9 @@ Validate = Callable[[Sequence[Sequence[bytes]]], Sequence[int | None]]
 valid but not numbered), None if it is not. Only a valid message's number may move a position."""
 
 MAX_FILLS = 1000  # gap requests queued for the fill thread; past it the oldest is given up (counted)
+# ordered: a heartbeat further ahead of its topic's position than a replay ring holds (its default
+# size) is absurd; a real gap that large is still filled, once a valid message shows it
+MAX_HEARTBEAT_AHEAD = 100_000
 
 
 class Subscriber:
@@ -72,7 +77,11 @@ class Subscriber:
       passes an invalid message through unnumbered, for the consumer to reject. A gap is filled
       before the message after it, waiting for the replay endpoint. A valid message numbered at or
       below its topic's position is a duplicate and dropped (1 is a restarted publisher, accepted),
-      so after `prime` the live messages up to the primed numbers are dropped.
+      so after `prime` the live messages up to the primed numbers are dropped. A heartbeat is only a
+      hint that the tail may have been lost: it moves no position; past the position it asks the
+      replay endpoint once (one attempt, per position reached) and only the valid messages that come
+      back move it. A heartbeat that is not a non-negative integer, or further than
+      `MAX_HEARTBEAT_AHEAD` ahead, is rejected (`stats.heartbeats_rejected`, by reason).
     - `ordered=False` (the recorder: its writes are idempotent, so no valid message is ever dropped
       for its number): `receive` returns every message as it came, reads no number and waits for
       no gap; the consumer validates the messages and hands the numbers of the valid ones to `track`.
@@ -123,6 +132,7 @@ class Subscriber:
         # ordered=False: a batch's heartbeats wait for `track` (its messages count first), gaps for the
         # fill thread; the fill thread alone uses the replay socket and counts recovered messages
         self._heartbeats: dict[str, int] = {}
+        self._hinted: dict[str, int] = {}  # ordered: topic -> the position a heartbeat's fill was asked at
         self._fills = threading.Condition()
         self._requests: collections.deque[tuple[str, int, int]] = collections.deque()
         self._busy = False
@@ -160,12 +170,10 @@ class Subscriber:
             raise ValueError(f"validate returned {len(seqs)} results for {len(data)} messages")
         numbered = iter(seqs)
         for frames in messages:
-            if is_heartbeat(frames):
-                self.stats.heartbeats += 1
-                topic, newest = self._heartbeat(frames)
-                self._advance(topic, newest, out)
-            else:
+            if not is_heartbeat(frames):
                 self._admit(frames, next(numbered), out)
+            elif (beat := self._heartbeat(frames)) is not None:
+                self._hint(*beat, out)
         return out
 
     def _read(self, max_messages: int, linger_ms: float) -> list[list[bytes]]:
@@ -187,22 +195,60 @@ class Subscriber:
             out.append(frames)
         return out
 
-    @staticmethod
-    def _heartbeat(frames: Sequence[bytes]) -> tuple[str, int]:
-        return frames[0][len(HEARTBEAT_PREFIX) :].decode("utf-8", "replace"), seq_of(frames[1])
+    def _heartbeat(self, frames: Sequence[bytes]) -> tuple[str, int] | None:
+        """(topic, newest), or None for a heartbeat that is not one (counted by reason)."""
+        self.stats.heartbeats += 1
+        topic = frames[0][len(HEARTBEAT_PREFIX) :].decode("utf-8", "replace")
+        try:
+            return topic, heartbeat_seq(frames[1])
+        except DataError as exc:
+            self._reject_heartbeat(topic, exc)
+            return None
+
+    def _reject_heartbeat(self, topic: str, exc: DataError) -> None:
+        rejected = self.stats.heartbeats_rejected
+        rejected[exc.kind] += 1
+        if rejected[exc.kind] == 1:  # a stranger may send them at any rate: the first of each kind
+            log.warning("%s: heartbeat rejected (%s); further ones are only counted", topic, exc)
 
     def _note_heartbeat(self, frames: Sequence[bytes]) -> None:
-        self.stats.heartbeats += 1
-        topic, newest = self._heartbeat(frames)
-        if newest > self._heartbeats.get(topic, 0):
-            self._heartbeats[topic] = newest
+        beat = self._heartbeat(frames)
+        if beat is not None and beat[1] > self._heartbeats.get(beat[0], 0):
+            self._heartbeats[beat[0]] = beat[1]
 
-    def _advance(self, topic: str, newest: int, out: list[list[bytes]] | None) -> None:
-        """A heartbeat: messages up to `newest` were published; past the position the tail was dropped
-        on the wire (a heartbeat is read after the messages sent before it)."""
+    def _hint(self, topic: str, newest: int, out: list[list[bytes]]) -> None:
+        """Ordered: a heartbeat says messages up to `newest` were published (it is read after the
+        messages sent before it), so past the position the tail may have been dropped on the wire.
+        Anyone may send one: its number moves nothing; the replay endpoint is asked once per position
+        reached, and what comes back counts only as valid messages do."""
+        last = self.stats.last_seq.get(topic)
+        if last is None or newest <= last:
+            return
+        if newest - last > MAX_HEARTBEAT_AHEAD:
+            ahead = DataError("ahead", f"heartbeat seq {newest} is {newest - last} past the position")
+            self._reject_heartbeat(topic, ahead)
+            return
+        if self._replay is None or self._hinted.get(topic) == last:
+            return
+        self._hinted[topic] = last
+        _, got = self._replay.fetch(topic, last + 1, newest, attempts=1)
+        if not got:
+            return
+        self.stats.gaps += 1
+        self.stats.missing += len(got)
+        self.stats.recovered_replay += len(got)
+        name = topic.encode()
+        filled = [[name, payload] for payload in got]
+        for frames, seq in zip(filled, self._validate(filled), strict=True):
+            self._admit(frames, seq, out)
+
+    def _advance(self, topic: str, newest: int) -> None:
+        """`ordered=False`, a heartbeat: messages up to `newest` were published; past the position the
+        tail was dropped on the wire (a heartbeat is read after the messages sent before it). The
+        position follows the numbering whichever way it goes, so a stranger's number costs a fill."""
         last = self.stats.last_seq.get(topic)
         if last is not None and newest > last:
-            self._gap(topic, last + 1, newest, out)
+            self._gap(topic, last + 1, newest, None)
             self.stats.last_seq[topic] = newest
 
     def _admit(self, frames: list[bytes], seq: int | None, out: list[list[bytes]]) -> None:
@@ -246,7 +292,7 @@ class Subscriber:
             position[topic] = seq  # follow the publisher's numbering, whichever way it went
         if self._heartbeats:
             for topic, newest in self._heartbeats.items():
-                self._advance(topic, newest, None)
+                self._advance(topic, newest)
             self._heartbeats.clear()
 
     # -- gaps ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ TimeLike = Union[datetime, pd.Timestamp, str, int]  # noqa: UP007 - used at runt
 _RELATIVE = re.compile(r"([+-])(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_RANGE = "a time must fall in the years 1 to 9999"
 
 
 def parse_time(value: TimeLike, *, field: str = "time", now: datetime | None = None) -> datetime:
@@ -29,7 +30,10 @@ def parse_time(value: TimeLike, *, field: str = "time", now: datetime | None = N
     if isinstance(value, bool):
         raise DataError(field, f"expected a time, got {value!r}")
     if isinstance(value, int):
-        return datetime.fromtimestamp(value / 1000, tz=B3_TZ)
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=B3_TZ)
+        except (ValueError, OverflowError, OSError):
+            raise DataError(field, f"{value} (epoch ms) is out of range: {_RANGE}") from None
     if isinstance(value, pd.Timestamp):
         value = value.to_pydatetime()
     if isinstance(value, datetime):
@@ -47,10 +51,16 @@ def parse_time(value: TimeLike, *, field: str = "time", now: datetime | None = N
     rel = _RELATIVE.fullmatch(text)
     if rel:
         sign, amount, unit = rel.groups()
-        delta = timedelta(**{_UNITS[unit]: float(amount)})
-        return current + delta if sign == "+" else current - delta
+        try:
+            delta = timedelta(**{_UNITS[unit]: float(amount)})
+            return current + delta if sign == "+" else current - delta
+        except OverflowError:
+            raise DataError(field, f"{text!r} is out of range: {_RANGE}") from None
     if _DATE_ONLY.fullmatch(text):
-        day = date.fromisoformat(text)
+        try:
+            day = date.fromisoformat(text)
+        except ValueError as exc:
+            raise DataError(field, f"{text!r} is not a date: {exc}") from None
         return datetime(day.year, day.month, day.day, tzinfo=B3_TZ)
     try:
         parsed = datetime.fromisoformat(text)
@@ -70,15 +80,18 @@ def _whole_day(value: TimeLike) -> bool:
 
 
 def to_ms_bounds(start: TimeLike, end: TimeLike) -> tuple[int, int]:
-    """Inclusive [start, end] in epoch ms; refuses an end before the start. An end given as a bare
+    """Inclusive [start, end] in epoch ms; refuses an end before the start or before 1970 (epoch ms,
+    and so stream ids, start there: a start before it means from the first). An end given as a bare
     date takes in that whole B3 day (as pandas' `df["2025-11-24":"2025-11-24"]` does)."""
     now = datetime.now(B3_TZ)
-    start_ms = to_ms(parse_time(start, field="start", now=now))
+    start_ms = max(0, to_ms(parse_time(start, field="start", now=now)))
     end_at = parse_time(end, field="end", now=now)
     end_ms = to_ms(end_at)
     if _whole_day(end):  # up to the next B3 midnight, exclusive
         day = end_at.date() + timedelta(days=1)
         end_ms = to_ms(datetime(day.year, day.month, day.day, tzinfo=B3_TZ)) - 1
+    if end_ms < 0:
+        raise DataError("end", f"{end!r} is before 1970-01-01 UTC: nothing is stored before it")
     if end_ms < start_ms:
         raise DataError("end", f"is before start ({end!r} < {start!r})")
     return start_ms, end_ms

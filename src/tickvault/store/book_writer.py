@@ -28,7 +28,6 @@ The writer must be the only writer of its symbols' books (a lease per symbol, as
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -122,8 +121,9 @@ class BookWriter:
         self.owner = owner or f"bookwriter-{uuid.uuid4().hex[:12]}"
         self.snapshot_every = snapshot_every
         self.snapshot_ms = snapshot_ms
-        self._leases: dict[str, float] = {}
-        self._symbol_leases = SymbolLeases(client, self.keys.book_writer_lease, self.owner, LEASE_MS)
+        self._symbol_leases = SymbolLeases(
+            client, self.keys.book_writer_lease, self.owner, LEASE_MS, subject="the book of {}"
+        )
         self._state: dict[str, _State] = {}
         self._script = client.register_script(_APPLY)
 
@@ -140,24 +140,15 @@ class BookWriter:
     def reset(self) -> None:
         """Forget cached state; it is reloaded from Valkey on the next write."""
         self._state.clear()
-        self._leases.clear()
+        self._symbol_leases.forget()
 
     def release(self) -> None:
         """Give up this writer's leases (at a clean stop), so another writer need not wait."""
-        self._symbol_leases.release(list(self._leases))
-        self._leases.clear()
+        self._symbol_leases.release()
 
     def _lease(self, symbol: str) -> None:
-        if self._leases.get(symbol, 0.0) > time.monotonic():
-            return
-        held = symbol in self._leases
-        leases = self._symbol_leases
-        if not leases.held([symbol]):
-            holder = leases.owner(symbol) or "another writer"
-            raise StoreError(f"the book of {symbol} is being written by {holder!r}; waiting for its lease")
-        if symbol in leases.taken or not held:
+        if self._symbol_leases.hold(symbol):
             self._state.pop(symbol, None)  # someone else may have written meanwhile: reload
-        self._leases[symbol] = time.monotonic() + LEASE_MS / 3000
 
     def position(self, symbol: str) -> BookPosition:
         """What is stored of `symbol`'s book (from this writer's state when it has one)."""

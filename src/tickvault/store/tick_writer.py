@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import operator
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -219,7 +218,6 @@ class TickWriter:
         self.client = client
         self.keys = keys or KeySpace(cluster=is_cluster(client))
         self.owner = owner or f"writer-{uuid.uuid4().hex[:12]}"
-        self._leases: dict[str, float] = {}  # symbol -> monotonic time the lease is good until
         self._symbol_leases = SymbolLeases(client, self.keys.writer_lease, self.owner, LEASE_MS)
         self._conns: dict[str, RawConnection] = {}  # node ("" standalone) -> its connection
         # the batch in flight: (node, symbol) in send order, and each symbol's expected stream state
@@ -242,30 +240,20 @@ class TickWriter:
     def reset(self) -> None:
         """Forget cached state (and the batch in flight); state is reloaded from Valkey on the next write."""
         self._state.clear()
-        self._leases.clear()
+        self._symbol_leases.forget()
         self._drop_connection()
 
     def release(self) -> None:
         """Give up this writer's leases (at a clean stop, after `flush`), so another writer need not wait."""
-        self._symbol_leases.release(list(self._leases))  # one that cannot be released expires by itself
-        self._leases.clear()
+        self._symbol_leases.release()
 
     def _lease(self, symbol: str) -> None:
         """Hold the symbol's writer lease; a symbol newly taken over is reloaded from Valkey."""
-        if self._leases.get(symbol, 0.0) > time.monotonic():
-            return
-        held = symbol in self._leases
-        leases = self._symbol_leases
-        if not leases.held([symbol]):
-            holder = leases.owner(symbol) or "another writer"
-            raise StoreError(f"{symbol} is being written by {holder!r}; waiting for its lease")
-        if symbol in leases.taken or not held:
+        if self._symbol_leases.hold(symbol):
             # (re)taken: someone else may have written meanwhile. Reload, but only after the batch in
             # flight is applied, or the reloaded state would miss it.
             self._collect()
             self._state.pop(symbol, None)
-        # renewed with every batch; re-checked well before it could lapse
-        self._leases[symbol] = time.monotonic() + LEASE_MS / 3000
 
     # -- state -----------------------------------------------------------------------------------
 

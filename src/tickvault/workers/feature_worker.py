@@ -13,6 +13,9 @@ Taking a symbol over (a first start, or a dead owner's symbol):
 2. the group's cursor is set to E (XGROUP SETID), and reading goes on after it; the dead owner's
    unacknowledged entries are claimed (XAUTOCLAIM) and acknowledged: the replay covered them.
 The lease, the group, the claim and the loop are `LeasedWorker`'s (leased.py).
+A lease that lapsed and is taken back keeps the engine only if the group's cursor is still where
+this worker left it (`resumable`); otherwise another worker folded ticks meanwhile, and the symbol
+is taken over as above.
 Output ids are the features' exchange ms and a counter within that ms, written explicitly: what the
 replay emits again is refused by Valkey ("equal or smaller") and counted, never stored twice; what
 the dead owner had not written yet is written by the replay. So a SIGKILLed worker loses nothing and
@@ -85,6 +88,13 @@ class FeatureWorker(LeasedWorker[_Owned]):
 
     def stream(self, symbol: str) -> str:
         return self.keys.ticks(symbol)
+
+    def resumable(self, symbol: str, state: _Owned) -> bool:
+        # another worker that held the symbol while our lease had lapsed read on through the group:
+        # its cursor is past ours, and our engine never saw what it folded
+        groups = self.client.xinfo_groups(self.keys.ticks(symbol))
+        cursor = next((g["last-delivered-id"] for g in groups if g["name"] == GROUP.encode()), None)
+        return cursor == state.read_after
 
     def take(self, symbol: str) -> _Owned:
         """Rebuild the engine by replaying the stored session up to the stream's newest entry E and

@@ -6,11 +6,20 @@ features' exchange times, so a symbol's outputs must be written in order; two wo
 symbol would refuse each other's older ids. So each symbol has a lease (`tv:predictor:{SYMBOL}`,
 renewed while the worker lives) and a consumer group `predictors` on `stream:features:{SYMBOL}`:
 - the owner reads new entries with XREADGROUP, writes the prediction and the signal with the
-  features entry's own id and XACKs the entry, all in one MULTI/EXEC (nothing half-done);
+  features entry's own id in one MULTI/EXEC, and XACKs the entries once their writes are known to be
+  done (one XACK per batch): a crash in between leaves them pending, and their writes come back as
+  repeats, which acknowledges them;
 - when an owner dies its lease expires; the next worker takes the symbol and first XAUTOCLAIMs the
   entries the dead one had read but not acknowledged, then goes on with new ones;
 - a write whose id already exists (a repeat after a crash between EXEC and the caller seeing it) is
   refused by Valkey as "equal or smaller" and counted as a duplicate avoided;
+- a write refused for any other reason (a key of the wrong type, Valkey out of memory or read-only)
+  leaves the entry pending: the step fails, and the base's retry claims it and writes it again, in
+  order (nothing after it is written first, which would make its id unwritable). An entry refused on
+  its `max_deliveries`-th delivery (XPENDING's count) is dead-lettered instead (`tv:deadletter`, field
+  `prediction_write`), counted (`predictions_dead_lettered`) and acknowledged, so one bad key cannot
+  stop the symbol for good; a refusal that also refuses the dead letter (memory, read-only) is
+  retried on;
 - an entry that does not decode is counted, logged and acknowledged.
 The lease, the group, the claim and the loop are `LeasedWorker`'s (leased.py).
 """
@@ -18,6 +27,7 @@ The lease, the group, the claim and the loop are `LeasedWorker`'s (leased.py).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -33,6 +43,8 @@ from tickvault.workers.leased import Entry, LeasedWorker, WorkerStats
 log = logging.getLogger("tickvault.predictor")
 
 GROUP = "predictors"
+MAX_DELIVERIES = 5  # a refused write is tried this many times (one per retry of the step), then dead-lettered
+DEAD_LETTER_MAXLEN = 100_000  # as the recorders'
 
 
 @dataclass
@@ -40,6 +52,7 @@ class PredictorStats(WorkerStats):
     predicted: int = 0
     duplicates: int = 0
     rejected: int = 0  # features entries that do not decode: acknowledged without a prediction
+    dead_lettered: int = 0  # entries whose write was refused MAX_DELIVERIES times: acknowledged, kept aside
 
 
 class PredictorWorker(LeasedWorker[None]):
@@ -50,6 +63,7 @@ class PredictorWorker(LeasedWorker[None]):
     COUNTERS = {
         "predicted": "predicted", "claimed": "predictions_claimed", "duplicates": "prediction_duplicates",
         "rejected": "predictions_rejected", "errors": "prediction_errors", "outages": "prediction_outages",
+        "dead_lettered": "predictions_dead_lettered",
     }  # fmt: skip
     stats: PredictorStats
 
@@ -63,6 +77,7 @@ class PredictorWorker(LeasedWorker[None]):
         threshold: float = 0.55,
         lease_ms: int = 5_000,
         batch: int = 500,
+        max_deliveries: int = MAX_DELIVERIES,
     ) -> None:
         super().__init__(
             store, symbols, PredictorStats(), name=name or f"predictor-{uuid.uuid4().hex[:8]}",
@@ -70,6 +85,7 @@ class PredictorWorker(LeasedWorker[None]):
         )  # fmt: skip
         self.model = model
         self.threshold = threshold
+        self.max_deliveries = max_deliveries
 
     def stream(self, symbol: str) -> str:
         return self.keys.features(symbol)
@@ -78,36 +94,70 @@ class PredictorWorker(LeasedWorker[None]):
         return None  # what a previous owner left pending is claimed and handled first (LeasedWorker)
 
     def handle(self, symbol: str, entries: list[Entry]) -> None:
+        """Predict each entry in order; acknowledge those done (written, repeated, rejected, dead-
+        lettered), up to the first whose write must be tried again (raised: it and those after it
+        stay pending)."""
         stream = self.keys.features(symbol)
-        for entry_id, fields in entries:
-            try:
-                features = from_fields({k.decode(): v.decode() for k, v in fields.items()}, Features)
-            except (DataError, msgspec.MsgspecError, UnicodeDecodeError) as exc:
-                # bad data written by someone else: retrying it would stop the symbol for good
-                self.stats.rejected += 1
-                log.warning("%s: features entry %s of %s refused: %s", self.name, entry_id, symbol, exc)
-                self.client.xack(stream, GROUP, entry_id)
-                continue
-            try:
-                probabilities = self.model.predict_proba_one(features.values)
-            except Exception:
-                self.stats.errors += 1
-                log.exception("model failed on %s %s; acknowledged without a prediction", symbol, entry_id)
-                self.client.xack(stream, GROUP, entry_id)
-                continue
-            action, confidence = decide(probabilities, self.threshold)
-            stamp = {"symbol": symbol, "timestamp": features.timestamp, "timestamp_ms": features.timestamp_ms}
-            prediction = Prediction(**stamp, model=self.model.name, probabilities=probabilities)  # type: ignore[arg-type]
-            signal = Signal(**stamp, action=action, confidence=confidence, model=self.model.name)  # type: ignore[arg-type]
-            pipe = transaction(self.client, stream)
-            pipe.xadd(self.keys.predictions(symbol), to_fields(prediction), id=entry_id)
-            pipe.xadd(self.keys.signals(symbol), to_fields(signal), id=entry_id)
-            pipe.xack(stream, GROUP, entry_id)
-            results = pipe.execute(raise_on_error=False)
-            refused = [r for r in results[:2] if isinstance(r, Exception)]
-            if refused and all("equal or smaller" in str(r) for r in refused):
-                self.stats.duplicates += 1
-            elif refused:
-                raise refused[0]
-            else:
-                self.stats.predicted += 1
+        done: list[bytes] = []
+        try:
+            for entry_id, fields in entries:
+                self._predict(symbol, stream, entry_id, fields)
+                done.append(entry_id)
+        finally:
+            if done:
+                self.client.xack(stream, GROUP, *done)
+
+    def _predict(self, symbol: str, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            features = from_fields({k.decode(): v.decode() for k, v in fields.items()}, Features)
+        except (DataError, msgspec.MsgspecError, UnicodeDecodeError) as exc:
+            # bad data written by someone else: retrying it would stop the symbol for good
+            self.stats.rejected += 1
+            log.warning("%s: features entry %s of %s refused: %s", self.name, entry_id, symbol, exc)
+            return
+        try:
+            probabilities = self.model.predict_proba_one(features.values)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("model failed on %s %s; acknowledged without a prediction", symbol, entry_id)
+            return
+        action, confidence = decide(probabilities, self.threshold)
+        stamp = {"symbol": symbol, "timestamp": features.timestamp, "timestamp_ms": features.timestamp_ms}
+        prediction = Prediction(**stamp, model=self.model.name, probabilities=probabilities)  # type: ignore[arg-type]
+        signal = Signal(**stamp, action=action, confidence=confidence, model=self.model.name)  # type: ignore[arg-type]
+        pipe = transaction(self.client, stream)
+        pipe.xadd(self.keys.predictions(symbol), to_fields(prediction), id=entry_id)
+        pipe.xadd(self.keys.signals(symbol), to_fields(signal), id=entry_id)
+        results = pipe.execute(raise_on_error=False)
+        refused = [r for r in results if isinstance(r, Exception)]
+        failed = [r for r in refused if "equal or smaller" not in str(r)]
+        if failed:
+            self._refused(symbol, stream, entry_id, fields, failed[0])
+        elif refused:
+            self.stats.duplicates += 1
+        else:
+            self.stats.predicted += 1
+
+    def _refused(
+        self, symbol: str, stream: str, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception
+    ) -> None:
+        """A write refused, not as a repeat: raised (the entry stays pending, to be tried again) until
+        its `max_deliveries`-th delivery, then dead-lettered."""
+        pending = self.client.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+        deliveries = int(pending[0]["times_delivered"]) if pending else 0
+        if deliveries < self.max_deliveries:
+            raise exc
+        dead = {
+            "reason": f"prediction not written after {deliveries} deliveries: {exc}"[:500],
+            "field": "prediction_write",
+            "topic": stream,
+            "entry": entry_id,
+            "payload": msgspec.json.encode({k.decode(errors="replace"): v.decode(errors="replace")
+                                            for k, v in fields.items()})[:4096],
+            "received_ms": int(time.time() * 1000),
+        }  # fmt: skip
+        self.client.xadd(self.keys.dead_letters(), dead, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+        self.stats.dead_lettered += 1
+        log.error(
+            "%s: features entry %s of %s dead-lettered: %s", self.name, entry_id, symbol, dead["reason"]
+        )

@@ -164,6 +164,7 @@ class CoreFlow:
                 consumer_gaps=bus.gaps, consumer_recovered=bus.recovered,
                 consumer_unrecovered=bus.unrecovered, consume_rejected=self.consume_rejected,
             )  # fmt: skip
+            out.update({f"consumer_heartbeat_rejected_{k}": n for k, n in bus.heartbeats_rejected.items()})
         if self.features is not None:
             out.update(self.features.counters())
         return out
