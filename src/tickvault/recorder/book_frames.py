@@ -1,15 +1,20 @@
-"""Book frames from the bus, validated whole, then as columns: the recorder's path for the order book.
+"""Book frames from the bus, validated, then as columns: the recorder's path for the order book.
 
-A frame (`domain.book.BookFrame`) is one batch: `{"seq", "symbol", "kind", "events": [...]}`. msgspec
-decodes it into `MbpFrame` or `MboFrame` (tagged by `kind`), checking in C what types can say (known
-sides and actions, non-negative sizes, ids and times, flags 0..3, an MBP event carrying no order id
-nor an MBO one a level count). The rest is checked for the whole received batch at once with numpy
-and pyarrow: every rule of `domain.book` (`BookUpdate`, `OrderUpdate`: a finite price, positive
-where it names a level or an order, side "none" for a clear only, timestamp text and ms agreeing),
-and what makes a frame one batch: events of the frame's symbol and topic, numbered consecutively
-from 1 up, LAST on the last event only, SNAPSHOT on all or none, a snapshot opening with a clear of
-the whole book. A frame that breaks any rule is rejected whole with the field and the reason; the
-frames around it go on.
+A frame (`domain.book.BookFrame`) holds one or more whole batches: `{"seq", "symbol", "kind",
+"events": [...]}`, each batch ending with its LAST event. msgspec decodes it into `MbpFrame` or
+`MboFrame` (tagged by `kind`), checking in C what the schema says (field names and JSON types, an MBP
+event carrying no order id nor an MBO one a level count, numbers that fit 64 bits). Everything else
+is checked for the whole received batch of frames at once with numpy and pyarrow: every rule of
+`domain.book` (`BookUpdate`, `OrderUpdate`: known sides and actions, non-negative sizes, ids and
+times, flags 0..3, a finite price, positive where it names a level or an order, side "none" for a
+clear only, timestamp text and ms agreeing), and what makes a frame whole batches: events numbered
+consecutively from 1 up, LAST on the frame's last event (a batch is never split across frames),
+SNAPSHOT on all of a batch or none, a snapshot opening with a clear of the whole book.
+
+Two levels of rejection, each with the field and the reason, counted and dead-lettered by the
+recorder: a frame that does not decode, or whose symbol or topic is wrong, is rejected whole (its
+number counts for nothing); a batch that breaks a value rule is rejected alone, the frame's other
+batches are kept (and the frame's number counts). The frames around a bad one go on.
 """
 
 from __future__ import annotations
@@ -44,7 +49,6 @@ from tickvault.domain.keys import book_topic
 from tickvault.domain.tick_schema import NonNegativeInt
 from tickvault.errors import DataError
 from tickvault.store.book_writer import BookPart
-
 
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # what a column holds
 
@@ -172,6 +176,9 @@ def decode_book_frames(messages: Sequence[Sequence[bytes]]) -> DecodedFrames:
 
 
 _INTS = ("timestamp_ms", "received_ms", "seq", "quantity", "orders", "order_id", "agent", "flags")
+_TEXTS = ("symbol", "timestamp", "side", "action")
+_NUMBERS = np.dtype([("price", np.float64), *((name, np.int64) for name in _INTS)])
+_numbers = operator.attrgetter(*_NUMBERS.names)  # one tuple per event, read by numpy in C
 _NOT_NEGATIVE = ("quantity", "orders", "order_id", "agent", "received_ms")
 
 
@@ -270,17 +277,15 @@ class _Batch:
         named), the other batches of its frame are kept. Returns the frames with a batch kept."""
         events = self.events
         n = len(events)
-        got: dict[str, list[Any]] = {
-            name: list(map(operator.attrgetter(name), events))
-            for name in ("symbol", "timestamp", "side", "action", "price", *_INTS)
-        }
-        columns: dict[str, np.ndarray] = {name: np.array(got[name], np.int64) for name in _INTS}
+        got: dict[str, list[Any]] = {name: list(map(operator.attrgetter(name), events)) for name in _TEXTS}
+        numbers = np.fromiter(map(_numbers, events), _NUMBERS, n)
+        columns: dict[str, np.ndarray] = {name: numbers[name].copy() for name in _INTS}
         sizes = self.sizes
         at = np.repeat(np.array(self.keep, np.int64), sizes)  # per event: its message
         frame_group = np.array(self.group, np.int64)
         event_group = np.repeat(frame_group, sizes)
         side, action = _codes(got["side"], SIDE_CODES), _codes(got["action"], ACTION_CODES)
-        price, seq, flags = np.array(got["price"], np.float64), columns["seq"], columns["flags"]
+        price, seq, flags = numbers["price"].copy(), columns["seq"], columns["flags"]
         is_mbo = np.array([mbo for _, mbo in self.groups], bool)[event_group]
         frame_first = np.r_[True, at[1:] != at[:-1]]  # an event that opens its frame
         frame_last = np.r_[at[1:] != at[:-1], True]
