@@ -5,9 +5,10 @@ book_simulator` seed 1: the busiest hour, ~570k updates in ~530k batches), gener
 handed to `Ingest.on_book` as fast as it takes them (the simulator at speed 0, without its own
 generation cost). The book publisher sends the batches queued together as one `book_{SYMBOL}` frame
 (natural batching: how many depends on how far the source runs ahead of the publisher's thread, so
-the frames per update are printed); the recorder runs as its own process (`tickvault run --only recorder`) against the embedded Valkey (append-only file,
-fsync every second). The figure is updates per second from the first frame published to the last
-update confirmed in Valkey, then every stored update is compared with what was sent.
+the frames per update are printed); the recorder runs as its own process (`tickvault run --only
+recorder`) against the embedded Valkey (append-only file, fsync every second). The figure is
+updates per second from the first frame published to the last update confirmed in Valkey, then
+every stored update is compared with what was sent.
 
 Baseline in the same run: the same updates as one stream entry per update with every field a stream
 field (the tick stream's layout), XADDs sent as raw RESP in MULTI/EXEC batches of 5,000 with

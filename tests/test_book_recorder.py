@@ -225,8 +225,9 @@ def test_frames_of_several_batches_are_recorded_and_a_bad_batch_costs_only_itsel
 
 
 def test_a_stalled_recorder_past_the_high_water_mark_loses_nothing(store: Store, tmp_path: Path) -> None:
-    pub = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*", sndhwm=50)
-    sub = _subscriber(pub, rcvhwm=50)
+    pub = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*", sndhwm=5)
+    pub.framer.max_updates = 50  # frames of several batches, yet more of them than the wire holds
+    sub = _subscriber(pub, rcvhwm=5)
     try:
         assert pub.wait_for_subscriber("book_", 10)
         sub.prime({f"book_{SYMBOL}": 0})

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tickvault.bus.book_framing import FRAME_HWM
 from tickvault.bus.curve import ClientKeys, ServerKeys
 from tickvault.bus.envelope import endpoint
 from tickvault.bus.ingest import Ingest
@@ -114,6 +115,7 @@ class BookFlow:
             endpoint("127.0.0.1", self.publisher.port),
             ["book_"],
             replay=self.publisher.replay_endpoint,
+            rcvhwm=FRAME_HWM,
             curve=client_keys,
             ordered=False,
         )
@@ -126,10 +128,11 @@ class BookFlow:
     def _bind(self, keys: ServerKeys | None) -> Publisher:
         s = self.settings
         if self.private_bus:
-            return Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*")
+            return Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*", sndhwm=FRAME_HWM)
         return Publisher(
             endpoint(s.zmq_host, s.zmq_book_port),
             replay_bind=endpoint(s.zmq_host, s.zmq_book_replay_port),
+            sndhwm=FRAME_HWM,
             curve=keys,
             allow_insecure=s.zmq_allow_insecure,
         )
@@ -148,6 +151,7 @@ class BookFlow:
             endpoint(host, s.zmq_book_port),
             [book_topic(sym) for sym in symbols] if shard else ["book_"],
             replay=endpoint(host, s.zmq_book_replay_port),
+            rcvhwm=FRAME_HWM,
             curve=client_keys,
             exact=shard,
             ordered=False,

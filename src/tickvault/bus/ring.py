@@ -24,6 +24,7 @@ import zmq
 log = logging.getLogger("tickvault.ring")
 
 MAX_REPLY = 10_000  # messages per reply; a client asks again for the rest
+MAX_REPLY_BYTES = 16 << 20  # ... and about this much payload at most (the first message always)
 DEFAULT_RING = 100_000  # messages kept per topic
 DEFAULT_RING_BYTES = 64 << 20  # payload bytes kept per topic: a book frame may hold many batches
 
@@ -82,11 +83,15 @@ class _TopicRing:
         newest = self.first_seq + self.size - 1
         begin = max(first, self.first_seq)
         end = min(last, newest, begin + limit - 1)
-        out = []
+        out: list[bytes] = []
+        size = 0
         for seq in range(begin, end + 1):
             item = self.items[(self.start + seq - self.first_seq) % self.capacity]
             assert item is not None
+            if out and size + len(item) > MAX_REPLY_BYTES:
+                break
             out.append(item)
+            size += len(item)
         return begin, out
 
 

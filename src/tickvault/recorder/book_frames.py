@@ -52,6 +52,7 @@ from tickvault.store.book_writer import BookPart
 
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # what a column holds
 
+
 # The wire types check the schema (names, types); the values are checked column-wise, batch by batch
 # (`_Batch._rules`). gc=False: scalar fields only, so no cycles, and no collector passes over them.
 class LevelWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, gc=False):
@@ -178,7 +179,7 @@ def decode_book_frames(messages: Sequence[Sequence[bytes]]) -> DecodedFrames:
 _INTS = ("timestamp_ms", "received_ms", "seq", "quantity", "orders", "order_id", "agent", "flags")
 _TEXTS = ("symbol", "timestamp", "side", "action")
 _NUMBERS = np.dtype([("price", np.float64), *((name, np.int64) for name in _INTS)])
-_numbers = operator.attrgetter(*_NUMBERS.names)  # one tuple per event, read by numpy in C
+_numbers = operator.attrgetter("price", *_INTS)  # one tuple per event, read by numpy in C
 _NOT_NEGATIVE = ("quantity", "orders", "order_id", "agent", "received_ms")
 
 
