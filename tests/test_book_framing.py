@@ -9,9 +9,11 @@ from datetime import datetime
 
 import msgspec
 import pytest
+import zmq
 
 from tickvault.bus.book_framing import BookFramer
 from tickvault.bus.ingest import Ingest
+from tickvault.bus.publisher import Publisher
 from tickvault.domain.book import LAST, BookBatch, BookKind
 from tickvault.domain.events import B3_TZ
 from tickvault.recorder.book_frames import decode_book_frames
@@ -129,3 +131,24 @@ def test_a_frame_that_does_not_decode_or_keeps_no_batch_is_rejected_and_does_not
     assert [r.error.field for r in decoded.rejected] == (
         ["agentx"] if damage == "schema" else ["price"] * len(sent)
     )
+
+
+def test_a_slow_flow_sends_each_batch_at_once_in_a_frame_of_its_own() -> None:
+    pub = Publisher("tcp://127.0.0.1:*")
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(pub.endpoint)
+        sock.setsockopt(zmq.SUBSCRIBE, b"book_")
+        assert pub.wait_for_subscriber("book_", 10)
+        ingest = Ingest()
+        ingest.book_publisher = pub
+        for number, batch in enumerate(batches()[:5], 1):
+            ingest.on_book(batch)
+            assert sock.poll(10_000)  # sent with nothing after it to fill its frame
+            topic, payload = sock.recv_multipart()
+            frame = json.loads(payload)
+            assert (topic, frame["seq"], split_at_last(frame["events"])) == (WDO, number, [seqs(batch)])
+    finally:
+        sock.close()
+        pub.close()
