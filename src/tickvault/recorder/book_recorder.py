@@ -259,7 +259,7 @@ class BookRecorder:
             stats.duplicates += result.duplicates
             stats.snapshots += result.snapshots
             for part in parts:
-                symbol, top = part.cols.symbol, int(part.cols.seq.max())
+                symbol, top = part.cols.symbol, int(part.cols.seq.max()) if len(part.cols) else 0
                 if top > stats.last_seq.get(symbol, 0):
                     stats.last_seq[symbol] = top
         return True
