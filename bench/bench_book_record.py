@@ -3,10 +3,12 @@
 Data: the first hour of a simulated WDOFUT session's book, order by order (MBO, `sources.
 book_simulator` seed 1: the busiest hour, ~570k updates in ~530k batches), generated first and then
 handed to `Ingest.on_book` as fast as it takes them (the simulator at speed 0, without its own
-generation cost). Each batch is one `book_{SYMBOL}` frame on the book publisher; the recorder runs
-as its own process (`tickvault run --only recorder`) against the embedded Valkey (append-only file,
-fsync every second). The figure is updates per second from the first frame published to the last
-update confirmed in Valkey, then every stored update is compared with what was sent.
+generation cost). The book publisher sends the batches queued together as one `book_{SYMBOL}` frame
+(natural batching: how many depends on how far the source runs ahead of the publisher's thread, so
+the frames per update are printed); the recorder runs as its own process (`tickvault run --only
+recorder`) against the embedded Valkey (append-only file, fsync every second). The figure is
+updates per second from the first frame published to the last update confirmed in Valkey, then
+every stored update is compared with what was sent.
 
 Baseline in the same run: the same updates as one stream entry per update with every field a stream
 field (the tick stream's layout), XADDs sent as raw RESP in MULTI/EXEC batches of 5,000 with
@@ -136,7 +138,9 @@ def record(info: object, cols: BookColumns, batches: list[BookBatch], tmp: Path)
         cpu_source = (time.process_time() - cpu_source) / total * 1e6  # ingest, publisher, and this poll
         exact = store.book_update_columns(SYMBOL, 0, 2**62).equals(cols)
         ceiling = 1e6 / max(cpu_source, cpu_recorder)
-        print(f"  (publisher drained after {published or elapsed:.1f} s, recorded after {elapsed:.1f} s;")
+        frames = pub.stats.published
+        print(f"  ({frames:,} frames, {total / max(frames, 1):.0f} updates a frame;", end=" ")
+        print(f"publisher drained after {published or elapsed:.1f} s, recorded after {elapsed:.1f} s;")
         print(
             f"  CPU per update: source process {cpu_source:.2f} µs, recorder process {cpu_recorder:.2f} µs:"
         )

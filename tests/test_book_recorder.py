@@ -25,6 +25,7 @@ import valkey
 import zmq
 
 from conftest import subprocess_env, wait_until
+from tickvault.bus.book_framing import BookFramer
 from tickvault.bus.envelope import endpoint
 from tickvault.bus.ingest import Ingest
 from tickvault.bus.publisher import Publisher
@@ -105,7 +106,8 @@ def test_book_batches_through_bus_and_recorder_come_back_exactly_as_sent(
             assert recorder.stats.rejected_total == 0 and sub.stats.unrecovered == 0
         _assert_exactly_once(store, sent)
         position = store.book_position(SYMBOL)
-        assert (position.frame, position.seq) == (len(sent), sent[-1][-1].seq)
+        frames = book_publisher.framer.last[b"book_WDOFUT"]
+        assert (position.frame, position.seq) == (frames, sent[-1][-1].seq) and frames <= len(sent)
     finally:
         sub.close()
 
@@ -120,21 +122,24 @@ def test_a_foreign_subscriber_reads_book_frames_as_json(book_publisher: Publishe
         assert book_publisher.wait_for_subscriber("book_", 10)
         ingest = Ingest()
         ingest.book_publisher = book_publisher
-        sent = session()[:3]
+        sent = session()[:300]
         for batch in sent:
-            ingest.on_book(batch)
+            ingest.on_book(batch)  # the batches queued together when the publisher sends share a frame
         got = []
-        while len(got) < 3:
+        while sum(len(f["events"]) for _, f in got) < len(columns(sent)):
             assert sock.poll(10_000)
             topic, payload = sock.recv_multipart()
             if not topic.startswith(b"hb."):
                 got.append((topic, json.loads(payload)))
-        assert [t for t, _ in got] == [b"book_WDOFUT"] * 3
-        assert [f["seq"] for _, f in got] == [1, 2, 3]  # frames counted per topic
+        assert {t for t, _ in got} == {b"book_WDOFUT"}
+        assert [f["seq"] for _, f in got] == list(range(1, len(got) + 1))  # frames counted per topic
         events = [e for _, f in got for e in f["events"]]
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # updates counted per symbol
+        ends = [i + 1 for i, e in enumerate(events) if e["flags"] & 1]  # a batch ends at its LAST event
+        assert ends == list(itertools.accumulate(len(b) for b in sent))
+        assert all(f["events"][-1]["flags"] & 1 for _, f in got)  # never a batch split across frames
         assert {f["kind"] for _, f in got} == {"mbo"} and events[0]["action"] == "clear"
-        assert events[-1]["flags"] & 1 and set(events[0]) >= {
+        assert set(events[0]) >= {
             "symbol",
             "timestamp",
             "side",
@@ -180,7 +185,7 @@ def test_bad_book_frames_are_rejected_counted_dead_lettered_and_nothing_else_los
                 if i == 100:  # the bad ones in the middle of the stream
                     for name, wrong in bad.items():
                         book_publisher.publish("book_WINFUT" if name == "topic" else f"book_{SYMBOL}", wrong)
-            assert wait_until(lambda: recorder.caught_up({SYMBOL: len(good)}))
+            assert wait_until(lambda: recorder.caught_up({SYMBOL: sent[-1][-1].seq}))
             assert wait_until(lambda: recorder.stats.rejected_total == len(bad))
         _assert_exactly_once(store, sent)
         assert set(recorder.stats.rejected) == set(bad)
@@ -190,9 +195,39 @@ def test_bad_book_frames_are_rejected_counted_dead_lettered_and_nothing_else_los
         sub.close()
 
 
+def test_frames_of_several_batches_are_recorded_and_a_bad_batch_costs_only_itself(
+    store: Store, book_publisher: Publisher, tmp_path: Path
+) -> None:
+    sent = numbered(session("mbo", 1500))
+    framer = BookFramer(max_updates=30)
+    frames = [json.loads(p) for _, p, _ in framer.messages([(b"book_WDOFUT", b) for b in sent])]
+    # a frame of several batches in the middle of the stream: its second batch goes bad
+    at = next(i for i, f in enumerate(frames) if i > len(frames) // 2 and len(f["events"]) >= 4)
+    events = frames[at]["events"]
+    second = next(i for i, e in enumerate(events) if e["flags"] & 1) + 1
+    assert second < len(events)
+    events[second]["price"] = -1.0
+    lost = next(b for b in sent if b[0].seq == events[second]["seq"])
+    sub = _subscriber(book_publisher)
+    try:
+        with running_book_recorder(store, sub, tmp_path) as recorder:
+            assert book_publisher.wait_for_subscriber("book_", 10)
+            for frame in frames:
+                book_publisher.publish(f"book_{SYMBOL}", json.dumps(frame).encode())
+            assert wait_until(lambda: recorder.caught_up({SYMBOL: sent[-1][-1].seq}))
+            assert wait_until(lambda: recorder.stats.rejected_total == 1)
+        _assert_exactly_once(store, [b for b in sent if b is not lost])
+        assert recorder.stats.rejected == {"price": 1} and store.client.xlen(store.keys.dead_letters()) == 1
+        assert sub.stats.gaps == 0  # the frame with the bad batch counted: no gap, nothing asked again
+        assert store.book_position(SYMBOL).frame == len(frames) < len(sent) // 2
+    finally:
+        sub.close()
+
+
 def test_a_stalled_recorder_past_the_high_water_mark_loses_nothing(store: Store, tmp_path: Path) -> None:
-    pub = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*", sndhwm=50)
-    sub = _subscriber(pub, rcvhwm=50)
+    pub = Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*", sndhwm=5)
+    pub.framer.max_updates = 50  # frames of several batches, yet more of them than the wire holds
+    sub = _subscriber(pub, rcvhwm=5)
     try:
         assert pub.wait_for_subscriber("book_", 10)
         sub.prime({f"book_{SYMBOL}": 0})

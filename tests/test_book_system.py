@@ -53,7 +53,7 @@ def test_run_with_the_simulator_records_its_book_and_the_features_see_it(
     assert (position.kind, position.seq, position.frame) == (
         "mbo",
         produced,
-        system.ingest.book_frame[SYMBOL],
+        system.component("book").flow.publisher.framer.last[b"book_WDOFUT"],
     )
     book = store.book(SYMBOL, position.ms)
     assert book.attrs["valid"] and len(book) == 20  # the simulator keeps at least 12 levels a side

@@ -11,6 +11,7 @@ import zmq
 from factories import BASE_MS, ticks
 from tickvault.bus.ingest import Ingest
 from tickvault.bus.publisher import Publisher
+from tickvault.bus.ring import Ring
 from tickvault.bus.subscriber import Subscriber
 from tickvault.domain.events import decode_tick, encode
 from tickvault.domain.keys import tick_topic
@@ -177,3 +178,23 @@ def test_source_faster_than_the_socket_overflows_to_the_spool_in_order(tmp_path:
     finally:
         sub.close()
         pub.close()
+
+
+def test_the_replay_ring_keeps_at_most_its_bytes_and_replies_in_bounded_pieces() -> None:
+    ring = Ring(capacity=100, max_bytes=1000)  # a topic's frames may be large (a book frame of many batches)
+    for seq in range(1, 11):
+        ring.append(b"book_X", seq, b"x" * 300)
+    header, *payloads = ring.answer(b'{"topic": "book_X", "from": 1, "to": 10}')
+    assert msgspec.json.decode(header) == {
+        "topic": "book_X",
+        "from": 8,
+        "count": 3,
+        "oldest": 8,
+        "newest": 10,
+    }
+    assert len(payloads) == 3
+    big = Ring(capacity=10)
+    for seq in (1, 2, 3):
+        big.append(b"book_X", seq, bytes(7 << 20))
+    header, *payloads = big.answer(b'{"topic": "book_X", "from": 1, "to": 3}')
+    assert msgspec.json.decode(header)["count"] == len(payloads) == 2  # 16 MiB a reply: the rest asked next

@@ -5,9 +5,10 @@ endpoint on ZMQ_BOOK_REPLAY_PORT), its recorder, its numbering, and the live boo
 tick bus is up (the recorder subscribes before the source starts), `start_recorder_only` for
 `run --only recorder`, `unstored` while holding an unpaced source back, `stop` once the source has
 stopped (the publisher drains, the recorder catches up, then both close), and `counters`. Book
-batches reach it through `Ingest.on_book`: numbered there (update seqs and frame numbers continue
-from what the store holds), handed in-process to the features (`spread`, `book_imbalance`) and, with
-ZeroMQ off or its port taken, to the recorder; else published as `book_{SYMBOL}` frames.
+batches reach it through `Ingest.on_book`: their update seqs numbered there, handed in-process to the
+features (`spread`, `book_imbalance`) and, with ZeroMQ off or its port taken, to the recorder; else
+published as `book_{SYMBOL}` frames (the batches queued together in one frame, numbered by the
+publisher). Both numberings continue from what the store holds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tickvault.bus.book_framing import FRAME_HWM
 from tickvault.bus.curve import ClientKeys, ServerKeys
 from tickvault.bus.envelope import endpoint
 from tickvault.bus.ingest import Ingest
@@ -89,7 +91,7 @@ class BookFlow:
         """The book path of a whole run (or `--only source` with `record` False)."""
         s = self.settings
         positions = self._positions(s.symbols)
-        self.ingest.set_book_start(positions)
+        self.ingest.set_book_start({symbol: seq for symbol, (_, seq) in positions.items()})
         if features is not None:
             self.ingest.book_handlers.append(features)
         if s.zmq_enabled:
@@ -98,21 +100,22 @@ class BookFlow:
             except BusError as exc:  # the book degrades alone: the ticks' bus and the recorder go on
                 self.degraded.append(f"book bus unavailable ({exc})")
                 log.error("%s: the book is recorded in-process", self.degraded[-1])
+            else:
+                for symbol, (frame, _) in positions.items():
+                    self.publisher.framer.start(book_topic(symbol).encode(), frame)
             self.ingest.book_publisher = self.publisher
         if not record or self.store is None:
             return
         self.recorder = self._recorder(self.store)
         if self.publisher is None:
-            ingest, recorder = self.ingest, self.recorder
-            self.ingest.book_handlers.append(
-                lambda b: recorder.submit_batch(b, ingest.book_frame[b[0].symbol])
-            )
+            self.ingest.book_handlers.append(self.recorder.submit_batch)
             self._run_recorder(None)
             return
         self.subscriber = Subscriber(
             endpoint("127.0.0.1", self.publisher.port),
             ["book_"],
             replay=self.publisher.replay_endpoint,
+            rcvhwm=FRAME_HWM,
             curve=client_keys,
             ordered=False,
         )
@@ -125,10 +128,11 @@ class BookFlow:
     def _bind(self, keys: ServerKeys | None) -> Publisher:
         s = self.settings
         if self.private_bus:
-            return Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*")
+            return Publisher("tcp://127.0.0.1:*", replay_bind="tcp://127.0.0.1:*", sndhwm=FRAME_HWM)
         return Publisher(
             endpoint(s.zmq_host, s.zmq_book_port),
             replay_bind=endpoint(s.zmq_host, s.zmq_book_replay_port),
+            sndhwm=FRAME_HWM,
             curve=keys,
             allow_insecure=s.zmq_allow_insecure,
         )
@@ -147,6 +151,7 @@ class BookFlow:
             endpoint(host, s.zmq_book_port),
             [book_topic(sym) for sym in symbols] if shard else ["book_"],
             replay=endpoint(host, s.zmq_book_replay_port),
+            rcvhwm=FRAME_HWM,
             curve=client_keys,
             exact=shard,
             ordered=False,
@@ -156,14 +161,14 @@ class BookFlow:
         self._run_recorder(self.subscriber)
 
     def unstored(self) -> int:
-        """Book batches this run produced that the recorder has not confirmed yet."""
+        """Book updates this run produced that the recorder has not confirmed yet."""
         if self.recorder is None:
             return 0
-        done = self.recorder.stats.last_frame
-        return sum(max(0, n - done.get(book_topic(s), 0)) for s, n in self.ingest.produced_book().items())
+        done = self.recorder.stats.last_seq
+        return sum(max(0, n - done.get(s, 0)) for s, n in self.ingest.produced_book().items())
 
     def stop(self) -> bool:
-        """Drain: the publisher, then the recorder up to every frame produced; then close. True when
+        """Drain: the publisher, then the recorder up to every update produced; then close. True when
         everything produced is in Valkey."""
         drained = True
         if self.publisher is not None:

@@ -7,10 +7,10 @@ in-process handlers (the core flow, which works with ZeroMQ and Valkey off), and
 the publisher. It never raises into the source: a
 failing handler is logged and counted, and the other handlers and the publisher still get the tick.
 
-A book batch gets two numbers, both per symbol and continuing across runs (`set_book_start`): each
-update its `seq` (consecutive: the store's idempotency and gap checks follow them), and the batch a
-frame number, the `seq` of its `BookFrame` on the book publisher (`book_{SYMBOL}`), which the bus's
-ring, heartbeats and gap filling follow as they follow a tick's.
+A book batch's updates get their `seq`, per symbol, consecutive and continuing across runs
+(`set_book_start`): the store's idempotency and gap checks follow them. The batch is queued as it is
+for the book publisher, which joins the batches queued together into one `BookFrame` and numbers the
+frames (`bus.book_framing`): the numbers the bus's ring, heartbeats and gap filling follow.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from tickvault.bus.publisher import Publisher
-from tickvault.domain.book import BookBatch, BookFrame, BookKind, BookUpdate
+from tickvault.domain.book import BookBatch
 from tickvault.domain.events import Tick
 from tickvault.domain.keys import book_topic, tick_topic
 
@@ -62,7 +62,7 @@ class Ingest:
         self.book_publisher: Publisher | None = None
         self.book_handlers: list[BookHandler] = []
         self.book_seq: dict[str, int] = {}  # symbol -> last update seq
-        self.book_frame: dict[str, int] = {}  # symbol -> last frame number
+        self._book_topics: dict[str, str] = {}
 
     def set_start_seq(self, start_seq: dict[str, int]) -> None:
         """Continue numbering after `start_seq[symbol]` (call before the first tick of that symbol)."""
@@ -77,42 +77,41 @@ class Ingest:
     def add_handler(self, handler: TickHandler) -> None:
         self.handlers.append(handler)
 
-    def set_book_start(self, start: dict[str, tuple[int, int]]) -> None:
-        """Continue book numbering after `start[symbol] = (last frame, last update seq)` stored."""
-        for symbol, (frame, seq) in start.items():
-            self.book_frame[symbol] = frame
-            self.book_seq[symbol] = seq
+    def set_book_start(self, start: dict[str, int]) -> None:
+        """Continue book numbering after `start[symbol]`, the last update seq stored."""
+        self.book_seq.update(start)
 
     def produced_book(self) -> dict[str, int]:
-        """Last frame number of each symbol that produced book batches in this run."""
-        return {s: n for s, n in self.book_frame.items() if self.stats.book_batches[s]}
+        """Last update seq of each symbol that produced book batches in this run."""
+        return {s: n for s, n in self.book_seq.items() if self.stats.book_batches[s]}
 
     def on_book(self, batch: BookBatch) -> None:
-        """Number one batch (its updates' seqs in place, its frame), hand it to the book handlers,
-        queue its frame for the book publisher. Never raises into the source."""
+        """Number one batch's updates (their seqs, in place), hand it to the book handlers, queue it
+        for the book publisher. Never raises into the source."""
         if not batch:
             self.stats.book_empty += 1
             return
         symbol = batch[0].symbol
         seq = self.book_seq.get(symbol, 0)
+        stamp = msgspec.structs.force_setattr
         for event in batch:  # ingest owns the events handed to it, as it owns ticks
             seq += 1
-            msgspec.structs.force_setattr(event, "seq", seq)
+            stamp(event, "seq", seq)
         self.book_seq[symbol] = seq
-        frame = self.book_frame[symbol] = self.book_frame.get(symbol, 0) + 1
-        self.stats.book_updates[symbol] += len(batch)
-        self.stats.book_batches[symbol] += 1
+        stats = self.stats
+        stats.book_updates[symbol] += len(batch)
+        stats.book_batches[symbol] += 1
         for handler in self.book_handlers:
             try:
                 handler(batch)
             except Exception:
-                self.stats.handler_errors += 1
+                stats.handler_errors += 1
                 log.exception("book handler %r failed", handler)
         if self.book_publisher is not None:
-            kind: BookKind = "mbp" if type(batch[0]) is BookUpdate else "mbo"
-            self.book_publisher.publish(
-                book_topic(symbol), BookFrame(seq=frame, symbol=symbol, kind=kind, events=batch)
-            )
+            topic = self._book_topics.get(symbol)
+            if topic is None:
+                topic = self._book_topics[symbol] = book_topic(symbol)
+            self.book_publisher.publish(topic, batch)
 
     def on_tick(self, tick: Tick) -> None:
         counter = self._seq.get(tick.symbol)

@@ -5,7 +5,7 @@ XPUB (wire-compatible with PUB) lets it see subscriptions arrive: a component wa
 subscriber before the source starts instead of sleeping out the slow joiner. `publish` only appends
 to a queue, so the caller (a source callback) never blocks on the network and never sees a socket
 error. A replay ring answers subscribers that missed messages; heartbeats carry each topic's newest
-sequence number.
+sequence number. Book batches queued together become one frame (`book_framing`), numbered here.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import Any
 import msgspec
 import zmq
 
+from tickvault.bus.book_framing import BookFramer, Message
 from tickvault.bus.curve import ServerKeys, as_server, is_loopback
 from tickvault.bus.envelope import HEARTBEAT_PREFIX, seq_of
-from tickvault.bus.ring import DEFAULT_RING, Ring
+from tickvault.bus.ring import DEFAULT_RING, DEFAULT_RING_BYTES, Ring
 from tickvault.bus.spool import Spool
-from tickvault.domain.events import encode
+from tickvault.domain.book import BookBatch
 from tickvault.errors import BusError, InsecureBind
 
 log = logging.getLogger("tickvault.bus")
@@ -39,6 +40,7 @@ _pair_decoder = msgspec.msgpack.Decoder(tuple[bytes, bytes])  # spooled [topic, 
 SNDHWM = 1_000_000
 MAX_QUEUE = 1_000_000
 HEARTBEAT_S = 0.5
+SEND_ROUND = 1024  # queued messages taken at once by the socket thread
 BIND_RETRY_S = 1.0  # a port taken at start is tried again this often (it may free up)
 
 
@@ -60,6 +62,7 @@ class Publisher:
         *,
         replay_bind: str | None = None,
         ring_size: int = DEFAULT_RING,
+        ring_bytes: int = DEFAULT_RING_BYTES,
         sndhwm: int = SNDHWM,
         max_queue: int = MAX_QUEUE,
         spool_path: Path | None = None,
@@ -85,7 +88,8 @@ class Publisher:
             max_memory=max_queue,
         )
         self._context = context or zmq.Context.instance()
-        self._queue: collections.deque[tuple[bytes, msgspec.Struct | bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[bytes, msgspec.Struct | bytes | BookBatch]] = collections.deque()
+        self.framer = BookFramer()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._idle = False
@@ -107,7 +111,7 @@ class Publisher:
             os.close(self._wake_w)
             raise BusError(f"cannot bind {bind}: {exc}") from None
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.ring = Ring(ring_size)
+        self.ring = Ring(ring_size, ring_bytes)
         self._last_heartbeat = 0.0
         self.replay_endpoint: str | None = None
         self._replay: zmq.Socket[Any] | None = None
@@ -132,9 +136,9 @@ class Publisher:
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
 
-    def publish(self, topic: str, event: msgspec.Struct | bytes) -> None:
-        """Queue one message (an event, a book frame, or its JSON); never blocks, never raises (the
-        caller may be a market-data callback)."""
+    def publish(self, topic: str, event: msgspec.Struct | bytes | BookBatch) -> None:
+        """Queue one message (an event, its JSON, or a book batch: framed and numbered when sent, see
+        `book_framing`); never blocks, never raises (the caller may be a market-data callback)."""
         self._queue.append((topic.encode(), event))
         if self._idle:
             try:  # noqa: SIM105 - a bare try is cheaper than contextlib.suppress on this hot path
@@ -221,24 +225,21 @@ class Publisher:
         queue, spool = self._queue, self._spool
         if spool is None or len(queue) <= self.max_queue:
             return
-        moved = []
-        while len(queue) > self.max_queue // 2:
-            topic, event = queue.popleft()
-            moved.append((topic, event if isinstance(event, bytes) else encode(event)))
+        items = [queue.popleft() for _ in range(len(queue) - self.max_queue // 2)]
+        moved = [(topic, payload) for topic, payload, _ in self.framer.messages(items)]
         spool.extend(moved)
-        self.stats.overflowed += len(moved)
+        self.stats.overflowed += len(items)
 
-    def _next(self) -> tuple[bytes, bytes, int] | None:
-        """The oldest message: the spool's first (it holds older ones), else the queue's."""
+    def _take(self) -> list[Message]:
+        """The oldest messages: the spool's (it holds older ones), else everything queued now (up to
+        SEND_ROUND), book batches joined into frames."""
         if self._spool is not None and len(self._spool):
-            topic, payload = self._spool.take(1)[0]
-            return topic, payload, seq_of(payload)
-        if not self._queue:
-            return None
-        topic, event = self._queue.popleft()
-        if isinstance(event, bytes):
-            return topic, event, seq_of(event)
-        return topic, encode(event), getattr(event, "seq", 0)
+            return [(topic, payload, seq_of(payload)) for topic, payload in self._spool.take(SEND_ROUND)]
+        queue = self._queue
+        if not queue:
+            return []
+        popleft = queue.popleft
+        return self.framer.messages([popleft() for _ in range(min(len(queue), SEND_ROUND))])
 
     def _drain(self) -> None:
         # two plain sends: 0.7 µs a message; send_multipart(copy=False) builds a tracked Frame per
@@ -247,23 +248,23 @@ class Publisher:
         sent = 0
         ring = self.ring
         while True:
-            if sent % 256 == 0:
-                self._overflow()
-            item = self._next()
-            if item is None:
+            self._overflow()
+            messages = self._take()
+            if not messages:
                 return
-            topic, payload, seq = item
-            try:
-                send(topic, more)
-                send(payload)
-                self.stats.published += 1
-            except zmq.ZMQError as exc:
-                self.stats.send_errors += 1
-                log.error("publish on %s failed: %s", self.endpoint, exc)
-            if seq:
-                ring.append(topic, seq, payload)
-            sent += 1
-            if sent % 1024 == 0:
+            for topic, payload, seq in messages:
+                try:
+                    send(topic, more)
+                    send(payload)
+                    self.stats.published += 1
+                except zmq.ZMQError as exc:
+                    self.stats.send_errors += 1
+                    log.error("publish on %s failed: %s", self.endpoint, exc)
+                if seq:
+                    ring.append(topic, seq, payload)
+            sent += len(messages)
+            if sent >= SEND_ROUND:
+                sent = 0
                 if self._socket.poll(0, zmq.POLLIN):
                     self._read_subscriptions()
                 if self._replay is not None and self._replay.poll(0, zmq.POLLIN):

@@ -24,7 +24,9 @@ import zmq
 log = logging.getLogger("tickvault.ring")
 
 MAX_REPLY = 10_000  # messages per reply; a client asks again for the rest
+MAX_REPLY_BYTES = 16 << 20  # ... and about this much payload at most (the first message always)
 DEFAULT_RING = 100_000  # messages kept per topic
+DEFAULT_RING_BYTES = 64 << 20  # payload bytes kept per topic: a book frame may hold many batches
 
 
 class ReplayRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -42,53 +44,70 @@ class ReplayHeader(msgspec.Struct):
 
 
 class _TopicRing:
-    """Fixed-capacity circular buffer of (seq -> payload) with contiguous sequence numbers."""
+    """Fixed-capacity circular buffer of (seq -> payload) with contiguous sequence numbers, holding at
+    most `max_bytes` of payload (the newest message always)."""
 
-    __slots__ = ("capacity", "items", "first_seq", "size", "start")
+    __slots__ = ("capacity", "max_bytes", "items", "first_seq", "size", "start", "bytes")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.items: list[bytes | None] = [None] * capacity
         self.first_seq = 0
         self.size = 0
         self.start = 0
+        self.bytes = 0
 
     def append(self, seq: int, payload: bytes) -> None:
         if self.size and seq != self.first_seq + self.size:
             self.size = 0  # a jump (publisher restarted its numbering): start over
         if self.size == 0:
-            self.first_seq, self.start = seq, 0
-        if self.size < self.capacity:
-            self.items[(self.start + self.size) % self.capacity] = payload
-            self.size += 1
-        else:
-            self.items[self.start] = payload
-            self.start = (self.start + 1) % self.capacity
-            self.first_seq += 1
+            self.first_seq, self.start, self.bytes = seq, 0, 0
+        if self.size == self.capacity:
+            self._drop_oldest()
+        self.items[(self.start + self.size) % self.capacity] = payload
+        self.size += 1
+        self.bytes += len(payload)
+        while self.bytes > self.max_bytes and self.size > 1:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        item = self.items[self.start]
+        self.bytes -= len(item) if item is not None else 0
+        self.items[self.start] = None
+        self.start = (self.start + 1) % self.capacity
+        self.first_seq += 1
+        self.size -= 1
 
     def read(self, first: int, last: int, limit: int) -> tuple[int, list[bytes]]:
         newest = self.first_seq + self.size - 1
         begin = max(first, self.first_seq)
         end = min(last, newest, begin + limit - 1)
-        out = []
+        out: list[bytes] = []
+        size = 0
         for seq in range(begin, end + 1):
             item = self.items[(self.start + seq - self.first_seq) % self.capacity]
             assert item is not None
+            if out and size + len(item) > MAX_REPLY_BYTES:
+                break
             out.append(item)
+            size += len(item)
         return begin, out
 
 
 class Ring:
     """The publisher's memory of recent messages, per topic."""
 
-    def __init__(self, capacity: int = DEFAULT_RING) -> None:
+    def __init__(self, capacity: int = DEFAULT_RING, max_bytes: int = DEFAULT_RING_BYTES) -> None:
+        """Per topic the newest `capacity` messages, at most `max_bytes` of payload."""
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._topics: dict[bytes, _TopicRing] = {}
 
     def append(self, topic: bytes, seq: int, payload: bytes) -> None:
         ring = self._topics.get(topic)
         if ring is None:
-            ring = self._topics[topic] = _TopicRing(self.capacity)
+            ring = self._topics[topic] = _TopicRing(self.capacity, self.max_bytes)
         ring.append(seq, payload)
 
     def newest(self) -> dict[bytes, int]:

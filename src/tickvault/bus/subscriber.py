@@ -144,14 +144,19 @@ class Subscriber:
         self.stats.last_seq.update(last_seq)
 
     def receive(
-        self, timeout_ms: int = 100, max_messages: int = 5000, linger_ms: float = 0
+        self,
+        timeout_ms: int = 100,
+        max_messages: int = 5000,
+        linger_ms: float = 0,
+        max_bytes: int | None = None,
     ) -> list[list[bytes]]:
-        """Wait up to `timeout_ms` for a message, then take what is queued (up to `max_messages`),
-        waiting up to `linger_ms` more for stragglers: a batch consumer (the recorder) trades a
-        millisecond of latency for batches large enough to amortise its per-batch costs."""
+        """Wait up to `timeout_ms` for a message, then take what is queued (up to `max_messages`, and
+        no more once `max_bytes` of payload are in), waiting up to `linger_ms` more for stragglers: a
+        batch consumer (the recorder) trades a millisecond of latency for batches large enough to
+        amortise its per-batch costs."""
         if not self._socket.poll(timeout_ms, zmq.POLLIN):
             return []
-        messages = self._read(max_messages, linger_ms)
+        messages = self._read(max_messages, linger_ms, max_bytes)
         self.stats.received += len(messages)
         if self._only is not None:  # other topics that share a subscribed prefix
             only = self._only
@@ -176,12 +181,13 @@ class Subscriber:
                 self._hint(*beat, out)
         return out
 
-    def _read(self, max_messages: int, linger_ms: float) -> list[list[bytes]]:
+    def _read(self, max_messages: int, linger_ms: float, max_bytes: int | None) -> list[list[bytes]]:
         out: list[list[bytes]] = []
         sock = self._socket
         recv, more = sock.recv, sock.getsockopt
         until = time.monotonic() + linger_ms / 1000
-        while len(out) < max_messages:
+        budget = max_bytes if max_bytes is not None else 1 << 62
+        while len(out) < max_messages and budget > 0:
             # recv + RCVMORE by hand: pyzmq's recv_multipart costs ~3 µs more per message
             try:
                 frames = [recv(zmq.NOBLOCK)]
@@ -192,6 +198,7 @@ class Subscriber:
                 continue
             while more(zmq.RCVMORE):
                 frames.append(recv())  # the rest of a message is already here
+            budget -= len(frames[-1])
             out.append(frames)
         return out
 

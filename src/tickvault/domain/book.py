@@ -166,17 +166,20 @@ class BookBatch(tuple[BookEvent, ...]):
 
 
 class BookFrame(msgspec.Struct, frozen=True, kw_only=True):
-    """One batch on the bus: the JSON payload of a `book_{SYMBOL}` frame on ZMQ_BOOK_PORT,
+    """Book batches on the bus: the JSON payload of a `book_{SYMBOL}` frame on ZMQ_BOOK_PORT,
 
         {"seq": 812, "symbol": "WDOFUT", "kind": "mbo", "events": [{...}, ...]}
 
-    `events` are one exchange message's updates (`BookUpdate` for "mbp", `OrderUpdate` for "mbo"),
-    each as the JSON codec writes it, the last flagged LAST. Two numbers, both per symbol, both
-    contiguous and continuing across runs: the frame's `seq` counts frames (batches) of the topic,
-    as a tick frame's seq counts ticks, and is what the bus's replay ring, heartbeats and gap
-    filling follow; each event's `seq` counts updates, so a frame's events carry consecutive seqs
-    and the next frame's first is one past its last. A store or reader checks the updates' seqs; a
-    subscriber needs only the frames'."""
+    `events` are one or more whole batches (exchange messages) of updates, in order (`BookUpdate`
+    for "mbp", `OrderUpdate` for "mbo"), each as the JSON codec writes it; each batch ends with its
+    event flagged LAST, so the frame's last event is flagged LAST and a batch is never split across
+    frames. The publisher puts the batches queued together into one frame (never waiting for more):
+    a slow flow sends one batch a frame, a fast one many. Two numbers, both per symbol, both
+    contiguous and continuing across runs: the frame's `seq` counts frames of the topic, as a tick
+    frame's seq counts ticks, and is what the bus's replay ring, heartbeats and gap filling follow;
+    each event's `seq` counts updates, so a frame's events carry consecutive seqs and the next
+    frame's first is one past its last. A store or reader checks the updates' seqs; a subscriber
+    needs only the frames'."""
 
     seq: int
     symbol: str

@@ -1,25 +1,31 @@
-"""Book frames from the bus, validated whole, then as columns: the recorder's path for the order book.
+"""Book frames from the bus, validated, then as columns: the recorder's path for the order book.
 
-A frame (`domain.book.BookFrame`) is one batch: `{"seq", "symbol", "kind", "events": [...]}`. msgspec
-decodes it into `MbpFrame` or `MboFrame` (tagged by `kind`), checking in C what types can say (known
-sides and actions, non-negative sizes, ids and times, flags 0..3, an MBP event carrying no order id
-nor an MBO one a level count). The rest is checked for the whole received batch at once with numpy
-and pyarrow: every rule of `domain.book` (`BookUpdate`, `OrderUpdate`: a finite price, positive
-where it names a level or an order, side "none" for a clear only, timestamp text and ms agreeing),
-and what makes a frame one batch: events of the frame's symbol and topic, numbered consecutively
-from 1 up, LAST on the last event only, SNAPSHOT on all or none, a snapshot opening with a clear of
-the whole book. A frame that breaks any rule is rejected whole with the field and the reason; the
-frames around it go on.
+A frame (`domain.book.BookFrame`) holds one or more whole batches: `{"seq", "symbol", "kind",
+"events": [...]}`, each batch ending with its LAST event. msgspec decodes it into `MbpFrame` or
+`MboFrame` (tagged by `kind`), checking in C what the schema says (field names and JSON types, an MBP
+event carrying no order id nor an MBO one a level count, numbers that fit 64 bits). Everything else
+is checked for the whole received batch of frames at once with numpy and pyarrow: every rule of
+`domain.book` (`BookUpdate`, `OrderUpdate`: known sides and actions, non-negative sizes, ids and
+times, flags 0..3, a finite price, positive where it names a level or an order, side "none" for a
+clear only, timestamp text and ms agreeing), and what makes a frame whole batches: events numbered
+consecutively from 1 up, LAST on the frame's last event (a batch is never split across frames),
+SNAPSHOT on all of a batch or none, a snapshot opening with a clear of the whole book.
+
+Two levels of rejection, each with the field and the reason, counted and dead-lettered by the
+recorder: a frame that does not decode, or whose symbol or topic is wrong, is rejected whole (its
+number counts for nothing); a batch that breaks a value rule is rejected alone, the frame's other
+batches are kept (and the frame's number counts). The frames around a bad one go on.
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 import numpy as np
@@ -29,6 +35,7 @@ import pyarrow.compute as pc
 from tickvault.domain.book import (
     ACTION_CODES,
     CLEAR,
+    COLUMN_NAMES,
     DELETE,
     LAST,
     NO_SIDE,
@@ -39,50 +46,49 @@ from tickvault.domain.book import (
 )
 from tickvault.domain.events import data_error, to_ms, validate_symbol
 from tickvault.domain.keys import book_topic
-from tickvault.domain.tick_schema import NonNegativeFloat, NonNegativeInt, TimeText
+from tickvault.domain.tick_schema import NonNegativeInt
 from tickvault.errors import DataError
 from tickvault.store.book_writer import BookPart
 
-Numbered = Annotated[int, msgspec.Meta(ge=1)]
-Flags = Annotated[int, msgspec.Meta(ge=0, le=3)]
-Side = Literal["bid", "ask", "none"]
-Action = Literal["add", "update", "delete", "clear"]
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # what a column holds
 
 
-class LevelWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+# The wire types check the schema (names, types); the values are checked column-wise, batch by batch
+# (`_Batch._rules`). gc=False: scalar fields only, so no cycles, and no collector passes over them.
+class LevelWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, gc=False):
     """An MBP event (`BookUpdate`) as the bus carries it (`order_id`, `agent`: 0, the columns')."""
 
     symbol: str
-    timestamp: TimeText
-    timestamp_ms: int
-    side: Side
-    price: NonNegativeFloat
-    quantity: NonNegativeInt
-    orders: NonNegativeInt = 0
-    action: Action = "update"
-    received_ms: NonNegativeInt = 0
-    seq: Numbered
-    flags: Flags = 0
+    timestamp: str
+    timestamp_ms: Int64
+    side: str
+    price: float
+    quantity: Int64
+    orders: Int64 = 0
+    action: str = "update"
+    received_ms: Int64 = 0
+    seq: Int64
+    flags: Int64 = 0
 
     order_id: ClassVar[int] = 0
     agent: ClassVar[int] = 0
 
 
-class OrderWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+class OrderWire(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True, gc=False):
     """An MBO event (`OrderUpdate`) as the bus carries it."""
 
     symbol: str
-    timestamp: TimeText
-    timestamp_ms: int
-    side: Side
-    price: NonNegativeFloat
-    quantity: NonNegativeInt
-    order_id: NonNegativeInt
-    agent: NonNegativeInt = 0
-    action: Action = "add"
-    received_ms: NonNegativeInt = 0
-    seq: Numbered
-    flags: Flags = 0
+    timestamp: str
+    timestamp_ms: Int64
+    side: str
+    price: float
+    quantity: Int64
+    order_id: Int64
+    agent: Int64 = 0
+    action: str = "add"
+    received_ms: Int64 = 0
+    seq: Int64
+    flags: Int64 = 0
 
     orders: ClassVar[int] = 0
 
@@ -130,9 +136,9 @@ class RejectedFrame:
 
 @dataclass
 class DecodedFrames:
-    frames: list[FrameWire] = field(default_factory=list)  # the valid ones, in the order received
-    parts: list[BookPart] = field(default_factory=list)  # their updates as columns, one part per symbol
-    rejected: list[RejectedFrame] = field(default_factory=list)
+    frames: list[FrameWire] = field(default_factory=list)  # those with a batch kept, in the order received
+    parts: list[BookPart] = field(default_factory=list)  # their valid batches as columns, one part per symbol
+    rejected: list[RejectedFrame] = field(default_factory=list)  # a bad frame, or a bad batch of one
 
 
 def _decode_one(message: Sequence[bytes]) -> FrameWire:
@@ -147,7 +153,8 @@ def _decode_one(message: Sequence[bytes]) -> FrameWire:
 
 
 def decode_book_frames(messages: Sequence[Sequence[bytes]]) -> DecodedFrames:
-    """Validate a batch of `[topic, payload]` book messages; bad ones come back in `rejected`."""
+    """Validate a batch of `[topic, payload]` book messages; bad frames and bad batches come back in
+    `rejected`."""
     out = DecodedFrames()
     wires: list[FrameWire | None]
     try:  # the common case, every frame well-formed, decodes in one C call
@@ -169,9 +176,16 @@ def decode_book_frames(messages: Sequence[Sequence[bytes]]) -> DecodedFrames:
     return out
 
 
-_ROW: tuple[str, ...] = ("symbol", "timestamp", "timestamp_ms", "side", "price", "quantity", "orders")
-_ROW += ("order_id", "agent", "action", "received_ms", "seq", "flags")
-_row = operator.attrgetter(*_ROW)
+_INTS = ("timestamp_ms", "received_ms", "seq", "quantity", "orders", "order_id", "agent", "flags")
+_TEXTS = ("symbol", "timestamp", "side", "action")
+_NUMBERS = np.dtype([("price", np.float64), *((name, np.int64) for name in _INTS)])
+_numbers = operator.attrgetter("price", *_INTS)  # one tuple per event, read by numpy in C
+_NOT_NEGATIVE = ("quantity", "orders", "order_id", "agent", "received_ms")
+
+
+def _codes(values: list[str], codes: Mapping[Any, int]) -> np.ndarray:
+    """Integer codes of side or action names, -1 for an unknown name."""
+    return np.fromiter(map(codes.get, values, itertools.repeat(-1)), np.int8, len(values))
 
 
 class _Batch:
@@ -179,7 +193,7 @@ class _Batch:
 
     def __init__(self, messages: Sequence[Sequence[bytes]], wires: list[FrameWire | None]) -> None:
         self.messages, self.wires = messages, wires
-        self.errors: dict[int, DataError] = {}
+        self.errors: dict[int, DataError] = {}  # frame (message index) -> why it is rejected whole
 
     def _frames(self) -> None:
         """The frames whose frame-level fields hold (symbol, topic), with their events in one list;
@@ -248,91 +262,120 @@ class _Batch:
 
     def check(self, out: DecodedFrames) -> None:
         self._frames()
+        kept: set[int] = set()
         if self.events:
-            self._rules(out)
+            kept = self._rules(out)
         for i, wire in enumerate(self.wires):
             if wire is None:
                 continue
             if i in self.errors:
                 out.rejected.append(RejectedFrame(i, self.errors[i], self.messages[i]))
-            else:
+            elif i in kept:
                 out.frames.append(wire)
 
-    def _rules(self, out: DecodedFrames) -> None:
-        n = len(self.events)
-        got = dict(zip(_ROW, zip(*map(_row, self.events), strict=True), strict=True))  # one pass
+    def _rules(self, out: DecodedFrames) -> set[int]:
+        """Every value rule, column-wise; a batch that breaks one is rejected (the first broken rule
+        named), the other batches of its frame are kept. Returns the frames with a batch kept."""
+        events = self.events
+        n = len(events)
+        got: dict[str, list[Any]] = {name: list(map(operator.attrgetter(name), events)) for name in _TEXTS}
+        numbers = np.fromiter(map(_numbers, events), _NUMBERS, n)
+        columns: dict[str, np.ndarray] = {name: numbers[name].copy() for name in _INTS}
         sizes = self.sizes
         at = np.repeat(np.array(self.keep, np.int64), sizes)  # per event: its message
         frame_group = np.array(self.group, np.int64)
         event_group = np.repeat(frame_group, sizes)
-        frame_symbol = np.array([symbol for symbol, _ in self.groups], dtype=object)[event_group]
-        side = np.fromiter(map(SIDE_CODES.__getitem__, got["side"]), np.int8, n)
-        action = np.fromiter(map(ACTION_CODES.__getitem__, got["action"]), np.int8, n)
-        price_a, seq_a = np.array(got["price"], np.float64), np.array(got["seq"], np.int64)
-        flags_a = np.array(got["flags"], np.int64)
+        side, action = _codes(got["side"], SIDE_CODES), _codes(got["action"], ACTION_CODES)
+        price, seq, flags = numbers["price"].copy(), columns["seq"], columns["flags"]
         is_mbo = np.array([mbo for _, mbo in self.groups], bool)[event_group]
-        first = np.r_[True, at[1:] != at[:-1]]  # an event that opens its frame
-        last = np.r_[at[1:] != at[:-1], True]
+        frame_first = np.r_[True, at[1:] != at[:-1]]  # an event that opens its frame
+        frame_last = np.r_[at[1:] != at[:-1], True]
+        is_last = (flags & LAST) > 0
+        batch_first = frame_first | np.r_[False, is_last[:-1]]  # a batch ends with its LAST event
+        batch_of = np.cumsum(batch_first) - 1
         priced = np.where(is_mbo, (action != DELETE) & (action != CLEAR), action != CLEAR)
-        snapshot = (flags_a & SNAPSHOT) > 0
-        frame_of = np.cumsum(first) - 1
-        snap_any = np.bincount(frame_of, weights=snapshot)[frame_of] > 0
+        snapshot = (flags & SNAPSHOT) > 0
+        snap_any = np.bincount(batch_of, weights=snapshot)[batch_of] > 0
+        if len(self.groups) == 1 and got["symbol"].count(self.groups[0][0]) == n:
+            other_symbol = np.zeros(n, bool)
+        else:
+            frame_symbol = np.array([symbol for symbol, _ in self.groups], dtype=object)[event_group]
+            other_symbol = np.array(got["symbol"], dtype=object) != frame_symbol
         rules: list[tuple[np.ndarray, str, str]] = [
-            (
-                np.array(got["symbol"], dtype=object) != frame_symbol,
-                "symbol",
-                "an event of another symbol than its frame's",
-            ),
-            (~np.isfinite(price_a), "price", "must be a finite number"),
-            (priced & (price_a <= 0), "price", "must be positive for a level or a resting order"),
+            (other_symbol, "symbol", "an event of another symbol than its frame's"),
+            (side < 0, "side", "must be bid, ask, or none for a clear"),
+            (action < 0, "action", "must be add, update, delete or clear"),
+            (~np.isfinite(price), "price", "must be a finite number"),
+            (price < 0, "price", "must not be negative"),
+            (priced & (price <= 0), "price", "must be positive for a level or a resting order"),
+            *((columns[name] < 0, name, "must not be negative") for name in _NOT_NEGATIVE),
+            (seq < 1, "seq", "must be 1 or more"),
+            ((flags < 0) | (flags > LAST | SNAPSHOT), "flags", "unknown bits (LAST=1, SNAPSHOT=2)"),
             (
                 (side == NO_SIDE) & (action != CLEAR),
                 "side",
                 "must be bid or ask ('none' is for a clear only)",
             ),
             (
-                ~first & (seq_a != np.r_[0, seq_a[:-1]] + 1),
+                ~frame_first & (seq != np.r_[0, seq[:-1]] + 1),
                 "seq",
                 "events of a frame must be numbered consecutively",
             ),
             (
-                ~last & ((flags_a & LAST) > 0),
+                frame_last & ~is_last,
                 "flags",
-                "LAST before the end of a frame (one frame is one batch)",
+                "the last event of a frame must be flagged LAST (a batch is never split across frames)",
             ),
-            (last & ((flags_a & LAST) == 0), "flags", "the last event of a frame must be flagged LAST"),
-            (snap_any & ~snapshot, "flags", "SNAPSHOT on some events of a frame but not all"),
+            (snap_any & ~snapshot, "flags", "SNAPSHOT on some events of a batch but not all"),
             (
-                first & snapshot & ((action != CLEAR) | (side != NO_SIDE)),
+                batch_first & snapshot & ((action != CLEAR) | (side != NO_SIDE)),
                 "flags",
                 "a snapshot must open with a clear of the whole book",
             ),
         ]
-        errors = self.errors
-        for bad, name, reason in rules:
-            for k in np.flatnonzero(bad).tolist():
-                errors.setdefault(int(at[k]), DataError(name, reason))
-        ms = np.array(got["timestamp_ms"], np.int64)
+        bad: dict[int, tuple[int, DataError]] = {}  # batch -> (an event of it, the first rule it broke)
+        for broken, name, reason in rules:
+            for k in np.flatnonzero(broken).tolist():
+                bad.setdefault(int(batch_of[k]), (k, DataError(name, reason)))
+        ms = columns["timestamp_ms"]
         for k, error in _time_mismatches(got["timestamp"], ms).items():
-            errors.setdefault(int(at[k]), error)
-        valid = np.ones(n, bool) if not errors else ~np.isin(at, list(errors))
-        columns: dict[str, np.ndarray] = {
-            name: np.array(got[name], np.int64)
-            for name in ("received_ms", "quantity", "orders", "order_id", "agent")
-        }
-        columns.update(timestamp_ms=ms, seq=seq_a, side=side, price=price_a, action=action, flags=flags_a)
-        # one part per (symbol, kind) of the valid frames, in the order first seen
-        frame_ok = (
-            np.array([i not in errors for i in self.keep], bool) if errors else np.ones(len(self.keep), bool)
-        )
+            bad.setdefault(int(batch_of[k]), (k, error))
+        valid = np.ones(n, bool)
+        if bad:
+            valid = ~np.isin(batch_of, list(bad))
+            self._reject_batches(bad, at, batch_of, batch_first, out)
+        columns.update(side=side, price=price, action=action)
+        # one part per (symbol, kind) of the valid batches, in the order first seen
+        frame_kept = np.ones(len(self.keep), bool)
+        if bad:
+            frame_kept = np.isin(np.array(self.keep, np.int64), np.unique(at[valid]))
         frame_seq = np.array(self.seqs, np.int64)
         for k, (name, mbo) in enumerate(self.groups):
             rows = valid & (event_group == k) if len(self.groups) > 1 else valid
             if not rows.any():
                 continue
             take = rows if not rows.all() else slice(None)
-            cols = BookColumns(name, "mbo" if mbo else "mbp", **{c: v[take] for c, v in columns.items()})
-            out.parts.append(BookPart(cols, int(frame_seq[frame_ok & (frame_group == k)].max())))
+            cols = BookColumns(name, "mbo" if mbo else "mbp", **{c: columns[c][take] for c in COLUMN_NAMES})
+            out.parts.append(BookPart(cols, int(frame_seq[frame_kept & (frame_group == k)].max())))
+        return set(np.array(self.keep, np.int64)[frame_kept].tolist())
+
+    def _reject_batches(
+        self,
+        bad: dict[int, tuple[int, DataError]],
+        at: np.ndarray,
+        batch_of: np.ndarray,
+        batch_first: np.ndarray,
+        out: DecodedFrames,
+    ) -> None:
+        """A rejection per bad batch, naming the batch when its frame holds several."""
+        frame_batches = np.bincount(at, weights=batch_first)  # per message index: its batches
+        for batch, (k, error) in sorted(bad.items()):
+            i = int(at[k])
+            count = int(frame_batches[i])
+            if count > 1:
+                number = batch - int(batch_of[np.searchsorted(at, i)]) + 1
+                error = DataError(error.field, f"{error.reason} (batch {number} of the frame's {count})")
+            out.rejected.append(RejectedFrame(i, error, self.messages[i]))
 
 
 def _time_mismatches(texts: Sequence[str], millis: np.ndarray) -> dict[int, DataError]:

@@ -1,8 +1,9 @@
 """The order book's recorder: book frames from the bus (or batches handed in-process) into Valkey.
 
 It keeps the tick recorder's guarantees with the same mechanisms, for frames instead of ticks: a
-receiver thread validates frames (`book_frames`; a bad one is rejected whole, counted by reason,
-dead-lettered, and its numbers count for nothing), hands the valid frames' numbers to the
+receiver thread validates frames (`book_frames`; a bad batch is rejected, counted by reason and
+dead-lettered, the frame's other batches kept; a frame none of whose batches is kept counts for
+nothing, its number included), hands the numbers of the frames kept to the
 Subscriber (`ordered=False`: gaps are filled beside, from the publisher's ring), and queues their
 updates, as columns, in a spool (memory, then a local file: a slow or absent Valkey costs disk,
 never updates). Live frames wait at most FILL_HOLD_S for a fill under way, so the stored frames stay
@@ -42,6 +43,7 @@ from tickvault.store.book_writer import SNAPSHOT_EVERY, SNAPSHOT_MS, BookPart, B
 log = logging.getLogger("tickvault.bookrecorder")
 
 MAX_FRAMES = 5000  # frames received at once: one chunk (the spool's unit) of validated columns
+MAX_BYTES = 1 << 20  # ... and at most about this much JSON (~4,000 updates; frames hold many batches)
 CHUNKS_PER_WRITE = 4
 LINGER_MS = 2.0
 DEAD_LETTER_MAXLEN = 100_000
@@ -79,7 +81,7 @@ class BookRecorderStats:
     rewritten: int = 0  # updates re-stored after a failure (Valkey had lost them)
     sealed: int = 0
     expired: int = 0
-    last_frame: dict[str, int] = field(default_factory=dict)  # topic -> highest frame confirmed
+    last_seq: dict[str, int] = field(default_factory=dict)  # symbol -> highest update seq confirmed
 
     @property
     def stored_total(self) -> int:
@@ -152,10 +154,11 @@ class BookRecorder:
             self.spool.extend([chunk])
             self._wake.set()
 
-    def submit_batch(self, batch: BookBatch, frame: int) -> None:
-        """The in-process path (no bus): one numbered batch, validated as a frame from the bus is."""
+    def submit_batch(self, batch: BookBatch) -> None:
+        """The in-process path (no bus): one numbered batch, validated as a frame from the bus is (a
+        frame without a number: 0)."""
         kind: BookKind = "mbp" if type(batch[0]) is BookUpdate else "mbo"
-        payload = encode(BookFrame(seq=frame, symbol=batch[0].symbol, kind=kind, events=batch))
+        payload = encode(BookFrame(seq=0, symbol=batch[0].symbol, kind=kind, events=batch))
         self.submit(self.decode([[book_topic(batch[0].symbol).encode(), payload]]).parts)
 
     def reject(self, exc: DataError, frames: Sequence[bytes]) -> None:
@@ -256,9 +259,9 @@ class BookRecorder:
             stats.duplicates += result.duplicates
             stats.snapshots += result.snapshots
             for part in parts:
-                topic = book_topic(part.cols.symbol)
-                if part.last_frame > stats.last_frame.get(topic, 0):
-                    stats.last_frame[topic] = part.last_frame
+                symbol, top = part.cols.symbol, int(part.cols.seq.max()) if len(part.cols) else 0
+                if top > stats.last_seq.get(symbol, 0):
+                    stats.last_seq[symbol] = top
         return True
 
     def _resend_if_owed(self) -> None:
@@ -342,7 +345,9 @@ class BookRecorder:
                 if subscriber is None:
                     stop.wait(0.05)
                     continue
-                messages = subscriber.receive(timeout_ms=50, max_messages=MAX_FRAMES, linger_ms=LINGER_MS)
+                messages = subscriber.receive(
+                    timeout_ms=50, max_messages=MAX_FRAMES, linger_ms=LINGER_MS, max_bytes=MAX_BYTES
+                )
                 decoded = self.decode(messages) if messages else DecodedFrames()
                 topics = {f.symbol: book_topic(f.symbol) for f in decoded.frames}
                 subscriber.track([(topics[f.symbol], f.seq) for f in decoded.frames])
@@ -365,8 +370,8 @@ class BookRecorder:
                 )
             self.spool.close()
 
-    def caught_up(self, last_frames: dict[str, int]) -> bool:
-        """True once every symbol's frame number in `last_frames` is stored, with every gap fill and
+    def caught_up(self, last_seqs: dict[str, int]) -> bool:
+        """True once every symbol's update seq in `last_seqs` is stored, with every gap fill and
         nothing left queued."""
         with self._lock:
             subscriber = self._subscriber
@@ -374,5 +379,5 @@ class BookRecorder:
                 return False
             if self._held or self._taking_fill or self._writing or len(self.spool):
                 return False
-            done = self.stats.last_frame
-            return all(done.get(book_topic(s), 0) >= n for s, n in last_frames.items())
+            done = self.stats.last_seq
+            return all(done.get(s, 0) >= n for s, n in last_seqs.items())
