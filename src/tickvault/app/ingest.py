@@ -29,6 +29,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from tickvault.config import Settings
 from tickvault.errors import ConfigError
+from tickvault.sources.book_files import is_book_path
+from tickvault.sources.book_load import load_book_paths
 from tickvault.sources.bulk_load import (
     DEFAULT_MEMORY,
     FileReport,
@@ -157,11 +159,17 @@ def _bulk(
         conn.check()
         store = Store(conn.client("ingest"), conn.keys)
         bars = BarProgress(err) if err.is_terminal else None
-        with bars.bars if bars is not None else ExitStack():
-            reports = load_files(
-                store, paths, symbol=symbol, memory_bytes=memory_bytes, keep_bad=show, progress=bars,
-                rejects=rejects, stop=stop,
-            )  # fmt: skip
+        files = expand(paths)
+        books = [path for path in files if is_book_path(path, symbol=symbol)]  # told by their columns
+        ticks = [path for path in files if path not in books]
+        reports = []
+        if ticks:
+            with bars.bars if bars is not None else ExitStack():
+                reports = load_files(
+                    store, ticks, symbol=symbol, memory_bytes=memory_bytes, keep_bad=show, progress=bars,
+                    rejects=rejects, stop=stop,
+                )  # fmt: skip
+        reports += load_book_paths(store, books, symbol=symbol, keep_bad=show, rejects=rejects, stop=stop)
         return reports, store.wait_durable()
 
 
