@@ -34,7 +34,9 @@ ORDERS = ["order_id", "symbol", "timestamp", "side", "price", "size", "action"]
 # --- files and their oracle --------------------------------------------------------------------------
 
 
-def tardis_rows(seed: int, symbols: tuple[str, ...] = ("WDOF26", "WINF26"), groups: int = 300) -> list[dict[str, Any]]:
+def tardis_rows(
+    seed: int, symbols: tuple[str, ...] = ("WDOF26", "WINF26"), groups: int = 300
+) -> list[dict[str, Any]]:
     """Level deltas with absolute sizes: a few rows before the first snapshot, a snapshot, deltas
     (several rows per timestamp, several timestamps per ms), a second snapshot midway."""
     rnd = random.Random(seed)
@@ -42,8 +44,9 @@ def tardis_rows(seed: int, symbols: tuple[str, ...] = ("WDOF26", "WINF26"), grou
     t = T0_US
 
     def row(symbol: str, snapshot: bool, side: str, price: float, amount: int) -> dict[str, Any]:
+        flag = "true" if snapshot else "false"
         return {"exchange": "b3", "symbol": symbol, "timestamp": t, "local_timestamp": t + 250,
-                "is_snapshot": "true" if snapshot else "false", "side": side, "price": price, "amount": amount}  # fmt: skip
+                "is_snapshot": flag, "side": side, "price": price, "amount": amount}  # fmt: skip
 
     def snapshot(symbol: str) -> None:
         for k in range(8):
@@ -92,8 +95,9 @@ def order_rows(seed: int, symbol: str = "WDOF26", events: int = 600) -> list[dic
             if rnd.random() < 0.3:
                 price += 0.5 if side in ("sell", "ask") else -0.5
                 live[oid] = (side, price)
+            size, action = rnd.randint(1, 40), rnd.choice(("update", "changed"))
             rows.append({"order_id": oid, "symbol": symbol, "timestamp": t, "side": side, "price": price,
-                         "size": rnd.randint(1, 40), "action": rnd.choice(("update", "changed"))})  # fmt: skip
+                         "size": size, "action": action})  # fmt: skip
         else:
             oid = rnd.choice(list(live))
             side, _ = live.pop(oid)
@@ -127,7 +131,7 @@ def oracle(rows: list[dict[str, Any]], kind: str) -> dict[str, list[tuple[int, S
     started: dict[str, bool] = {}
     in_snapshot: dict[str, bool] = {}
     after: dict[str, list[tuple[int, State]]] = {}
-    for i, row in enumerate(rows):
+    for row in rows:
         symbol = row["symbol"]
         book = books.setdefault(symbol, reference_for(kind))
         snap = row.get("is_snapshot") == "true"
@@ -139,9 +143,15 @@ def oracle(rows: list[dict[str, Any]], kind: str) -> dict[str, list[tuple[int, S
         side = _SIDE[row["side"]]
         if kind == "mbp":
             action = "delete" if row["amount"] == 0 else "update"
-            book.apply(SimpleNamespace(action=action, side=side, price=row["price"], quantity=row["amount"], orders=0))
+            book.apply(
+                SimpleNamespace(
+                    action=action, side=side, price=row["price"], quantity=row["amount"], orders=0
+                )
+            )
         else:
-            action = {"created": "add", "changed": "update", "deleted": "delete"}.get(row["action"], row["action"])
+            action = {"created": "add", "changed": "update", "deleted": "delete"}.get(
+                row["action"], row["action"]
+            )
             quantity = 0 if row["size"] == "" else row["size"]
             book.apply(SimpleNamespace(action=action, side=side, price=row["price"] or 0.0,
                                        quantity=quantity, order_id=row["order_id"]))  # fmt: skip
@@ -162,7 +172,9 @@ def expected_at(history: list[tuple[int, State]], at_ms: int) -> State:
 def stored_state(store: Store, symbol: str, at_ms: int) -> State:
     frame = store.book(symbol, at_ms, depth=None)
     out: State = {"bid": [], "ask": []}
-    for side, price, quantity, orders in zip(frame.side, frame.price, frame.quantity, frame.orders, strict=True):
+    for side, price, quantity, orders in zip(
+        frame.side, frame.price, frame.quantity, frame.orders, strict=True
+    ):
         out[side].append((float(price), int(quantity), int(orders)))
     return out
 
@@ -216,7 +228,9 @@ def test_a_level_file_becomes_batches_a_snapshot_its_own_marked_group(tmp_path: 
         max_size=60,
     )
 )
-def test_any_order_file_read_into_batches_builds_the_reference_book(tmp_path_factory: Any, ops: list[Any]) -> None:
+def test_any_order_file_read_into_batches_builds_the_reference_book(
+    tmp_path_factory: Any, ops: list[Any]
+) -> None:
     rows, t = [], T0_US
     for action, oid, side, tick, size, step in ops:
         t += step
@@ -235,7 +249,11 @@ def test_any_order_file_read_into_batches_builds_the_reference_book(tmp_path_fac
                      for s, v in levels.items()})  # fmt: skip
     history = oracle(rows, "mbo").get("WDOF26", [])
     # after each batch (a timestamp's rows), the book is the reference's after that timestamp's last row
-    ends = [state for i, (ms, state) in enumerate(history) if i + 1 == len(history) or rows[i + 1]["timestamp"] != rows[i]["timestamp"]]
+    ends = [
+        state
+        for i, (ms, state) in enumerate(history)
+        if i + 1 == len(history) or rows[i + 1]["timestamp"] != rows[i]["timestamp"]
+    ]
     assert seen == ends
 
 
@@ -288,7 +306,10 @@ def test_an_ingested_level_file_gives_the_reference_book_at_every_moment(
     expected = oracle(rows, "mbp")
     for symbol, history in expected.items():
         for at in moments(history):
-            assert stored_state(store, symbol, at) == levels_only(expected_at(history, at), "mbp"), (symbol, at)
+            assert stored_state(store, symbol, at) == levels_only(expected_at(history, at), "mbp"), (
+                symbol,
+                at,
+            )
     assert store.book("WDOF26", T0_US // 1000 + 10**7).attrs["valid"]
     # again: nothing stored twice
     again = load_book_paths(store, [path])[0]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tickvault.domain.book import LAST, SNAPSHOT, BookBatch, BookEvent, BookKind, BookUpdate, OrderUpdate
-from tickvault.domain.events import from_ms
+from tickvault.domain.events import SYMBOL_PATTERN, from_ms
 from tickvault.errors import DataError
 from tickvault.sources.book_layouts import BookLayout, BookRow
 from tickvault.sources.files import BadRow
@@ -59,7 +59,8 @@ def is_book_path(path: Path, *, symbol: str | None = None) -> bool:
     """Whether the file at `path` (or its first member) is a book file (False when unreadable)."""
     try:
         first = next(iter(members(path, symbol=symbol)), None)
-        return first is not None and BookLayout.detect(_header(first)[0], symbol=symbol) is not None
+        # told by the columns alone: a missing symbol is reported when the file is read
+        return first is not None and BookLayout.detect(_header(first)[0], symbol=symbol or "-") is not None
     except (DataError, OSError):
         return False
 
@@ -91,7 +92,8 @@ class Batcher:
             return None
         done = None
         if pending.rows and (
-            row.is_snapshot != pending.snapshot or (not row.is_snapshot and row.stamp != pending.rows[-1].stamp)
+            row.is_snapshot != pending.snapshot
+            or (not row.is_snapshot and row.stamp != pending.rows[-1].stamp)
         ):
             done = self._close(pending)
         if not pending.rows:
@@ -212,7 +214,9 @@ def read_book(path: Path, *, symbol: str | None = None) -> Iterator[BookBatch | 
     for file in members(Path(path), symbol=symbol):
         layout = book_layout(file)
         if layout is None:
-            raise DataError("columns", f"{file.name} is not a book file (no is_snapshot, or order id and action)")
+            raise DataError(
+                "columns", f"{file.name} is not a book file (no is_snapshot, or order id and action)"
+            )
         yield from BookFileReader(file, layout).items()
 
 
@@ -230,4 +234,4 @@ def book_file_symbols(path: Path, *, symbol: str | None = None) -> list[str]:
                 value = str(raw.get(layout.symbol_column) or "").strip()
                 if value and value not in seen:
                     seen[value] = None
-    return list(seen)
+    return [s for s in seen if SYMBOL_PATTERN.fullmatch(s)]  # the others are bad rows when read

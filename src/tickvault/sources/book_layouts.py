@@ -155,8 +155,8 @@ class BookLayout:
         orders = _integer(out.get("orders"), "orders", 0)
         if not _blank(out.get("action")) and action_of(out.get("action")) == "delete":
             quantity = 0
-        action: BookAction = "delete" if quantity == 0 else "update"
-        return BookRow(symbol, stamp, ms, received_ms, side, price, quantity, orders, 0, 0, action, snapshot)
+        level: BookAction = "delete" if quantity == 0 else "update"
+        return BookRow(symbol, stamp, ms, received_ms, side, price, quantity, orders, 0, 0, level, snapshot)
 
 
 def _blank(value: Any) -> bool:
@@ -178,7 +178,9 @@ def time_ns(value: Any, name: str) -> int:
         raise DataError(name, f"expected a time, got {value!r}")
     elif isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         number = int(value)
-        scale = 1 if number >= 10**17 else 1_000 if number >= 10**14 else 1_000_000 if number >= 10**11 else 10**9
+        scale = (
+            1 if number >= 10**17 else 1_000 if number >= 10**14 else 1_000_000 if number >= 10**11 else 10**9
+        )
         ns = number * scale
     elif isinstance(value, str):
         try:
@@ -213,7 +215,9 @@ def side_of(value: Any) -> BookSide:
 def action_of(value: Any) -> BookAction:
     action = _ACTIONS.get(fold(str(value))) if not _blank(value) else None
     if action is None:
-        raise DataError("action", f"must be add, update or delete (or created, changed, deleted), got {value!r}")
+        raise DataError(
+            "action", f"must be add, update or delete (or created, changed, deleted), got {value!r}"
+        )
     return action
 
 

@@ -13,6 +13,7 @@ refused with a clear error (ingest a symbol's files in time order).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -125,10 +126,10 @@ def load_book_file(
             while store.compact_book(symbol, 0):
                 pass
     except (TickvaultError, OSError) as exc:  # this file's own: what was read before it is stored
-        try:
+        with contextlib.suppress(
+            TickvaultError
+        ):  # the store failed: the error says so, a rerun stores the rest
             _write(writer, pending, seqs, report)
-        except TickvaultError:
-            pass  # the store itself failed: the error below says so; a rerun stores the rest
         report.error = f"{file.name}: {exc}" if not isinstance(exc, DataError) else f"{file.name} {exc}"
     finally:
         writer.release()
@@ -139,7 +140,9 @@ def load_book_file(
     return report
 
 
-def _write(writer: BookWriter, pending: dict[str, list[BookBatch]], seqs: _SymbolSeqs, report: FileReport) -> None:
+def _write(
+    writer: BookWriter, pending: dict[str, list[BookBatch]], seqs: _SymbolSeqs, report: FileReport
+) -> None:
     parts = []
     for symbol, batches in pending.items():
         if not batches:
@@ -166,7 +169,6 @@ def _count_bad(report: FileReport, row: BadRow, keep_bad: int, rejects: IO[str] 
     if rejects is not None:
         reason = row.error.reason.replace('"', '""')
         rejects.write(f'"{report.name}",{row.line},{row.error.field},"{reason}"\n')
-
 
 
 def load_book_paths(
