@@ -5,6 +5,7 @@ tests/book_reference.py, fed the file's rows by the file layouts' own rules, wri
 from __future__ import annotations
 
 import gzip
+import threading
 import random
 import subprocess
 import sys
@@ -361,3 +362,44 @@ def test_the_ingest_command_loads_a_gzipped_level_file_and_says_what_it_skipped(
     history = oracle(rows, "mbp")["WDOF26"]
     at = history[len(history) // 2][0]
     assert stored_state(store, "WDOF26", at) == levels_only(expected_at(history, at), "mbp")
+
+
+# --- run --source replay: ----------------------------------------------------------------------------
+
+
+def test_run_replays_a_book_file_beside_a_tick_file_and_records_both(
+    system_env: dict[str, str], store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tickvault.app.components.source import SourceSpec
+    from tickvault.app.system import System
+    from tickvault.config import load_settings
+
+    rows = tardis_rows(8, groups=150)
+    book = write(tmp_path / "l2.csv", TARDIS, rows)
+    ticks = tmp_path / "ticks.csv"
+    first_ms = T0_US // 1000
+    ticks.write_text(
+        "timestamp_ms,symbol,trade_id,price,quantity\n"
+        + "".join(f"{first_ms + 7 * i},WDOF26,{i + 1},5000.5,{i % 5 + 1}\n" for i in range(40))
+    )
+    monkeypatch.setenv("WEB_ENABLED", "false")
+    spec = SourceSpec.parse(f"replay:{ticks},{book}", None)
+    assert spec.makes_book and spec.symbols == "WDOF26,WINF26"
+    settings = load_settings(symbols=spec.symbols, speed=0)
+    stop = threading.Event()
+    system = System(settings, source=spec.factory(settings, stop), book=spec.makes_book)
+    system.stop_event = stop
+    system.start()
+    try:
+        system.wait(60)
+    finally:
+        summary = system.stop()
+    assert summary.drained and system.source_error is None
+    assert store.count("WDOF26") == 40
+    expected = oracle(rows, "mbp")
+    for symbol, history in expected.items():
+        for at in moments(history, 6):
+            assert stored_state(store, symbol, at) == levels_only(expected_at(history, at), "mbp"), (
+                symbol,
+                at,
+            )
