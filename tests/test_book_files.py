@@ -5,10 +5,10 @@ tests/book_reference.py, fed the file's rows by the file layouts' own rules, wri
 from __future__ import annotations
 
 import gzip
-import threading
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -403,3 +403,43 @@ def test_run_replays_a_book_file_beside_a_tick_file_and_records_both(
                 symbol,
                 at,
             )
+
+
+def test_a_book_file_is_not_sent_via_the_bus_where_a_rerun_would_store_it_twice(
+    system_env: dict[str, str], store: Store, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from tickvault.app.ingest import run_ingest
+    from tickvault.config import load_settings
+
+    path = write(tmp_path / "orders.csv", ORDERS, order_rows(9, events=20))
+    said: list[str] = []
+    code = run_ingest(
+        load_settings(), [str(path)], via_bus=True, err=Console(), say=lambda line, _: said.append(line)
+    )
+    assert code == 2 and any("is a book file" in line for line in said)
+    assert store.book_position("WDOF26").kind is None
+
+
+def test_bad_order_rows_each_say_why(tmp_path: Path) -> None:
+    lines = [
+        ",".join(ORDERS),
+        "1,WDOF26,1764000000000000,buy,5000.0,3,add",
+        "2,WDOF26,1764000000000000,buy,5000.0,3,cancelled",  # not an action of the layout
+        "x,WDOF26,1764000000000001,sell,5001.0,3,add",  # order id not a number
+        "3,WDOF26,1764000000000001,sell,,3,add",  # an add needs its price
+        "4,WDOF26,2025-11-24T10:00:00,sell,5001.0,3,add",  # no offset
+        "5,WDOF26,1764000000000002,sell,5001.0,2.5,add",  # half a contract
+        "1,WDOF26,1764000000000003,buy,,,deleted",  # a delete needs no price or size
+    ]
+    path = tmp_path / "orders.csv"
+    path.write_text("\n".join(lines) + "\n")
+    items = list(read_book(path))
+    bad = {b.line: (b.error.field, b.error.reason) for b in items if isinstance(b, BadRow)}
+    assert {line: field for line, (field, _) in bad.items()} == {
+        3: "action", 4: "order_id", 5: "price", 6: "timestamp", 7: "quantity",
+    }  # fmt: skip
+    assert "'cancelled'" in bad[3][1] and "offset" in bad[6][1] and "'2.5'" in bad[7][1]
+    events = [(e.order_id, e.action) for b in items if isinstance(b, BookBatch) for e in b]
+    assert events == [(1, "add"), (1, "delete")]

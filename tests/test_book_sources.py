@@ -166,7 +166,7 @@ def recorded_session(store: Store) -> tuple[list[Tick], dict[str, list[BookBatch
     store.append_ticks(ticks)
     store.writer.release()
     writer = BookWriter(store.client, store.keys, snapshot_every=500)
-    for symbol, batches in books.items():
+    for batches in books.values():
         for i in range(0, len(batches), 50):
             part = batches[i : i + 50]
             writer.write([BookPart(BookColumns.from_events([e for b in part for e in b]))])

@@ -1,5 +1,7 @@
 """`tickvault ingest`: files into history (`sources.bulk_load`) or, with `--via-bus`, through the bus
-and recorder as a replay; the progress bar, the summaries and the exit code.
+and recorder as a replay; the progress bar, the summaries and the exit code. Order-book files (told
+by their columns) go through the book writer into book history (`sources.book_load`), never via the
+bus (whose numbering would store a rerun twice).
 
 Output: per file a line `NAME: read= stored= duplicates= rejected= (reasons)` and a total line
 ending in `durable=yes|NO` on stdout (or one JSON document with `--format json`); rejected rows on
@@ -30,7 +32,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from tickvault.config import Settings
 from tickvault.errors import ConfigError
 from tickvault.sources.book_files import is_book_path
-from tickvault.sources.book_load import load_book_paths
+from tickvault.sources.book_load import BookFileReport, load_book_paths
 from tickvault.sources.bulk_load import (
     DEFAULT_MEMORY,
     FileReport,
@@ -182,6 +184,10 @@ def _via_bus(
     reports: list[FileReport] = []
     durable = True
     for path in expand(paths):
+        if is_book_path(path, symbol=symbol):  # the bus numbers updates afresh: a rerun would add them again
+            why = "is a book file: ingest it without --via-bus (idempotent) or play it: run --source replay:"
+            reports.append(BookFileReport(path.name, error=f"{path.name} {why}"))
+            continue
         for file in members(path, symbol=symbol, chunk_bytes=memory_plan(DEFAULT_MEMORY)[0]):
             if stop.is_set():
                 return reports, durable

@@ -24,8 +24,9 @@ explicit prices and ids: `OfferBookTranslator` (offer book, by order) -> `OrderU
 last event flagged LAST. A full book is a snapshot group of the whole book: a clear of both sides,
 then one add per entry (a side it does not replace restated from our list), all flagged SNAPSHOT;
 the group is held back until every side being replaced got its last page, then returned whole, its
-last event flagged LAST too (nothing can read a book in the middle of a snapshot anyway). Another action arriving first ends the group there
-(counted in `stats.interrupted`). Events are numbered per symbol: seq 1, 2, ...
+last event flagged LAST too (nothing can read a book in the middle of a snapshot anyway). Another
+action arriving first ends the group there (counted in `stats.interrupted`). Events are numbered per
+symbol: seq 1, 2, ...
 
 Bad input (an unknown action or side, a position outside the list, an invalid price or quantity, a
 malformed date) is counted in `stats.rejected` by reason and changes nothing: never raised into the
