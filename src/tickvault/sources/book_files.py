@@ -17,18 +17,23 @@ in the file from 1 (the clears included); whoever stores or publishes them renum
 from __future__ import annotations
 
 import csv
-import io
+import heapq
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tickvault.domain.book import LAST, SNAPSHOT, BookBatch, BookEvent, BookKind, BookUpdate, OrderUpdate
-from tickvault.domain.events import SYMBOL_PATTERN, from_ms
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tickvault.domain.book import CLEAR, LAST, NO_SIDE, SNAPSHOT, BookBatch, BookColumns, BookKind
+from tickvault.domain.events import SYMBOL_PATTERN
 from tickvault.errors import DataError
-from tickvault.sources.book_layouts import BookLayout, BookRow
+from tickvault.sources.book_layouts import BookLayout
+from tickvault.sources.book_table import BookRows, read_rows
 from tickvault.sources.files import BadRow
-from tickvault.sources.tick_files import TickFile, members
+from tickvault.sources.tick_files import TickFile, _ChunkParser, _chunks, members
 
 
 def _header(file: TickFile) -> tuple[list[str], str]:
@@ -66,87 +71,112 @@ def is_book_path(path: Path, *, symbol: str | None = None) -> bool:
 
 
 @dataclass
-class _Pending:
-    rows: list[BookRow] = field(default_factory=list)
-    snapshot: bool = False
-    started: bool = False  # a snapshot was seen (files with snapshots skip the rows before it)
+class _Open:
+    """One symbol's state between chunks: whether its book started (a snapshot was seen), the
+    updates numbered so far, and the rows of its batch still open (its end is not known yet)."""
+
+    started: bool
     seq: int = 0
+    rows: BookRows | None = None
 
 
 class Batcher:
-    """Rows of one file, in file order, into BookBatches (see the module docstring)."""
+    """Checked rows, chunk by chunk in file order, into each symbol's complete batches as
+    BookColumns (see the module docstring)."""
 
     def __init__(self, kind: BookKind, snapshots: bool) -> None:
         self.kind = kind
         self.snapshots = snapshots and kind == "mbp"
         self.skipped: Counter[str] = Counter()  # symbol -> rows before its first snapshot
-        self._open: dict[str, _Pending] = {}
+        self._open: dict[str, _Open] = {}
 
-    def add(self, row: BookRow) -> BookBatch | None:
-        """Take one row; returns the batch it closed, if any (of the same symbol)."""
-        pending = self._open.get(row.symbol)
-        if pending is None:
-            pending = self._open[row.symbol] = _Pending(started=not self.snapshots)
-        if not pending.started and not row.is_snapshot:
-            self.skipped[row.symbol] += 1
-            return None
-        done = None
-        if pending.rows and (
-            row.is_snapshot != pending.snapshot
-            or (not row.is_snapshot and row.stamp != pending.rows[-1].stamp)
-        ):
-            done = self._close(pending)
-        if not pending.rows:
-            pending.snapshot = row.is_snapshot
-        pending.started = True
-        pending.rows.append(row)
-        return done
+    def add(self, rows: BookRows) -> list[BookColumns]:
+        """The batches `rows` complete, per symbol (in order of first appearance)."""
+        out = []
+        codes, first = np.unique(rows.symbol, return_index=True)
+        for code in codes[np.argsort(first)].tolist():
+            symbol = rows.symbols[code]
+            state = self._open.setdefault(symbol, _Open(started=not self.snapshots))
+            mine = rows.take(np.flatnonzero(rows.symbol == code))
+            if not state.started:
+                snaps = np.flatnonzero(mine.snapshot)
+                skip = int(snaps[0]) if snaps.size else len(mine)
+                self.skipped[symbol] += skip
+                if not snaps.size:
+                    continue
+                mine, state.started = mine.take(np.arange(skip, len(mine))), True
+            if state.rows is not None:
+                mine = _concat(state.rows, mine)
+            starts = _group_starts(mine)
+            state.rows = mine.take(np.arange(int(starts[-1]), len(mine)))  # its end is not known yet
+            if starts[-1] > 0:
+                out.append(self._columns(symbol, state, mine.take(np.arange(int(starts[-1]))), starts[:-1]))
+        return out
 
-    def finish(self) -> Iterator[BookBatch]:
+    def finish(self) -> list[BookColumns]:
         """The batches still open, at the end of the file."""
-        for pending in self._open.values():
-            if pending.rows:
-                yield self._close(pending)
+        out = []
+        for symbol, state in self._open.items():
+            if state.rows is not None and len(state.rows):
+                out.append(self._columns(symbol, state, state.rows, _group_starts(state.rows)))
+                state.rows = None
+        return out
 
-    def _close(self, pending: _Pending) -> BookBatch:
-        rows, pending.rows = pending.rows, []
-        flags = SNAPSHOT if pending.snapshot else 0
-        events: list[BookEvent] = []
-        if pending.snapshot:
-            first = rows[0]
-            pending.seq += 1
-            events.append(self._event(first, pending.seq, flags, clear=True))
-        for i, row in enumerate(rows):
-            pending.seq += 1
-            events.append(self._event(row, pending.seq, flags | (LAST if i == len(rows) - 1 else 0)))
-        return BookBatch(events)
+    def _columns(self, symbol: str, state: _Open, rows: BookRows, starts: np.ndarray) -> BookColumns:
+        """Whole batches (`starts`: where each begins) as columns: LAST on each one's last row, a
+        clear before each snapshot group, seqs continuing the symbol's."""
+        n = len(rows)
+        last = np.zeros(n, np.bool_)
+        last[np.r_[starts[1:] - 1, n - 1]] = True
+        at = starts[rows.snapshot[starts]]  # a clear goes before each snapshot group
+        zeros = np.zeros(at.size, np.int64)
+        snap = np.insert(rows.snapshot, at, True)
+        flags = np.where(snap, SNAPSHOT, 0) | np.where(np.insert(last, at, False), LAST, 0)
+        state.seq += n + at.size
+        return BookColumns(
+            symbol,
+            self.kind,
+            timestamp_ms=np.insert(rows.timestamp_ms, at, rows.timestamp_ms[at]),
+            received_ms=np.insert(rows.received_ms, at, rows.received_ms[at]),
+            seq=np.arange(state.seq - n - at.size + 1, state.seq + 1),
+            side=np.insert(rows.side, at, NO_SIDE),
+            price=np.insert(rows.price, at, 0.0),
+            quantity=np.insert(rows.quantity, at, zeros),
+            orders=np.insert(rows.orders, at, zeros),
+            order_id=np.insert(rows.order_id, at, zeros),
+            agent=np.insert(rows.agent, at, zeros),
+            action=np.insert(rows.action, at, CLEAR),
+            flags=flags,
+        )
 
-    def _event(self, row: BookRow, seq: int, flags: int, *, clear: bool = False) -> BookEvent:
-        stamp = from_ms(row.timestamp_ms)
-        common = dict(symbol=row.symbol, timestamp=stamp, timestamp_ms=row.timestamp_ms,
-                      received_ms=row.received_ms, seq=seq, flags=flags)  # fmt: skip
-        if clear:
-            cleared = dict(side="none", price=0.0, quantity=0, action="clear")
-            if self.kind == "mbp":
-                return BookUpdate(**common, **cleared)  # type: ignore[arg-type]
-            return OrderUpdate(**common, **cleared, order_id=0)  # type: ignore[arg-type]
-        if self.kind == "mbp":
-            return BookUpdate(
-                **common, side=row.side, price=row.price, quantity=row.quantity, orders=row.orders,  # type: ignore[arg-type]
-                action=row.action,
-            )  # fmt: skip
-        return OrderUpdate(
-            **common, side=row.side, price=row.price, quantity=row.quantity, order_id=row.order_id,  # type: ignore[arg-type]
-            agent=row.agent, action=row.action,
-        )  # fmt: skip
+
+def _group_starts(rows: BookRows) -> np.ndarray:
+    """Where each batch begins: a row of another timestamp, or into or out of a snapshot run."""
+    snap, stamp = rows.snapshot, rows.stamp
+    new = np.empty(len(rows), np.bool_)
+    new[0] = True
+    new[1:] = (snap[1:] != snap[:-1]) | (~snap[1:] & (stamp[1:] != stamp[:-1]))
+    return np.flatnonzero(new)
+
+
+def _concat(a: BookRows, b: BookRows) -> BookRows:
+    symbols = b.symbols
+    arrays = {}
+    for name in ("stamp", "timestamp_ms", "received_ms", "side", "price", "quantity", "orders", "order_id",
+                 "agent", "action", "snapshot"):  # fmt: skip
+        arrays[name] = np.concatenate([getattr(a, name), getattr(b, name)])
+    # the symbol codes of `a` are of its own chunk: a symbol's rows take one code in `b`'s list
+    code = b.symbol[0] if len(b) else 0
+    return BookRows(symbols, np.full(len(a) + len(b), code, np.int32), **arrays)
 
 
 class BookFileReader:
-    """One book file (a plain file or an archive member) read into batches and bad rows."""
+    """One book file (a plain file or an archive member) read in chunks into batches and bad rows."""
 
-    def __init__(self, file: TickFile, layout: BookLayout) -> None:
+    def __init__(self, file: TickFile, layout: BookLayout, *, vectorised: bool = True) -> None:
         self.file = file
         self.layout = layout
+        self.vectorised = vectorised
         self.batcher = Batcher(layout.kind, layout.has_snapshots)
         self.rows = 0  # data rows read, good and bad
 
@@ -154,46 +184,36 @@ class BookFileReader:
     def skipped(self) -> Counter[str]:
         return self.batcher.skipped
 
+    def chunks(self) -> Iterator[tuple[list[BookColumns], list[BadRow]]]:
+        """(each symbol's complete batches as columns, bad rows) chunk by chunk, in file order;
+        the batches still open come last."""
+        for table, lines, bad in self._tables():
+            self.rows += table.num_rows + len(bad)
+            rows, rejected = read_rows(table, lines, self.layout, vectorised=self.vectorised)
+            bad += rejected
+            yield (self.batcher.add(rows) if len(rows) else []), sorted(bad, key=lambda b: b.line)
+        yield self.batcher.finish(), []
+
     def items(self) -> Iterator[BookBatch | BadRow]:
-        """The file's batches and bad rows in file order."""
-        layout, batcher = self.layout, self.batcher
-        for line, raw in self._raw_rows():
-            self.rows += 1
-            if isinstance(raw, DataError):
-                yield BadRow(line, raw)
-                continue
-            try:
-                row = layout.row(raw)
-            except DataError as exc:
-                yield BadRow(line, exc)
-                continue
-            if row.is_snapshot and layout.kind == "mbo":
-                row = row._replace(is_snapshot=False)
-            done = batcher.add(row)
-            if done is not None:
-                yield done
-        yield from batcher.finish()
+        """The file's batches (symbols merged by time) and bad rows."""
+        for parts, bad in self.chunks():
+            yield from bad
+            yield from heapq.merge(*(_batches(cols) for cols in parts), key=lambda b: b.timestamp_ms)
 
-    def _raw_rows(self) -> Iterator[tuple[int, dict[str, object] | DataError]]:
+    def _tables(self) -> Iterator[tuple[pa.Table, np.ndarray, list[BadRow]]]:
         if self.file.parquet:
-            yield from self._parquet_rows()
+            yield from self._parquet()
             return
-        with self.file.opener() as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
-            header = text.readline()
-            delimiter = max((",", ";", "\t"), key=header.count) if header else ","
-            names = [c.strip() for c in next(csv.reader([header], delimiter=delimiter), [])]
-            reader = csv.reader(text, delimiter=delimiter)
-            for values in reader:
-                line = reader.line_num + 1  # the header was read apart
-                if not values or values == [""]:
-                    continue
-                if len(values) != len(names):
-                    yield line, DataError("row", f"{len(values)} values for {len(names)} columns")
-                    continue
-                yield line, dict(zip(names, values, strict=True))
+        with self.file.opener() as fh:
+            header = fh.readline()
+            text = header.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+            delimiter = max((",", ";", "\t"), key=text.count) if text else ","
+            names = [c.strip() for c in next(csv.reader([text], delimiter=delimiter), [])]
+            parse = _ChunkParser(names, self.layout, delimiter)
+            for chunk in _chunks(fh, self.file.chunk_bytes):
+                yield parse(chunk)
 
-    def _parquet_rows(self) -> Iterator[tuple[int, dict[str, object] | DataError]]:
+    def _parquet(self) -> Iterator[tuple[pa.Table, np.ndarray, list[BadRow]]]:
         import pyarrow.parquet as pq
 
         with self.file.opener() as fh:
@@ -201,11 +221,20 @@ class BookFileReader:
                 source = pq.ParquetFile(fh)
             except Exception as exc:  # pyarrow raises several types for a damaged file
                 raise DataError("path", f"{self.file.name} is not a readable Parquet file: {exc}") from None
-            line = 0
-            for batch in source.iter_batches(batch_size=65_536, columns=list(self.layout.fields)):
-                for row in batch.to_pylist():
-                    line += 1
-                    yield line, row
+            first = 1
+            rows = max(1024, self.file.chunk_bytes // 64)
+            for record in source.iter_batches(batch_size=rows, columns=list(self.layout.fields)):
+                table = pa.Table.from_batches([record])
+                yield table, np.arange(first, first + table.num_rows, dtype=np.int64), []
+                first += table.num_rows
+
+
+def _batches(cols: BookColumns) -> Iterator[BookBatch]:
+    events = cols.events()
+    start = 0
+    for end in cols.batch_ends().tolist():
+        yield BookBatch(events[start : end + 1])
+        start = end + 1
 
 
 def read_book(path: Path, *, symbol: str | None = None) -> Iterator[BookBatch | BadRow]:
@@ -227,11 +256,12 @@ def book_file_symbols(path: Path, *, symbol: str | None = None) -> list[str]:
         layout = book_layout(file)
         if layout is None:
             continue
-        if layout.symbol_column is None:
+        column = layout.symbol_column
+        if column is None:
             return [symbol] if symbol else []
-        for _, raw in BookFileReader(file, layout)._raw_rows():
-            if isinstance(raw, dict):
-                value = str(raw.get(layout.symbol_column) or "").strip()
-                if value and value not in seen:
-                    seen[value] = None
+        for table, _, _ in BookFileReader(file, layout)._tables():
+            for value in pc.unique(table.column(column)).to_pylist():
+                text = str(value or "").strip()
+                if text and text not in seen:
+                    seen[text] = None
     return [s for s in seen if SYMBOL_PATTERN.fullmatch(s)]  # the others are bad rows when read

@@ -59,7 +59,7 @@ _ACTIONS: dict[str, BookAction] = {
 _TRUE = {"true", "1", "t", "yes", "y"}
 _FALSE = {"false", "0", "f", "no", "n"}
 _MAX_INT = 2**63 - 1
-_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_NS = 2**63 - 1  # times are kept as int64 ns (to 2262)
 
 
 class BookRow(NamedTuple):
@@ -119,7 +119,8 @@ class BookLayout:
 
     @property
     def has_snapshots(self) -> bool:
-        return "is_snapshot" in self.fields.values()
+        """A price-level file with snapshots (an order file's `is_snapshot` column, if any, is ignored)."""
+        return self.kind == "mbp" and "is_snapshot" in self.fields.values()
 
     def row(self, raw: dict[str, Any]) -> BookRow:
         """A file row (text or typed values, by the file's column names) as a checked BookRow;
@@ -135,7 +136,7 @@ class BookLayout:
         received = time_ns(out["received"], "received") if not _blank(out.get("received")) else stamp
         ms, received_ms = stamp // 1_000_000, received // 1_000_000
         side = side_of(out.get("side"))
-        snapshot = _bool(out.get("is_snapshot"), "is_snapshot") if self.has_snapshots else False
+        snapshot = parse_bool(out.get("is_snapshot"), "is_snapshot") if self.has_snapshots else False
         if self.kind == "mbo":
             action = action_of(out.get("action"))
             deleting = action == "delete"
@@ -192,8 +193,8 @@ def time_ns(value: Any, name: str) -> int:
         ns = _epoch_ns(moment)
     else:
         raise DataError(name, f"expected a time, got {value!r}")
-    if not 0 <= ns // 1_000_000 <= _LAST_MS:
-        raise DataError(name, f"{value!r} is not a time between 1970 and 9999")
+    if not 0 <= ns <= MAX_NS:
+        raise DataError(name, f"{value!r} is not a time between 1970 and 2262")
     return ns
 
 
@@ -221,7 +222,7 @@ def action_of(value: Any) -> BookAction:
     return action
 
 
-def _bool(value: Any, name: str) -> bool:
+def parse_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower() if value is not None else ""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from tickvault.domain.book import BookBatch, BookColumns, BookKind
+from tickvault.domain.book import BookColumns, BookKind
 from tickvault.domain.events import from_ms
 from tickvault.errors import DataError, TickvaultError
 from tickvault.sources.book_files import BookFileReader, book_layout
@@ -66,8 +66,7 @@ class _SymbolSeqs:
         self.store, self.digest, self.kind = store, digest, kind
         self.base: dict[str, int] = {}
 
-    def of(self, batch: BookBatch) -> int:
-        symbol = batch.symbol
+    def of(self, symbol: str, first_ms: int) -> int:
         if symbol in self.base:
             return self.base[symbol]
         store, key = self.store, self.store.keys.book_files(symbol)
@@ -76,11 +75,11 @@ class _SymbolSeqs:
             raise DataError("kind", f"{symbol}'s stored book is {position.kind}, this file is {self.kind}")
         known = store.client.hget(key, self.digest)
         if known is None:
-            if position.kind is not None and batch.timestamp_ms < position.ms:
+            if position.kind is not None and first_ms < position.ms:
                 raise DataError(
                     "timestamp",
                     f"{symbol}'s stored book runs to {from_ms(position.ms).isoformat()}; this file starts at "
-                    f"{from_ms(batch.timestamp_ms).isoformat()} (ingest a symbol's book files in time order)",
+                    f"{from_ms(first_ms).isoformat()} (ingest a symbol's book files in time order)",
                 )
             store.client.hsetnx(key, self.digest, position.seq)
             known = store.client.hget(key, self.digest)
@@ -101,27 +100,25 @@ def load_book_file(
     report = BookFileReport(file.name)
     started = time.monotonic()
     writer = BookWriter(store.client, store.keys, owner=f"ingest-{file.name}-{time.time_ns()}")
-    pending: dict[str, list[BookBatch]] = {}
-    buffered = 0
+    pending: list[BookPart] = []
     touched: set[str] = set()
     reader = BookFileReader(file, layout)
     seqs = _SymbolSeqs(store, "", layout.kind)
     try:
         seqs.digest = file_digest(file)
-        for item in reader.items():
-            if isinstance(item, BadRow):
-                _count_bad(report, item, keep_bad, rejects)
-                continue
-            seqs.of(item)  # checked and registered before anything of it is written
-            pending.setdefault(item.symbol, []).append(item)
-            touched.add(item.symbol)
-            buffered += len(item)
-            if buffered >= WRITE_EVERY:
-                _write(writer, pending, seqs, report)
-                buffered = 0
+        for parts, bad in reader.chunks():
+            for row in bad:
+                _count_bad(report, row, keep_bad, rejects)
+            for cols in parts:  # each symbol's checked and registered before anything of it is written
+                base = seqs.of(cols.symbol, int(cols.timestamp_ms[0]))
+                shifted = BookColumns(cols.symbol, cols.kind, **{**cols.columns(), "seq": cols.seq + base})
+                pending.append(BookPart(shifted))
+                touched.add(cols.symbol)
+            if sum(len(p.cols) for p in pending) >= WRITE_EVERY:
+                _write(writer, pending, report)
                 if stop is not None and stop.is_set():
                     break
-        _write(writer, pending, seqs, report)
+        _write(writer, pending, report)
         for symbol in sorted(touched):
             while store.compact_book(symbol, 0):
                 pass
@@ -129,7 +126,7 @@ def load_book_file(
         with contextlib.suppress(
             TickvaultError
         ):  # the store failed: the error says so, a rerun stores the rest
-            _write(writer, pending, seqs, report)
+            _write(writer, pending, report)
         report.error = f"{file.name}: {exc}" if not isinstance(exc, DataError) else f"{file.name} {exc}"
     finally:
         writer.release()
@@ -140,19 +137,14 @@ def load_book_file(
     return report
 
 
-def _write(
-    writer: BookWriter, pending: dict[str, list[BookBatch]], seqs: _SymbolSeqs, report: FileReport
-) -> None:
-    parts = []
-    for symbol, batches in pending.items():
-        if not batches:
-            continue
-        cols = BookColumns.from_events(event for batch in batches for event in batch)
-        base = seqs.of(batches[0])
-        parts.append(BookPart(BookColumns(symbol, cols.kind, **{**cols.columns(), "seq": cols.seq + base})))
-    pending.clear()
-    if not parts:
+def _write(writer: BookWriter, pending: list[BookPart], report: FileReport) -> None:
+    if not pending:
         return
+    by_symbol: dict[str, list[BookColumns]] = {}
+    for part in pending:
+        by_symbol.setdefault(part.cols.symbol, []).append(part.cols)
+    pending.clear()
+    parts = [BookPart(BookColumns.concat(cols) if len(cols) > 1 else cols[0]) for cols in by_symbol.values()]
     result = writer.write(parts)
     report.stored += result.stored
     report.duplicates += result.duplicates
