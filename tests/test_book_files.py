@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from book_reference import State, reference_for
@@ -443,3 +443,77 @@ def test_bad_order_rows_each_say_why(tmp_path: Path) -> None:
     assert "'cancelled'" in bad[3][1] and "offset" in bad[6][1] and "'2.5'" in bad[7][1]
     events = [(e.order_id, e.action) for b in items if isinstance(b, BookBatch) for e in b]
     assert events == [(1, "add"), (1, "delete")]
+
+
+# --- the column-wise reader equals the row reader ------------------------------------------------------
+
+_CELLS = {
+    "symbol": ["WDOF26", "WINF26", "bad symbol", "", " WDOF26"],
+    "timestamp": ["{us}", "{ms}", "{ns}", "{iso}", "2025-11-24T10:00:00", "", "abc", "-5", " {us}", "{us}.0",
+                  "0000-01-01T00:00:00Z", "99999999999999999999"],
+    "local_timestamp": ["{us}", "", "x"],
+    "is_snapshot": ["true", "false", "1", "0", "True", "maybe", ""],
+    "side": ["bid", "ask", "buy", "sell", "B", "a", "x", "", " bid"],
+    "price": ["5000.5", "5000", "-1", "0", "abc", "", "inf", "nan", "1e3", " 5000.5"],
+    "amount": ["3", "0", "-2", "2.0", "2.5", "", "abc", "+4", "1_000"],
+    "order_id": ["1", "2", "3", "x", "", "-1", "18446744073709551615"],
+    "size": ["3", "0", "2.0", "", "-1"],
+    "action": ["add", "update", "delete", "created", "changed", "deleted", "cancel", ""],
+}  # fmt: skip
+
+
+@st.composite
+def messy_rows(draw: st.DrawFn, columns: list[str]) -> list[list[str]]:
+    rows, us = [], T0_US
+    for _ in range(draw(st.integers(1, 25))):
+        us += draw(st.sampled_from((0, 0, 1, 1000)))
+        stamps = {"us": us, "ms": us // 1000, "ns": us * 1000,
+                  "iso": pd.Timestamp(us * 1000, unit="ns", tz="UTC").isoformat()}  # fmt: skip
+        row = []
+        for column in columns:
+            usual = {"symbol": "WDOF26", "timestamp": "{us}", "local_timestamp": "{us}",
+                     "is_snapshot": "false", "side": "bid", "price": "5000.5", "amount": "3",
+                     "order_id": "1", "size": "3", "action": "add", "exchange": "b3"}[column]  # fmt: skip
+            cells = _CELLS.get(column, [usual])
+            odds = 1 if column == "timestamp" else 3  # the time's forms most often: each unit its scale
+            cell = draw(st.sampled_from(cells)) if draw(st.integers(0, odds)) == 0 else usual
+            row.append(cell.format(**stamps))
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("columns", [TARDIS, ORDERS], ids=["levels", "orders"])
+# no shrinking: each example reads a file twice, and shrinking one would outrun the test's timeout
+@settings(max_examples=25, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(data=st.data())
+def test_the_column_wise_reader_equals_the_row_reader_on_any_cells(
+    tmp_path_factory: Any, columns: list[str], data: st.DataObject
+) -> None:
+    from tickvault.domain.book import BookColumns
+    from tickvault.sources.book_files import BookFileReader, book_layout
+    from tickvault.sources.tick_files import members
+
+    rows = data.draw(messy_rows(columns))
+    path = tmp_path_factory.mktemp("messy") / "book.csv"
+    path.write_text(",".join(columns) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    results = []
+    for vectorised in (True, False):
+        file = next(members(path))
+        layout = book_layout(file)
+        assert layout is not None
+        reader = BookFileReader(file, layout, vectorised=vectorised)
+        parts, bad = [], []
+        for got, rejected in reader.chunks():
+            parts += got
+            bad += [(b.line, b.error.field, b.error.reason) for b in rejected]
+        by_symbol: dict[str, list[BookColumns]] = {}
+        for part in parts:
+            by_symbol.setdefault(part.symbol, []).append(part)
+        cols = {s: BookColumns.concat(p).columns() for s, p in by_symbol.items()}
+        results.append((cols, sorted(bad), dict(reader.skipped), reader.rows))
+    (fast, fast_bad, fast_skipped, fast_rows), (slow, slow_bad, slow_skipped, slow_rows) = results
+    assert fast_bad == slow_bad and fast_skipped == slow_skipped and fast_rows == slow_rows == len(rows)
+    assert fast.keys() == slow.keys()
+    for symbol in fast:
+        for name in fast[symbol]:
+            assert fast[symbol][name].tolist() == slow[symbol][name].tolist(), (symbol, name)
