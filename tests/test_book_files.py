@@ -517,3 +517,37 @@ def test_the_column_wise_reader_equals_the_row_reader_on_any_cells(
     for symbol in fast:
         for name in fast[symbol]:
             assert fast[symbol][name].tolist() == slow[symbol][name].tolist(), (symbol, name)
+
+
+def test_a_source_process_publishes_the_book_a_recorder_process_records(
+    system_env: dict[str, str], store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --only source --source replay:BOOK` beside `run --only recorder` (here in one process)."""
+    from conftest import wait_until
+    from tickvault.app.components.source import SourceSpec
+    from tickvault.app.system import System
+    from tickvault.config import load_settings
+
+    rows = tardis_rows(10, symbols=("WDOF26",), groups=120)
+    spec = SourceSpec.parse(f"replay:{write(tmp_path / 'l2.csv', TARDIS, rows)}", None)
+    monkeypatch.setenv("WEB_ENABLED", "false")
+    recorder = System(load_settings(only="recorder", symbols=spec.symbols))
+    recorder.start()
+    try:
+        settings = load_settings(only="source", symbols=spec.symbols, speed=0)
+        stop = threading.Event()
+        source = System(settings, source=spec.factory(settings, stop), book=spec.makes_book)
+        source.stop_event = stop
+        source.start()
+        try:
+            source.wait(60)
+            produced = source.ingest.book_seq["WDOF26"]
+            assert produced > len(rows) // 2
+            assert wait_until(lambda: store.book_position("WDOF26").seq == produced, timeout=60)
+        finally:
+            source.stop()
+    finally:
+        recorder.stop()
+    history = oracle(rows, "mbp")["WDOF26"]
+    for at in moments(history, 5):
+        assert stored_state(store, "WDOF26", at) == levels_only(expected_at(history, at), "mbp"), at

@@ -47,7 +47,7 @@ def _metrics(system: System) -> Component | None:
 
 def _book(system: System) -> Component | None:
     s = system.settings
-    if not s.book_enabled or (s.only is None and not system.book_source):
+    if not s.book_enabled or (s.only != "recorder" and not system.book_source):
         return None  # a source without a book (a tick file, a mere iterator of ticks)
     from tickvault.app.components.book import Book
 
@@ -74,7 +74,7 @@ REGISTRY: tuple[tuple[frozenset[Role], Callable[[System], Component | None]], ..
     (frozenset({None}), lambda s: LocalRecorder(s.wiring)),
     (frozenset({"recorder"}), lambda s: BusRecorder(s.wiring)),
     (WHOLE_OR_SOURCE, lambda s: CoreFlow(s.wiring, s.event_handlers, s.warm_up)),
-    (frozenset({None, "recorder"}), _book),  # after the recorder and core flow it feeds
+    (frozenset({None, "source", "recorder"}), _book),  # after the recorder and core flow it feeds
     (WHOLE_OR_SOURCE, lambda s: Source(s.wiring, s.source_factory, s.hold_back)),
     (frozenset({None}), _web),  # after the source: the page opens on a running system
     (EVERY, lambda s: Health(s.wiring, s.counters)),  # last: it reports every counter
