@@ -551,3 +551,18 @@ def test_a_source_process_publishes_the_book_a_recorder_process_records(
     history = oracle(rows, "mbp")["WDOF26"]
     for at in moments(history, 5):
         assert stored_state(store, "WDOF26", at) == levels_only(expected_at(history, at), "mbp"), at
+
+
+def test_an_ingested_file_is_sealed_in_blocks_of_bounded_size(store: Store, tmp_path: Path) -> None:
+    """Any moment is read back from a snapshot and at most about SNAPSHOT_EVERY updates, as the live
+    recorder's writes leave it: a long file is written in pieces, each closed by a snapshot."""
+    from tickvault.store.book_writer import SNAPSHOT_EVERY
+
+    rows = order_rows(11, events=3 * SNAPSHOT_EVERY + 500)
+    report = load_book_paths(store, [write(tmp_path / "orders.csv", ORDERS, rows)])[0]
+    assert report.error is None and report.stored == len(rows)
+    refs = store.book_history.refs("WDOF26", 0, 2**62)
+    assert len(refs) >= 3 and sum(r.updates for r in refs) + store.book_position("WDOF26").updates >= len(
+        rows
+    )
+    assert max(r.updates for r in refs) <= SNAPSHOT_EVERY + 10  # a piece ends at a batch's end

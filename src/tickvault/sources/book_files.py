@@ -1,9 +1,13 @@
 """Order-book files (`book_layouts`) read as the book batches a live source would give.
 
 `book_layout(file)` tells a book file from a tick file by its header (CSV, `.gz`, `.zip` members and
-Parquet are opened by `tick_files.members`, as tick files are). `BookFileReader.items()` reads one
-row by row, in file order, and yields `BookBatch`es and `BadRow`s (line 1 is the CSV header;
-Parquet rows count from 1): a bad row is reported and skipped, the rows around it go on.
+Parquet are opened by `tick_files.members`, as tick files are). `BookFileReader` reads one in chunks
+(CSV cut at line ends and parsed by `tick_files`' chunk parser, which keeps each row's line number;
+Parquet by record batches), checks each chunk a column at a time (`book_table.read_rows`) and cuts
+it into batches: `chunks()` gives each symbol's complete batches as `BookColumns` (what `ingest`
+stores), `items()` the same as `BookBatch`es, symbols merged by time (what `run` plays), with the
+`BadRow`s (line 1 is the CSV header; Parquet rows count from 1): a bad row is reported and skipped,
+the rows around it go on.
 
 Batches (`Batcher`), per symbol: consecutive rows that share a timestamp (as written, to the ns) are
 one batch, its last update flagged LAST, so the book is read only between them. A run of

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
 from tickvault.domain.book import BookColumns, BookKind
 from tickvault.domain.events import from_ms
 from tickvault.errors import DataError, TickvaultError
@@ -31,11 +33,11 @@ from tickvault.sources.bulk_load import FileReport
 from tickvault.sources.files import BadRow
 from tickvault.sources.tick_files import TickFile, members
 from tickvault.store.api import Store
-from tickvault.store.book_writer import BookPart, BookWriter
+from tickvault.store.book_writer import SNAPSHOT_EVERY, BookPart, BookWriter
 
 log = logging.getLogger("tickvault.ingest")
 
-WRITE_EVERY = 50_000  # updates buffered before a write (one stream entry per symbol)
+WRITE_EVERY = 50_000  # updates read ahead of the writes
 
 
 @dataclass
@@ -138,19 +140,27 @@ def load_book_file(
 
 
 def _write(writer: BookWriter, pending: list[BookPart], report: FileReport) -> None:
+    """Each symbol's pending batches, written in pieces of about SNAPSHOT_EVERY updates (cut at batch
+    ends): the writer stores a snapshot after such a piece, so any moment is read back from a
+    snapshot and a bounded replay, as the live recorder's writes leave it."""
     if not pending:
         return
     by_symbol: dict[str, list[BookColumns]] = {}
     for part in pending:
         by_symbol.setdefault(part.cols.symbol, []).append(part.cols)
     pending.clear()
-    parts = [BookPart(BookColumns.concat(cols) if len(cols) > 1 else cols[0]) for cols in by_symbol.values()]
-    result = writer.write(parts)
-    report.stored += result.stored
-    report.duplicates += result.duplicates
-    for _, updates, why in result.refused:
-        report.rejected += updates
-        report.reasons[why.field] += updates
+    for parts in by_symbol.values():
+        cols = BookColumns.concat(parts) if len(parts) > 1 else parts[0]
+        ends = cols.batch_ends()
+        cuts = np.unique(np.searchsorted(ends, np.arange(SNAPSHOT_EVERY, len(cols), SNAPSHOT_EVERY) - 1))
+        bounds = [0, *(int(ends[c]) + 1 for c in cuts if c < ends.size - 1), len(cols)]
+        for lo, hi in zip(bounds, bounds[1:], strict=False):
+            result = writer.write([BookPart(cols.take(slice(lo, hi)))])
+            report.stored += result.stored
+            report.duplicates += result.duplicates
+            for _, updates, why in result.refused:
+                report.rejected += updates
+                report.reasons[why.field] += updates
 
 
 def _count_bad(report: FileReport, row: BadRow, keep_bad: int, rejects: IO[str] | None) -> None:
