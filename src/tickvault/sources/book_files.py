@@ -214,7 +214,9 @@ class BookFileReader:
             delimiter = max((",", ";", "\t"), key=text.count) if text else ","
             names = [c.strip() for c in next(csv.reader([text], delimiter=delimiter), [])]
             parse = _ChunkParser(names, self.layout, delimiter)
-            for chunk in _chunks(fh, self.file.chunk_bytes):
+            # a small file, a small buffer (the chunk reader allocates twice a chunk's size up front)
+            size = max(64 << 10, min(self.file.chunk_bytes, self.file.total_bytes + 1))
+            for chunk in _chunks(fh, size):
                 yield parse(chunk)
 
     def _parquet(self) -> Iterator[tuple[pa.Table, np.ndarray, list[BadRow]]]:
