@@ -566,3 +566,24 @@ def test_an_ingested_file_is_sealed_in_blocks_of_bounded_size(store: Store, tmp_
         rows
     )
     assert max(r.updates for r in refs) <= SNAPSHOT_EVERY + 10  # a piece ends at a batch's end
+
+
+def test_ingest_json_says_what_a_book_file_skipped(
+    system_env: dict[str, str], store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from rich.console import Console
+
+    from tickvault.app.ingest import run_ingest
+    from tickvault.config import load_settings
+
+    rows = tardis_rows(12, groups=30)
+    path = write(tmp_path / "l2.csv", TARDIS, rows)
+    code = run_ingest(load_settings(), [str(path)], json_output=True, err=Console(), say=lambda *_: None)
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    (file,) = doc["files"]
+    assert file["skipped"] == 2 and file["read"] == len(rows) and file["rejected"] == 0
+    # three snapshots (one a symbol at the start, one midway): a clear each
+    assert file["stored"] == len(rows) - 2 + 3 and doc["durable"]

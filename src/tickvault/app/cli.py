@@ -319,7 +319,7 @@ class IngestFormat(StrEnum):
 def ingest(
     ctx: typer.Context,
     paths: Annotated[
-        list[str], typer.Argument(help="Tick files, directories or globs (CSV, Parquet, .gz, .zip)")
+        list[str], typer.Argument(help="Tick or book files, directories or globs (CSV, Parquet, .gz, .zip)")
     ],
     via_bus: Annotated[
         bool,
@@ -335,7 +335,8 @@ def ingest(
 ) -> None:
     """Past ticks from files straight into history blocks, once each (idempotent, crash-safe); exits
     when they are durable. Columns may have tickvault's names or other common ones (B3's
-    TradeIntraday files, Portuguese, English)."""
+    TradeIntraday files, Portuguese, English). Order-book files (price levels as Tardis'
+    incremental_book_L2, or order events) are told by their columns and stored as the book."""
     from tickvault.app.ingest import run_ingest
 
     with _errors():

@@ -251,4 +251,5 @@ def _as_json(report: FileReport) -> dict[str, Any]:
             {"line": b.line, "field": b.error.field, "reason": b.error.reason} for b in report.bad
         ],
         "error": report.error, "elapsed_s": round(report.elapsed_s, 3),
+        **({"skipped": report.skipped} if isinstance(report, BookFileReport) else {}),
     }  # fmt: skip
