@@ -179,11 +179,10 @@ def test_a_full_book_is_one_snapshot_group_held_until_its_last_page() -> None:
     second = Page([OfferEntry(5401.0, 5, 3, 12)], last=True)
     events = offer(t, AT_FULL_BOOK, 0, sell=second, buy=buys)
     assert summary(events) == [
-        ("clear", "ask", 0.0, 0, 0, SNAPSHOT),
+        ("clear", "none", 0.0, 0, 0, SNAPSHOT),  # one clear of the whole book: a snapshot of it all
         ("add", "ask", 5402.0, 4, 10, SNAPSHOT),
         ("add", "ask", 5401.5, 6, 11, SNAPSHOT),
         ("add", "ask", 5401.0, 5, 12, SNAPSHOT),
-        ("clear", "bid", 0.0, 0, 0, SNAPSHOT),
         ("add", "bid", 5400.0, 1, 20, SNAPSHOT),
         ("add", "bid", 5400.5, 2, 21, SNAPSHOT | LAST),
     ]
@@ -198,7 +197,7 @@ def test_an_action_before_the_last_page_ends_the_snapshot_group_where_it_is() ->
     offer(t, AT_FULL_BOOK, 0, buy=Page([OfferEntry(5400.0, 1, 3, 20)], last=False))
     events = offer(t, AT_ADD, 0, quantity=3, offer_id=30, price=5400.5)
     assert summary(events) == [
-        ("clear", "bid", 0.0, 0, 0, SNAPSHOT),
+        ("clear", "none", 0.0, 0, 0, SNAPSHOT),
         ("add", "bid", 5400.0, 1, 20, SNAPSHOT | LAST),
         ("add", "bid", 5400.5, 3, 30, LAST),
     ]
@@ -311,9 +310,10 @@ def test_the_price_book_translates_levels_positionally() -> None:
         t, AT_FULL_BOOK, 0, sell=Page([LevelEntry(5401.0, 3, 1), LevelEntry(5400.5, 8, 4)], last=True)
     )
     assert [(e.action, e.side, e.price, e.quantity, e.flags) for e in full] == [
-        ("clear", "ask", 0.0, 0, SNAPSHOT),
+        ("clear", "none", 0.0, 0, SNAPSHOT),
         ("add", "ask", 5401.0, 3, SNAPSHOT),
-        ("add", "ask", 5400.5, 8, SNAPSHOT | LAST),
+        ("add", "ask", 5400.5, 8, SNAPSHOT),
+        ("add", "bid", 5399.0, 10, SNAPSHOT | LAST),  # the side it did not replace, restated
     ]
 
 

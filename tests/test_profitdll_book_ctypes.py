@@ -128,9 +128,10 @@ def test_the_subscription_s_full_book_comes_in_pages_and_leaves_as_one_snapshot_
     assert fake.calls(OFFER, 2) == 3 and session.book.stats.calls == 3
     assert len(batches) == 1
     (snap,) = batches
-    assert snap.symbol == SYMBOL and len(snap) == 2 + 12
-    assert all(e.flags & SNAPSHOT for e in snap) and [e.flags & LAST for e in snap] == [0] * 13 + [LAST]
-    assert [e.action for e in snap].count("clear") == 2 and [e.seq for e in snap] == list(range(1, 15))
+    assert snap.symbol == SYMBOL and len(snap) == 1 + 12
+    assert all(e.flags & SNAPSHOT for e in snap) and [e.flags & LAST for e in snap] == [0] * 12 + [LAST]
+    assert (snap[0].action, snap[0].side) == ("clear", "none")  # a snapshot of the whole book
+    assert [e.action for e in snap].count("clear") == 1 and [e.seq for e in snap] == list(range(1, 14))
     mirror.apply(batches)
     assert_offer_book_equal(fake, session, mirror.mbo)
     assert mirror.mbo.orders[202] == (0, 5413.0, 3_000_000_000, 8)  # an Int64 quantity in a page
@@ -200,7 +201,7 @@ def test_the_price_book_by_level_end_to_end(fake: FakeControls, session: ProfitD
     mirror = Mirror()
     session.subscribe_price_book([SYMBOL])
     (snap,) = settle(fake, session)
-    assert len(snap) == 2 + 12 and all(e.flags & SNAPSHOT for e in snap)
+    assert len(snap) == 1 + 12 and all(e.flags & SNAPSHOT for e in snap)  # one clear, 12 levels
     mirror.apply([snap])
     assert_price_book_equal(fake, mirror.mbp)
     assert mirror.mbp.levels("bid").quantity.tolist()[3] == 3_000_000_000

@@ -144,7 +144,9 @@ FLAGS: dict[str, _Flag] = {
     "only": _Flag(str, "One component per process: source, recorder, candles, features, predictor"),
     "web_enabled": _Flag(bool, "Serve the web dashboard", ("--web/--no-web",)),
     "book_enabled": _Flag(
-        bool, "The simulator's order book: published, recorded, in features", ("--book/--no-book",)
+        bool,
+        "The source's order book (sim, ProfitDLL, book file, store): published, recorded, in features",
+        ("--book/--no-book",),
     ),
     "web_port": _Flag(int, "Web dashboard port, 0: any free port", min=0),
     "web_host": _Flag(str, "Web dashboard address (beyond loopback it needs WEB_TOKEN)"),
@@ -196,7 +198,7 @@ def main_options(ctx: typer.Context) -> None:
 def run(
     ctx: typer.Context,
     source: Annotated[
-        str, Opt(help="sim, replay:PATH (CSV/Parquet), store:START..END (into --namespace) or profitdll")
+        str, Opt(help="sim, replay:FILE[,BOOKFILE] (ticks or book), store:START..END (namespaced), profitdll")
     ] = "sim",
     duration: Annotated[
         float | None, Opt(help="Stop after this many seconds (default: until Ctrl+C)", min=0)
@@ -218,6 +220,7 @@ def run(
             settings, handlers=[view], source=spec.factory(settings, stop),
             record_only=settings.symbols if settings.only == "recorder" and symbols else None,
             hold_back=False if spec.live else None, warm_up=True if spec.live else None,
+            book=spec.makes_book,
         )  # fmt: skip
         system.stop_event = stop  # the DLL's tick queue ends when the system stops
         _stop_on_sigterm(stop)
@@ -316,7 +319,7 @@ class IngestFormat(StrEnum):
 def ingest(
     ctx: typer.Context,
     paths: Annotated[
-        list[str], typer.Argument(help="Tick files, directories or globs (CSV, Parquet, .gz, .zip)")
+        list[str], typer.Argument(help="Tick or book files, directories or globs (CSV, Parquet, .gz, .zip)")
     ],
     via_bus: Annotated[
         bool,
@@ -332,7 +335,8 @@ def ingest(
 ) -> None:
     """Past ticks from files straight into history blocks, once each (idempotent, crash-safe); exits
     when they are durable. Columns may have tickvault's names or other common ones (B3's
-    TradeIntraday files, Portuguese, English)."""
+    TradeIntraday files, Portuguese, English). Order-book files (price levels as Tardis'
+    incremental_book_L2, or order events) are told by their columns and stored as the book."""
     from tickvault.app.ingest import run_ingest
 
     with _errors():

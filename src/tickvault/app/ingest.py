@@ -1,5 +1,7 @@
 """`tickvault ingest`: files into history (`sources.bulk_load`) or, with `--via-bus`, through the bus
-and recorder as a replay; the progress bar, the summaries and the exit code.
+and recorder as a replay; the progress bar, the summaries and the exit code. Order-book files (told
+by their columns) go through the book writer into book history (`sources.book_load`), never via the
+bus (whose numbering would store a rerun twice).
 
 Output: per file a line `NAME: read= stored= duplicates= rejected= (reasons)` and a total line
 ending in `durable=yes|NO` on stdout (or one JSON document with `--format json`); rejected rows on
@@ -29,6 +31,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from tickvault.config import Settings
 from tickvault.errors import ConfigError
+from tickvault.sources.book_files import is_book_path
+from tickvault.sources.book_load import BookFileReport, load_book_paths
 from tickvault.sources.bulk_load import (
     DEFAULT_MEMORY,
     FileReport,
@@ -157,11 +161,17 @@ def _bulk(
         conn.check()
         store = Store(conn.client("ingest"), conn.keys)
         bars = BarProgress(err) if err.is_terminal else None
-        with bars.bars if bars is not None else ExitStack():
-            reports = load_files(
-                store, paths, symbol=symbol, memory_bytes=memory_bytes, keep_bad=show, progress=bars,
-                rejects=rejects, stop=stop,
-            )  # fmt: skip
+        files = expand(paths)
+        books = [path for path in files if is_book_path(path, symbol=symbol)]  # told by their columns
+        ticks = [path for path in files if path not in books]
+        reports = []
+        if ticks:
+            with bars.bars if bars is not None else ExitStack():
+                reports = load_files(
+                    store, ticks, symbol=symbol, memory_bytes=memory_bytes, keep_bad=show, progress=bars,
+                    rejects=rejects, stop=stop,
+                )  # fmt: skip
+        reports += load_book_paths(store, books, symbol=symbol, keep_bad=show, rejects=rejects, stop=stop)
         return reports, store.wait_durable()
 
 
@@ -174,6 +184,10 @@ def _via_bus(
     reports: list[FileReport] = []
     durable = True
     for path in expand(paths):
+        if is_book_path(path, symbol=symbol):  # the bus numbers updates afresh: a rerun would add them again
+            why = "is a book file: ingest it without --via-bus (idempotent) or play it: run --source replay:"
+            reports.append(BookFileReport(path.name, error=f"{path.name} {why}"))
+            continue
         for file in members(path, symbol=symbol, chunk_bytes=memory_plan(DEFAULT_MEMORY)[0]):
             if stop.is_set():
                 return reports, durable
@@ -237,4 +251,5 @@ def _as_json(report: FileReport) -> dict[str, Any]:
             {"line": b.line, "field": b.error.field, "reason": b.error.reason} for b in report.bad
         ],
         "error": report.error, "elapsed_s": round(report.elapsed_s, 3),
+        **({"skipped": report.skipped} if isinstance(report, BookFileReport) else {}),
     }  # fmt: skip

@@ -47,8 +47,8 @@ def _metrics(system: System) -> Component | None:
 
 def _book(system: System) -> Component | None:
     s = system.settings
-    if not s.book_enabled or (s.only is None and system.source_factory is not None):
-        return None  # the simulator is the source that makes a book
+    if not s.book_enabled or (s.only != "recorder" and not system.book_source):
+        return None  # a source without a book (a tick file, a mere iterator of ticks)
     from tickvault.app.components.book import Book
 
     return Book(system.wiring, recorder_only=s.only == "recorder")
@@ -74,7 +74,7 @@ REGISTRY: tuple[tuple[frozenset[Role], Callable[[System], Component | None]], ..
     (frozenset({None}), lambda s: LocalRecorder(s.wiring)),
     (frozenset({"recorder"}), lambda s: BusRecorder(s.wiring)),
     (WHOLE_OR_SOURCE, lambda s: CoreFlow(s.wiring, s.event_handlers, s.warm_up)),
-    (frozenset({None, "recorder"}), _book),  # after the recorder and core flow it feeds
+    (frozenset({None, "source", "recorder"}), _book),  # after the recorder and core flow it feeds
     (WHOLE_OR_SOURCE, lambda s: Source(s.wiring, s.source_factory, s.hold_back)),
     (frozenset({None}), _web),  # after the source: the page opens on a running system
     (EVERY, lambda s: Health(s.wiring, s.counters)),  # last: it reports every counter
@@ -109,6 +109,7 @@ class System:
     event_handlers: list[Callable[[Event], None]]
     hold_back: bool
     warm_up: bool
+    book_source: bool
 
     def __init__(
         self,
@@ -121,6 +122,7 @@ class System:
         record_only: tuple[str, ...] | None = None,
         hold_back: bool | None = None,
         warm_up: bool | None = None,
+        book: bool | None = None,
     ) -> None:
         """`settings.only` picks what runs in this process (see REGISTRY). `private_bus`: a batch
         job binds free loopback ports. `record_only`: `run --only recorder --symbols A,B` records
@@ -128,12 +130,14 @@ class System:
         may wait for the recorder (default: when it is unpaced, speed 0; never for a live feed).
         `warm_up`: whether the features start from the stored session so far (default: for the
         simulator, which continues the stored market; a file of older ticks would only find a
-        warmed engine ahead of it)."""
+        warmed engine ahead of it). `book`: whether the source makes order-book batches, which the
+        book component then publishes and records (default: the simulator does)."""
         self.settings = settings
         self.only = settings.only
         self.source_factory = source
         self.hold_back = settings.speed == 0 if hold_back is None else hold_back
         self.warm_up = source is None if warm_up is None else warm_up
+        self.book_source = source is None if book is None else book
         self.event_handlers = list(event_handlers or [])
         self.wiring = Wiring(settings, Ingest(handlers=handlers), threading.Event(), private_bus, record_only)
         self.components: list[Component] = []  # started, in start order

@@ -155,6 +155,11 @@ class KeySpace:
         """Hash: the book's kind and the highest frame, seq and time stored (where a restart resumes)."""
         return f"{self.prefix}{META_PREFIX}:bookpos:{self._sym(symbol)}"
 
+    def book_files(self, symbol: str) -> str:
+        """Hash: digest of an ingested book file -> the seq its first update of this symbol took
+        (so ingesting the file again numbers it the same, and stores nothing twice)."""
+        return f"{self.prefix}{META_PREFIX}:bookfiles:{self._sym(symbol)}"
+
     def book_late(self, symbol: str) -> str:
         """Sorted set: first exchange ms -> id of a live book entry stored after newer ones."""
         return f"{self.prefix}{META_PREFIX}:booklate:{self._sym(symbol)}"

@@ -405,6 +405,11 @@ class ProfitDLLSource:
             if code != NL_OK:
                 raise ProfitDLLError(f"{function}({symbol}) returned {code}")
 
+    @property
+    def has_book(self) -> bool:
+        """Whether this DLL took the V2 book callbacks (known once started)."""
+        return self._book_callbacks
+
     def subscribe(self, symbols: Iterable[str]) -> None:
         """Trades of `symbols`, as ticks."""
         self._each("SubscribeTicker", symbols)
@@ -505,10 +510,14 @@ class ProfitDLLSource:
             self._dll = None
 
 
-def profitdll_source(settings: Any, stop: threading.Event) -> Callable[[Any], Iterator[Tick]]:
-    """A `System` source: log in with PROFIT_* settings, subscribe to the configured symbols."""
+def profitdll_source(
+    settings: Any, stop: threading.Event, *, book: bool = False
+) -> Callable[[Any], Iterator[Tick | BookBatch]]:
+    """A `System` source: log in with PROFIT_* settings, subscribe to the configured symbols' trades
+    and, with `book`, their offer books (by order: `OrderUpdate` batches, a full book first). A DLL
+    without the V2 book callbacks gives trades only (logged when it loads)."""
 
-    def source(_: Any) -> Iterator[Tick]:
+    def source(_: Any) -> Iterator[Tick | BookBatch]:
         def secret(value: Any) -> str:
             return str(value.get_secret_value()) if value is not None else ""
 
@@ -519,7 +528,11 @@ def profitdll_source(settings: Any, stop: threading.Event) -> Callable[[Any], It
         session.start()
         try:
             session.subscribe(settings.symbols)
-            yield from session.ticks(stop)
+            if book and session.has_book:
+                session.subscribe_offer_book(settings.symbols)
+                yield from session.events(stop)
+            else:
+                yield from session.ticks(stop)
         finally:
             session.close()
 

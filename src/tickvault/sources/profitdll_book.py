@@ -21,11 +21,12 @@ example shipped with it, `UpdateOfferBook`):
 The translators keep those lists per symbol and side and turn every callback into events with
 explicit prices and ids: `OfferBookTranslator` (offer book, by order) -> `OrderUpdate`;
 `PriceBookTranslator` (price book, by level) -> `BookUpdate`. A callback's events are one batch, its
-last event flagged LAST. A full book is a snapshot group: for each side it replaces, a clear of that
-side, then one add per entry, all flagged SNAPSHOT; the group is held back until every side being
-replaced got its last page, then returned whole, its last event flagged LAST too (nothing can read a
-book in the middle of a snapshot anyway). Another action arriving first ends the group there
-(counted in `stats.interrupted`). Events are numbered per symbol: seq 1, 2, ...
+last event flagged LAST. A full book is a snapshot group of the whole book: a clear of both sides,
+then one add per entry (a side it does not replace restated from our list), all flagged SNAPSHOT;
+the group is held back until every side being replaced got its last page, then returned whole, its
+last event flagged LAST too (nothing can read a book in the middle of a snapshot anyway). Another
+action arriving first ends the group there (counted in `stats.interrupted`). Events are numbered per
+symbol: seq 1, 2, ...
 
 Bad input (an unknown action or side, a position outside the list, an invalid price or quantity, a
 malformed date) is counted in `stats.rejected` by reason and changes nothing: never raised into the
@@ -307,11 +308,23 @@ class _Translator:
         return out
 
     def _release(self, symbol: str, book: _Symbol) -> list:  # type: ignore[type-arg]
+        """The held full book as a snapshot of the whole book, as the bus and the store take one: a
+        clear of both sides first, then the entries; a side this full book did not replace is
+        restated from our list (a one-sided group would leave a reader a book no snapshot states)."""
         held, book.held = book.held, []
-        self.stats.events += len(held)
+        if not held:
+            return []
+        _, when, received = held[0]
+        replaced = {row[1] for row, _, _ in held if row[0] == "clear"}
+        group: list[tuple[Row, int, int]] = [(("clear", -1, 0.0, 0, 0, 0), when, received)]
+        group += [item for item in held if item[0][0] != "clear"]
+        for side in (SIDE_BUY, SIDE_SELL):
+            if side not in replaced:
+                group += [(e.row("add", side), when, received) for e in book.lists[side] if e.alive]
+        self.stats.events += len(group)
         return [
-            self._event(symbol, book, row, when, received, SNAPSHOT | (LAST if i == len(held) - 1 else 0))
-            for i, (row, when, received) in enumerate(held)
+            self._event(symbol, book, row, when, received, SNAPSHOT | (LAST if i == len(group) - 1 else 0))
+            for i, (row, when, received) in enumerate(group)
         ]
 
     def _event(self, symbol: str, book: _Symbol, row: Row, when: int, received: int, flags: int) -> object:

@@ -28,7 +28,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 import numpy as np
 import pyarrow as pa
@@ -182,10 +182,17 @@ def _chunks(fh: IO[bytes], size: int) -> Iterator[_Chunk]:
         yield _Chunk(memoryview(tail), line, 1, b"\r" in tail.rstrip(b"\r\n"))
 
 
+class _Fields(Protocol):
+    """What the chunk parser reads of a layout (a tick file's, or a book file's)."""
+
+    @property
+    def fields(self) -> dict[str, str]: ...
+
+
 class _ChunkParser:
     """Parses a CSV chunk's bytes into a text table of the layout's columns, with line numbers."""
 
-    def __init__(self, names: list[str], layout: Layout, delimiter: str) -> None:
+    def __init__(self, names: list[str], layout: _Fields, delimiter: str) -> None:
         self.names, self.delimiter = names, delimiter
         # the last column of a repeated name is the one csv.DictReader keeps
         self.index = {name: i for i, name in enumerate(names)}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tickvault.analytics.book import book_at, book_frames, cutoffs, quotes, valid_rows
+from tickvault.analytics.book import book_at, book_frames, cutoffs, quotes, snapshot_at, valid_rows
 from tickvault.domain.book import ACTIONS, COLUMN_NAMES, SIDES, BookColumns, BookKind
 from tickvault.domain.events import B3_TZ, to_ms, validate_symbol
 from tickvault.domain.keys import KeySpace
@@ -169,6 +169,13 @@ class BookQueries:
             parts.append(live)
         rows = _merged(symbol, kind, parts, 0)
         return rows.slice_time(start_ms, end_ms)
+
+    def book_snapshot_columns(self, symbol: str, at_ms: int) -> BookColumns | None:
+        """The book as of `at_ms` (after its last complete batch by then) as one snapshot group (a
+        clear, then every level or order: `analytics.book.snapshot_at`); None when none is stored."""
+        cols, _ = self.book_replay(symbol, at_ms, at_ms)
+        stop = int(cutoffs(cols, np.array([at_ms], np.int64))[0]) if len(cols) else -1
+        return snapshot_at(cols, stop) if stop >= 0 else None
 
     # -- queries ---------------------------------------------------------------------------------
 

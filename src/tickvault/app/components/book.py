@@ -1,7 +1,8 @@
 """The order book's part of a run (`BOOK_ENABLED`, `run --no-book`): `BookFlow` (app/book_flow.py)
 publishes the source's book batches on the book port and records them, and hands every batch to the
-core flow's live book. The simulator is the source that makes a book; for other sources the book is
-left out. `run --only recorder` records the book frames of the bus too."""
+core flow's live book. It runs for a source that makes a book (the simulator, ProfitDLL's offer
+book, a book file, a store replay: `System(book=...)`); for others it is left out. `run --only
+recorder` records the book frames of the bus too."""
 
 from __future__ import annotations
 

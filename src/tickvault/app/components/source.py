@@ -28,7 +28,7 @@ log = logging.getLogger("tickvault.system")
 MAX_UNSTORED = 20_000
 _CHECK_EVERY = 1024
 
-SourceFactory = Callable[[Store | None], Iterator[Tick]]
+SourceFactory = Callable[[Store | None], Iterator[Tick | BookBatch]]
 
 
 def simulator_resuming(
@@ -111,11 +111,13 @@ class Source:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """What `run --source` names: `sim`, `replay:PATH` (CSV/Parquet ticks), `store:START..END` (the
-    live store's recorded ticks, run into a namespace) or `profitdll`."""
+    """What `run --source` names: `sim`, `replay:PATH` (a CSV/Parquet tick file or book file;
+    `replay:TICKS,BOOK` both, merged by time), `store:START..END` (the live store's recorded ticks
+    and book, run into a namespace) or `profitdll`."""
 
     spec: str
     replay: Path | None = None
+    book_file: Path | None = None  # a book file to replay (told from a tick file by its columns)
     symbols: str | None = None  # for the settings: a file's own symbols when none were given
     symbol: str | None = None  # the one symbol a file without a symbol column plays as
     stored: tuple[int, int] | None = None  # store:START..END as inclusive epoch ms
@@ -128,49 +130,75 @@ class SourceSpec:
             return cls(spec, symbols=symbols, stored=parse_range(spec.removeprefix("store:")))
         if not spec.startswith("replay:"):
             raise ConfigError("--source", spec, "must be sim, replay:PATH, store:START..END or profitdll")
-        replay = Path(spec.removeprefix("replay:"))
-        if not replay.is_file():
-            raise ConfigError("--source", spec, f"{replay} is not a file")
-        if symbols is None:
-            from tickvault.sources.files import file_symbols
+        from tickvault.sources.book_files import book_file_symbols, is_book_path
+        from tickvault.sources.files import file_symbols
 
-            symbols = ",".join(file_symbols(replay)) or None
+        given = spec.removeprefix("replay:")
+        paths = [Path(given)] if Path(given).is_file() else [Path(p.strip()) for p in given.split(",")]
+        for path in paths:
+            if not path.is_file():
+                raise ConfigError("--source", spec, f"{path} is not a file")
+        books = [p for p in paths if is_book_path(p, symbol=symbols)]
+        ticks = [p for p in paths if p not in books]
+        if len(books) > 1 or len(ticks) > 1:
+            raise ConfigError("--source", spec, "must be replay:FILE or replay:TICKS,BOOK (one of each)")
+        replay = ticks[0] if ticks else None
+        book_file = books[0] if books else None
+        if symbols is None:
+            found = file_symbols(replay) if replay is not None else []
+            found += book_file_symbols(book_file) if book_file is not None else []
+            symbols = ",".join(dict.fromkeys(found)) or None
         # a file without a symbol column plays as the one symbol given
-        return cls(spec, replay, symbols, symbols if symbols and "," not in symbols else None)
+        return cls(spec, replay, book_file, symbols, symbols if symbols and "," not in symbols else None)
 
     @property
     def live(self) -> bool:
         """A live feed is buffered, never held back, and continues the stored session."""
         return self.spec == "profitdll"
 
+    @property
+    def makes_book(self) -> bool:
+        """Whether the source makes order-book batches (for the book component of the run)."""
+        return self.spec in ("sim", "profitdll") or self.stored is not None or self.book_file is not None
+
     def factory(self, settings: Settings, stop: threading.Event) -> SourceFactory | None:
         """How the ticks are made (None: the simulator); `stop` ends a live feed."""
-        if self.replay is not None:
-            return _replay(self.replay, settings.speed, self.symbol)
+        if self.replay is not None or self.book_file is not None:
+            return _replay(self.replay, self.book_file, settings.speed, self.symbol)
         if self.stored is not None:
             return _from_store(*self.stored, settings, stop)
         if self.live:
             from tickvault.sources.profitdll import profitdll_source
 
-            return profitdll_source(settings, stop)
+            return profitdll_source(settings, stop, book=settings.book_enabled)
         return None
 
 
-def _replay(path: Path, speed: float, symbol: str | None) -> SourceFactory:
-    """A tick file as the market: paced at --speed (0: as fast as possible); a bad row is logged
-    with its line and reason and skipped, the rest plays on."""
+def _replay(path: Path | None, book_file: Path | None, speed: float, symbol: str | None) -> SourceFactory:
+    """A tick file, a book file, or both merged by time, as the market: paced at --speed (0: as fast
+    as possible); a bad row is logged with its line and reason and skipped, the rest plays on."""
+    from tickvault.sources.book_files import read_book
     from tickvault.sources.files import BadRow, read_ticks
+    from tickvault.sources.store_book_replay import by_time
 
     replay_log = logging.getLogger("tickvault.replay")
 
-    def good() -> Iterator[Tick]:
-        for item in read_ticks(path, symbol=symbol):
+    def good(name: str, items: Iterator[Tick | BookBatch | BadRow]) -> Iterator[Tick | BookBatch]:
+        for item in items:
             if isinstance(item, BadRow):
-                replay_log.error("replay %s: rejected %s", path.name, item)
+                replay_log.error("replay %s: rejected %s", name, item)
                 continue
             yield item
 
-    return lambda _: pace(good(), speed)
+    def played(_: Store | None) -> Iterator[Tick | BookBatch]:
+        streams: list[Iterator[Tick | BookBatch]] = []
+        if path is not None:
+            streams.append(good(path.name, read_ticks(path, symbol=symbol)))
+        if book_file is not None:
+            streams.append(good(book_file.name, read_book(book_file, symbol=symbol)))
+        return pace(by_time(*streams) if len(streams) > 1 else streams[0], speed)
+
+    return played
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -187,8 +215,10 @@ def parse_range(text: str) -> tuple[int, int]:
 
 
 def _from_store(start_ms: int, end_ms: int, settings: Settings, stop: threading.Event) -> SourceFactory:
-    """The live store's ticks of the range as the market, paced like a file replay. It needs a
-    namespace: a replay's output must never land among the live data it reads."""
+    """The live store's ticks and book updates of the range as the market, merged by time, paced
+    like a file replay. It needs a namespace: a replay's output must never land among the live data
+    it reads."""
+    from tickvault.sources.store_book_replay import by_time, store_book_batches
     from tickvault.sources.store_replay import store_ticks
 
     if not settings.namespace:
@@ -196,10 +226,14 @@ def _from_store(start_ms: int, end_ms: int, settings: Settings, stop: threading.
             "--namespace", "", "store:START..END replays into a namespace; give --namespace NAME"
         )
 
-    def ticks(store: Store | None) -> Iterator[Tick]:
+    def ticks(store: Store | None) -> Iterator[Tick | BookBatch]:
         if store is None:
             raise ConfigError("--source", "store", "a replay from the store needs Valkey (--valkey)")
         live = Store(store.client, store.keys.live())
-        return pace(store_ticks(live, settings.symbols, start_ms, end_ms), settings.speed, stop=stop)
+        streams: list[Iterator[Tick | BookBatch]] = [store_ticks(live, settings.symbols, start_ms, end_ms)]
+        if settings.book_enabled:
+            streams.append(store_book_batches(live, settings.symbols, start_ms, end_ms))
+        played = by_time(*streams)
+        return pace(played, settings.speed, stop=stop)
 
     return ticks
