@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tickvault.app.cli import app
 from tickvault.config import load_settings
 from tickvault.domain.keys import KeySpace
 from tickvault.domain.timeparse import to_ms_bounds
+from tickvault.errors import TickvaultError
 from tickvault.ml.scoring import SymbolRun, score, scored_rows
 from tickvault.sources.simulator import MarketSimulator
 from tickvault.store.api import Store
@@ -91,6 +93,19 @@ def test_two_backtests_of_a_range_report_the_same_numbers_and_touch_no_live_key(
     # only the two namespaces' keys are new
     new = all_keys(store.client) - before
     assert new and all(k.startswith(("ns:bt-a:", "ns:bt-b:")) for k in new), sorted(new)[:5]
+
+
+def test_a_backtest_stopped_before_the_end_of_its_range_writes_no_report(
+    system_env: dict[str, str], store: Store, model: Path, tmp_path: Path
+) -> None:
+    store.append_ticks(list(itertools.islice(MarketSimulator(["WDOFUT"], seed=9, start=TODAY).ticks(), 500)))
+    settings = load_settings(symbols="WDOFUT", namespace="cut", model_path=model, **RUN_SETTINGS)
+    stopped = threading.Event()
+    stopped.set()  # Ctrl+C, SIGTERM: before the first tick
+    with pytest.raises(TickvaultError, match="stopped after 0 of the range's 500 ticks"):
+        run_backtest(settings, Store(store.client, KeySpace(namespace="cut")), *to_ms_bounds(START, END),
+                     output=tmp_path / "r.html", fee=1.0, stop=stopped)  # fmt: skip
+    assert not (tmp_path / "r.html").exists()
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,8 @@ def run_backtest(
             "SYMBOL", ",".join(settings.symbols), f"model {model.name} predicts {model.info.symbol} only"
         )
     _check_unused(store, settings.namespace)
-    ticks = _replay(settings, start_ms, end_ms, stop or threading.Event())
+    expected = sum(len(c) for c in replayed.values())
+    ticks = _replay(settings, start_ms, end_ms, stop or threading.Event(), expected)
     info, parts, by_symbol = model.info, [], {}
     mult = {s: instrument_for(s).multiplier for s in predicted}
     for symbol in predicted:
@@ -132,8 +133,9 @@ def _check_unused(store: Store, namespace: str) -> None:
         raise ConfigError("--namespace", namespace, "already holds data; a backtest needs a new namespace")
 
 
-def _replay(settings: Settings, start_ms: int, end_ms: int, stop: threading.Event) -> int:
-    """The replay through the run's own System; returns the ticks it played once all are folded."""
+def _replay(settings: Settings, start_ms: int, end_ms: int, stop: threading.Event, expected: int) -> int:
+    """The replay through the run's own System; returns the ticks it played, once every one of the
+    `expected` ticks of the range has been played, folded and its events written."""
     spec = SourceSpec(
         f"store:{start_ms}..{end_ms}", symbols=",".join(settings.symbols), stored=(start_ms, end_ms)
     )
@@ -142,19 +144,25 @@ def _replay(settings: Settings, start_ms: int, end_ms: int, stop: threading.Even
     system.start()
     try:
         system.wait()
+    except KeyboardInterrupt:
+        pass  # stopped below like any other end; the count says it was cut short
     finally:
         summary = system.stop()
     if system.source_error is not None:
         raise system.source_error
-    counters = summary.counters
-    if stop.is_set() and not system.wiring.source_done.is_set():
-        raise TickvaultError("backtest interrupted before the end of the range: no report")
+    played, counters = summary.generated_total, summary.counters
+    if played < expected:
+        raise TickvaultError(
+            f"backtest stopped after {played:,} of the range's {expected:,} ticks: no report"
+        )
+    if played > expected:  # a recorder writing into the range meanwhile: labels would miss ticks
+        raise TickvaultError("the range gained ticks while it was replayed: give an --end in the past")
     lost = counters.get("features_dropped", 0) + counters.get("feature_errors", 0)
-    if not summary.drained or counters.get("feature_ticks") != summary.generated_total or lost:
+    if not summary.drained or counters.get("feature_ticks") != played or lost:
         raise TickvaultError(
             f"the replay did not complete (drained={summary.drained}, {counters}): no report"
         )
-    return summary.generated_total
+    return played
 
 
 def _symbol_run(store: Store, symbol: str, ticks: Columns, start_ms: int, end_ms: int) -> SymbolRun:
