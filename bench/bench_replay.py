@@ -7,12 +7,15 @@ way of making them (a checked `Tick(...)` and `from_ms` per row, kept here as th
 replaces), and the oldest one, the range as a DataFrame turned into Ticks row by row
 (`frame_to_ticks(store.ticks(...))`). Each rate is wall time and, since the machine is shared, also
 CPU time of this process. End to end, a replay runs at what the feature engine folds: its rate on the
-same ticks is the last line.
+same ticks, then the first N_END_TO_END ticks through the whole system `run --source store:START..END
+--speed 0` builds (what `tickvault backtest` runs: no page, no bus; ingest, the feature thread, the
+recorder writing into a namespace; no model loaded), from start to a drained stop.
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +23,9 @@ from pathlib import Path
 import valkey
 
 from tickvault.analytics.features import FeatureEngine
+from tickvault.app.components.source import SourceSpec
+from tickvault.app.system import System
+from tickvault.config import load_settings
 from tickvault.domain.events import Tick, from_ms
 from tickvault.domain.tick_schema import AGGRESSOR_CODES
 from tickvault.sources.simulator import MarketSimulator
@@ -29,6 +35,7 @@ from tickvault.store.server import EmbeddedValkey
 
 N_TICKS = 1_000_000
 N_BASELINE = 100_000
+N_END_TO_END = 200_000
 SYMBOLS = ("WDOFUT", "WINFUT")
 
 
@@ -69,6 +76,24 @@ def _rate(name: str, count: Callable[[], int]) -> float:
     return n / wall
 
 
+def _system_replay(url: str, folder: Path, start_ms: int, end_ms: int) -> int:
+    settings = load_settings(
+        valkey_url=url, data_dir=folder / "data", symbols=",".join(SYMBOLS), namespace="bench", speed=0,
+        web_enabled=False, zmq_enabled=False, zmq_consume_enabled=False, model_path=folder / "no-model",
+    )  # fmt: skip
+    spec = SourceSpec(f"store:{start_ms}..{end_ms}", symbols=",".join(SYMBOLS), stored=(start_ms, end_ms))
+    stop = threading.Event()
+    system = System(settings, source=spec.factory(settings, stop))
+    system.stop_event = stop
+    system.start()
+    try:
+        system.wait()
+    finally:
+        summary = system.stop()
+    assert summary.drained and summary.counters["feature_ticks"] == summary.generated_total
+    return summary.generated_total
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedValkey(Path(tmp) / "valkey")
@@ -99,6 +124,9 @@ def main() -> None:
                 return len(replayed)
 
             _rate("end to end bound: the feature engine folding them (one thread)", fold)
+            cut = min(int(store.columns(s, a, b).timestamp_ms[N_END_TO_END // 2]) for s in SYMBOLS)
+            _rate("end to end: the run's system, store -> features + namespace recorded",
+                  lambda: _system_replay(f"valkey://{info.host}:{info.port}", Path(tmp), a, cut))  # fmt: skip
         finally:
             client.close()
             server.release()
