@@ -86,6 +86,7 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
         _check_time(self.timestamp, self.timestamp_ms)
 
 
+# gc=False: its fields (text, numbers, a datetime) cannot form a cycle, and a replay makes millions
 class Tick(Event, frozen=True, forbid_unknown_fields=True, kw_only=True, gc=False):
     """One trade. `volume` is the financial volume, `quantity` the number of contracts. Its fields
     are declared in `tick_schema.TICK_FIELDS` (a test holds this class to them)."""
