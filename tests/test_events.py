@@ -352,5 +352,9 @@ def test_only_the_store_replay_builds_ticks_unchecked() -> None:
     import tickvault
 
     root = Path(tickvault.__file__).parent
-    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "stored_ticks" in p.read_text())
-    assert users == ["domain/events.py", "sources/store_replay.py"]
+
+    def users(name: str) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if name in p.read_text())
+
+    assert users("stored_ticks") == ["domain/events.py", "sources/store_replay.py"]
+    assert users("_trusted") == ["domain/events.py"]  # the switch itself: nobody else turns it on

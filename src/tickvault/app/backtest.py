@@ -148,8 +148,11 @@ def _replay(settings: Settings, start_ms: int, end_ms: int, stop: threading.Even
         pass  # stopped below like any other end; the count says it was cut short
     finally:
         summary = system.stop()
-    if system.source_error is not None:
-        raise system.source_error
+    error = system.source_error
+    if isinstance(error, TickvaultError):
+        raise error
+    if error is not None:
+        raise TickvaultError(f"the replay's source failed: {error!r}") from error
     played, counters = summary.generated_total, summary.counters
     if played < expected:
         raise TickvaultError(
