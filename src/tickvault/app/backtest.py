@@ -97,7 +97,8 @@ def run_backtest(
     rows = in_time_order(parts)
     total = score(rows, sum(s.predictions for s in by_symbol.values()))
     about = (f"Model {model.name} (trained on {info.symbol}, {info.train_start} to {info.train_end}, horizon"
-             f" {info.horizon_ms / 1000:g} s), replayed from {from_ms(start_ms).isoformat()} to"
+             f" {info.horizon_ms / 1000:g} s; signals at P >= {settings.signal_threshold:g}), replayed from"
+             f" {from_ms(start_ms).isoformat()} to"
              f" {from_ms(end_ms).isoformat()} ({', '.join(settings.symbols)}) through the live pipeline into"
              f" namespace {settings.namespace}: {ticks:,} ticks. Labels as in training, from the"
              f" replayed trades; a prediction whose horizon runs past the last of its session is not"
