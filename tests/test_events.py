@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,9 +25,12 @@ from tickvault.domain.events import (
     encode,
     from_fields,
     from_ms,
+    from_ms_array,
+    stored_ticks,
     to_fields,
     to_ms,
 )
+from tickvault.domain.tick_schema import AGGRESSOR_CODES, COLUMN_DTYPES, COLUMNS
 from tickvault.errors import DataError
 
 symbols = st.from_regex(r"[A-Z0-9._-]{1,32}", fullmatch=True)
@@ -295,3 +300,61 @@ def test_ms_conversion_is_exact_and_in_b3_time() -> None:
     assert t.utcoffset() == timedelta(hours=-3)
     assert to_ms(t) == BASE_MS + 7
     assert tick(ts_ms=BASE_MS).session == "20251124"
+
+
+# -- Ticks read back from the store (`stored_ticks`: the store replay's input) ------------------------
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "2025-11-24T09:00:00-03:00",  # one offset all day (no DST since 2019)
+        "2018-11-03T23:30:00-03:00",  # the clock jumps 00:00 -> 01:00 (DST starts)
+        "2019-02-16T22:30:00-02:00",  # 23:00-23:59 twice (DST ends): fold 1 the second time
+    ],
+)
+def test_from_ms_array_is_from_ms_of_each_value_across_offset_changes(first: str) -> None:
+    start = to_ms(datetime.fromisoformat(first))
+    ms = start + np.arange(0, 3 * 3_600_000, 61_013, dtype=np.int64)
+    made = from_ms_array(ms)
+    expected = [from_ms(m) for m in ms.tolist()]
+    assert made == expected
+    assert [(d.isoformat(), d.fold, d.tzinfo) for d in made] == [
+        (d.isoformat(), d.fold, d.tzinfo) for d in expected
+    ]
+
+
+def test_stored_ticks_equal_validated_ticks_and_leave_the_checks_on() -> None:
+    ticks = [
+        tick("WDOFUT", BASE_MS + i * 7, i + 1, 5400.0 + i, i % 5 + 1, trade_type=2 + i % 3, is_edit=i == 4)
+        for i in range(10)
+    ]
+    columns = {
+        name: np.array([getattr(t, name) for t in ticks], dtype=COLUMN_DTYPES[name])
+        for name in COLUMNS
+        if name not in ("aggressor", "seq")
+    }
+    columns["aggressor"] = np.array([AGGRESSOR_CODES.index(t.aggressor) for t in ticks], dtype=np.int8)
+    made = stored_ticks([t.symbol for t in ticks], columns)
+    assert made == [msgspec.structs.replace(t, seq=0) for t in ticks]
+    assert all(type(t) is Tick for t in made)
+    # a mismatched column ends the build with an error, and the checks are back on either way
+    with pytest.raises(ValueError):
+        stored_ticks(["WDOFUT"] * 9, columns)
+    with pytest.raises(DataError, match="price"):
+        Tick(symbol="WDOFUT", timestamp=from_ms(BASE_MS), timestamp_ms=BASE_MS, trade_id=1, price=-1.0,
+             volume=1.0, quantity=1)  # fmt: skip
+
+
+def test_only_the_store_replay_builds_ticks_unchecked() -> None:
+    """The trusted constructor is reached from the store's read-back only: a file, the bus or the
+    DLL must never bypass the checks."""
+    import tickvault
+
+    root = Path(tickvault.__file__).parent
+
+    def users(name: str) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if name in p.read_text())
+
+    assert users("stored_ticks") == ["domain/events.py", "sources/store_replay.py"]
+    assert users("_trusted") == ["domain/events.py"]  # the switch itself: nobody else turns it on

@@ -122,6 +122,26 @@ def test_two_replays_write_identical_outputs_equal_to_a_backfill_and_no_live_key
     assert live_result.exit_code == 0 and live_result.stdout != result.stdout
 
 
+def test_the_replay_input_is_the_stored_ticks_as_checked_ticks(store: Store) -> None:
+    """`store_ticks` builds its Ticks without the checks: they must equal the checked ones, blocks
+    and live tail alike, symbols merged in time order."""
+    import msgspec
+
+    from tickvault.sources.store_replay import store_ticks
+
+    ticks = list(itertools.islice(MarketSimulator(list(SYMBOLS), seed=3, start=TODAY).ticks(), 3000))
+    store.append_ticks(ticks[:2000])
+    for symbol in SYMBOLS:
+        store.compact(symbol, live_ms=0)  # sealed blocks, then a live tail
+    store.append_ticks(ticks[2000:])
+    first, last = ticks[0].timestamp_ms, ticks[-1].timestamp_ms
+    replayed = list(store_ticks(store, SYMBOLS, first, last))
+    frame = store.ticks(list(SYMBOLS), first, last)
+    checked = [msgspec.structs.replace(t, seq=0) for t in frame_to_ticks(frame)]
+    assert len(replayed) == len(ticks) and replayed == checked
+    assert [t.timestamp.isoformat() for t in replayed] == [t.timestamp.isoformat() for t in checked]
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

@@ -123,6 +123,21 @@ def test_last_process_out_stops_the_server_not_before(
     assert not (tmp_path / "data" / "valkey" / STATE_FILE).exists()
 
 
+def test_a_process_stops_the_server_when_its_last_connection_closes_not_its_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tickvault backtest` reads the namespace through its own connection after its system (with
+    a connection of its own) has stopped."""
+    monkeypatch.setenv("TICKVAULT_DATA_DIR", str(tmp_path / "data"))
+    reader, system = Connection.open(load_settings()), Connection.open(load_settings())
+    system.client("recorder").set("k", "v")
+    system.close()
+    system.close()  # closing twice counts once
+    assert reader.client("reader").get("k") == b"v", "stopped while this process still uses it"
+    reader.close()
+    assert EmbeddedValkey(tmp_path / "data" / "valkey").running() is None
+
+
 def test_stale_state_file_of_a_dead_server_is_replaced(tmp_path: Path) -> None:
     data = tmp_path / "valkey"
     data.mkdir()

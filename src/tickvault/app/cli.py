@@ -620,6 +620,36 @@ def report(
         print(f"report={written}")
 
 
+@app.command()
+def backtest(
+    ctx: typer.Context,
+    symbol: Annotated[str, typer.Argument(help="Symbol(s) to replay, e.g. WDOFUT or WDOFUT,WINFUT")],
+    start: Annotated[str, Opt(help="ISO 8601 with offset, a date (B3 day) or e.g. '-2d'")],
+    end: Annotated[str, Opt(help="Inclusive end, same forms as --start")],
+    model: Annotated[Path | None, Opt(help="Model saved by `train` (default: TICKVAULT_MODEL)")] = None,
+    namespace: Annotated[
+        str | None, Opt(help="Where the replay's output goes (default: backtest-<UTC time>); must be new")
+    ] = None,
+    output: Annotated[Path, Opt(help="HTML file to write")] = Path("report.html"),
+    fee: Annotated[float, Opt(help="Fee in BRL per contract per side", min=0.0)] = 1.0,
+) -> None:
+    """Replay a recorded range through the live pipeline with a model, into a namespace, and write
+    the report of its predictions and signals: hit rate, confusion matrix, equity after costs."""
+    from tickvault.app.backtest import RUN_SETTINGS, default_namespace, run_backtest
+    from tickvault.domain.timeparse import to_ms_bounds
+
+    with _errors():
+        start_ms, end_ms = to_ms_bounds(start, end)
+        settings = _settings(
+            ctx, symbols=symbol, namespace=namespace or default_namespace(), model_path=model, **RUN_SETTINGS
+        )
+        stop = threading.Event()
+        _stop_on_sigterm(stop)
+        with _store(settings, "backtest") as (store, _):
+            result = run_backtest(settings, store, start_ms, end_ms, output=output, fee=fee, stop=stop)
+        print(result.summary())
+
+
 # -- backfill ----------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import valkey
 from valkey.backoff import ExponentialBackoff
@@ -25,6 +28,12 @@ def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.5, base=0.02), retries=3)
 
 
+# open Connections to each embedded server in this process: the server's own count sees processes,
+# so a process's first Connection to close (a backtest's system, before its reader) must not stop it
+_in_process: Counter[Path] = Counter()
+_in_process_lock = threading.Lock()
+
+
 @dataclass
 class Connection:
     """A Valkey target resolved from settings; `client()` hands out named clients."""
@@ -33,6 +42,7 @@ class Connection:
     url: str = ""
     embedded: EmbeddedValkey | None = None
     _clients: list[valkey.Valkey] = field(default_factory=list)
+    _held: bool = False  # counted in `_in_process` until closed
 
     @classmethod
     def open(cls, settings: Settings) -> Connection:
@@ -40,7 +50,9 @@ class Connection:
         if settings.embedded:
             server = EmbeddedValkey(settings.valkey_data_dir, password=password)
             info = server.ensure_running()
-            return cls(settings, url=f"{info.url}/{settings.valkey_db}", embedded=server)
+            with _in_process_lock:
+                _in_process[server.data_dir] += 1
+            return cls(settings, url=f"{info.url}/{settings.valkey_db}", embedded=server, _held=True)
         return cls(settings, url=settings.external_url)
 
     @property
@@ -107,11 +119,20 @@ class Connection:
             raise StoreUnavailable(f"valkey at {self.where} is unreachable: {exc}") from None
 
     def close(self) -> None:
-        """Close clients; the last tickvault process out stops the embedded server."""
+        """Close clients; the last tickvault process out (its last Connection) stops the embedded
+        server."""
         for client in self._clients:
             close_client(client)
         self._clients.clear()
-        if self.embedded is not None and self.embedded.release():
+        if self.embedded is None or not self._held:
+            return
+        self._held = False
+        with _in_process_lock:
+            _in_process[self.embedded.data_dir] -= 1
+            last = _in_process[self.embedded.data_dir] <= 0
+            if last:
+                del _in_process[self.embedded.data_dir]
+        if last and self.embedded.release():
             log.info("stopped embedded valkey (data kept in %s)", self.embedded.data_dir)
 
     def __enter__(self) -> Connection:
