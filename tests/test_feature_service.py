@@ -18,6 +18,7 @@ import zmq
 from conftest import wait_until
 from factories import tick
 from tickvault.analytics.features import HISTORY_FEATURES, FeatureConfig, FeatureEngine, backfill
+from tickvault.app.components.core_flow import feature_config
 from tickvault.app.system import System
 from tickvault.config import load_settings
 from tickvault.domain.events import B3_TZ, Event, Features, Prediction, Tick, day_start_ms, decode, to_ms
@@ -25,6 +26,7 @@ from tickvault.ml.decisions import decide
 from tickvault.sources.simulator import MarketSimulator
 from tickvault.store.api import Store, frame_to_ticks
 from tickvault.store.server import EmbeddedValkey, free_port
+from tickvault.workers.book_backfill import store_book
 from tickvault.workers.core_flow import FeatureService
 from tickvault.workers.session_history import store_history
 
@@ -74,6 +76,37 @@ def test_live_features_equal_a_backfill_from_history(system_env: dict[str, str],
     again = backfill(engine, frame_to_ticks(frame))
     assert [(f.symbol, f.timestamp_ms) for f in again] == [(f.symbol, f.timestamp_ms) for f in live]
     assert [f.values for f in again] == [f.values for f in live]
+
+
+def test_live_book_features_equal_a_backfill_from_the_stored_book(system_env: dict[str, str], store: Store) -> None:
+    """The simulator's book, live in the features at every tick, recorded; later the stored ticks and
+    the stored book (read an hour of ticks at a time; here 20 s, so from snapshots mid-run) give the
+    same values at every tick, the book features included."""
+    seen: list[Event] = []
+    settings = load_settings(speed=0, symbols=",".join(SYMBOLS), features_interval_ms=0)
+    system = System(settings, event_handlers=[seen.append])
+    try:
+        system.start()
+        assert wait_until(lambda: sum(system.ingest.stats.generated.values()) >= 3000)
+    finally:
+        summary = system.stop()
+    assert summary.drained
+    live = [e for e in seen if isinstance(e, Features)]
+    counters = summary.counters
+    assert counters["features"] == len(live) == counters["feature_ticks"]  # features at every tick
+    assert counters["features_book_late"] == counters["features_book_rejected"] == 0
+    assert counters["book_stored"] == sum(system.ingest.stats.book_updates.values()) > 20_000
+    assert sum(f.values["depth_imbalance_5"] is not None for f in live) > 0.9 * len(live)
+    first, last = min(f.timestamp_ms for f in live), max(f.timestamp_ms for f in live)
+    frame = store.ticks(list(SYMBOLS), first, last)
+    engine = FeatureEngine(SYMBOLS, feature_config(settings), history=store_history(store))
+    again = backfill(engine, frame_to_ticks(frame), book=store_book(store, chunk_ms=20_000))
+    key = [(f.symbol, f.timestamp_ms) for f in live]
+    assert [(f.symbol, f.timestamp_ms) for f in again] == key
+    assert [f.values for f in again] == [f.values for f in live]
+    # the store's snapshots lie inside the ticks' time: later chunks start from them
+    snapshots = store.client.zcard(store.keys.book_snapshots("WDOFUT"))
+    assert snapshots >= 2, snapshots
 
 
 def test_a_run_restarted_mid_session_goes_on_as_if_it_had_never_stopped(

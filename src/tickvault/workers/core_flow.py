@@ -142,8 +142,8 @@ class FeatureService:
         self._inbox.put((tick, time.perf_counter_ns()))
 
     def submit_book(self, batch: BookBatch) -> None:
-        """The ingest book handler: the batch goes to the engine's live book (`spread`,
-        `book_imbalance`) in order with the ticks; never blocks, never raises into the source."""
+        """The ingest book handler: the batch goes to the engine's live book (the book features) in
+        order with the ticks; never blocks, never raises into the source."""
         self._inbox.put(batch)
 
     def warm_up(self, load: Callable[[], Iterable[Tick]]) -> None:
@@ -335,4 +335,5 @@ class FeatureService:
             "features_dropped": s.dropped, "late_for_features": s.late, "features_warmed_up": s.warmed_up,
             "feature_sessions_without_history": self._history.misses if self._history else 0,
             "features_published": s.published, "feature_publish_errors": s.publish_errors,
+            "features_book_late": self.engine.book_late, "features_book_rejected": self.engine.book_rejected,
         }  # fmt: skip
