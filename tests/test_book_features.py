@@ -38,7 +38,7 @@ def values_of(features: Features | None) -> tuple[Any, ...]:
 def test_the_book_features_follow_their_definitions() -> None:
     bids = [(5400.0, 30), (5399.5, 8), (5399.0, 4), (5398.5, 2), (5398.0, 16), (5397.5, 1000)]
     asks = [(5400.5, 10), (5401.0, 40)]  # a short side: its missing levels count 0
-    spread, imbalance, depth, micro = top_values(*zip(*bids), *zip(*asks))  # type: ignore[arg-type]
+    spread, imbalance, depth, micro = top_values(*zip(*bids, strict=True), *zip(*asks, strict=True))  # type: ignore[arg-type]
     assert spread == 0.5 and imbalance == (30 - 10) / 40
     # weights 1, 1/2, 1/4, 1/8, 1/16; the sixth level is not counted
     assert depth == (20 + 0.5 * -32 + 0.25 * 4 + 0.125 * 2 + 0.0625 * 16) / (40 + 24 + 1 + 0.25 + 1)
@@ -94,7 +94,9 @@ def _simulated(kind: str, minutes: float) -> list[Tick | BookBatch]:
 
 @pytest.mark.parametrize("emit_interval_ms", [0, 1000])
 @pytest.mark.parametrize("kind", ["mbp", "mbo"])
-def test_live_book_features_equal_the_vectorised_backfill_at_every_tick(kind: str, emit_interval_ms: int) -> None:
+def test_live_book_features_equal_the_vectorised_backfill_at_every_tick(
+    kind: str, emit_interval_ms: int
+) -> None:
     items = _simulated(kind, 3)
     config = FeatureConfig(emit_interval_ms=emit_interval_ms, time_travel=False)
     engine = FeatureEngine(["WDOFUT", "WINFUT"], config)

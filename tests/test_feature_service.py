@@ -78,7 +78,9 @@ def test_live_features_equal_a_backfill_from_history(system_env: dict[str, str],
     assert [f.values for f in again] == [f.values for f in live]
 
 
-def test_live_book_features_equal_a_backfill_from_the_stored_book(system_env: dict[str, str], store: Store) -> None:
+def test_live_book_features_equal_a_backfill_from_the_stored_book(
+    system_env: dict[str, str], store: Store
+) -> None:
     """The simulator's book, live in the features at every tick, recorded; later the stored ticks and
     the stored book (read an hour of ticks at a time; here 20 s, so from snapshots mid-run) give the
     same values at every tick, the book features included."""

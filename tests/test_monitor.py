@@ -245,7 +245,13 @@ def test_the_newest_stored_book_shows_bid_ask_and_spread_per_symbol(store: Store
     _record_book(store, "WINFUT", BASE_MS, [[("bid", 130_000.0, 1_250), ("ask", 130_005.0, 4)]])
     snap = gather(store, ("WDOFUT", "WINFUT", "DOLFUT"))
     wdo, win, dol = (row.book for row in snap.rows)
-    assert wdo is not None and (wdo.bid, wdo.bid_size, wdo.ask, wdo.ask_size, wdo.spread) == (5400.0, 30, 5401.0, 7, 1.0)
+    assert wdo is not None and (wdo.bid, wdo.bid_size, wdo.ask, wdo.ask_size, wdo.spread) == (
+        5400.0,
+        30,
+        5401.0,
+        7,
+        1.0,
+    )
     newest = store.book("WDOFUT", BASE_MS + 1000, depth=1)  # what Store.book says of that moment
     assert newest["price"].tolist() == [wdo.bid, wdo.ask] and newest["quantity"].tolist() == [30, 7]
     assert win is not None and win.spread == 5.0 and dol is None  # DOLFUT: no book stored, no row
@@ -262,7 +268,9 @@ def test_the_newest_stored_book_shows_bid_ask_and_spread_per_symbol(store: Store
     assert "order book" not in text_of(render(gather(store, ("DOLFUT",))))
 
 
-def test_the_run_dashboard_shows_the_running_simulator_s_stored_book(system_env: dict[str, str], store: Store) -> None:
+def test_the_run_dashboard_shows_the_running_simulator_s_stored_book(
+    system_env: dict[str, str], store: Store
+) -> None:
     from tickvault.app.dashboard import LiveView, RunDashboard
     from tickvault.app.system import System
     from tickvault.config import load_settings

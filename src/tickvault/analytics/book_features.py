@@ -111,7 +111,9 @@ class LiveBookFeatures:
 
     def values_now(self) -> BookValues:
         bid, ask = self.book.levels("bid", DEPTH), self.book.levels("ask", DEPTH)
-        return top_values(bid.price.tolist(), bid.quantity.tolist(), ask.price.tolist(), ask.quantity.tolist())
+        return top_values(
+            bid.price.tolist(), bid.quantity.tolist(), ask.price.tolist(), ask.quantity.tolist()
+        )
 
     def values_before(self, t_ms: int) -> BookValues:
         """The features of the book after the last complete batch of effective time < `t_ms`. Ticks

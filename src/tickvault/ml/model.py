@@ -32,9 +32,9 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, log_loss
 
 from tickvault.analytics.features import (
     FEATURE_NAMES,
+    BookProvider,
     FeatureConfig,
     FeatureEngine,
-    BookProvider,
     HistoryProvider,
     backfill,
 )
@@ -249,7 +249,9 @@ class TrainedModel:
         # its own inputs, in its own order: a model trained before a feature was added still predicts
         self._names = tuple(info.features)
         if getattr(clf, "n_features_in_", len(self._names)) != len(self._names):
-            raise ValueError(f"the estimator takes {clf.n_features_in_} inputs, the model names {len(self._names)}")
+            raise ValueError(
+                f"the estimator takes {clf.n_features_in_} inputs, the model names {len(self._names)}"
+            )
         self._row = np.empty(len(self._names))
         self._classes = [LABELS[int(c)] for c in clf.classes_]
 

@@ -366,7 +366,9 @@ def book_frames(
     at or before that step."""
     if every_ms <= 0:
         raise DataError("every", f"must be positive, got {every_ms} ms")
-    return frames_at(cols, np.arange(start_ms, end_ms + 1, every_ms, dtype=np.int64), depth, tick_size=tick_size)
+    return frames_at(
+        cols, np.arange(start_ms, end_ms + 1, every_ms, dtype=np.int64), depth, tick_size=tick_size
+    )
 
 
 def frames_at(
