@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tickvault.analytics.book import LevelBook, OrderBook, frames_at, live_book
-from tickvault.domain.book import BookColumns, BookEvent, BookKind, BookUpdate
+from tickvault.domain.book import LAST, BookColumns, BookEvent, BookKind, BookUpdate
 from tickvault.errors import DataError
 
 BOOK_FEATURES = ("spread", "book_imbalance", "depth_imbalance_5", "microprice")
@@ -83,6 +83,7 @@ class LiveBookFeatures:
 
     def __init__(self, symbol: str, kind: BookKind) -> None:
         self.book: LevelBook | OrderBook = live_book(symbol, kind)
+        self._mbp = kind == "mbp"
         self.time_ms: int | None = None  # effective time of the last complete batch applied
         self.pending: list[BookEvent] = []  # the open batch
         # (t, the values after every batch of effective time <= t), t ascending
@@ -92,19 +93,28 @@ class LiveBookFeatures:
     def add(self, update: BookEvent, *, needed_from: int, clock_ms: int) -> None:
         """Take one update (DataError, nothing kept, if it is not of this book's kind). `needed_from`:
         no tick that emits features can come stamped before it; `clock_ms`: the newest tick folded."""
-        if (type(update) is BookUpdate) != (self.book.kind == "mbp"):
+        if (type(update) is BookUpdate) is not self._mbp:
             raise DataError("kind", f"a {self.book.kind} book takes no {type(update).__name__}")
-        self.pending.append(update)
-        if not update.is_last:
+        if not update.flags & LAST:
+            self.pending.append(update)
             return
-        batch, self.pending = self.pending, []
-        end = max(e.timestamp_ms for e in batch)
-        if self.time_ms is not None:
-            if end > self.time_ms and end >= needed_from:
-                self.settled.append((self.time_ms, self.values_now()))
-            end = max(end, self.time_ms)
-        for event in batch:
-            self.book.apply(event)
+        end = update.timestamp_ms
+        if self.pending:  # most batches are one update: no list for them
+            batch, self.pending = [*self.pending, update], []
+            end = max(end, *(e.timestamp_ms for e in batch))
+        else:
+            batch = None
+        before = self.time_ms
+        if before is not None:
+            if end > before and end >= needed_from:
+                self.settled.append((before, self.values_now()))
+            elif end < before:
+                end = before
+        if batch is None:
+            self.book.apply(update)
+        else:
+            for event in batch:
+                self.book.apply(event)
         if end < clock_ms:
             self.late += 1
         self.time_ms = end
