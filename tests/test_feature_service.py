@@ -16,7 +16,7 @@ import valkey
 import zmq
 
 from conftest import wait_until
-from factories import tick
+from factories import BASE_MS, tick
 from tickvault.analytics.features import HISTORY_FEATURES, FeatureConfig, FeatureEngine, backfill
 from tickvault.app.components.core_flow import feature_config
 from tickvault.app.system import System
@@ -155,6 +155,39 @@ def test_time_travel_disabled_reads_no_history_and_leaves_the_history_features_e
     assert all(f.values[name] is None for f in live for name in HISTORY_FEATURES)
     assert any(f.values["ret_1m"] is not None for f in live)  # the base features are computed
     assert not list(store.client.scan_iter(store.keys.day_summary("*", "*")))  # no session summary read
+
+
+def test_a_restarted_service_starts_from_the_stored_book(store: Store) -> None:
+    """A feed whose first tick after a restart comes before its first book batch: the features read
+    the stored book, as a backfill does, not an empty one."""
+    from tickvault.domain.book import LAST, SNAPSHOT, BookColumns, level_update
+    from tickvault.store.book_writer import BookPart, BookWriter
+
+    rows = [("none", 0.0, 0, "clear"), ("bid", 5400.0, 30, "add"), ("ask", 5400.5, 10, "add")]
+    stored = [
+        level_update("WDOFUT", BASE_MS, side, price, qty, 1 if qty else 0, action,  # type: ignore[arg-type]
+                     seq=i + 1, flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0))
+        for i, (side, price, qty, action) in enumerate(rows)
+    ]  # fmt: skip
+    BookWriter(store.client, store.keys).write([BookPart(BookColumns.from_events(stored))])
+    seen: list[Event] = []
+    service = FeatureService(SYMBOLS, config=FeatureConfig(emit_interval_ms=0), handlers=[seen.append])
+    service.warm_up(lambda: [], lambda: [store.book_replay("WDOFUT", BASE_MS, BASE_MS)[0]])
+    service.start()
+    after = tick(ts_ms=BASE_MS + 5_000, trade_id=7)
+    try:
+        service.submit(after)
+        assert wait_until(lambda: len(seen) == 1)
+    finally:
+        service.stop()
+    live = seen[0]
+    assert (
+        isinstance(live, Features) and live.values["spread"] == 0.5 and live.values["microprice"] == 5400.375
+    )
+    again = backfill(
+        FeatureEngine(SYMBOLS, FeatureConfig(emit_interval_ms=0)), [after], book=store_book(store)
+    )
+    assert [f.values for f in again] == [live.values]
 
 
 def test_outputs_reach_zeromq_and_survive_a_dead_valkey_writer(store: Store) -> None:

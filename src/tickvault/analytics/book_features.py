@@ -119,6 +119,17 @@ class LiveBookFeatures:
             self.late += 1
         self.time_ms = end
 
+    def load(self, cols: BookColumns) -> None:
+        """Start from a stored book (a restart): its rows through the last complete batch, applied
+        as if they had come live, so the book and its clock are what a backfill reads."""
+        ends = cols.batch_ends()
+        if not ends.size:
+            return
+        stop = int(ends[-1]) + 1
+        self.book.apply_columns(cols.take(slice(0, stop)))
+        self.time_ms = int(cols.timestamp_ms[:stop].max())
+        self.pending, self.settled = [], deque(maxlen=HELD)
+
     def values_now(self) -> BookValues:
         bid, ask = self.book.levels("bid", DEPTH), self.book.levels("ask", DEPTH)
         return top_values(

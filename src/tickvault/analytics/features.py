@@ -61,7 +61,7 @@ from tickvault.analytics.book_features import (
     BookValues,
     LiveBookFeatures,
 )
-from tickvault.domain.book import BookKind, BookUpdate, OrderUpdate
+from tickvault.domain.book import BookColumns, BookKind, BookUpdate, OrderUpdate
 from tickvault.domain.events import B3_TZ, Features, Tick, from_ms, to_ms
 from tickvault.errors import DataError
 
@@ -312,6 +312,13 @@ class FeatureEngine:
             live.add(update, needed_from=needed_from, clock_ms=state.last_ms)
         except DataError:  # the other kind of update than this symbol's book: counted, not folded
             self.book_rejected += 1
+
+    def load_book(self, cols: BookColumns) -> None:
+        """Start `cols.symbol`'s live book from a stored one (a restart; see `LiveBookFeatures.load`)."""
+        if cols.symbol not in self.states:
+            return
+        live = self.live_books[cols.symbol] = LiveBookFeatures(cols.symbol, cols.kind)
+        live.load(cols)
 
     def use_stored_book(self, symbol: str, table: BookFeatureTable | None) -> None:
         """Read `symbol`'s book features from `table` (a stored book's, at its ticks' times; None: no
