@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tickvault.analytics.book import LevelBook, OrderBook, frames_at, live_book
-from tickvault.domain.book import LAST, BookColumns, BookEvent, BookKind, BookUpdate
+from tickvault.domain.book import ASK, BID, LAST, BookColumns, BookEvent, BookKind, BookUpdate
 from tickvault.errors import DataError
 
 BOOK_FEATURES = ("spread", "book_imbalance", "depth_imbalance_5", "microprice")
@@ -131,9 +131,15 @@ class LiveBookFeatures:
         self.pending, self.settled = [], deque(maxlen=HELD)
 
     def values_now(self) -> BookValues:
-        bid, ask = self.book.levels("bid", DEPTH), self.book.levels("ask", DEPTH)
+        # the book's own sorted prices and level dicts: `levels()` would build arrays only to undo them
+        sides = self.book.sides
+        bids, asks = sides.prices[BID], sides.prices[ASK]
+        if not bids or not asks:
+            return NO_VALUES
+        bid_price, ask_price = bids[: -DEPTH - 1 : -1], asks[:DEPTH]
+        bid_level, ask_level = sides.level[BID], sides.level[ASK]
         return top_values(
-            bid.price.tolist(), bid.quantity.tolist(), ask.price.tolist(), ask.quantity.tolist()
+            bid_price, [bid_level[p][0] for p in bid_price], ask_price, [ask_level[p][0] for p in ask_price]
         )
 
     def values_before(self, t_ms: int) -> BookValues:
