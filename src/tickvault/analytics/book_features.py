@@ -14,8 +14,8 @@ B_i, A_i: their prices. All four are None unless both sides hold at least one le
   29(1)) show the levels behind the best quotes carry information, weighted so that each level counts
   half the one before it. Powers of two keep every product and partial sum exact in float64, so the
   value does not depend on the order of summation (live and backfill agree).
-- `microprice` = (B_1 a_1 + A_1 b_1) / (b_1 + a_1): the mid weighted by the opposite queue, which
-  leans towards the side about to be taken (Stoikov 2018, "The micro-price", calls this the weighted
+- `microprice` = (B_1 a_1 + A_1 b_1) / (b_1 + a_1): the mid weighted by the opposite queue, so it
+  leans towards the thinner side, where the price is likelier to move (Stoikov 2018, "The micro-price", calls this the weighted
   mid-price; his micro-price proper adds a model-fitted adjustment, not computed here).
 
 Which book a tick at time T reads: the book after the last complete batch whose effective time is
@@ -25,10 +25,13 @@ are exchange clocks). Strictly before, because a tick and the book's batches of 
 cannot be ordered from what is stored: a source sends a trade's own book change (the simulator: the
 queue it consumed) in that same millisecond, after the trade, and the store keeps no order between a
 tick and a batch. "Before T" is what both the live engine and a backfill can see, so live equals
-backfill at every tick. Live, batches arrive in exchange-time order with the ticks (the simulator
-merges them so; ProfitDLL's single callback thread delivers them so); a batch that arrives after a
-tick it is stamped before could not be seen by that tick's features live, is seen by a backfill's, and
-is counted (`LiveBookFeatures.late`) so any such difference shows.
+backfill at every tick. The simulator merges batches and ticks in exchange-time order; a feed may
+not (ProfitDLL stamps a book update without a date with its receive time). Batches stamped after a
+tick that arrive before it are handled: the values before them are kept (`HELD` moments). A batch
+stamped before a tick that arrives after it could not be seen by that tick's features live, is seen
+by a backfill's, and is counted (`LiveBookFeatures.late`, `features_book_late`) so any such
+difference shows. A restarted run starts its live books from the stored ones (`load`), as a backfill
+reads them.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from tickvault.errors import DataError
 BOOK_FEATURES = ("spread", "book_imbalance", "depth_imbalance_5", "microprice")
 DEPTH = 5
 WEIGHTS = (1.0, 0.5, 0.25, 0.125, 0.0625)  # 2^(1-i): exact in binary
-HELD = 4096  # settled values kept for ticks behind the book's clock (ProfitDLL stamps late books later)
+HELD = 4096  # values kept for ticks behind the book's clock (books stamped ahead of the trades)
 
 BookValues = tuple[float | None, float | None, float | None, float | None]  # in BOOK_FEATURES order
 NO_VALUES: BookValues = (None, None, None, None)
