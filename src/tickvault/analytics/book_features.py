@@ -15,8 +15,9 @@ B_i, A_i: their prices. All four are None unless both sides hold at least one le
   half the one before it. Powers of two keep every product and partial sum exact in float64, so the
   value does not depend on the order of summation (live and backfill agree).
 - `microprice` = (B_1 a_1 + A_1 b_1) / (b_1 + a_1): the mid weighted by the opposite queue, so it
-  leans towards the thinner side, where the price is likelier to move (Stoikov 2018, "The micro-price", calls this the weighted
-  mid-price; his micro-price proper adds a model-fitted adjustment, not computed here).
+  leans towards the thinner side, where the price is likelier to move (Stoikov 2018, "The
+  micro-price", calls this the weighted mid-price; his micro-price proper adds a model-fitted
+  adjustment, not computed here).
 
 Which book a tick at time T reads: the book after the last complete batch whose effective time is
 strictly before T (effective time: the running maximum of the updates' exchange `timestamp_ms`, as
