@@ -16,8 +16,9 @@ import valkey
 import zmq
 
 from conftest import wait_until
-from factories import tick
+from factories import BASE_MS, tick
 from tickvault.analytics.features import HISTORY_FEATURES, FeatureConfig, FeatureEngine, backfill
+from tickvault.app.components.core_flow import feature_config
 from tickvault.app.system import System
 from tickvault.config import load_settings
 from tickvault.domain.events import B3_TZ, Event, Features, Prediction, Tick, day_start_ms, decode, to_ms
@@ -25,6 +26,7 @@ from tickvault.ml.decisions import decide
 from tickvault.sources.simulator import MarketSimulator
 from tickvault.store.api import Store, frame_to_ticks
 from tickvault.store.server import EmbeddedValkey, free_port
+from tickvault.workers.book_backfill import store_book
 from tickvault.workers.core_flow import FeatureService
 from tickvault.workers.session_history import store_history
 
@@ -76,6 +78,39 @@ def test_live_features_equal_a_backfill_from_history(system_env: dict[str, str],
     assert [f.values for f in again] == [f.values for f in live]
 
 
+def test_live_book_features_equal_a_backfill_from_the_stored_book(
+    system_env: dict[str, str], store: Store
+) -> None:
+    """The simulator's book, live in the features at every tick, recorded, over two runs (the second
+    resumes the market); later the stored ticks and the stored book (read an hour of ticks at a time;
+    here 20 s, so from snapshots mid-run) give the same values at every tick, book features included."""
+    settings = load_settings(speed=0, symbols=",".join(SYMBOLS), features_interval_ms=0)
+    live: list[Features] = []
+    for ticks in (1500, 3000):
+        seen: list[Event] = []
+        system = System(settings, event_handlers=[seen.append])
+        try:
+            system.start()
+            assert wait_until(lambda n=ticks: sum(store.count(s) for s in SYMBOLS) >= n)
+        finally:
+            summary = system.stop()
+        assert summary.drained
+        counters = summary.counters
+        assert counters["features"] == counters["feature_ticks"] > 0  # features at every tick
+        assert counters["features_book_late"] == counters["features_book_rejected"] == 0
+        assert counters["book_stored"] == sum(system.ingest.stats.book_updates.values()) > 10_000
+        live += [e for e in seen if isinstance(e, Features)]
+    assert sum(f.values["depth_imbalance_5"] is not None for f in live) > 0.9 * len(live)
+    first, last = min(f.timestamp_ms for f in live), max(f.timestamp_ms for f in live)
+    frame = store.ticks(list(SYMBOLS), first, last)
+    engine = FeatureEngine(SYMBOLS, feature_config(settings), history=store_history(store))
+    again = backfill(engine, frame_to_ticks(frame), book=store_book(store, chunk_ms=20_000))
+    assert [(f.symbol, f.timestamp_ms) for f in again] == [(f.symbol, f.timestamp_ms) for f in live]
+    assert [f.values for f in again] == [f.values for f in live]
+    # the store's snapshots lie inside the ticks' time: later chunks start from them
+    assert store.client.zcard(store.keys.book_snapshots("WDOFUT")) >= 2
+
+
 def test_a_run_restarted_mid_session_goes_on_as_if_it_had_never_stopped(
     system_env: dict[str, str], store: Store
 ) -> None:
@@ -120,6 +155,39 @@ def test_time_travel_disabled_reads_no_history_and_leaves_the_history_features_e
     assert all(f.values[name] is None for f in live for name in HISTORY_FEATURES)
     assert any(f.values["ret_1m"] is not None for f in live)  # the base features are computed
     assert not list(store.client.scan_iter(store.keys.day_summary("*", "*")))  # no session summary read
+
+
+def test_a_restarted_service_starts_from_the_stored_book(store: Store) -> None:
+    """A feed whose first tick after a restart comes before its first book batch: the features read
+    the stored book, as a backfill does, not an empty one."""
+    from tickvault.domain.book import LAST, SNAPSHOT, BookColumns, level_update
+    from tickvault.store.book_writer import BookPart, BookWriter
+
+    rows = [("none", 0.0, 0, "clear"), ("bid", 5400.0, 30, "add"), ("ask", 5400.5, 10, "add")]
+    stored = [
+        level_update("WDOFUT", BASE_MS, side, price, qty, 1 if qty else 0, action,  # type: ignore[arg-type]
+                     seq=i + 1, flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0))
+        for i, (side, price, qty, action) in enumerate(rows)
+    ]  # fmt: skip
+    BookWriter(store.client, store.keys).write([BookPart(BookColumns.from_events(stored))])
+    seen: list[Event] = []
+    service = FeatureService(SYMBOLS, config=FeatureConfig(emit_interval_ms=0), handlers=[seen.append])
+    service.warm_up(lambda: [], lambda: [store.book_replay("WDOFUT", BASE_MS, BASE_MS)[0]])
+    service.start()
+    after = tick(ts_ms=BASE_MS + 5_000, trade_id=7)
+    try:
+        service.submit(after)
+        assert wait_until(lambda: len(seen) == 1)
+    finally:
+        service.stop()
+    live = seen[0]
+    assert (
+        isinstance(live, Features) and live.values["spread"] == 0.5 and live.values["microprice"] == 5400.375
+    )
+    again = backfill(
+        FeatureEngine(SYMBOLS, FeatureConfig(emit_interval_ms=0)), [after], book=store_book(store)
+    )
+    assert [f.values for f in again] == [live.values]
 
 
 def test_outputs_reach_zeromq_and_survive_a_dead_valkey_writer(store: Store) -> None:

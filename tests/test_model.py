@@ -158,3 +158,38 @@ def test_model_file_round_trip_and_refusal(tmp_path: Path) -> None:
         load(path)
     with pytest.raises(ConfigError, match="at least 1"):
         train(data, "WDOFUT", horizon_ms=HORIZON, tick_size=0.5, folds=0)
+
+
+# the inputs of a model saved before depth_imbalance_5 and microprice existed, in their order then
+NINETEEN = [
+    "price", "ret_1m", "ret_5m", "ret_15m", "ema_fast", "ema_slow", "ema_gap", "rsi_14", "realized_vol_30m",
+    "vwap_distance", "trade_intensity_60s", "ofi_60s", "spread", "book_imbalance", "volume_pattern_score",
+    "historical_momentum_rank", "microstructure_imbalance", "volatility_regime_30d", "correlation_stability",
+]  # fmt: skip
+
+
+def test_a_model_trained_before_features_were_added_loads_and_reads_its_own_inputs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, len(NINETEEN)))
+    y = (x[:, NINETEEN.index("spread")] > 0).astype(int) * 2  # UP when the spread column is positive
+    clf = model_module.fit(x, y)
+    info = model_module.ModelInfo(symbol="WDOFUT", features=NINETEEN, labels=list(LABELS), horizon_ms=HORIZON,
+                                  tick_size=0.5, train_start="2025-11-03", train_end="2025-11-04", sessions=2,
+                                  rows=600)  # fmt: skip
+    path = tmp_path / "old.pkl"
+    save(model_module.TrainedModel(clf, info), path)
+    assert len(FEATURE_NAMES) > len(NINETEEN)  # the engine computes more than the model knows
+    loaded = load(path)
+    values: dict[str, float | str | None] = {name: float(rng.normal()) for name in FEATURE_NAMES}
+    values["volatility_regime_30d"] = "HIGH_VOL"
+    row = np.array([[2.0 if n == "volatility_regime_30d" else values[n] for n in NINETEEN]], dtype=float)
+    expected = dict(zip(LABELS[::2], clf.predict_proba(row)[0].tolist(), strict=True))
+    got = loaded.predict_proba_one(values)
+    assert got["FLAT"] == 0.0 and all(math.isclose(got[k], v, abs_tol=1e-12) for k, v in expected.items())
+    # the features it was not trained on are not its input
+    assert loaded.predict_proba_one({**values, "depth_imbalance_5": 0.9, "microprice": 1.0}) == got
+    # an estimator that does not take the inputs the model names is refused, not mis-fed
+    info.features = NINETEEN[:-1]
+    path.write_bytes(pickle.dumps({"format": 1, "clf": clf, "info": model_module.asdict(info)}))
+    with pytest.raises(ConfigError, match="no usable model"):
+        load(path)

@@ -216,3 +216,76 @@ def test_a_narrow_terminal_gets_the_essential_columns(store: Store) -> None:
     assert "WDOFUT" in narrow and "5,123.50" in narrow and "NO DATA" in narrow and "2025-11-24" not in narrow
     wide = text_of(render(snap, width=200))
     assert "2025-11-24" in wide and "trades/min" in wide
+
+
+def _record_book(store: Store, symbol: str, ms: int, batches: list[list[tuple[str, float, int]]]) -> None:
+    """MBP batches (side, price, quantity; 0 removes) through the book writer, the first a snapshot."""
+    from tickvault.domain.book import LAST, SNAPSHOT, BookColumns, level_update
+    from tickvault.store.book_writer import BookPart, BookWriter
+
+    events, seq = [], 0
+    for n, batch in enumerate(batches):
+        flags = SNAPSHOT if n == 0 else 0
+        rows = [("none", 0.0, 0)] if n == 0 else []
+        for i, (side, price, quantity) in enumerate(rows + batch):
+            seq += 1
+            last = LAST if i == len(rows + batch) - 1 else 0
+            action = "clear" if side == "none" else "delete" if quantity == 0 else "update"
+            events.append(level_update(symbol, ms + 1000 * n, side, price, quantity, 1 if quantity else 0,  # type: ignore[arg-type]
+                                       action, seq=seq, flags=flags | last))  # fmt: skip
+    BookWriter(store.client, store.keys).write([BookPart(BookColumns.from_events(events))])
+
+
+def test_the_newest_stored_book_shows_bid_ask_and_spread_per_symbol(store: Store) -> None:
+    store.append_ticks([tick(trade_id=1, price=5400.5)])
+    _record_book(store, "WDOFUT", BASE_MS, [
+        [("bid", 5400.0, 30), ("bid", 5399.5, 5), ("ask", 5400.5, 12)],
+        [("ask", 5400.5, 0), ("ask", 5401.0, 7)],  # the newest batch: the best ask moves up
+    ])  # fmt: skip
+    _record_book(store, "WINFUT", BASE_MS, [[("bid", 130_000.0, 1_250), ("ask", 130_005.0, 4)]])
+    snap = gather(store, ("WDOFUT", "WINFUT", "DOLFUT"))
+    wdo, win, dol = (row.book for row in snap.rows)
+    assert wdo is not None and (wdo.bid, wdo.bid_size, wdo.ask, wdo.ask_size, wdo.spread) == (
+        5400.0,
+        30,
+        5401.0,
+        7,
+        1.0,
+    )
+    newest = store.book("WDOFUT", BASE_MS + 1000, depth=1)  # what Store.book says of that moment
+    assert newest["price"].tolist() == [wdo.bid, wdo.ask] and newest["quantity"].tolist() == [30, 7]
+    assert win is not None and win.spread == 5.0 and dol is None  # DOLFUT: no book stored, no row
+    text = text_of(render(snap))
+    assert "order book" in text and "5,401.00" in text and "130,005.00" in text and "1,250" in text
+    line = next(line for line in text.splitlines() if "WINFUT" in line and "130,005.00" in line)
+    assert "5.00" in line and "DOLFUT" not in text.split("order book")[1]
+    console = Console(record=True, width=80, file=io.StringIO())
+    console.print(render(snap, width=80))  # a narrow terminal: every number whole, nothing past 80
+    narrow = console.export_text()
+    assert all(len(line) <= 80 for line in narrow.splitlines())
+    assert "130,000.00" in narrow and "130,005.00" in narrow and "1,250" in narrow and "5,401.00" in narrow
+    # no stored book anywhere: no book table
+    assert "order book" not in text_of(render(gather(store, ("DOLFUT",))))
+
+
+def test_the_run_dashboard_shows_the_running_simulator_s_stored_book(
+    system_env: dict[str, str], store: Store
+) -> None:
+    from tickvault.app.dashboard import LiveView, RunDashboard
+    from tickvault.app.system import System
+    from tickvault.config import load_settings
+
+    system = System(load_settings(speed=0, symbols="WDOFUT"))
+    try:
+        system.start()
+        assert wait_until(lambda: store.book_position("WDOFUT").updates > 1000)
+        board = RunDashboard(system, LiveView(("WDOFUT",)), every_s=0, width=200)
+        assert "order book (newest stored)" in text_of(board.frame())
+    finally:
+        summary = system.stop()
+    assert summary.drained
+    frame = text_of(board.frame())  # the run has stopped: its newest stored book, exactly
+    book = store.book("WDOFUT", store.book_position("WDOFUT").ms, depth=1)
+    bid, ask = book["price"].tolist()
+    row = next(line for line in frame.splitlines() if f"{bid:,.2f}" in line and f"{ask:,.2f}" in line)
+    assert row.split()[1] == "WDOFUT" and f"{ask - bid:,.2f}" in row.split("│")[-2]

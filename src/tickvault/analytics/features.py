@@ -15,9 +15,10 @@ Base features, updated per tick or per closed minute (minutes are B3 wall-clock 
 - `vwap_distance`: last price / session VWAP - 1.
 - `trade_intensity_60s`: trades in the last 60 seconds; `ofi_60s`: (buy - sell aggressor quantity) /
   (buy + sell) in the last 60 seconds (None without aggressor trades).
-- `spread`, `book_imbalance`: best ask - best bid, and (bid size - ask size) / (bid size + ask size) at
-  the best levels, from the live book (`analytics.book`) after its last complete batch, when a source
-  sends book updates (`on_book`); else None.
+- `spread`, `book_imbalance`, `depth_imbalance_5`, `microprice`: from the best five levels of the book
+  after its last complete batch stamped before the tick (`analytics.book_features` defines them, and
+  why "before"): the live book of the updates a source sends (`on_book`), or in a backfill the stored
+  book (`backfill(..., book=...)`); None without a book.
 
 History-aware features (previous sessions' statistics are computed once per session day; when they
 cannot be had at the session start, see `FeatureEngine.set_history`). With
@@ -48,19 +49,26 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, time, timedelta
 
 import numpy as np
 
-from tickvault.analytics.book import LevelBook, OrderBook, live_book
-from tickvault.domain.book import BookKind, BookUpdate, OrderUpdate
-from tickvault.domain.events import B3_TZ, Features, Tick, from_ms
+from tickvault.analytics.book import LevelBook, OrderBook
+from tickvault.analytics.book_features import (
+    BOOK_FEATURES,
+    NO_VALUES,
+    BookFeatureTable,
+    BookValues,
+    LiveBookFeatures,
+)
+from tickvault.domain.book import BookColumns, BookKind, BookUpdate, OrderUpdate
+from tickvault.domain.events import B3_TZ, Features, Tick, from_ms, to_ms
 from tickvault.errors import DataError
 
 MINUTES = 1440
 BASE_FEATURES = (
     "price", "ret_1m", "ret_5m", "ret_15m", "ema_fast", "ema_slow", "ema_gap", "rsi_14", "realized_vol_30m",
-    "vwap_distance", "trade_intensity_60s", "ofi_60s", "spread", "book_imbalance",
+    "vwap_distance", "trade_intensity_60s", "ofi_60s", *BOOK_FEATURES,
 )  # fmt: skip
 HISTORY_FEATURES = (
     "volume_pattern_score", "historical_momentum_rank", "microstructure_imbalance", "volatility_regime_30d",
@@ -235,8 +243,7 @@ class SymbolState:
     recent: deque[tuple[int, int, int, int]] = field(default_factory=deque)
     cached: dict[str, float | str | None] = field(default_factory=dict)  # values updated at minute close
     corr_samples: dict[str, deque[float]] = field(default_factory=dict)
-    bid: tuple[float, int] | None = None
-    ask: tuple[float, int] | None = None
+    day_end_ms: int = -(2**62)  # the next B3 midnight: a tick from then on opens a session and emits
 
     def summary(self) -> SessionSummary:
         assert self.day is not None
@@ -247,6 +254,10 @@ class SymbolState:
     def closes_until(self, minute: int) -> np.ndarray:
         return _carry_forward(self.close[: minute + 1])
 
+
+# (symbol, the times of its ticks, ascending and distinct) -> the book features there, from a stored
+# book (None: no book stored for that symbol)
+BookProvider = Callable[[str, np.ndarray], BookFeatureTable | None]
 
 # (symbol, day, n) -> the summaries of up to n sessions before day, oldest first; None when they cannot
 # be had now (the store is unreachable): the session starts without them, `set_history` brings them
@@ -271,26 +282,55 @@ class FeatureEngine:
         self.states = {s: SymbolState(s, self.config) for s in symbols}
         self.history = history
         self.late = 0  # ticks older than their symbol's clock: not folded (point-in-time)
-        self.books: dict[str, LevelBook | OrderBook] = {}  # live order books, for spread and imbalance
+        self.live_books: dict[str, LiveBookFeatures] = {}  # the book features' live books
+        self.stored_books: dict[str, BookFeatureTable | None] = {}  # a backfill's, from the store
         self.book_rejected = 0
+
+    @property
+    def books(self) -> dict[str, LevelBook | OrderBook]:
+        """The live order books, per symbol."""
+        return {symbol: live.book for symbol, live in self.live_books.items()}
+
+    @property
+    def book_late(self) -> int:
+        """Book batches that arrived after a tick they are stamped before (live != backfill there)."""
+        return sum(live.late for live in self.live_books.values())
 
     def on_book(self, update: BookUpdate | OrderUpdate) -> None:
         """Fold one book update (MBP or MBO, by the symbol's first one) into the symbol's live book;
-        `spread` and `book_imbalance` read its top after each complete batch, never inside one."""
+        the book features read it between complete batches only (`analytics.book_features`)."""
         state = self.states.get(update.symbol)
         if state is None:
             return
-        book = self.books.get(update.symbol)
-        if book is None:
+        live = self.live_books.get(update.symbol)
+        if live is None:
             kind: BookKind = "mbp" if isinstance(update, BookUpdate) else "mbo"
-            book = self.books[update.symbol] = live_book(update.symbol, kind)
+            live = self.live_books[update.symbol] = LiveBookFeatures(update.symbol, kind)
+        # no tick before this emits: before it, the book's values need not be kept
+        needed_from = min(state.last_emit_ms + self.config.emit_interval_ms, state.day_end_ms)
         try:
-            complete = book.apply(update)
+            live.add(update, needed_from=needed_from, clock_ms=state.last_ms)
         except DataError:  # the other kind of update than this symbol's book: counted, not folded
             self.book_rejected += 1
+
+    def load_book(self, cols: BookColumns) -> None:
+        """Start `cols.symbol`'s live book from a stored one (a restart; see `LiveBookFeatures.load`)."""
+        if cols.symbol not in self.states:
             return
-        if complete:
-            state.bid, state.ask = book.best("bid"), book.best("ask")
+        live = self.live_books[cols.symbol] = LiveBookFeatures(cols.symbol, cols.kind)
+        live.load(cols)
+
+    def use_stored_book(self, symbol: str, table: BookFeatureTable | None) -> None:
+        """Read `symbol`'s book features from `table` (a stored book's, at its ticks' times; None: no
+        book) instead of a live book: how a backfill gives the live values."""
+        self.stored_books[symbol] = table
+
+    def _book_values(self, symbol: str, t_ms: int) -> BookValues:
+        if symbol in self.stored_books:
+            table = self.stored_books[symbol]
+            return table.at(t_ms) if table is not None else NO_VALUES
+        live = self.live_books.get(symbol)
+        return live.values_before(t_ms) if live is not None else NO_VALUES
 
     def on_tick(self, tick: Tick) -> Features | None:
         state = self.states.get(tick.symbol)
@@ -354,12 +394,7 @@ class FeatureEngine:
         trades, buy, sell = (float(x) for x in state.flow.totals)
         out["trade_intensity_60s"] = trades
         out["ofi_60s"] = (buy - sell) / (buy + sell) if buy + sell > 0 else None
-        if state.bid and state.ask:
-            out["spread"] = state.ask[0] - state.bid[0]
-            size = state.bid[1] + state.ask[1]
-            out["book_imbalance"] = (state.bid[1] - state.ask[1]) / size if size else None
-        else:
-            out["spread"] = out["book_imbalance"] = None
+        out.update(zip(BOOK_FEATURES, self._book_values(state.symbol, state.last_ms), strict=True))
         if not self.config.time_travel:
             out.update(dict.fromkeys(HISTORY_FEATURES))
             return out
@@ -384,8 +419,9 @@ class FeatureEngine:
                 found = self.history(state.symbol, day, self.config.lookback_sessions)
                 pending = found is None
                 state.history = found or []
-        fresh = SymbolState(state.symbol, self.config, history=state.history, bid=state.bid, ask=state.ask)
+        fresh = SymbolState(state.symbol, self.config, history=state.history)
         fresh.day = day
+        fresh.day_end_ms = to_ms(datetime.combine(day + timedelta(days=1), time(), B3_TZ))
         fresh.history_pending = pending
         fresh.large_threshold = self._large_threshold(state.history)
         fresh.last_ms = state.last_ms
@@ -515,9 +551,21 @@ class FeatureEngine:
 
 
 def backfill(
-    engine: FeatureEngine, ticks: Iterable[Tick], *, on_features: Callable[[Features], None] | None = None
+    engine: FeatureEngine,
+    ticks: Iterable[Tick],
+    *,
+    on_features: Callable[[Features], None] | None = None,
+    book: BookProvider | None = None,
 ) -> list[Features]:
-    """Replay ticks (in time order) through `engine`; returns every Features event it emits."""
+    """Replay ticks (in time order) through `engine`; returns every Features event it emits. `book`:
+    the stored book's features at each symbol's tick times (what the live book gave them then)."""
+    if book is not None:
+        ticks = list(ticks)
+        times: dict[str, list[int]] = {}
+        for tick in ticks:
+            times.setdefault(tick.symbol, []).append(tick.timestamp_ms)
+        for symbol, ms in times.items():
+            engine.use_stored_book(symbol, book(symbol, np.unique(np.array(ms, np.int64))))
     out = []
     for tick in ticks:
         found = engine.on_tick(tick)

@@ -7,6 +7,11 @@ Health comes from the `tv:health:{component}` hashes that running processes refr
 (see health.py). Counters are summed over the live components. ticks/s is the change of `stored`
 between two frames over the time between them ("-" on the first frame).
 
+The book: per symbol with a stored order book, the newest top of book (`Store.book` at the newest
+stored book time, best level only: the newest snapshot and the updates after it), in a table of its
+own under the market's (bid, its size, ask, its size, spread), so that a narrow terminal cuts no
+number of either.
+
 bus->store lag: "now minus the exchange time of the last stored tick" is not lag (a replay or a
 simulated market runs on its own clock; a quiet market looks late), so the monitor shows only the
 recorder's own measure, `store_lag_ms` (the largest over components), and "-" while none reports one.
@@ -55,6 +60,23 @@ class SymbolRow:
     signal: str | None = None
     confidence: float | None = None
     error: str = ""  # stored data that could not be read
+    book: Quote | None = None  # the newest stored top of book; None: no book stored
+    book_error: str = ""  # a stored book that could not be read
+
+
+@dataclass(frozen=True)
+class Quote:
+    """The top of a stored book: best bid and ask (price None: that side is empty)."""
+
+    at: datetime
+    bid: float | None
+    bid_size: int
+    ask: float | None
+    ask_size: int
+
+    @property
+    def spread(self) -> float | None:
+        return self.ask - self.bid if self.ask is not None and self.bid is not None else None
 
 
 @dataclass
@@ -155,8 +177,32 @@ def _symbol_row(store: Store, symbol: str) -> SymbolRow:
     except (TickvaultError, valkey.ValkeyError, ValueError, KeyError, IndexError) as exc:
         # a malformed stored entry must not take the monitor down: shown in the row, logged
         log.warning("monitor: cannot read %s: %s", symbol, exc)
-        return SymbolRow(symbol, error=f"{type(exc).__name__}: {exc}")
+        row = SymbolRow(symbol, error=f"{type(exc).__name__}: {exc}")
+    try:
+        row.book = _top_of_book(store, symbol)
+    except (StoreUnavailable, *UNREACHABLE, OSError):
+        raise
+    except (TickvaultError, valkey.ValkeyError, ValueError, KeyError, IndexError) as exc:
+        log.warning("monitor: cannot read the book of %s: %s", symbol, exc)
+        row.book_error = f"{type(exc).__name__}: {exc}"
     return row
+
+
+def _top_of_book(store: Store, symbol: str) -> Quote | None:
+    """The newest stored top of book, or None while no book of `symbol` is stored."""
+    position = store.book_position(symbol)
+    if position.kind is None:
+        return None
+    book = store.book(symbol, position.ms, depth=1)
+    side = book["side"].to_numpy()
+    bid, ask = book[side == "bid"], book[side == "ask"]
+    return Quote(
+        book.attrs["at"].to_pydatetime(),
+        float(bid["price"].iloc[0]) if len(bid) else None,
+        int(bid["quantity"].iloc[0]) if len(bid) else 0,
+        float(ask["price"].iloc[0]) if len(ask) else None,
+        int(ask["quantity"].iloc[0]) if len(ask) else 0,
+    )
 
 
 def _fill_row(store: Store, row: SymbolRow) -> None:
@@ -261,7 +307,37 @@ def render(snap: MonitorSnapshot, where: str = "", width: int | None = None) -> 
             Text(signal, style="green" if row.signal == "BUY" else "red" if row.signal == "SELL" else ""),
         )
         table.add_row(*(cell for cell, shown in zip(cells, keep, strict=True) if shown))
-    return Group(table, Text(_health_line(snap), style="dim"))
+    books = _book_table(snap.rows, compact, dated)
+    return Group(table, *([books] if books is not None else []), Text(_health_line(snap), style="dim"))
+
+
+def _book_table(rows: list[SymbolRow], compact: bool, dated: bool) -> Table | None:
+    """Top of book per symbol with a stored book (a narrow terminal: without its time); None when no
+    symbol has one."""
+    shown = [row for row in rows if row.book is not None or row.book_error]
+    if not shown:
+        return None
+    table = Table(title="order book (newest stored)", expand=False)
+    names = ("symbol", *(() if compact else ("book time",)), "bid qty", "bid", "ask", "ask qty", "spread")
+    for name in names:
+        table.add_column(name, justify="left" if name in ("symbol", "book time") else "right", no_wrap=True)
+    for row in shown:
+        quote = row.book
+        if quote is None:
+            # the reason is in the log: a long one here would widen the table past the terminal
+            table.add_row(row.symbol, Text("UNREADABLE", style="red"), *["-"] * (len(names) - 2))
+            continue
+        at = quote.at.astimezone(B3_TZ).strftime("%Y-%m-%d %H:%M:%S.%f" if dated else "%H:%M:%S.%f")[:-3]
+        table.add_row(
+            row.symbol,
+            *(() if compact else (at,)),
+            f"{quote.bid_size:,}" if quote.bid is not None else "-",
+            _num(quote.bid, ",.2f"),
+            _num(quote.ask, ",.2f"),
+            f"{quote.ask_size:,}" if quote.ask is not None else "-",
+            _num(quote.spread, ",.2f"),
+        )
+    return table
 
 
 def _health_line(snap: MonitorSnapshot) -> str:

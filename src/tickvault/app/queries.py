@@ -11,6 +11,7 @@ from tickvault.domain.timeparse import parse_duration_ms
 from tickvault.errors import ConfigError, DataError
 from tickvault.ml.model import Dataset, training_set
 from tickvault.store.api import Store, frame_to_ticks
+from tickvault.workers.book_backfill import store_book
 from tickvault.workers.session_history import store_history
 
 EVENTS = ("features", "predictions", "signals")
@@ -108,9 +109,9 @@ def training_data(
     config: FeatureConfig,
 ) -> Dataset:
     """`symbol`'s training rows, replayed from the stored ticks of `symbols` (the cross-symbol
-    features need them all), with the stored history of earlier sessions."""
+    features need them all), with the stored history of earlier sessions and the stored book."""
     ticks = frame_to_ticks(store.ticks(symbols, start, end))
     return training_set(
         ticks, symbol, horizon_ms=horizon_ms, tick_size=instrument_for(symbol).tick_size, symbols=symbols,
-        config=config, history=store_history(store),
+        config=config, history=store_history(store), book=store_book(store),
     )  # fmt: skip

@@ -18,7 +18,7 @@ import importlib.metadata
 import json
 import logging
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, log_loss
 
 from tickvault.analytics.features import (
     FEATURE_NAMES,
+    BookProvider,
     FeatureConfig,
     FeatureEngine,
     HistoryProvider,
@@ -48,9 +49,12 @@ _REGIME_ORDER = {"LOW_VOL": 0.0, "NORMAL_VOL": 1.0, "HIGH_VOL": 2.0}
 FORMAT = 1
 
 
-def feature_row(values: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
-    row = np.empty(len(FEATURE_NAMES)) if out is None else out
-    for i, name in enumerate(FEATURE_NAMES):
+def feature_row(
+    values: dict[str, Any], out: np.ndarray | None = None, names: Sequence[str] = FEATURE_NAMES
+) -> np.ndarray:
+    """The model's input row: `values` of `names` (a model's own features), in that order."""
+    row = np.empty(len(names)) if out is None else out
+    for i, name in enumerate(names):
         v = values.get(name)
         if isinstance(v, str):
             row[i] = _REGIME_ORDER.get(v, np.nan)
@@ -107,11 +111,13 @@ def training_set(
     config: FeatureConfig | None = None,
     history: HistoryProvider | None = None,
     symbols: Iterable[str] | None = None,
+    book: BookProvider | None = None,
 ) -> Dataset:
-    """Replay `ticks` (every configured symbol, time order) through a fresh engine; rows of `symbol`."""
+    """Replay `ticks` (every configured symbol, time order) through a fresh engine; rows of `symbol`.
+    `book`: the stored book's features (else the book features are None, as live without a book)."""
     ticks = list(ticks)
     engine = FeatureEngine(symbols or sorted({t.symbol for t in ticks}), config, history=history)
-    rows: list[Features] = [f for f in backfill(engine, ticks) if f.symbol == symbol]
+    rows: list[Features] = [f for f in backfill(engine, ticks, book=book) if f.symbol == symbol]
     mine = [t for t in ticks if t.symbol == symbol and not t.is_edit]
     tick_ms = np.array([t.timestamp_ms for t in mine], dtype=np.int64)
     tick_price = np.array([t.price for t in mine])
@@ -240,11 +246,17 @@ class TrainedModel:
         self.name = f"hgb-{info.symbol}-{info.train_end}"
         self.symbols = (info.symbol,)  # what it learnt; another symbol's features are not its input
         self._forest = CompiledForest(clf)
-        self._row = np.empty(len(FEATURE_NAMES))
+        # its own inputs, in its own order: a model trained before a feature was added still predicts
+        self._names = tuple(info.features)
+        if getattr(clf, "n_features_in_", len(self._names)) != len(self._names):
+            raise ValueError(
+                f"the estimator takes {clf.n_features_in_} inputs, the model names {len(self._names)}"
+            )
+        self._row = np.empty(len(self._names))
         self._classes = [LABELS[int(c)] for c in clf.classes_]
 
     def predict_proba_one(self, values: dict[str, Any]) -> dict[str, float]:
-        proba = self._forest.predict_proba(feature_row(values, self._row))
+        proba = self._forest.predict_proba(feature_row(values, self._row, self._names))
         out = dict.fromkeys(LABELS, 0.0)
         out.update(zip(self._classes, proba.tolist(), strict=True))
         return out
@@ -296,18 +308,20 @@ def _tickvault_version() -> str:
 
 
 def load(path: Path) -> TrainedModel:
-    """Load a model saved by `save`; refuses one trained on other features than this engine's, and
-    any file that is not a model (a clear ConfigError, whatever is wrong inside it)."""
+    """Load a model saved by `save`; refuses one trained on a feature this engine does not compute
+    (one trained on fewer, before features were added, reads its own), and any file that is not a
+    model (a clear ConfigError, whatever is wrong inside it)."""
     try:
         payload = pickle.loads(path.read_bytes())  # noqa: S301 - our own file, written by save()
         info = ModelInfo(**payload["info"])
     except Exception as exc:  # noqa: BLE001 - unpickling a foreign file can raise almost anything
         raise ConfigError("TICKVAULT_MODEL", str(path), f"is not a tickvault model file ({exc!r})") from None
-    if info.features != list(FEATURE_NAMES):
+    unknown = [name for name in info.features if name not in FEATURE_NAMES]
+    if unknown or not info.features:
         raise ConfigError(
             "TICKVAULT_MODEL",
             str(path),
-            "was trained on other features than this tickvault computes; retrain it",
+            f"was trained on other features than this tickvault computes ({', '.join(unknown)}); retrain it",
         )
     if info.sklearn_version and info.sklearn_version != sklearn.__version__:
         log.warning("model %s was trained with scikit-learn %s, this is %s; retrain if predictions look off",

@@ -30,7 +30,7 @@ from tickvault.analytics.features import (
 )
 from tickvault.bus.curve import ServerKeys, as_server
 from tickvault.bus.publisher import BIND_RETRY_S
-from tickvault.domain.book import BookBatch
+from tickvault.domain.book import BookBatch, BookColumns
 from tickvault.domain.events import Event, Features, Prediction, Signal, Tick, encode
 from tickvault.domain.keys import features_topic, signal_topic
 from tickvault.errors import StoreError, StoreUnavailable
@@ -142,16 +142,28 @@ class FeatureService:
         self._inbox.put((tick, time.perf_counter_ns()))
 
     def submit_book(self, batch: BookBatch) -> None:
-        """The ingest book handler: the batch goes to the engine's live book (`spread`,
-        `book_imbalance`) in order with the ticks; never blocks, never raises into the source."""
+        """The ingest book handler: the batch goes to the engine's live book (the book features) in
+        order with the ticks; never blocks, never raises into the source."""
         self._inbox.put(batch)
 
-    def warm_up(self, load: Callable[[], Iterable[Tick]]) -> None:
+    def warm_up(
+        self, load: Callable[[], Iterable[Tick]], books: Callable[[], Iterable[BookColumns]] | None = None
+    ) -> None:
         """Before the live ticks: fold the ticks `load` returns (the session so far, from the store)
-        into the engine without sending anything, so a restarted run's features go on as if it had
-        never stopped (and equal a backfill of the whole session). Runs on the feature thread:
-        the source never waits for it; live ticks queue meanwhile."""
-        self._inbox.put(load)
+        into the engine without sending anything, then start the live books from the stored ones
+        `books` returns, so a restarted run's features go on as if it had never stopped (and equal a
+        backfill of the whole session from the stored ticks and book). Runs on the feature thread:
+        the source never waits for it; live ticks and book batches queue meanwhile."""
+        if books is None:
+            self._inbox.put(load)
+            return
+
+        def both() -> Iterable[Tick]:
+            yield from load()
+            for cols in books():
+                self.engine.load_book(cols)
+
+        self._inbox.put(both)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="features", daemon=True)
@@ -335,4 +347,5 @@ class FeatureService:
             "features_dropped": s.dropped, "late_for_features": s.late, "features_warmed_up": s.warmed_up,
             "feature_sessions_without_history": self._history.misses if self._history else 0,
             "features_published": s.published, "feature_publish_errors": s.publish_errors,
+            "features_book_late": self.engine.book_late, "features_book_rejected": self.engine.book_rejected,
         }  # fmt: skip

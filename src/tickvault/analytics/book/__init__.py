@@ -1,6 +1,6 @@
 """The order book computed from its events, with no I/O: `live` keeps one symbol's book up to date
 event by event (`LevelBook`, `OrderBook`); `history` reconstructs past books from `BookColumns`,
-vectorised (`book_at`, `book_frames`, `quotes`); `snapshot` exports the book after any row as a
+vectorised (`book_at`, `book_frames` / `frames_at`, `quotes`); `snapshot` exports the book after any row as a
 snapshot group (`snapshot_at`: what the store keeps every N updates). All follow `domain.book`'s
 semantics and are held against the same slow reference books or the live engine in the tests.
 """
@@ -15,6 +15,7 @@ from tickvault.analytics.book.history import (
     book_at,
     book_frames,
     cutoffs,
+    frames_at,
     level_codes,
     level_rows,
     quotes,
@@ -34,6 +35,7 @@ __all__ = [
     "book_at",
     "book_frames",
     "cutoffs",
+    "frames_at",
     "level_codes",
     "level_rows",
     "live_book",

@@ -17,7 +17,8 @@ Over one symbol's columns in application order (semantics: `domain.book`, and `l
   and order count after every row.
 - Level codes. Prices map to integer codes ascending with price: a dense grid of the instrument's
   tick when every price sits exactly on it (O(m)), else np.unique (O(m log m)).
-- `book_frames(start, end, every, N)`: steps t_k and their cutoffs c_k. A level row becomes visible
+- `book_frames(start, end, every, N)` (`frames_at` for any ascending times): steps t_k and their
+  cutoffs c_k. A level row becomes visible
   at step s = the first k with c_k >= its row. A levels x steps grid holds the position of the last
   visible level row per cell: set where a row is the last of its (level, step) pair (one stable sort
   by level), forward-filled with np.maximum.accumulate along the steps; the epoch check empties what
@@ -365,9 +366,21 @@ def book_frames(
     at or before that step."""
     if every_ms <= 0:
         raise DataError("every", f"must be positive, got {every_ms} ms")
+    return frames_at(
+        cols, np.arange(start_ms, end_ms + 1, every_ms, dtype=np.int64), depth, tick_size=tick_size
+    )
+
+
+def frames_at(
+    cols: BookColumns, times_ms: np.ndarray, depth: int = 10, *, tick_size: float | None = None
+) -> BookFrames:
+    """The book at each of `times_ms` (ascending, repeats allowed), each after the last complete
+    batch at or before that time: `book_frames` at any times, e.g. the ticks' (the features' backfill)."""
     if depth <= 0:
         raise DataError("depth", f"must be positive, got {depth}")
-    times = np.arange(start_ms, end_ms + 1, every_ms, dtype=np.int64)
+    times = np.asarray(times_ms, np.int64)
+    if times.size > 1 and np.any(np.diff(times) < 0):
+        raise DataError("times", "must be in ascending order")
     k = times.size
     cut = cutoffs(cols, times)
     clears = _clear_rows(cols)

@@ -26,6 +26,7 @@ from tickvault.bus.envelope import endpoint
 from tickvault.bus.publisher import Publisher
 from tickvault.bus.subscriber import Subscriber
 from tickvault.config import Settings
+from tickvault.domain.book import BookColumns
 from tickvault.domain.events import Event, Tick, day_start_ms, decode_tick
 from tickvault.domain.keys import tick_topic
 from tickvault.errors import DataError
@@ -77,7 +78,7 @@ class CoreFlow:
         self._feed(self.features)
         lasts = w.lasts()
         if self.warm_up and w.store is not None and lasts:
-            self.features.warm_up(_session_so_far(w.store, lasts))
+            self.features.warm_up(_session_so_far(w.store, lasts), _stored_books(w.store, tuple(lasts)))
 
     def _live_store(self) -> Store | None:
         """In a namespace (a replay), previous sessions come from the live data, as they would live."""
@@ -168,6 +169,13 @@ class CoreFlow:
         if self.features is not None:
             out.update(self.features.counters())
         return out
+
+
+def _stored_books(store: Store, symbols: tuple[str, ...]) -> Callable[[], list[BookColumns]]:
+    """The stored books of `symbols` as they are now (before this run adds to them): the newest
+    snapshot and the updates after it."""
+    positions = {symbol: store.book_position(symbol) for symbol in symbols}
+    return lambda: [store.book_replay(s, p.ms, p.ms)[0] for s, p in positions.items() if p.kind is not None]
 
 
 def _session_so_far(store: Store, lasts: dict[str, Tick]) -> Callable[[], list[Tick]]:
