@@ -211,32 +211,102 @@ def measure(name: str, server: list[str], env: dict[str, str], port: int, path: 
     return out
 
 
-def page_load(env: dict[str, str]) -> None:
-    """Navigation to the chart drawn with data, with the market running at RATE."""
+# the page before its first view came with it: its script asked /api/meta, then /api/view, in series
+BASELINE_REV = "fc77b7e0173931dda5b023fe0cc5a16bfa890016"
+LOADS = 10  # per server and kind of load
+# after the page drew: its document (first byte, last byte), scripts run, the chart drawn, in ms
+TIMINGS_JS = """() => {
+  const nav = performance.getEntriesByType("navigation")[0];
+  return [nav.responseStart, nav.responseEnd, nav.domContentLoadedEventEnd, performance.now()];
+}"""
+
+
+def baseline_src(folder: Path) -> Path | None:
+    """The baseline's source tree (`git archive`), or None outside a git checkout that has it."""
+    done = subprocess.run(["git", "-C", str(HERE.parents[1]), "archive", "--format=tar", BASELINE_REV, "src"],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        return None
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=done.stdout, check=True)
+    return folder / "src"
+
+
+def page_load(env: dict[str, str], tmp: Path) -> None:
+    """Navigation to the chart drawn with data, with the market running at RATE: the page now and the
+    baseline's, both served at once and loaded in turn (paired: the same moments of a busy machine).
+    Each load is a first visit (a fresh browser profile), then a reload of that page."""
     chromium = os.environ.get("TICKVAULT_CHROMIUM", "/usr/bin/chromium")
     if not Path(chromium).is_file():
         print(f"  page load: skipped (no Chromium at {chromium})")
         return
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Browser, Page, sync_playwright
 
-    port = _free_port()
-    with Phase(tickvault_web(port), env, port, 90), sync_playwright() as driver:
-        time.sleep(WARM_S)  # the market has been running a while when someone opens the page
-        browser = driver.chromium.launch(executable_path=chromium, headless=True)
+    old_src = baseline_src(tmp)
+    ports = {"now": _free_port()}
+    envs = {"now": env}
+    if old_src is not None:
+        ports["baseline"] = _free_port()
+        envs["baseline"] = {**env, "PYTHONPATH": str(old_src)}  # ahead of the editable install's path
+    procs = {name: subprocess.Popen(tickvault_web(port), env=envs[name], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL) for name, port in ports.items()}  # fmt: skip
+    times: dict[tuple[str, str], list[float]] = {}
+    parts: dict[str, list[list[float]]] = {name: [] for name in ports}
+
+    def timed(name: str, kind: str, page: Page, navigate: Any) -> None:
+        started = time.perf_counter()
+        navigate()
+        page.wait_for_function("() => document.body.dataset.loaded !== undefined")
+        times.setdefault((name, kind), []).append((time.perf_counter() - started) * 1000)
+
+    def load(browser: Browser, name: str) -> None:
+        context = browser.new_context()
         try:
-            times = []
-            for _ in range(5):
-                page = browser.new_page()
-                started = time.perf_counter()
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_function("() => document.body.dataset.loaded !== undefined")
-                times.append((time.perf_counter() - started) * 1000)
-                page.close()
+            page = context.new_page()
+            timed(name, "first visit", page, lambda: page.goto(f"http://127.0.0.1:{ports[name]}/"))
+            parts[name].append(page.evaluate(TIMINGS_JS))
+            timed(name, "reload", page, page.reload)
         finally:
-            browser.close()
-    median, worst = np.median(times), max(times)
-    print(f"  page load at {RATE:,} ticks/s (Chromium, loopback, navigation to the chart drawn with"
-          f" data): median {median:,.0f} ms, worst {worst:,.0f} ms of 5 (target 1,000 ms)")  # fmt: skip
+            context.close()
+
+    writer_proc = subprocess.Popen([sys.executable, str(HERE), "--writer", env["VALKEY_URL"], "600",
+                                    str(900_000_000)], env=env)  # fmt: skip
+    try:
+        for name, proc in procs.items():
+            wait_listening(ports[name], proc)
+        with sync_playwright() as driver:
+            time.sleep(WARM_S)  # the market has been running a while when someone opens the page
+            browser = driver.chromium.launch(executable_path=chromium, headless=True)
+            try:
+                for i in range(LOADS):
+                    for name in sorted(ports, reverse=i % 2 == 1):  # in turn, each one first half the time
+                        load(browser, name)
+            finally:
+                browser.close()
+    finally:
+        for proc in (writer_proc, *procs.values()):
+            proc.terminate()
+            proc.wait(30)
+    print(f"  page load at {RATE:,} ticks/s (Chromium, loopback, navigation to the chart drawn with data),"
+          f" {LOADS} of each, in turn (target 1,000 ms):")  # fmt: skip
+    for kind in ("first visit", "reload"):
+        for name in ("baseline", "now"):
+            if (name, kind) in times:
+                got = times[(name, kind)]
+                label = "now" if name == "now" else f"baseline ({BASELINE_REV[:7]})"
+                print(f"    {kind:<11} {label:<18} median {np.median(got):,.0f} ms, worst {max(got):,.0f} ms")
+    for name in ("baseline", "now"):
+        if name in parts:
+            first_byte, last_byte, scripts_run, drawn = np.median(np.array(parts[name]), axis=0)
+            print(
+                f"    {name} first visit, medians: the document's first byte {first_byte:,.0f} ms, its"
+                f" last {last_byte:,.0f} ms, scripts run {scripts_run:,.0f} ms, chart drawn {drawn:,.0f} ms"
+            )
+    if "baseline" in ports:
+        first, reload = (np.median(times[("baseline", k)]) / np.median(times[("now", k)])
+                         for k in ("first visit", "reload"))  # fmt: skip
+        print(f"  ratio: page load {first:,.2f}x faster on a first visit, {reload:,.2f}x on a reload")
+    else:
+        print(f"  (the baseline {BASELINE_REV[:7]} is not in this checkout: no ratio)")
 
 
 def tickvault_web(port: int) -> list[str]:
@@ -249,7 +319,7 @@ def _free_port() -> int:
     return free_port()
 
 
-def main() -> None:
+def main(only_page_load: bool = False) -> None:
     from tickvault.store.server import EmbeddedValkey
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,6 +332,9 @@ def main() -> None:
         candles = subprocess.Popen([sys.executable, "-m", "tickvault", "run", "--only", "candles"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
+            if only_page_load:  # `python bench/bench_web.py --page-load`
+                page_load(env, Path(tmp))
+                return
             print(f"  {RATE:,} ticks/s stored, {CLIENTS} pages following {SYMBOL}, {MEASURE_S:g} s measured")
             port = _free_port()
             mine = measure("tickvault web (aggregated, coalesced)", tickvault_web(port), env, port,
@@ -272,7 +345,7 @@ def main() -> None:
             cpu_ratio = naive["cpu"] / max(mine["cpu"], 1e-9)
             sent_ratio = naive["kib_per_s"] / max(mine["kib_per_s"], 1e-9)
             print(f"  ratio: server CPU {cpu_ratio:,.1f}x lower, {sent_ratio:,.0f}x less sent to each page")
-            page_load(env)
+            page_load(env, Path(tmp))
         finally:
             candles.terminate()
             candles.wait(60)
@@ -288,4 +361,4 @@ if __name__ == "__main__":
         naive_server(sys.argv[2], int(sys.argv[3]))
     else:
         sys.path.insert(0, str(HERE.parent))
-        main()
+        main(only_page_load=sys.argv[1:2] == ["--page-load"])

@@ -1,9 +1,9 @@
 """The web dashboard's HTTP side: a small Starlette app served by uvicorn on its own thread.
 
-Routes: `/` (the page), `/static/...` (its CSS and JS, and the vendored chart library), `/api/meta`
-(symbols, timeframes), `/api/view` (every panel of a symbol as of now or a past moment: the page's
-load, timeframe switch and time travel), `/api/live` (Server-Sent Events from the live feed) and
-`/api/health`.
+Routes: `/` (the page, with its first view: see `index`), `/static/...` (its CSS and JS, and the
+vendored chart library), `/api/meta` (symbols, timeframes), `/api/view` (every panel of a symbol as of
+now or a past moment: timeframe switch and time travel), `/api/live` (Server-Sent Events from the
+live feed) and `/api/health`.
 
 Safety: it binds loopback unless told otherwise, and beyond loopback refuses to start without
 WEB_TOKEN; with a token every request must carry it (`Authorization: Bearer TOKEN`, or the cookie
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
+import json
 import logging
 import socket
 import threading
@@ -31,13 +32,14 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tickvault.analytics.candles import TIMEFRAMES, check_timeframe
+from tickvault.app.web.assets import asset_response, load_assets
 from tickvault.app.web.live import INTERVAL_S, Cursor, LiveFeed
 from tickvault.app.web.panels import BookSource, book_ladder, moment
 from tickvault.config import Settings, redact
@@ -50,6 +52,7 @@ log = logging.getLogger("tickvault.web")
 
 STATIC = Path(str(resources.files("tickvault.app.web") / "static"))
 COOKIE = "tickvault_token"
+BOOT_MARK = "<!--boot-->"  # where the page's first view goes (see `create_app.index`)
 KEEPALIVE_S = 15.0
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 _SECURITY_HEADERS = [
@@ -134,6 +137,15 @@ def _nonnegative_int(params: dict[str, str], name: str) -> int:
     return int(text)
 
 
+def boot_block(data: dict[str, Any]) -> bytes:
+    """`data` as a JSON data block in the page (never run as a script): every `<` escaped, so no
+    stored text (a feature's value, say) can close the block."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (
+        b'<script type="application/json" id="boot">' + text.replace("<", "\\u003c").encode() + b"</script>"
+    )
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": redact("VALKEY_URL", message)}, status_code=status,
                         headers={"cache-control": "no-store"})  # fmt: skip
@@ -170,22 +182,62 @@ def create_app(
 ) -> ASGIApp:
     """The dashboard as an ASGI app (`feed` started and stopped by the caller)."""
     stop = closing or threading.Event()
+    assets = load_assets(STATIC)
+    page_head, mark, page_tail = (STATIC / "index.html").read_text().partition(BOOT_MARK)
+    if not mark:
+        raise RuntimeError(f"{STATIC / 'index.html'} lacks {BOOT_MARK}")
 
-    def index(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
-
-    @_guarded
-    def meta(request: Request) -> Response:
-        _params(request, ())
+    def meta_of() -> dict[str, Any]:
         stored: list[str] = []
         with contextlib.suppress(StoreError):
             stored = store.symbols()
-        return JSONResponse({
+        return {
             "symbols": list(dict.fromkeys((*symbols, *stored))),
             "timeframes": list(TIMEFRAMES),
             "version": _version(),
             "interval_ms": int(feed.interval * 1000),
-        })  # fmt: skip
+        }
+
+    def first_view(wanted_symbol: str | None, wanted_tf: str | None) -> bytes:
+        """What the page's script would ask for first (/api/meta, then /api/view of the symbol in the
+        address or the first one), as a data block: the same rules as dashboard.js's."""
+        info = meta_of()
+        listed: list[str] = info["symbols"]
+        symbol = wanted_symbol if wanted_symbol in listed else listed[0] if listed else None
+        tf = wanted_tf if wanted_tf in TIMEFRAMES else "1m"
+        data: dict[str, Any] = {"meta": info, "view": None}
+        try:
+            if symbol is not None:
+                data["view"] = moment(store, symbol, tf, None, book)
+        except (DataError, StoreError) as exc:  # the page asks /api/view itself, and shows why
+            data["error"] = redact("VALKEY_URL", str(exc))
+        return boot_block(data)
+
+    async def index(request: Request) -> Response:
+        """The page, streamed: its head at once (the browser fetches the scripts and the chart
+        library meanwhile), then its first view as a data block, so the page draws without waiting
+        for two more requests in series after its scripts ran. An address's bad symbol or timeframe
+        falls back to the defaults, as the script does."""
+        wanted = request.query_params
+
+        async def body() -> Any:
+            yield page_head.encode()
+            try:
+                yield await run_in_threadpool(first_view, wanted.get("symbol"), wanted.get("tf"))
+            except Exception:  # noqa: BLE001 - the head is sent: the script asks /api/view instead
+                log.exception("web: the page's first view failed")
+            yield page_tail.encode()
+
+        return StreamingResponse(body(), media_type="text/html; charset=utf-8",
+                                 headers={"cache-control": "no-store"})  # fmt: skip
+
+    async def static(request: Request) -> Response:
+        return asset_response(assets, request)  # from memory: on the event loop, no thread
+
+    @_guarded
+    def meta(request: Request) -> Response:
+        _params(request, ())
+        return JSONResponse(meta_of())
 
     @_guarded
     def view(request: Request) -> Response:
@@ -221,7 +273,7 @@ def create_app(
             Route("/api/view", view),
             Route("/api/health", health),
             Route("/api/live", live),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/static/{path:path}", static),
         ]
     )
     return Guard(app, token)
@@ -264,14 +316,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
 
-        vendored = scope["path"].startswith("/static/vendor/")
-
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), *_SECURITY_HEADERS]
-                if vendored:  # a pinned build (VENDOR.md): the browser keeps it across reloads
-                    headers.append((b"cache-control", b"public, max-age=86400"))
-                message["headers"] = headers
+                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
             await send(message)
 
         request = Request(scope)

@@ -1,5 +1,6 @@
 // tickvault dashboard: loads a moment from /api/view, then (live) follows /api/live (Server-Sent Events).
 // The server aggregates and coalesces; this file only draws. No framework, no build step.
+// The first moment comes with the page itself (the "boot" data block): no request in series before drawing.
 "use strict";
 
 (() => {
@@ -11,7 +12,7 @@
   const state = {
     symbols: [], timeframes: [], symbol: null, tf: "1m", mode: "live", at: null,
     decimals: 2, tickSize: 0.01, bars: [], markers: new Map(), signals: [], tape: [], last: null,
-    source: null, loading: 0, reloadAt: 0, serverDown: false, health: null, updates: 0,
+    source: null, loading: 0, reloadAt: 0, serverDown: false, health: null, updates: 0, boot: null,
   };
 
   // -- formatting: en-US grouping like the terminal monitor; every digit that matters, never cut --
@@ -263,9 +264,9 @@
     const ticket = ++state.loading;
     const params = { symbol: state.symbol, tf: state.tf };
     if (state.mode === "past") params.local = state.at;
-    let view;
+    let view = takeBoot();
     try {
-      view = await getJSON("/api/view", params);
+      if (!view) view = await getJSON("/api/view", params);
     } catch (err) {
       if (ticket !== state.loading) return;
       showProblem(`could not load ${state.symbol}: ${err.message}`);
@@ -300,6 +301,13 @@
     $("past-banner").hidden = true;
     if (state.health) setStatus(state.health.status);
     follow(view.at_ms || 0, ticket);
+  }
+
+  // the view the page came with, once, if it is the one asked for now
+  function takeBoot() {
+    const view = state.boot && state.boot.view;
+    state.boot = null;
+    return view && state.mode === "live" && view.symbol === state.symbol && view.tf === state.tf ? view : null;
   }
 
   function follow(sinceMs, ticket) {
@@ -369,7 +377,9 @@
   $("back-live").addEventListener("click", goLive);
 
   async function start() {
-    const meta = await getJSON("/api/meta", {});
+    const bootBlock = $("boot");
+    state.boot = bootBlock ? JSON.parse(bootBlock.textContent) : null;
+    const meta = state.boot && state.boot.meta ? state.boot.meta : await getJSON("/api/meta", {});
     state.symbols = meta.symbols;
     state.timeframes = meta.timeframes;
     $("version").textContent = `tickvault ${meta.version}`;
