@@ -214,10 +214,19 @@ def measure(name: str, server: list[str], env: dict[str, str], port: int, path: 
 # the page before its first view came with it: its script asked /api/meta, then /api/view, in series
 BASELINE_REV = "fc77b7e0173931dda5b023fe0cc5a16bfa890016"
 LOADS = 10  # per server and kind of load
-# after the page drew: its document (first byte, last byte), scripts run, the chart drawn, in ms
+# in the page, from the navigation's start: the frame that shows its data rendered (the script that
+# set `data-loaded` has given the chart its data; the chart draws at the next animation frame, then
+# the frame is painted), whatever the page's code
+DRAWN_JS = """new MutationObserver(() => {
+  if (!document.body || !document.body.dataset.loaded || window.drawing) return;
+  window.drawing = true;
+  requestAnimationFrame(() => setTimeout(() => { window.drawnAt = performance.now(); }, 0));
+}).observe(document, { attributes: true, subtree: true, attributeFilter: ["data-loaded"] });"""
+# its document's first and last byte, the document parsed (scripts run), the data drawn, its load
+# event (when the browser stops showing it as loading), in ms
 TIMINGS_JS = """() => {
   const nav = performance.getEntriesByType("navigation")[0];
-  return [nav.responseStart, nav.responseEnd, nav.domContentLoadedEventEnd, performance.now()];
+  return [nav.responseStart, nav.responseEnd, nav.domContentLoadedEventEnd, window.drawnAt, nav.loadEventEnd];
 }"""
 
 
@@ -249,21 +258,26 @@ def page_load(env: dict[str, str], tmp: Path) -> None:
         envs["baseline"] = {**env, "PYTHONPATH": str(old_src)}  # ahead of the editable install's path
     procs = {name: subprocess.Popen(tickvault_web(port), env=envs[name], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL) for name, port in ports.items()}  # fmt: skip
-    times: dict[tuple[str, str], list[float]] = {}
+    times: dict[tuple[str, str], list[float]] = {}  # (server, kind) -> ms in the page to the data drawn
+    outside: dict[tuple[str, str], list[float]] = {}  # as the test driver sees it: goto to seen drawn
     parts: dict[str, list[list[float]]] = {name: [] for name in ports}
 
     def timed(name: str, kind: str, page: Page, navigate: Any) -> None:
         started = time.perf_counter()
         navigate()
-        page.wait_for_function("() => document.body.dataset.loaded !== undefined")
-        times.setdefault((name, kind), []).append((time.perf_counter() - started) * 1000)
+        page.wait_for_function("() => window.drawnAt !== undefined && document.readyState === 'complete'")
+        outside.setdefault((name, kind), []).append((time.perf_counter() - started) * 1000)
+        timings = page.evaluate(TIMINGS_JS)
+        times.setdefault((name, kind), []).append(timings[3])
+        if kind == "first visit":
+            parts[name].append(timings)
 
     def load(browser: Browser, name: str) -> None:
         context = browser.new_context()
         try:
+            context.add_init_script(DRAWN_JS)
             page = context.new_page()
             timed(name, "first visit", page, lambda: page.goto(f"http://127.0.0.1:{ports[name]}/"))
-            parts[name].append(page.evaluate(TIMINGS_JS))
             timed(name, "reload", page, page.reload)
         finally:
             context.close()
@@ -286,21 +300,21 @@ def page_load(env: dict[str, str], tmp: Path) -> None:
         for proc in (writer_proc, *procs.values()):
             proc.terminate()
             proc.wait(30)
-    print(f"  page load at {RATE:,} ticks/s (Chromium, loopback, navigation to the chart drawn with data),"
-          f" {LOADS} of each, in turn (target 1,000 ms):")  # fmt: skip
+    print(f"  page load at {RATE:,} ticks/s (Chromium, loopback; from the navigation's start to the chart"
+          f" drawn with data, in the page; {LOADS} of each, in turn; target 1,000 ms):")  # fmt: skip
     for kind in ("first visit", "reload"):
         for name in ("baseline", "now"):
             if (name, kind) in times:
-                got = times[(name, kind)]
+                got, seen = times[(name, kind)], outside[(name, kind)]
                 label = "now" if name == "now" else f"baseline ({BASELINE_REV[:7]})"
-                print(f"    {kind:<11} {label:<18} median {np.median(got):,.0f} ms, worst {max(got):,.0f} ms")
-    for name in ("baseline", "now"):
-        if name in parts:
-            first_byte, last_byte, scripts_run, drawn = np.median(np.array(parts[name]), axis=0)
-            print(
-                f"    {name} first visit, medians: the document's first byte {first_byte:,.0f} ms, its"
-                f" last {last_byte:,.0f} ms, scripts run {scripts_run:,.0f} ms, chart drawn {drawn:,.0f} ms"
-            )
+                print(f"    {kind:<11} {label:<18} median {np.median(got):,.0f} ms, worst {max(got):,.0f} ms"
+                      f" (as the test driver sees it: median {np.median(seen):,.0f} ms)")  # fmt: skip
+    for name in ports:
+        if parts[name]:
+            first_byte, last_byte, parsed, drawn, loaded = np.median(np.array(parts[name]), axis=0)
+            print(f"    {name} first visit, medians: the document's first byte {first_byte:,.0f} ms, its"
+                  f" last {last_byte:,.0f} ms, parsed {parsed:,.0f} ms, drawn {drawn:,.0f} ms, load event"
+                  f" {loaded:,.0f} ms")  # fmt: skip
     if "baseline" in ports:
         first, reload = (np.median(times[("baseline", k)]) / np.median(times[("now", k)])
                          for k in ("first visit", "reload"))  # fmt: skip

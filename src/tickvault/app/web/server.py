@@ -24,7 +24,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime
 from importlib import metadata, resources
 from pathlib import Path
@@ -41,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tickvault.analytics.candles import TIMEFRAMES, check_timeframe
 from tickvault.app.web.assets import asset_response, load_assets
 from tickvault.app.web.live import INTERVAL_S, Cursor, LiveFeed
-from tickvault.app.web.panels import BookSource, book_ladder, moment
+from tickvault.app.web.panels import BookSource, Runner, book_ladder, moment, one_by_one
 from tickvault.config import Settings, redact
 from tickvault.domain.events import B3_TZ, to_ms, validate_symbol
 from tickvault.domain.timeparse import parse_time
@@ -54,6 +55,7 @@ STATIC = Path(str(resources.files("tickvault.app.web") / "static"))
 COOKIE = "tickvault_token"
 BOOT_MARK = "<!--boot-->"  # where the page's first view goes (see `create_app.index`)
 KEEPALIVE_S = 15.0
+VIEW_READERS = 8  # threads making a view's reads at once (five per view)
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -179,8 +181,10 @@ def create_app(
     token: str | None = None,
     closing: threading.Event | None = None,
     book: BookSource = book_ladder,
+    run: Runner = one_by_one,
 ) -> ASGIApp:
-    """The dashboard as an ASGI app (`feed` started and stopped by the caller)."""
+    """The dashboard as an ASGI app (`feed` started and stopped by the caller; `run` makes a view's
+    reads, see `panels.moment`)."""
     stop = closing or threading.Event()
     assets = load_assets(STATIC)
     page_head, mark, page_tail = (STATIC / "index.html").read_text().partition(BOOT_MARK)
@@ -208,7 +212,7 @@ def create_app(
         data: dict[str, Any] = {"meta": info, "view": None}
         try:
             if symbol is not None:
-                data["view"] = moment(store, symbol, tf, None, book)
+                data["view"] = moment(store, symbol, tf, None, book, run)
         except (DataError, StoreError) as exc:  # the page asks /api/view itself, and shows why
             data["error"] = redact("VALKEY_URL", str(exc))
         return boot_block(data)
@@ -245,7 +249,8 @@ def create_app(
         symbol = _symbol(params)
         tf = check_timeframe(params.get("tf", "1m"))
         at_ms = _moment_ms(params)
-        return JSONResponse(moment(store, symbol, tf, at_ms, book), headers={"cache-control": "no-store"})
+        view = moment(store, symbol, tf, at_ms, book, run)
+        return JSONResponse(view, headers={"cache-control": "no-store"})
 
     @_guarded
     def health(request: Request) -> Response:
@@ -277,6 +282,15 @@ def create_app(
         ]
     )
     return Guard(app, token)
+
+
+def at_once(pool: Executor) -> Runner:
+    """Reads made at once on `pool`, their results in order (the first failure raised)."""
+
+    def run(reads: Sequence[Callable[[], Any]]) -> list[Any]:
+        return [future.result() for future in [pool.submit(read) for read in reads]]
+
+    return run
 
 
 async def _events(feed: LiveFeed, symbol: str, tf: str, since_ms: int, stop: threading.Event) -> Any:
@@ -378,7 +392,9 @@ class WebServer:
         self.host, self.port = host, port
         self.feed = LiveFeed(store, book=book, problems=problems, where=where, interval=interval)
         self._closing = threading.Event()
-        app = create_app(store, self.feed, symbols=symbols, token=token, closing=self._closing, book=book)
+        self._reads = ThreadPoolExecutor(VIEW_READERS, thread_name_prefix="web-read")
+        app = create_app(store, self.feed, symbols=symbols, token=token, closing=self._closing, book=book,
+                         run=at_once(self._reads))  # fmt: skip
         config = uvicorn.Config(
             app, log_config=None, access_log=False, ws="none", lifespan="off", http="h11",
             loop="asyncio", timeout_graceful_shutdown=3, timeout_keep_alive=5,
@@ -429,5 +445,6 @@ class WebServer:
         if self._thread is not None:
             self._thread.join(10)
         self.feed.stop()
+        self._reads.shutdown(wait=True)
         if self._socket is not None:
             self._socket.close()

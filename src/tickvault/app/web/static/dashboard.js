@@ -376,9 +376,20 @@
   $("live-button").addEventListener("click", goLive);
   $("back-live").addEventListener("click", goLive);
 
+  // the page's first view, which the server sends after this script (the document is still loading)
+  function bootData() {
+    return new Promise((resolve) => {
+      const read = () => {
+        const block = $("boot");
+        resolve(block ? JSON.parse(block.textContent) : null);
+      };
+      if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", read, { once: true });
+      else read();
+    });
+  }
+
   async function start() {
-    const bootBlock = $("boot");
-    state.boot = bootBlock ? JSON.parse(bootBlock.textContent) : null;
+    state.boot = await bootData();
     const meta = state.boot && state.boot.meta ? state.boot.meta : await getJSON("/api/meta", {});
     state.symbols = meta.symbols;
     state.timeframes = meta.timeframes;
