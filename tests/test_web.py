@@ -560,6 +560,23 @@ def test_a_bad_web_setting_is_one_line_and_exit_2(
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in done.stderr
 
 
+def test_without_chromium_make_test_says_in_one_line_that_browser_tests_were_skipped_and_why(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-chromium"
+    done = subprocess.run(  # what `make test` runs, on the browser tests only
+        [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "tests/test_web_browser.py"],
+        env=subprocess_env({"TICKVAULT_CHROMIUM": str(missing)}), cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    why = f"no Chromium at {missing} (apt-get install chromium, or set TICKVAULT_CHROMIUM)"
+    assert [line for line in done.stdout.splitlines() if "browser tests skipped" in line] == [
+        f"browser tests skipped: {why}"
+    ]
+    assert "4 skipped" in done.stdout.splitlines()[-1]
+
+
 def test_web_command_serves_a_store_filled_elsewhere(
     system_env: dict[str, str], tmp_path: Path, store: Store
 ) -> None:
