@@ -211,6 +211,65 @@ def measure(name: str, server: list[str], env: dict[str, str], port: int, path: 
     return out
 
 
+# in each page, every 50 ms: how old the newest trade on its screen is (the writer stamps each trade
+# with the wall clock), and how many updates it has drawn
+SCREEN_JS = """() => {
+  window.lags = [];
+  setInterval(() => {
+    const newest = window.tickvault.state.tape[0];
+    if (newest) window.lags.push(Date.now() - newest.ms);
+  }, 50);
+}"""
+
+
+def measure_browsers(env: dict[str, str]) -> dict[str, Any] | None:
+    """`tickvault web` with CLIENTS Chromium pages open (each its own browser profile): the server's
+    CPU, and in each page the updates drawn and how far the screen is behind the store."""
+    chromium = os.environ.get("TICKVAULT_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).is_file():
+        print(f"  {CLIENTS} Chromium pages: skipped (no Chromium at {chromium})")
+        return None
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    with (
+        Phase(tickvault_web(port), env, port, 3 * WARM_S + MEASURE_S + 30) as phase,
+        sync_playwright() as driver,
+    ):
+        browser = driver.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            pages = []
+            for _ in range(CLIENTS):
+                page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("() => (window.tickvault.state.updates || 0) > 0")  # live
+                pages.append(page)
+            time.sleep(WARM_S)
+            for page in pages:
+                page.evaluate(SCREEN_JS)
+            updates0 = [page.evaluate("() => window.tickvault.state.updates") for page in pages]
+            cpu0, wall0 = cpu_s(phase.server.pid), time.monotonic()
+            time.sleep(MEASURE_S)
+            wall = time.monotonic() - wall0
+            cpu = (cpu_s(phase.server.pid) - cpu0) / wall
+            updates = [
+                page.evaluate("() => window.tickvault.state.updates") - u
+                for page, u in zip(pages, updates0, strict=True)
+            ]
+            lags = np.array([lag for page in pages for lag in page.evaluate("() => window.lags")] or [np.nan])
+        finally:
+            browser.close()
+    out = {
+        "cpu": cpu, "updates_per_s": sum(updates) / CLIENTS / wall,
+        "lag_p50": float(np.percentile(lags, 50)), "lag_p99": float(np.percentile(lags, 99)),
+    }  # fmt: skip
+    print(f"  tickvault web, {CLIENTS} Chromium pages open: server CPU {out['cpu'] * 100:,.0f}% of one core;"
+          f" per page {out['updates_per_s']:,.1f} updates/s drawn; the newest trade on screen"
+          f" {out['lag_p50']:,.0f} ms behind the store (p50, sampled every 50 ms), {out['lag_p99']:,.0f} ms"
+          " (p99)")  # fmt: skip
+    return out
+
+
 # the page before its first view came with it: its script asked /api/meta, then /api/view, in series
 BASELINE_REV = "fc77b7e0173931dda5b023fe0cc5a16bfa890016"
 LOADS = 10  # per server and kind of load
@@ -333,7 +392,7 @@ def _free_port() -> int:
     return free_port()
 
 
-def main(only_page_load: bool = False) -> None:
+def main(only: str = "") -> None:
     from tickvault.store.server import EmbeddedValkey
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -346,8 +405,8 @@ def main(only_page_load: bool = False) -> None:
         candles = subprocess.Popen([sys.executable, "-m", "tickvault", "run", "--only", "candles"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            if only_page_load:  # `python bench/bench_web.py --page-load`
-                page_load(env, Path(tmp))
+            if only:  # `python bench/bench_web.py --page-load` or `--browsers`: that part alone
+                page_load(env, Path(tmp)) if only == "--page-load" else measure_browsers(env)
                 return
             print(f"  {RATE:,} ticks/s stored, {CLIENTS} pages following {SYMBOL}, {MEASURE_S:g} s measured")
             port = _free_port()
@@ -359,6 +418,7 @@ def main(only_page_load: bool = False) -> None:
             cpu_ratio = naive["cpu"] / max(mine["cpu"], 1e-9)
             sent_ratio = naive["kib_per_s"] / max(mine["kib_per_s"], 1e-9)
             print(f"  ratio: server CPU {cpu_ratio:,.1f}x lower, {sent_ratio:,.0f}x less sent to each page")
+            measure_browsers(env)
             page_load(env, Path(tmp))
         finally:
             candles.terminate()
@@ -375,4 +435,4 @@ if __name__ == "__main__":
         naive_server(sys.argv[2], int(sys.argv[3]))
     else:
         sys.path.insert(0, str(HERE.parent))
-        main(only_page_load=sys.argv[1:2] == ["--page-load"])
+        main(sys.argv[1] if sys.argv[1:2] in (["--page-load"], ["--browsers"]) else "")

@@ -22,7 +22,7 @@ from factories import BASE_MS, tick
 from test_web import TOKEN, same_bars
 from tickvault.analytics.candles import bar_bounds
 from tickvault.app.system import System
-from tickvault.app.web.clock import clock, local_s
+from tickvault.app.web.clock import clock, local_s, offset_text
 from tickvault.app.web.server import WebServer
 from tickvault.config import load_settings
 from tickvault.domain.events import Signal, from_ms
@@ -197,11 +197,16 @@ def test_timeframes_and_time_travel_show_what_the_store_api_returns(
     page.click("#travel-go")
     expect(page.locator("body")).to_have_attribute("data-loaded", f"{SYMBOL}:5m:past")
     expect(page.get_by_test_id("status")).to_have_text("PAST")
-    expect(page.get_by_test_id("past-banner")).to_contain_text(clock(at_ms))
+    # times in B3 local time, the offset shown
+    expect(page.get_by_test_id("past-banner")).to_contain_text(
+        f"{clock(at_ms)} (B3, UTC{offset_text(at_ms)})"
+    )
+    expect(page.locator("#offset")).to_have_text(f"UTC{offset_text(at_ms)}")
     then = store.as_of(SYMBOL, from_ms(at_ms))
     assert then is not None and then.trade_id != newest.trade_id
     expect(page.get_by_test_id("last-price")).to_have_attribute("data-trade-id", str(then.trade_id))
     expect(page.locator("#tape tr").first).to_have_attribute("data-trade-id", str(then.trade_id))
+    expect(page.locator("#tape tr").first.locator("td").first).to_have_text(clock(then.timestamp_ms)[11:])
     past = page.evaluate("() => window.tickvault.state.bars")
     same_bars(past, store.candles(SYMBOL, "5m", past[0]["ms"], at_ms))
     # the book of that moment: the ladder is Store.book then, 10 levels a side
