@@ -16,10 +16,8 @@ the page: Valkey is described by `Connection.where` (no password) and errors pas
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import ipaddress
-import json
 import logging
 import socket
 import threading
@@ -27,21 +25,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tickvault.analytics.candles import TIMEFRAMES, check_timeframe
+from tickvault.analytics.candles import check_timeframe
 from tickvault.app.web.assets import asset_response, load_assets
 from tickvault.app.web.live import INTERVAL_S, Cursor, LiveFeed
+from tickvault.app.web.page import Page
 from tickvault.app.web.panels import BookSource, Runner, book_ladder, moment, one_by_one
 from tickvault.config import Settings, redact
 from tickvault.domain.events import B3_TZ, to_ms, validate_symbol
@@ -53,7 +51,6 @@ log = logging.getLogger("tickvault.web")
 
 STATIC = Path(str(resources.files("tickvault.app.web") / "static"))
 COOKIE = "tickvault_token"
-BOOT_MARK = "<!--boot-->"  # where the page's first view goes (see `create_app.index`)
 KEEPALIVE_S = 15.0
 VIEW_READERS = 8  # threads making a view's reads at once (five per view)
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -75,13 +72,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a name: it may resolve to anything
-
-
-def _version() -> str:
-    try:
-        return metadata.version("tickvault")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "dev"
 
 
 def token_of(settings: Settings) -> str | None:
@@ -139,15 +129,6 @@ def _nonnegative_int(params: dict[str, str], name: str) -> int:
     return int(text)
 
 
-def boot_block(data: dict[str, Any]) -> bytes:
-    """`data` as a JSON data block in the page (never run as a script): every `<` escaped, so no
-    stored text (a feature's value, say) can close the block."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return (
-        b'<script type="application/json" id="boot">' + text.replace("<", "\\u003c").encode() + b"</script>"
-    )
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": redact("VALKEY_URL", message)}, status_code=status,
                         headers={"cache-control": "no-store"})  # fmt: skip
@@ -187,53 +168,8 @@ def create_app(
     reads, see `panels.moment`)."""
     stop = closing or threading.Event()
     assets = load_assets(STATIC)
-    page_head, mark, page_tail = (STATIC / "index.html").read_text().partition(BOOT_MARK)
-    if not mark:
-        raise RuntimeError(f"{STATIC / 'index.html'} lacks {BOOT_MARK}")
-
-    def meta_of() -> dict[str, Any]:
-        stored: list[str] = []
-        with contextlib.suppress(StoreError):
-            stored = store.symbols()
-        return {
-            "symbols": list(dict.fromkeys((*symbols, *stored))),
-            "timeframes": list(TIMEFRAMES),
-            "version": _version(),
-            "interval_ms": int(feed.interval * 1000),
-        }
-
-    def first_view(wanted_symbol: str | None, wanted_tf: str | None) -> bytes:
-        """What the page's script would ask for first (/api/meta, then /api/view of the symbol in the
-        address or the first one), as a data block: the same rules as dashboard.js's."""
-        info = meta_of()
-        listed: list[str] = info["symbols"]
-        symbol = wanted_symbol if wanted_symbol in listed else listed[0] if listed else None
-        tf = wanted_tf if wanted_tf in TIMEFRAMES else "1m"
-        data: dict[str, Any] = {"meta": info, "view": None}
-        try:
-            if symbol is not None:
-                data["view"] = moment(store, symbol, tf, None, book, run)
-        except (DataError, StoreError) as exc:  # the page asks /api/view itself, and shows why
-            data["error"] = redact("VALKEY_URL", str(exc))
-        return boot_block(data)
-
-    async def index(request: Request) -> Response:
-        """The page, streamed: its head at once (the browser fetches the scripts and the chart
-        library meanwhile), then its first view as a data block, so the page draws without waiting
-        for two more requests in series after its scripts ran. An address's bad symbol or timeframe
-        falls back to the defaults, as the script does."""
-        wanted = request.query_params
-
-        async def body() -> Any:
-            yield page_head.encode()
-            try:
-                yield await run_in_threadpool(first_view, wanted.get("symbol"), wanted.get("tf"))
-            except Exception:  # noqa: BLE001 - the head is sent: the script asks /api/view instead
-                log.exception("web: the page's first view failed")
-            yield page_tail.encode()
-
-        return StreamingResponse(body(), media_type="text/html; charset=utf-8",
-                                 headers={"cache-control": "no-store"})  # fmt: skip
+    interval_ms = int(feed.interval * 1000)
+    page = Page(STATIC / "index.html", store, symbols=symbols, interval_ms=interval_ms, book=book, run=run)
 
     async def static(request: Request) -> Response:
         return asset_response(assets, request)  # from memory: on the event loop, no thread
@@ -241,7 +177,7 @@ def create_app(
     @_guarded
     def meta(request: Request) -> Response:
         _params(request, ())
-        return JSONResponse(meta_of())
+        return JSONResponse(page.meta())
 
     @_guarded
     def view(request: Request) -> Response:
@@ -273,7 +209,7 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/", index),
+            Route("/", page.response),
             Route("/api/meta", meta),
             Route("/api/view", view),
             Route("/api/health", health),
