@@ -8,8 +8,11 @@ would. Measured over the same window for both servers, each in its own process: 
 stime from /proc), the updates and bytes each page receives, and how far behind the store a page is.
 `tickvault web` (the real command) reads the stream once for every page and sends each page at most
 four coalesced updates a second; the baseline, the obvious first version, sends every tick to every
-page as its own event. Then, where Chromium is installed, the page load on loopback with the market
-still at 10,000 ticks/s: navigation to the chart drawn with data."""
+page as its own event. Then, where Chromium is installed: the same server with five real Chromium pages
+open (its CPU, the updates each page draws, how far each screen is behind the store, how late a timer
+fires in the page), and the page load on loopback with the market still at 10,000 ticks/s, the page
+now against the page before it came with its first view (`BASELINE_REV`, served from a `git archive`
+of that commit), both served at once and loaded in turn."""
 
 from __future__ import annotations
 
@@ -211,32 +214,195 @@ def measure(name: str, server: list[str], env: dict[str, str], port: int, path: 
     return out
 
 
-def page_load(env: dict[str, str]) -> None:
-    """Navigation to the chart drawn with data, with the market running at RATE."""
+# in each page, every 50 ms: how old the newest trade on its screen is (the writer stamps each trade
+# with the wall clock), and how late the timer fires (what a click would wait: is the page responsive)
+SCREEN_JS = """() => {
+  window.lags = [];
+  window.delays = [];
+  let due = performance.now() + 50;
+  setInterval(() => {
+    const now = performance.now();
+    window.delays.push(Math.max(0, now - due));
+    due = now + 50;
+    const newest = window.tickvault.state.tape[0];
+    if (newest) window.lags.push(Date.now() - newest.ms);
+  }, 50);
+}"""
+
+
+def measure_browsers(env: dict[str, str]) -> dict[str, Any] | None:
+    """`tickvault web` with CLIENTS Chromium pages open (each its own browser profile): the server's
+    CPU, and in each page the updates drawn and how far the screen is behind the store."""
+    chromium = os.environ.get("TICKVAULT_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).is_file():
+        print(f"  {CLIENTS} Chromium pages: skipped (no Chromium at {chromium})")
+        return None
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    with (
+        Phase(tickvault_web(port), env, port, 3 * WARM_S + MEASURE_S + 30) as phase,
+        sync_playwright() as driver,
+    ):
+        browser = driver.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            pages = []
+            for _ in range(CLIENTS):
+                page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.wait_for_function("() => (window.tickvault.state.updates || 0) > 0")  # live
+                pages.append(page)
+            time.sleep(WARM_S)
+            for page in pages:
+                page.evaluate(SCREEN_JS)
+            updates0 = [page.evaluate("() => window.tickvault.state.updates") for page in pages]
+            cpu0, wall0 = cpu_s(phase.server.pid), time.monotonic()
+            time.sleep(MEASURE_S)
+            wall = time.monotonic() - wall0
+            cpu = (cpu_s(phase.server.pid) - cpu0) / wall
+            updates = [
+                page.evaluate("() => window.tickvault.state.updates") - u
+                for page, u in zip(pages, updates0, strict=True)
+            ]
+            lags = np.array([lag for page in pages for lag in page.evaluate("() => window.lags")] or [np.nan])
+            delays = np.array([d for page in pages for d in page.evaluate("() => window.delays")] or [np.nan])
+        finally:
+            browser.close()
+    out = {
+        "cpu": cpu, "updates_per_s": sum(updates) / CLIENTS / wall,
+        "lag_p50": float(np.percentile(lags, 50)), "lag_p99": float(np.percentile(lags, 99)),
+        "delay_p99": float(np.percentile(delays, 99)),
+    }  # fmt: skip
+    print(f"  tickvault web, {CLIENTS} Chromium pages open: server CPU {out['cpu'] * 100:,.0f}% of one core;"
+          f" per page {out['updates_per_s']:,.1f} updates/s drawn; the newest trade on screen"
+          f" {out['lag_p50']:,.0f} ms behind the store (p50, sampled every 50 ms), {out['lag_p99']:,.0f} ms"
+          f" (p99); a 50 ms timer in the page fired late by {out['delay_p99']:,.0f} ms at p99")  # fmt: skip
+    return out
+
+
+# the page before its first view came with it: its script asked /api/meta, then /api/view, in series
+BASELINE_REV = "fc77b7e0173931dda5b023fe0cc5a16bfa890016"
+LOADS = 10  # per server and kind of load
+# in the page, from the navigation's start: the frame that shows its data rendered (the script that
+# set `data-loaded` has given the chart its data; the chart draws at the next animation frame, then
+# the frame is painted), whatever the page's code
+DRAWN_JS = """new MutationObserver(() => {
+  if (!document.body || !document.body.dataset.loaded || window.drawing) return;
+  window.drawing = true;
+  requestAnimationFrame(() => setTimeout(() => { window.drawnAt = performance.now(); }, 0));
+}).observe(document, { attributes: true, subtree: true, attributeFilter: ["data-loaded"] });"""
+# its document's first and last byte, the document parsed (scripts run), the data drawn, its load
+# event (when the browser stops showing it as loading), in ms
+TIMINGS_JS = """() => {
+  const nav = performance.getEntriesByType("navigation")[0];
+  return [nav.responseStart, nav.responseEnd, nav.domContentLoadedEventEnd, window.drawnAt, nav.loadEventEnd,
+          performance.timeOrigin];
+}"""
+
+
+def baseline_src(folder: Path) -> Path | None:
+    """The baseline's source tree (`git archive`), or None outside a git checkout that has it."""
+    done = subprocess.run(["git", "-C", str(HERE.parents[1]), "archive", "--format=tar", BASELINE_REV, "src"],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        return None
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=done.stdout, check=True)
+    return folder / "src"
+
+
+def page_load(env: dict[str, str], tmp: Path) -> None:
+    """Navigation to the chart drawn with data, with the market running at RATE: the page now and the
+    baseline's, both served at once and loaded in turn (paired: the same moments of a busy machine).
+    Each load is a first visit (a fresh browser profile), then a reload of that page."""
     chromium = os.environ.get("TICKVAULT_CHROMIUM", "/usr/bin/chromium")
     if not Path(chromium).is_file():
         print(f"  page load: skipped (no Chromium at {chromium})")
         return
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Browser, Page, sync_playwright
 
-    port = _free_port()
-    with Phase(tickvault_web(port), env, port, 90), sync_playwright() as driver:
-        time.sleep(WARM_S)  # the market has been running a while when someone opens the page
-        browser = driver.chromium.launch(executable_path=chromium, headless=True)
+    old_src = baseline_src(tmp)
+    ports = {"now": _free_port()}
+    envs = {"now": env}
+    if old_src is not None:
+        ports["baseline"] = _free_port()
+        envs["baseline"] = {**env, "PYTHONPATH": str(old_src)}  # ahead of the editable install's path
+    procs = {name: subprocess.Popen(tickvault_web(port), env=envs[name], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL) for name, port in ports.items()}  # fmt: skip
+    times: dict[tuple[str, str], list[float]] = {}  # (server, kind) -> ms in the page to the data drawn
+    outside: dict[tuple[str, str], list[float]] = {}  # as the test driver sees it: goto to seen drawn
+    parts: dict[str, list[list[float]]] = {name: [] for name in ports}
+
+    def timed(name: str, kind: str, page: Page, navigate: Any) -> None:
+        started, asked_at = time.perf_counter(), time.time() * 1000
+        navigate()
+        page.wait_for_function("() => window.drawnAt !== undefined && document.readyState === 'complete'")
+        seen = (time.perf_counter() - started) * 1000
+        outside.setdefault((name, kind), []).append(seen)
+        timings = page.evaluate(TIMINGS_JS)
+        times.setdefault((name, kind), []).append(timings[3])
+        if kind == "first visit":  # when the navigation started after the driver asked; when it saw
+            parts[name].append([*timings[:5], timings[5] - asked_at, seen])
+
+    def load(browser: Browser, name: str) -> None:
+        context = browser.new_context()
         try:
-            times = []
-            for _ in range(5):
-                page = browser.new_page()
-                started = time.perf_counter()
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.wait_for_function("() => document.body.dataset.loaded !== undefined")
-                times.append((time.perf_counter() - started) * 1000)
-                page.close()
+            context.add_init_script(DRAWN_JS)
+            page = context.new_page()
+            timed(name, "first visit", page, lambda: page.goto(f"http://127.0.0.1:{ports[name]}/"))
+            timed(name, "reload", page, page.reload)
         finally:
-            browser.close()
-    median, worst = np.median(times), max(times)
-    print(f"  page load at {RATE:,} ticks/s (Chromium, loopback, navigation to the chart drawn with"
-          f" data): median {median:,.0f} ms, worst {worst:,.0f} ms of 5 (target 1,000 ms)")  # fmt: skip
+            context.close()
+
+    writer_proc = subprocess.Popen([sys.executable, str(HERE), "--writer", env["VALKEY_URL"], "600",
+                                    str(900_000_000)], env=env)  # fmt: skip
+    try:
+        for name, proc in procs.items():
+            wait_listening(ports[name], proc)
+        with sync_playwright() as driver:
+            time.sleep(WARM_S)  # the market has been running a while when someone opens the page
+            browser = driver.chromium.launch(executable_path=chromium, headless=True)
+            try:
+                for i in range(LOADS):
+                    for name in sorted(ports, reverse=i % 2 == 1):  # in turn, each one first half the time
+                        load(browser, name)
+            finally:
+                browser.close()
+    finally:
+        for proc in (writer_proc, *procs.values()):
+            proc.terminate()
+            proc.wait(30)
+    print(f"  page load at {RATE:,} ticks/s (Chromium, loopback; from the navigation's start to the chart"
+          f" drawn with data, in the page; {LOADS} of each, in turn; target 1,000 ms):")  # fmt: skip
+    for kind in ("first visit", "reload"):
+        for name in ("baseline", "now"):
+            if (name, kind) in times:
+                got, seen = times[(name, kind)], outside[(name, kind)]
+                label = "now" if name == "now" else f"baseline ({BASELINE_REV[:7]})"
+                print(f"    {kind:<11} {label:<18} median {np.median(got):,.0f} ms, worst {max(got):,.0f} ms"
+                      f" (as the test driver sees it: median {np.median(seen):,.0f} ms)")  # fmt: skip
+    for name in ports:
+        if parts[name]:
+            first_byte, last_byte, parsed, drawn, loaded, asked, seen = np.median(
+                np.array(parts[name]), axis=0
+            )
+            print(f"    {name} first visit, medians: the document's first byte {first_byte:,.0f} ms, its"
+                  f" last {last_byte:,.0f} ms, parsed {parsed:,.0f} ms, drawn {drawn:,.0f} ms, load event"
+                  f" {loaded:,.0f} ms; the navigation started {asked:,.0f} ms after the driver asked, which"
+                  f" saw the page drawn {seen:,.0f} ms after asking")  # fmt: skip
+    if "baseline" in ports:
+        ratios = {
+            (where, kind): np.median(got[("baseline", kind)]) / np.median(got[("now", kind)])
+            for where, got in (("in the page", times), ("as the driver sees it", outside))
+            for kind in ("first visit", "reload")
+        }
+        said = [
+            f"{ratios[(where, 'first visit')]:,.2f}x faster on a first visit,"
+            f" {ratios[(where, 'reload')]:,.2f}x on a reload ({where})"
+            for where in ("in the page", "as the driver sees it")
+        ]
+        print("  ratio: page load " + "; ".join(said))
+    else:
+        print(f"  (the baseline {BASELINE_REV[:7]} is not in this checkout: no ratio)")
 
 
 def tickvault_web(port: int) -> list[str]:
@@ -249,7 +415,7 @@ def _free_port() -> int:
     return free_port()
 
 
-def main() -> None:
+def main(only: str = "") -> None:
     from tickvault.store.server import EmbeddedValkey
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,6 +428,9 @@ def main() -> None:
         candles = subprocess.Popen([sys.executable, "-m", "tickvault", "run", "--only", "candles"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
+            if only:  # `python bench/bench_web.py --page-load` or `--browsers`: that part alone
+                page_load(env, Path(tmp)) if only == "--page-load" else measure_browsers(env)
+                return
             print(f"  {RATE:,} ticks/s stored, {CLIENTS} pages following {SYMBOL}, {MEASURE_S:g} s measured")
             port = _free_port()
             mine = measure("tickvault web (aggregated, coalesced)", tickvault_web(port), env, port,
@@ -272,7 +441,8 @@ def main() -> None:
             cpu_ratio = naive["cpu"] / max(mine["cpu"], 1e-9)
             sent_ratio = naive["kib_per_s"] / max(mine["kib_per_s"], 1e-9)
             print(f"  ratio: server CPU {cpu_ratio:,.1f}x lower, {sent_ratio:,.0f}x less sent to each page")
-            page_load(env)
+            measure_browsers(env)
+            page_load(env, Path(tmp))
         finally:
             candles.terminate()
             candles.wait(60)
@@ -288,4 +458,4 @@ if __name__ == "__main__":
         naive_server(sys.argv[2], int(sys.argv[3]))
     else:
         sys.path.insert(0, str(HERE.parent))
-        main()
+        main(sys.argv[1] if sys.argv[1:2] in (["--page-load"], ["--browsers"]) else "")

@@ -5,6 +5,7 @@ the token and loopback rules, no secret on the wire, the vendored chart library,
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import json
@@ -361,6 +362,62 @@ def test_on_loopback_a_request_for_another_host_name_is_refused(serve: Any) -> N
     assert status == 400 and b"loopback names only" in body  # a DNS rebinding page gets nothing
 
 
+def boot_of(page: bytes) -> dict[str, Any]:
+    """The first view the page came with (its JSON data block)."""
+    found = re.search(rb'<script type="application/json" id="boot">(.*?)</script>', page, re.S)
+    assert found is not None, "the page has no first view"
+    return dict(json.loads(found.group(1)))
+
+
+def test_the_page_comes_with_its_first_view(serve: Any, store: Store) -> None:
+    ticks = session_ticks(300)
+    store.append_ticks(ticks)
+    last = ticks[-1]
+    hostile = "</script><script>alert(1)</script><!--"
+    store.append_events([Features(symbol="WDOFUT", timestamp=last.timestamp, timestamp_ms=last.timestamp_ms,
+                                  values={"ofi_60s": 0.25, "note": hostile})])  # fmt: skip
+    server = serve()
+    status, headers, page = request(server.port, "/?tf=5m")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    boot = boot_of(page)
+    # what the page's script would have asked first, in one response: /api/meta, then /api/view
+    assert boot["meta"] == json.loads(request(server.port, "/api/meta")[2])
+    assert boot["view"] == json.loads(request(server.port, "/api/view?symbol=WDOFUT&tf=5m")[2])
+    assert boot["view"]["last"]["id"] == last.trade_id and boot["view"]["tf"] == "5m"
+    # stored text cannot end the data block (or run as a script), and reads back unchanged
+    assert hostile.encode() not in page and page.count(b"</script>") == page.count(b"<script")
+    assert boot["view"]["features"]["values"]["note"] == hostile
+    # a symbol or timeframe the page does not know: the defaults, as the script picks them
+    fallback = boot_of(request(server.port, "/?symbol=NOPE1&tf=2m")[2])["view"]
+    assert (fallback["symbol"], fallback["tf"]) == ("WDOFUT", "1m")
+    assert boot_of(request(server.port, "/?symbol=WINFUT")[2])["view"]["last"] is None  # nothing stored
+
+
+def test_the_page_files_come_from_memory_with_etags_and_gzip(serve: Any) -> None:
+    server = serve()
+    path = "/static/vendor/lightweight-charts/lightweight-charts.standalone.production.js"
+    raw = (STATIC / path.removeprefix("/static/")).read_bytes()
+    status, headers, body = request(server.port, path, {"Accept-Encoding": "gzip, deflate"})
+    assert status == 200 and headers["content-encoding"] == "gzip" and headers["vary"] == "accept-encoding"
+    assert gzip.decompress(body) == raw and len(body) < len(raw) // 2
+    assert headers["cache-control"] == "public, max-age=86400"  # the pinned build: kept a day
+    # a reload asks whether it changed: 304, nothing sent
+    status, _, again = request(
+        server.port, path, {"Accept-Encoding": "gzip", "If-None-Match": headers["etag"]}
+    )
+    assert status == 304 and again == b""
+    status, plain_headers, plain = request(server.port, path)  # no gzip accepted: the bytes as they are
+    assert status == 200 and plain == raw and "content-encoding" not in plain_headers
+    assert plain_headers["etag"] != headers["etag"]  # each encoding its own tag
+    status, own, _ = request(server.port, "/static/dashboard.js")
+    assert own["cache-control"] == "no-cache"  # may change with tickvault: revalidated every load
+    assert (
+        own["content-type"] == "text/javascript; charset=utf-8" and own["x-content-type-options"] == "nosniff"
+    )
+    assert request(server.port, "/static/missing.js")[0] == 404
+    assert request(server.port, "/static/%2e%2e/server.py")[0] == 404
+
+
 def test_security_headers_and_no_cdn(serve: Any) -> None:
     server = serve()
     status, headers, body = request(server.port, "/")
@@ -501,6 +558,23 @@ def test_a_bad_web_setting_is_one_line_and_exit_2(
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in done.stderr
+
+
+def test_without_chromium_make_test_says_in_one_line_that_browser_tests_were_skipped_and_why(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-chromium"
+    done = subprocess.run(  # what `make test` runs, on the browser tests only
+        [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "tests/test_web_browser.py"],
+        env=subprocess_env({"TICKVAULT_CHROMIUM": str(missing)}), cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    why = f"no Chromium at {missing} (apt-get install chromium, or set TICKVAULT_CHROMIUM)"
+    assert [line for line in done.stdout.splitlines() if "browser tests skipped" in line] == [
+        f"browser tests skipped: {why}"
+    ]
+    assert "4 skipped" in done.stdout.splitlines()[-1]
 
 
 def test_web_command_serves_a_store_filled_elsewhere(

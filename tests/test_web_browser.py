@@ -22,8 +22,7 @@ from factories import BASE_MS, tick
 from test_web import TOKEN, same_bars
 from tickvault.analytics.candles import bar_bounds
 from tickvault.app.system import System
-from tickvault.app.web.clock import clock, local_s
-from tickvault.app.web.panels import Ladder, Level
+from tickvault.app.web.clock import clock, local_s, offset_text
 from tickvault.app.web.server import WebServer
 from tickvault.config import load_settings
 from tickvault.domain.events import Signal, from_ms
@@ -38,6 +37,7 @@ if browser.missing() is None:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 SYMBOL = "WDOFUT"
+END_OF_TIME_MS = 253_402_300_799_000  # 9999-12-31: the newest book stored
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def last_bar(page: Page) -> Any:
     return page.evaluate("() => JSON.stringify(window.tickvault.chartBars().at(-1))")
 
 
-def run_system(speed: float) -> System:
-    system = System(load_settings(speed=speed))  # the test Valkey and free ports: system_env
+def run_system(speed: float, **settings: Any) -> System:
+    system = System(load_settings(speed=speed, **settings))  # the test Valkey and free ports: system_env
     system.start()
     return system
 
@@ -104,9 +104,13 @@ def test_the_live_page_follows_the_running_system(
     system = run_system(speed=20)
     assert system.connection is not None
     server = web(Store(system.connection.client("web")), where=system.connection.where)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
     page.goto(server.url)
+    expect(page.locator("body")).to_have_attribute("data-loaded", f"{SYMBOL}:1m:live", timeout=20_000)
+    # the page came with its first view: it drew without asking for it (or for the symbols)
+    assert not [url for url in list(asked) if "/api/view" in url or "/api/meta" in url]
     expect(page.get_by_test_id("status")).to_have_text("LIVE", timeout=20_000)
-    expect(page.locator("body")).to_have_attribute("data-loaded", f"{SYMBOL}:1m:live")
     expect(page.locator("#tape tr").first).to_be_visible()
     # the chart's last bar moves with the market
     before = last_bar(page)
@@ -137,26 +141,41 @@ def test_the_live_page_follows_the_running_system(
     assert not page_errors(request)
 
 
-def book_of_the_moment(store: Store, symbol: str, at_ms: int | None) -> Ladder | None:
-    """A stand-in for the stored book (none is stored yet): ten levels around the last trade then."""
-    last = store.last_tick(symbol) if at_ms is None else store.as_of(symbol, from_ms(at_ms))
-    if last is None:
-        return None
-    bids = [Level(last.price - 0.5 * (i + 1), 10 + i, 1 + i % 3) for i in range(10)]
-    asks = [Level(last.price + 0.5 * (i + 1), 20 + i, 2 + i % 2) for i in range(10)]
-    return Ladder(at_ms, bids, asks)
+def ladder_on_page(page: Page) -> list[list[str]]:
+    return list(
+        page.eval_on_selector_all("#ladder tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    )
+
+
+def ladder_of(store: Store, at_ms: int) -> list[list[str]]:
+    """`Store.book` at `at_ms` as the ladder shows it: orders, quantity, bid | ask, quantity, orders."""
+    book = store.book(SYMBOL, at_ms, 10)
+    sides = {side: book[book["side"].astype(str) == side] for side in ("bid", "ask")}
+    assert len(sides["bid"]) == len(sides["ask"]) == 10  # the simulator keeps at least 12 levels a side
+    return [
+        [
+            f"{b.orders:,}",
+            f"{b.quantity:,}",
+            f"{b.price:,.1f}",
+            f"{a.price:,.1f}",
+            f"{a.quantity:,}",
+            f"{a.orders:,}",
+        ]
+        for b, a in zip(sides["bid"].itertuples(), sides["ask"].itertuples(), strict=True)
+    ]
 
 
 def test_timeframes_and_time_travel_show_what_the_store_api_returns(
     system_env: dict[str, str], store: Store, page: Page, web: Callable[..., WebServer],
     request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
-    system = run_system(speed=0)  # as fast as it goes: half an hour of market in seconds
+    # as fast as it goes, one symbol: half an hour of market (and its book) in seconds
+    system = run_system(speed=0, symbols=(SYMBOL,))
     assert wait_until(lambda: store.count(SYMBOL) >= 40_000, timeout=120)
     system.stop()
     newest = store.last_tick(SYMBOL)
     assert newest is not None
-    server = web(store, book=book_of_the_moment)
+    server = web(store)
     page.goto(server.url)
     expect(page.locator("body")).to_have_attribute("data-loaded", f"{SYMBOL}:1m:live", timeout=20_000)
     # a timeframe: the bars on the chart are the ones Store.candles computes
@@ -178,22 +197,30 @@ def test_timeframes_and_time_travel_show_what_the_store_api_returns(
     page.click("#travel-go")
     expect(page.locator("body")).to_have_attribute("data-loaded", f"{SYMBOL}:5m:past")
     expect(page.get_by_test_id("status")).to_have_text("PAST")
-    expect(page.get_by_test_id("past-banner")).to_contain_text(clock(at_ms))
+    # times in B3 local time, the offset shown
+    expect(page.get_by_test_id("past-banner")).to_contain_text(
+        f"{clock(at_ms)} (B3, UTC{offset_text(at_ms)})"
+    )
+    expect(page.locator("#offset")).to_have_text(f"UTC{offset_text(at_ms)}")
     then = store.as_of(SYMBOL, from_ms(at_ms))
     assert then is not None and then.trade_id != newest.trade_id
     expect(page.get_by_test_id("last-price")).to_have_attribute("data-trade-id", str(then.trade_id))
     expect(page.locator("#tape tr").first).to_have_attribute("data-trade-id", str(then.trade_id))
+    expect(page.locator("#tape tr").first.locator("td").first).to_have_text(clock(then.timestamp_ms)[11:])
     past = page.evaluate("() => window.tickvault.state.bars")
     same_bars(past, store.candles(SYMBOL, "5m", past[0]["ms"], at_ms))
+    # the book of that moment: the ladder is Store.book then, 10 levels a side
     expect(page.get_by_test_id("book")).to_be_visible()
     expect(page.locator("#book-at")).to_have_text(clock(at_ms))
-    expect(page.locator("#ladder tr")).to_have_count(10)
-    expect(page.locator("#ladder tr").first.locator("td.bid")).to_have_text(f"{then.price - 0.5:,.1f}")
-    # one click back to live
+    assert ladder_on_page(page) == ladder_of(store, at_ms)
+    # one click back to live: the newest trade and, the market stopped, the newest book
     page.click("#live-button")
     expect(page.locator("body")).to_have_attribute("data-loaded", f"{SYMBOL}:5m:live")
     expect(page.get_by_test_id("past-banner")).to_be_hidden()
     expect(page.locator("#tape tr").first).to_have_attribute("data-trade-id", str(newest.trade_id))
+    newest_book = ladder_of(store, END_OF_TIME_MS)
+    assert newest_book != ladder_of(store, at_ms)
+    assert wait_until(lambda: ladder_on_page(page) == newest_book, timeout=20)  # within one live update
     assert not page_errors(request)
 
 

@@ -34,6 +34,13 @@ WINDOW_MS = {"1m": 8 * _H, "5m": 3 * 24 * _H, "15m": 8 * 24 * _H, "1h": 45 * 24 
 TICK_WINDOW_MS = {"1m": 8 * _H, "5m": 24 * _H, "15m": 3 * 24 * _H, "1h": 7 * 24 * _H, "1d": 7 * 24 * _H}
 
 
+_EMPTY = empty_candles()  # building it costs milliseconds; a copy, microseconds
+
+
+def _empty() -> pd.DataFrame:
+    return _EMPTY.copy()
+
+
 def index_ms(frame: pd.DataFrame) -> np.ndarray:
     return np.asarray(pd.DatetimeIndex(frame.index).as_unit("ms").asi8, dtype=np.int64)
 
@@ -73,7 +80,7 @@ def _first_bar_ms(store: Store, symbol: str, tf: str) -> int | None:
 
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     parts = [p for p in parts if len(p)]
-    out = pd.concat(parts) if len(parts) > 1 else parts[0] if parts else empty_candles()
+    out = pd.concat(parts) if len(parts) > 1 else parts[0] if parts else _empty()
     out.index = pd.DatetimeIndex(out.index).as_unit("ns")  # as Store.candles: ns whatever pandas infers
     return out
 
@@ -81,7 +88,7 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
 def _stream(store: Store, symbol: str, tf: str, start_ms: int, before_ms: int) -> pd.DataFrame:
     """Candle-stream bars of `tf` opening in [start_ms, before_ms)."""
     if before_ms <= start_ms:
-        return empty_candles()
+        return _empty()
     bars = store.candle_stream(symbol, tf, start_ms, before_ms - 1)
     return bars[index_ms(bars) < before_ms]
 
@@ -89,7 +96,7 @@ def _stream(store: Store, symbol: str, tf: str, start_ms: int, before_ms: int) -
 def merge_up(minutes: pd.DataFrame, tf: str) -> pd.DataFrame:
     """1m bars merged into bars of `tf` (1m: unchanged)."""
     if tf == "1m" or not len(minutes):
-        return minutes if tf == "1m" else empty_candles()
+        return minutes if tf == "1m" else _empty()
     opens = np.array([bar_bounds(int(ms), tf)[0] for ms in index_ms(minutes)], dtype=np.int64)
     groups = minutes.groupby(opens, sort=True)
     out = pd.DataFrame({
@@ -105,7 +112,7 @@ def merge_up(minutes: pd.DataFrame, tf: str) -> pd.DataFrame:
     out.index = pd.DatetimeIndex(pd.to_datetime(out.index, unit="ms", utc=True), name="timestamp").tz_convert(
         B3_TZ
     )
-    return out[list(CANDLE_COLUMNS)].astype(empty_candles().dtypes.to_dict())
+    return out[list(CANDLE_COLUMNS)].astype(_EMPTY.dtypes.to_dict())
 
 
 def _from_worker(
@@ -115,7 +122,7 @@ def _from_worker(
     stream, and before the stream's first bar (history older than the worker) from ticks, not
     before `floor_ms`."""
     if before_ms <= start_ms:
-        return empty_candles()
+        return _empty()
     first = _first_bar_ms(store, symbol, tf)
     older_end = before_ms if first is None else min(before_ms, first)
     older_start = max(start_ms, floor_ms)
@@ -143,7 +150,7 @@ def chart_bars(store: Store, symbol: str, tf: str, end_ms: int, *, closed_only: 
         position = None  # a worker that stopped long ago: its streams end before this chart's tail
     if position is None:
         start_ms = max(start_ms, bar_bounds(end_ms - TICK_WINDOW_MS[tf], tf)[0])
-        return store.candles(symbol, tf, start_ms, last_ms) if last_ms >= start_ms else empty_candles()
+        return store.candles(symbol, tf, start_ms, last_ms) if last_ms >= start_ms else _empty()
     cut = min(current, bar_bounds(position, tf)[0])  # tf bars before it are in the tf stream
     rest = max(start_ms, cut)
     floor = bar_bounds(end_ms - TICK_WINDOW_MS[tf], tf)[0]

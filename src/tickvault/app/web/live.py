@@ -282,6 +282,9 @@ class LiveFeed:
         try:
             for symbol in symbols:
                 changed = self._read_symbol(symbol) or changed
+            if changed:  # the pages draw the market now, not after the health read below
+                self.changes.bump()
+                changed = False
             if time.monotonic() >= self._next_health:
                 self._next_health = time.monotonic() + HEALTH_EVERY_S
                 self._read_health()

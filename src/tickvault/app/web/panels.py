@@ -10,7 +10,7 @@ shifted by its own B3 offset, and the offset is shown beside the clock on the pa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,11 +209,21 @@ def book_ladder(store: Store, symbol: str, at_ms: int | None, levels: int = LADD
 
 # -- one moment, every panel ---------------------------------------------------------------------
 
+# runs reads and gives their results in order: one after the other, or at once (the server's pool)
+Runner = Callable[[Sequence[Callable[[], Any]]], list[Any]]
+
+
+def one_by_one(reads: Sequence[Callable[[], Any]]) -> list[Any]:
+    return [read() for read in reads]
+
 
 def moment(
-    store: Store, symbol: str, tf: str, end_ms: int | None, book: BookSource = book_ladder
-) -> dict[str, Any]:
-    """Every panel of `symbol` as of `end_ms` (None: the newest stored tick, i.e. live)."""
+    store: Store, symbol: str, tf: str, end_ms: int | None, book: BookSource = book_ladder,
+    run: Runner = one_by_one,
+) -> dict[str, Any]:  # fmt: skip
+    """Every panel of `symbol` as of `end_ms` (None: the newest stored tick, i.e. live). Once the
+    moment is known, the panels' reads are independent: `run` may make them at once (on a busy
+    machine a dozen round trips to Valkey in series cost a page load hundreds of ms)."""
     live = end_ms is None
     last_tick = store.last_tick(symbol) if live else store.as_of(symbol, end_ms)
     if end_ms is None:
@@ -226,18 +236,25 @@ def moment(
     }  # fmt: skip
     if end_ms is None:
         return view  # nothing stored for this symbol yet
-    # live: the bars closed so far; the bar still open comes with the page's first live update
-    bars = chart_bars(store, symbol, tf, end_ms, closed_only=live)
+    at_ms = end_ms
+
+    def bars_and_signals() -> tuple[pd.DataFrame, pd.DataFrame]:
+        # live: the bars closed so far; the bar still open comes with the page's first live update
+        bars = chart_bars(store, symbol, tf, at_ms, closed_only=live)
+        first_ms = int(index_ms(bars)[0]) if len(bars) else bar_bounds(at_ms, tf)[0]
+        return bars, store.signals(symbol, first_ms, at_ms)
+
+    def tape() -> list[dict[str, Any]]:  # the newest trade at or before the moment: the tape ends there
+        return tape_until(store, symbol, last_tick.timestamp_ms) if last_tick is not None else []
+
+    (bars, signals), view["tape"], ladder, view["features"], view["prediction"] = run([
+        bars_and_signals, tape,
+        lambda: book(store, symbol, at_ms),  # live too: the book as of the newest trade on the tape
+        lambda: latest_features(store, symbol, at_ms), lambda: latest_prediction(store, symbol, at_ms),
+    ])  # fmt: skip
     view["bars"] = bar_rows(bars)
-    first_ms = int(index_ms(bars)[0]) if len(bars) else bar_bounds(end_ms, tf)[0]
-    signals = store.signals(symbol, first_ms, end_ms)
     view["markers"], view["signals"] = signal_markers(signals, tf), recent_signals(signals)
-    if last_tick is not None:  # the newest trade at or before end_ms: the tape ends there
-        view["tape"] = tape_until(store, symbol, last_tick.timestamp_ms)
-    ladder = book(store, symbol, end_ms)  # live too: the book as of the newest trade on the tape
     view["book"] = ladder.view() if ladder is not None else None
-    view["features"] = latest_features(store, symbol, end_ms)
-    view["prediction"] = latest_prediction(store, symbol, end_ms)
     if last_tick is not None:
         view["last"] = trade_row(
             last_tick.timestamp_ms, last_tick.trade_id, last_tick.price, last_tick.quantity,

@@ -1,9 +1,9 @@
 """The web dashboard's HTTP side: a small Starlette app served by uvicorn on its own thread.
 
-Routes: `/` (the page), `/static/...` (its CSS and JS, and the vendored chart library), `/api/meta`
-(symbols, timeframes), `/api/view` (every panel of a symbol as of now or a past moment: the page's
-load, timeframe switch and time travel), `/api/live` (Server-Sent Events from the live feed) and
-`/api/health`.
+Routes: `/` (the page, with its first view: see `index`), `/static/...` (its CSS and JS, and the
+vendored chart library), `/api/meta` (symbols, timeframes), `/api/view` (every panel of a symbol as of
+now or a past moment: timeframe switch and time travel), `/api/live` (Server-Sent Events from the
+live feed) and `/api/health`.
 
 Safety: it binds loopback unless told otherwise, and beyond loopback refuses to start without
 WEB_TOKEN; with a token every request must carry it (`Authorization: Bearer TOKEN`, or the cookie
@@ -16,30 +16,31 @@ the page: Valkey is described by `Connection.where` (no password) and errors pas
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import ipaddress
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import datetime
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tickvault.analytics.candles import TIMEFRAMES, check_timeframe
+from tickvault.analytics.candles import check_timeframe
+from tickvault.app.web.assets import asset_response, load_assets
 from tickvault.app.web.live import INTERVAL_S, Cursor, LiveFeed
-from tickvault.app.web.panels import BookSource, book_ladder, moment
+from tickvault.app.web.page import Page
+from tickvault.app.web.panels import BookSource, Runner, book_ladder, moment, one_by_one
 from tickvault.config import Settings, redact
 from tickvault.domain.events import B3_TZ, to_ms, validate_symbol
 from tickvault.domain.timeparse import parse_time
@@ -51,6 +52,7 @@ log = logging.getLogger("tickvault.web")
 STATIC = Path(str(resources.files("tickvault.app.web") / "static"))
 COOKIE = "tickvault_token"
 KEEPALIVE_S = 15.0
+VIEW_READERS = 8  # threads making a view's reads at once (five per view)
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -70,13 +72,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a name: it may resolve to anything
-
-
-def _version() -> str:
-    try:
-        return metadata.version("tickvault")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "dev"
 
 
 def token_of(settings: Settings) -> str | None:
@@ -167,25 +162,22 @@ def create_app(
     token: str | None = None,
     closing: threading.Event | None = None,
     book: BookSource = book_ladder,
+    run: Runner = one_by_one,
 ) -> ASGIApp:
-    """The dashboard as an ASGI app (`feed` started and stopped by the caller)."""
+    """The dashboard as an ASGI app (`feed` started and stopped by the caller; `run` makes a view's
+    reads, see `panels.moment`)."""
     stop = closing or threading.Event()
+    assets = load_assets(STATIC)
+    interval_ms = int(feed.interval * 1000)
+    page = Page(STATIC / "index.html", store, symbols=symbols, interval_ms=interval_ms, book=book, run=run)
 
-    def index(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
+    async def static(request: Request) -> Response:
+        return asset_response(assets, request)  # from memory: on the event loop, no thread
 
     @_guarded
     def meta(request: Request) -> Response:
         _params(request, ())
-        stored: list[str] = []
-        with contextlib.suppress(StoreError):
-            stored = store.symbols()
-        return JSONResponse({
-            "symbols": list(dict.fromkeys((*symbols, *stored))),
-            "timeframes": list(TIMEFRAMES),
-            "version": _version(),
-            "interval_ms": int(feed.interval * 1000),
-        })  # fmt: skip
+        return JSONResponse(page.meta())
 
     @_guarded
     def view(request: Request) -> Response:
@@ -193,7 +185,8 @@ def create_app(
         symbol = _symbol(params)
         tf = check_timeframe(params.get("tf", "1m"))
         at_ms = _moment_ms(params)
-        return JSONResponse(moment(store, symbol, tf, at_ms, book), headers={"cache-control": "no-store"})
+        view = moment(store, symbol, tf, at_ms, book, run)
+        return JSONResponse(view, headers={"cache-control": "no-store"})
 
     @_guarded
     def health(request: Request) -> Response:
@@ -216,15 +209,24 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/", index),
+            Route("/", page.response),
             Route("/api/meta", meta),
             Route("/api/view", view),
             Route("/api/health", health),
             Route("/api/live", live),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/static/{path:path}", static),
         ]
     )
     return Guard(app, token)
+
+
+def at_once(pool: Executor) -> Runner:
+    """Reads made at once on `pool`, their results in order (the first failure raised)."""
+
+    def run(reads: Sequence[Callable[[], Any]]) -> list[Any]:
+        return [future.result() for future in [pool.submit(read) for read in reads]]
+
+    return run
 
 
 async def _events(feed: LiveFeed, symbol: str, tf: str, since_ms: int, stop: threading.Event) -> Any:
@@ -264,14 +266,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
 
-        vendored = scope["path"].startswith("/static/vendor/")
-
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [*message.get("headers", []), *_SECURITY_HEADERS]
-                if vendored:  # a pinned build (VENDOR.md): the browser keeps it across reloads
-                    headers.append((b"cache-control", b"public, max-age=86400"))
-                message["headers"] = headers
+                message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
             await send(message)
 
         request = Request(scope)
@@ -331,7 +328,9 @@ class WebServer:
         self.host, self.port = host, port
         self.feed = LiveFeed(store, book=book, problems=problems, where=where, interval=interval)
         self._closing = threading.Event()
-        app = create_app(store, self.feed, symbols=symbols, token=token, closing=self._closing, book=book)
+        self._reads = ThreadPoolExecutor(VIEW_READERS, thread_name_prefix="web-read")
+        app = create_app(store, self.feed, symbols=symbols, token=token, closing=self._closing, book=book,
+                         run=at_once(self._reads))  # fmt: skip
         config = uvicorn.Config(
             app, log_config=None, access_log=False, ws="none", lifespan="off", http="h11",
             loop="asyncio", timeout_graceful_shutdown=3, timeout_keep_alive=5,
@@ -382,5 +381,6 @@ class WebServer:
         if self._thread is not None:
             self._thread.join(10)
         self.feed.stop()
+        self._reads.shutdown(wait=True)
         if self._socket is not None:
             self._socket.close()

@@ -1,5 +1,6 @@
 // tickvault dashboard: loads a moment from /api/view, then (live) follows /api/live (Server-Sent Events).
 // The server aggregates and coalesces; this file only draws. No framework, no build step.
+// The first moment comes with the page itself (the "boot" data block): no request in series before drawing.
 "use strict";
 
 (() => {
@@ -11,7 +12,7 @@
   const state = {
     symbols: [], timeframes: [], symbol: null, tf: "1m", mode: "live", at: null,
     decimals: 2, tickSize: 0.01, bars: [], markers: new Map(), signals: [], tape: [], last: null,
-    source: null, loading: 0, reloadAt: 0, serverDown: false, health: null, updates: 0,
+    source: null, loading: 0, reloadAt: 0, serverDown: false, health: null, updates: 0, boot: null,
   };
 
   // -- formatting: en-US grouping like the terminal monitor; every digit that matters, never cut --
@@ -263,9 +264,9 @@
     const ticket = ++state.loading;
     const params = { symbol: state.symbol, tf: state.tf };
     if (state.mode === "past") params.local = state.at;
-    let view;
+    let view = takeBoot();
     try {
-      view = await getJSON("/api/view", params);
+      if (!view) view = await getJSON("/api/view", params);
     } catch (err) {
       if (ticket !== state.loading) return;
       showProblem(`could not load ${state.symbol}: ${err.message}`);
@@ -300,6 +301,13 @@
     $("past-banner").hidden = true;
     if (state.health) setStatus(state.health.status);
     follow(view.at_ms || 0, ticket);
+  }
+
+  // the view the page came with, once, if it is the one asked for now
+  function takeBoot() {
+    const view = state.boot && state.boot.view;
+    state.boot = null;
+    return view && state.mode === "live" && view.symbol === state.symbol && view.tf === state.tf ? view : null;
   }
 
   function follow(sinceMs, ticket) {
@@ -368,8 +376,21 @@
   $("live-button").addEventListener("click", goLive);
   $("back-live").addEventListener("click", goLive);
 
+  // the page's first view, which the server sends after this script (the document is still loading)
+  function bootData() {
+    return new Promise((resolve) => {
+      const read = () => {
+        const block = $("boot");
+        resolve(block ? JSON.parse(block.textContent) : null);
+      };
+      if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", read, { once: true });
+      else read();
+    });
+  }
+
   async function start() {
-    const meta = await getJSON("/api/meta", {});
+    state.boot = await bootData();
+    const meta = state.boot && state.boot.meta ? state.boot.meta : await getJSON("/api/meta", {});
     state.symbols = meta.symbols;
     state.timeframes = meta.timeframes;
     $("version").textContent = `tickvault ${meta.version}`;
