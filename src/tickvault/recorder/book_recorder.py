@@ -46,7 +46,6 @@ MAX_FRAMES = 5000  # frames received at once: one chunk (the spool's unit) of va
 MAX_BYTES = 1 << 20  # ... and at most about this much JSON (~4,000 updates; frames hold many batches)
 CHUNKS_PER_WRITE = 4
 LINGER_MS = 2.0
-DEAD_LETTER_MAXLEN = 100_000
 HOUSEKEEPING_S = 60.0
 LIVE_WINDOW_MS = 300_000  # the live book stream keeps 5 minutes; older is sealed into blocks
 RETAIN_S = 5.0  # > the 1 s (at worst 2 s) an append-only file with fsync everysec can lose
@@ -164,17 +163,9 @@ class BookRecorder:
     def reject(self, exc: DataError, frames: Sequence[bytes]) -> None:
         self.stats.rejected[exc.kind] += 1
         log.warning("rejected book message: %s", exc)
-        fields = {
-            "reason": str(exc)[:500],
-            "field": exc.kind,
-            "topic": bytes(frames[0])[:200] if frames else b"",
-            "payload": bytes(frames[-1])[:4096] if frames else b"",
-            "received_ms": int(time.time() * 1000),
-        }
+        topic, payload = (bytes(frames[0]), bytes(frames[-1])) if frames else (b"", b"")
         try:
-            self.store.client.xadd(
-                self.store.keys.dead_letters(), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True
-            )
+            self.store.dead_letter(str(exc), exc.kind, topic=topic, payload=payload)
         except Exception as err:  # the dead-letter copy is best effort; the count above is not
             log.warning("could not keep rejected book message: %s", err)
 

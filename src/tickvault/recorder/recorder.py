@@ -40,7 +40,6 @@ log = logging.getLogger("tickvault.recorder")
 
 MAX_BATCH = 5000
 LINGER_MS = 2.0  # gather a batch for up to 2 ms: per-batch costs dominate tiny batches
-DEAD_LETTER_MAXLEN = 100_000
 HOUSEKEEPING_S = 60.0
 LIVE_WINDOW_MS = 300_000  # the live stream keeps 5 minutes for stream consumers; older is sealed
 ARRIVAL_GRAIN_S = 0.01  # store_lag_ms resolution
@@ -213,17 +212,9 @@ class Recorder:
     def reject(self, exc: DataError, frames: Sequence[bytes]) -> None:
         self.stats.rejected[exc.kind] += 1
         log.warning("rejected message: %s", exc)
-        fields = {
-            "reason": str(exc)[:500],
-            "field": exc.kind,
-            "topic": bytes(frames[0])[:200] if frames else b"",
-            "payload": bytes(frames[-1])[:4096] if frames else b"",
-            "received_ms": int(time.time() * 1000),
-        }
+        topic, payload = (bytes(frames[0]), bytes(frames[-1])) if frames else (b"", b"")
         try:
-            self.store.client.xadd(
-                self.store.keys.dead_letters(), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True
-            )
+            self.store.dead_letter(str(exc), exc.kind, topic=topic, payload=payload)
         except Exception as err:  # the dead-letter copy is best effort; the count above is not
             log.warning("could not keep rejected message: %s", err)
 
