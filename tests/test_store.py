@@ -8,6 +8,7 @@ import valkey
 from factories import BASE_MS, tick, ticks
 from tickvault.domain.events import from_ms
 from tickvault.errors import DataError, StoreUnavailable
+from tickvault.store import api
 from tickvault.store.api import Store, frame_to_ticks
 
 
@@ -279,3 +280,18 @@ def test_a_tick_stored_late_takes_its_place_among_same_millisecond_ticks_by_seq(
     assert [t.seq for t in store.tick_events("WDOFUT", BASE_MS, BASE_MS + 10)] == [1, 2, 3, 4]
     store.seal("WDOFUT", BASE_MS + 100)
     assert [t.seq for t in store.tick_events("WDOFUT", BASE_MS, BASE_MS + 10)] == [1, 2, 3, 4]
+
+
+def test_the_dead_letter_stream_keeps_each_refusal_bounded_and_is_capped(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every writer of dead letters goes through `Store.dead_letter`: the entry says why, where and
+    what (cut to a bounded size), and the stream stays near its cap (trimmed in whole nodes)."""
+    monkeypatch.setattr(api, "DEAD_LETTER_MAXLEN", 100)
+    store.dead_letter("x" * 1000, "price", topic="tick_WDOFUT", payload=b"p" * 10_000, entry=b"1-0")
+    [(_, fields)] = store.client.xrange(store.keys.dead_letters())
+    assert (len(fields[b"reason"]), fields[b"field"], fields[b"topic"]) == (500, b"price", b"tick_WDOFUT")
+    assert (len(fields[b"payload"]), fields[b"entry"]) == (4096, b"1-0") and int(fields[b"received_ms"]) > 0
+    for _ in range(400):
+        store.dead_letter("bad", "price")
+    assert 100 <= store.client.xlen(store.keys.dead_letters()) < 300

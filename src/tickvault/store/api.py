@@ -12,6 +12,7 @@ A batch is one MULTI/EXEC, so a crash never leaves half a batch (see `writer`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
     from tickvault.store.connection import Connection
 
 log = logging.getLogger("tickvault.store")
+
+DEAD_LETTER_MAXLEN = 100_000  # the dead-letter stream keeps about this many entries, the newest
 
 
 class Store(BookQueries):
@@ -116,6 +119,19 @@ class Store(BookQueries):
         result = self.writer.write(list(ticks))
         self.writer.flush()
         return result
+
+    def dead_letter(
+        self, reason: str, field: str, *, topic: str | bytes = b"", payload: bytes = b"", **extra: str | bytes
+    ) -> None:
+        """Keep a refused message aside in the dead-letter stream, capped at DEAD_LETTER_MAXLEN
+        entries: why (`reason`, and `field`, the part at fault, a short word), where it came from
+        (`topic`) and what it was (`payload`), cut to a bounded size, with when it was received."""
+        fields: dict[str, str | bytes | int] = {
+            "reason": reason[:500], "field": field, "topic": topic[:200], **extra,
+            "payload": payload[:4096], "received_ms": int(time.time() * 1000),
+        }  # fmt: skip
+        with map_valkey_errors():
+            self.client.xadd(self.keys.dead_letters(), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
 
     # -- reading ---------------------------------------------------------------------------------
 

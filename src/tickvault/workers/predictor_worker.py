@@ -27,7 +27,6 @@ The lease, the group, the claim and the loop are `LeasedWorker`'s (leased.py).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -44,7 +43,6 @@ log = logging.getLogger("tickvault.predictor")
 
 GROUP = "predictors"
 MAX_DELIVERIES = 5  # a refused write is tried this many times (one per retry of the step), then dead-lettered
-DEAD_LETTER_MAXLEN = 100_000  # as the recorders'
 
 
 @dataclass
@@ -147,17 +145,9 @@ class PredictorWorker(LeasedWorker[None]):
         deliveries = int(pending[0]["times_delivered"]) if pending else 0
         if deliveries < self.max_deliveries:
             raise exc
-        dead = {
-            "reason": f"prediction not written after {deliveries} deliveries: {exc}"[:500],
-            "field": "prediction_write",
-            "topic": stream,
-            "entry": entry_id,
-            "payload": msgspec.json.encode({k.decode(errors="replace"): v.decode(errors="replace")
-                                            for k, v in fields.items()})[:4096],
-            "received_ms": int(time.time() * 1000),
-        }  # fmt: skip
-        self.client.xadd(self.keys.dead_letters(), dead, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+        reason = f"prediction not written after {deliveries} deliveries: {exc}"
+        payload = msgspec.json.encode({k.decode(errors="replace"): v.decode(errors="replace")
+                                       for k, v in fields.items()})  # fmt: skip
+        self.store.dead_letter(reason, "prediction_write", topic=stream, payload=payload, entry=entry_id)
         self.stats.dead_lettered += 1
-        log.error(
-            "%s: features entry %s of %s dead-lettered: %s", self.name, entry_id, symbol, dead["reason"]
-        )
+        log.error("%s: features entry %s of %s dead-lettered: %s", self.name, entry_id, symbol, reason)
