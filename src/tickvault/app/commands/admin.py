@@ -84,7 +84,7 @@ def _run_cluster(settings: Settings, nodes: int) -> None:
     else:  # a recorded port was taken: clients that kept the old URL find nothing there
         again = f"  (the URL changed, a port was taken; was {local.previous_url}: restart what uses it)\n"
     hold(stop, f"embedded valkey cluster ready: {nodes} nodes, data={local.data_dir}\n"
-                f"  export VALKEY_URL={local.url}\n{again}  Ctrl+C to stop")  # fmt: skip
+               f"  export VALKEY_URL={local.url}\n{again}  Ctrl+C to stop")  # fmt: skip
     for keeper in keepers:
         keeper.close()
     if local.release():

@@ -52,6 +52,7 @@ def errors() -> Iterator[None]:
 
 
 def settings_of(ctx: typer.Context, **more: Any) -> Settings:
+    """The settings of a command: its flags (in `ctx.obj`) and `more` beat the environment."""
     overrides = dict(ctx.obj or {})
     overrides.update({k: v for k, v in more.items() if v is not None})
     settings = load_settings(**overrides)
@@ -170,6 +171,7 @@ def flags(*fields: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
 
 
 def stop_on_sigterm(stop: threading.Event) -> None:
+    """SIGTERM sets `stop`, like Ctrl+C ends a foreground wait (only the main thread may install it)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
