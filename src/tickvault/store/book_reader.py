@@ -20,11 +20,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tickvault.analytics.book import book_at, book_frames, cutoffs, quotes, snapshot_at, valid_rows
+from tickvault.analytics.book import (
+    book_at,
+    book_frames,
+    cutoffs,
+    frames_at,
+    quotes,
+    snapshot_at,
+    valid_rows,
+)
 from tickvault.domain.book import ACTIONS, COLUMN_NAMES, SIDES, BookColumns, BookKind
 from tickvault.domain.events import B3_TZ, to_ms, validate_symbol
 from tickvault.domain.keys import KeySpace
 from tickvault.domain.timeparse import TimeLike, parse_duration_ms, parse_time, to_ms_bounds
+from tickvault.errors import DataError
 from tickvault.store.book_codec import decode_columns
 from tickvault.store.book_live import (
     BookPosition,
@@ -223,6 +232,7 @@ class BookQueries:
         every: str | int = "1s",
         depth: int = 10,
         *,
+        orders: bool = False,
         output: Literal["pandas"] = ...,
     ) -> pd.DataFrame: ...
     @overload
@@ -234,6 +244,7 @@ class BookQueries:
         every: str | int = "1s",
         depth: int = 10,
         *,
+        orders: bool = False,
         output: Literal["arrow"],
     ) -> pa.Table: ...
     @overload
@@ -245,6 +256,7 @@ class BookQueries:
         every: str | int = "1s",
         depth: int = 10,
         *,
+        orders: bool = False,
         output: Literal["polars"],
     ) -> pl.DataFrame: ...
     def book_frames(
@@ -255,18 +267,65 @@ class BookQueries:
         every: str | int = "1s",
         depth: int = 10,
         *,
+        orders: bool = False,
         output: Output = "pandas",
     ) -> Any:
         """The book every `every` (`1s`, `500ms`, `1m`...) from `start` through `end`: one row per step,
         columns bid_px_1..N, bid_sz_1..N, ask_px_1..N, ask_sz_1..N (price NaN and size 0 past a
-        side's end) and valid, indexed by the step's time."""
+        side's end), with `orders` bid_orders_1..N and ask_orders_1..N (the levels' order counts),
+        and valid, indexed by the step's time."""
         check_output(output)
         start_ms, end_ms = to_ms_bounds(start, end)
         step = parse_duration_ms(every)
         cols, opening = self.book_replay(symbol, start_ms, end_ms)
-        frames = book_frames(cols, start_ms, end_ms, step, depth)
+        frames = book_frames(cols, start_ms, end_ms, step, depth, orders=orders)
         valid = frames.valid & valid_rows(cols, cutoffs(cols, frames.time_ms), opening=opening)
         return numpy_output(frames.time_ms, {**frames.columns(), "valid": valid}, output)
+
+    @overload
+    def book_changes(
+        self, symbol: str, start: TimeLike, end: TimeLike, depth: int = 10, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def book_changes(
+        self, symbol: str, start: TimeLike, end: TimeLike, depth: int = 10, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def book_changes(
+        self, symbol: str, start: TimeLike, end: TimeLike, depth: int = 10, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def book_changes(
+        self, symbol: str, start: TimeLike, end: TimeLike, depth: int = 10, *, output: Output = "pandas"
+    ) -> Any:
+        """The top `depth` levels after every batch in [start, end] that changed them (or `valid`):
+        `book_frames`' columns with the order counts (bid_px_1..N, bid_sz_1..N, ask_px_1..N,
+        ask_sz_1..N, bid_orders_1..N, ask_orders_1..N, valid) plus the seq of the batch's last
+        update, indexed by its time. Each row equals `book(symbol, time,
+        depth)`; batches of one ms make one row (the book as of that ms), a batch that changed only
+        deeper levels none. The first row is one if it differs from the book just before `start`."""
+        check_output(output)
+        start_ms, end_ms = to_ms_bounds(start, end)
+        if depth <= 0:
+            raise DataError("depth", f"must be positive, got {depth}")
+        cols, opening = self.book_replay(symbol, start_ms - 1, end_ms)
+        ends = cols.batch_ends()
+        stamps = np.maximum.accumulate(cols.timestamp_ms)[ends] if len(cols) else np.empty(0, np.int64)
+        times = np.unique(stamps[(stamps >= start_ms) & (stamps <= end_ms)])
+        every = np.concatenate([[start_ms - 1], times])  # the book before `start`: what the first changes
+        frames = frames_at(cols, every, depth, orders=True)
+        stops = cutoffs(cols, every)
+        valid = frames.valid & valid_rows(cols, stops, opening=opening)
+        data: dict[str, np.ndarray] = {**frames.columns(), "valid": valid}
+        changed = np.zeros(every.size, bool)
+        for values in data.values():
+            same = (values[1:] == values[:-1]) | (
+                np.isnan(values[1:]) & np.isnan(values[:-1]) if values.dtype.kind == "f" else False
+            )
+            changed[1:] |= ~same
+        keep = np.flatnonzero(changed)
+        out = {name: values[keep] for name, values in data.items()}
+        out["seq"] = cols.seq[stops[keep]] if keep.size else np.empty(0, np.int64)
+        return numpy_output(every[keep], out, output)
 
     @overload
     def quotes(
