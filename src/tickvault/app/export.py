@@ -13,10 +13,11 @@ and the book go from their columns to Parquet without pandas); partitions are wr
 (zstd and the Parquet encoder release the GIL).
 
 The book's kinds: `book:N`, the top N levels after every batch that changed them (`Store.book_changes`:
-bid_px_1..N, bid_sz_1..N, ask_px_1..N, ask_sz_1..N, valid, seq; one row per change, the layout of
-`Store.book_frames`); `book:N:STEP`, the same every STEP from the partition's start (`book_frames`);
-`book-updates`, the raw updates as stored (`Store.book_updates`), in the order they apply (seq order,
-which is time order unless an exchange clock stepped back: the effective time never does).
+bid_px_1..N, bid_sz_1..N, ask_px_1..N, ask_sz_1..N, bid_orders_1..N, ask_orders_1..N, valid, seq;
+the layout of `Store.book_frames`); `book:N:STEP`, the same columns but seq, every STEP from the
+partition's start (`Store.book_frames`); `book-updates`, the raw updates as stored
+(`Store.book_updates`, with MBP's and MBO's columns both so that one dataset has one schema), in the
+order they apply (seq order: time order unless an exchange clock stepped back).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tickvault.domain.events import B3_TZ, to_ms, validate_symbol
 from tickvault.domain.timeparse import TimeLike, parse_duration_ms, to_ms_bounds
 from tickvault.errors import ConfigError, DataError
 from tickvault.store.api import Store
+from tickvault.store.book_reader import book_updates_frame
 
 KINDS_HELP = (
     f"ticks, candles:TF (TF in {', '.join(TIMEFRAMES)}), features, predictions, signals, book:N (the top N"
@@ -117,14 +119,14 @@ def read_partition(store: Store, kind: str, part: Partition) -> pa.Table:
         table = store.ticks(*span, output="arrow")
     elif kind.startswith("candles:"):
         table = store.candles(part.symbol, kind.split(":", 1)[1], part.start_ms, part.end_ms, output="arrow")
-    elif kind == "book-updates":
-        table = store.book_updates(*span, output="arrow")
+    elif kind == "book-updates":  # MBP's and MBO's columns both: one schema for any symbols' dataset
+        table = book_updates_frame(store.book_update_columns(*span), "arrow", every_column=True)
     elif kind.startswith("book:"):
         depth, step = book_kind(kind)
         if step is None:
             table = store.book_changes(*span, depth, output="arrow")
         else:
-            table = store.book_frames(*span, step, depth, output="arrow")
+            table = store.book_frames(*span, step, depth, orders=True, output="arrow")
     else:
         table = store.events(kind, *span, output="arrow")
     if "symbol" in table.column_names:

@@ -67,6 +67,20 @@ _UPDATE_COLUMNS = {
         "timestamp_ms",
     ),
 }
+# both kinds' columns: one schema for an exported dataset of MBP and MBO books
+_ALL_UPDATE_COLUMNS = (
+    "side",
+    "price",
+    "quantity",
+    "orders",
+    "order_id",
+    "agent",
+    "action",
+    "flags",
+    "seq",
+    "received_ms",
+    "timestamp_ms",
+)
 
 
 class BookQueries:
@@ -429,10 +443,11 @@ def _merged(symbol: str, kind: BookKind, parts: list[BookColumns], after: int) -
     return rows
 
 
-def book_updates_frame(cols: BookColumns, output: Output = "pandas") -> Any:
-    """BookColumns -> the book_updates frame (see `BookQueries.book_updates`), in the form asked for."""
+def book_updates_frame(cols: BookColumns, output: Output = "pandas", *, every_column: bool = False) -> Any:
+    """BookColumns -> the book_updates frame (see `BookQueries.book_updates`), in the form asked for;
+    `every_column`: MBP's and MBO's columns both (orders, order_id, agent: 0 where the kind has none)."""
     data: dict[str, np.ndarray | Coded] = {}
-    for name in _UPDATE_COLUMNS[cols.kind]:
+    for name in _ALL_UPDATE_COLUMNS if every_column else _UPDATE_COLUMNS[cols.kind]:
         values = getattr(cols, name)
         if name == "side":
             data[name] = Coded(values, SIDES)
