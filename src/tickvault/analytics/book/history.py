@@ -509,23 +509,22 @@ def _fill_side_from_deltas(
         k1 = min(k, k0 + chunk)
         a, b = np.searchsorted(step, [k0, k1])
         cells = (code[a:b] - low) * (k1 - k0) + (step[a:b] - k0)
-        grid: np.ndarray = np.bincount(cells, weights=change[a:b], minlength=width * (k1 - k0)).reshape(
-            width, k1 - k0
-        )
-        grid[:, 0] += carry
-        np.cumsum(grid, axis=1, out=grid)
-        carry = grid[:, -1].copy()
+        held, carry = _running_sums(cells, change[a:b], width, k1 - k0, carry)
         counts = None
         if out_orders is not None:
-            counts = np.bincount(cells, weights=counted[a:b], minlength=width * (k1 - k0)).reshape(
-                width, k1 - k0
-            )
-            counts[:, 0] += count_carry
-            np.cumsum(counts, axis=1, out=counts)
-            count_carry = counts[:, -1].copy()
-            counts = np.rint(counts).astype(np.int64)
-        held = np.rint(grid).astype(np.int64)
+            counts, count_carry = _running_sums(cells, counted[a:b], width, k1 - k0, count_carry)
         _top_levels(side, held, low, k0, d.levels, depth, out_price, out_quantity, out_orders, counts)
+
+
+def _running_sums(
+    cells: np.ndarray, weights: np.ndarray, width: int, steps: int, carry: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(levels x steps grid, its last column): `weights` summed per cell, then summed along the steps
+    from `carry` (the previous chunk's last column)."""
+    grid: np.ndarray = np.bincount(cells, weights=weights, minlength=width * steps).reshape(width, steps)
+    grid[:, 0] += carry
+    np.cumsum(grid, axis=1, out=grid)
+    return np.rint(grid).astype(np.int64), grid[:, -1].copy()
 
 
 def _fill_side(
