@@ -281,6 +281,17 @@ def test_export_the_book_after_every_change_and_its_updates_read_back_exactly(
         assert _dataset_changes(mine, 3) == expected, f"duckdb {symbol}"
         mine = from_polars.filter(pl.col("symbol") == symbol).to_pandas()
         assert _dataset_changes(mine, 3) == expected, f"polars {symbol}"
+        for _, ms, seq, top in expected[:: len(expected) // 15]:  # and what Store.book says then
+            book = store.book(symbol, ms, 3)
+            assert book.attrs["seq"] == seq and book.attrs["valid"]
+            assert {
+                s: list(
+                    book[book["side"] == s][["price", "quantity", "orders"]].itertuples(
+                        index=False, name=None
+                    )
+                )
+                for s in ("bid", "ask")
+            } == top
     # the same range again: the same rows, in new files, nothing else left behind
     before = set(out.rglob("*.parquet"))
     _export(out, "--kind", "book:3")

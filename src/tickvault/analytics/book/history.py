@@ -23,7 +23,8 @@ Over one symbol's columns in application order (semantics: `domain.book`, and `l
   visible level row per cell: set where a row is the last of its (level, step) pair (one stable sort
   by level), forward-filled with np.maximum.accumulate along the steps; the epoch check empties what
   a clear emptied; the top N per step come from a cumulative count of non-empty levels from the
-  best. Steps go in chunks so the grid stays within ~2M cells. O(m log m + levels x steps).
+  best. Steps go in chunks so the grid stays within ~2M cells. O(m log m + levels x steps). With
+  `orders=True` the same cells give each level's order count (MBP: the row's; MBO: a second sum).
   MBO frames skip the per-row level totals: each level change is summed into the cell of the step
   where it becomes visible (np.bincount), the grid is a running sum along the steps (np.cumsum), and
   a clear subtracts, where it becomes visible, everything its epoch had added.
