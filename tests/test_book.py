@@ -125,6 +125,20 @@ def frame_state(frames: Any, k: int) -> State:
     return out
 
 
+def frame_state_with_orders(frames: Any, k: int) -> State:
+    """A frame counted with orders=True as (price, quantity, orders) per level (orders 0 past the end)."""
+    out: State = {}
+    for side, levels in frame_state(frames, k).items():
+        counts = getattr(frames, f"{side}_orders")[k]
+        assert (counts[len(levels) :] == 0).all()
+        out[side] = [(p, q, c) for (p, q), c in zip(levels, counts.tolist(), strict=False)]
+    return out
+
+
+def top_levels(state: State, depth: int) -> State:
+    return {side: levels[:depth] for side, levels in state.items()}
+
+
 def without_orders(state: State, depth: int) -> State:
     return {side: [(p, q) for p, q, _ in levels[:depth]] for side, levels in state.items()}
 
@@ -301,9 +315,12 @@ def test_vectorised_readers_equal_the_reference_on_a_simulated_session(kind: str
     # frames every 250 ms, 10 deep; book_at at some of those steps, full depth
     first, end = events[0].timestamp_ms, events[-1].timestamp_ms
     frames = book_frames(cols, first - 1000, end + 1000, 250, depth=10)
+    counted = book_frames(cols, first - 1000, end + 1000, 250, depth=10, orders=True)
+    assert frames.bid_orders is None and list(counted.columns())[-1] == "ask_orders_10"
     states = oracle_states(events, kind, frames.time_ms.tolist())
     for k, (at, reference) in enumerate(zip(frames.time_ms.tolist(), states, strict=True)):
         assert frame_state(frames, k) == without_orders(reference, 10), f"frame at {at}"
+        assert frame_state_with_orders(counted, k) == top_levels(reference, 10), f"frame at {at}"
         assert bool(frames.valid[k]) == (at >= first)
         if k % 25 == 0:
             assert state_of(book_at(cols, at, depth=None)) == reference
@@ -506,9 +523,11 @@ def _check_against_reference(events: list[Any], kind: str) -> None:
         got = book_at(cols, at, depth=None)
         assert state_of(got) == oracle_at(events, kind, at), f"book_at({at})"
         assert got.valid == oracle_valid(events, at), f"valid at {at}"
-    frames = book_frames(cols, times[0], times[-1], 50, depth=3)
+    frames = book_frames(cols, times[0], times[-1], 50, depth=3, orders=True)
     for k, at in enumerate(frames.time_ms.tolist()):
-        assert frame_state(frames, k) == without_orders(oracle_at(events, kind, at), 3), f"frame at {at}"
+        assert frame_state_with_orders(frames, k) == top_levels(oracle_at(events, kind, at), 3), (
+            f"frame at {at}"
+        )
         assert bool(frames.valid[k]) == oracle_valid(events, at)
     expected, previous = [], None
     for last, state in apply_batches(events, kind):

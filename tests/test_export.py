@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -13,10 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from book_reference import apply_batches
 from factories import BASE_MS, ticks
 from tickvault.app.cli import app
 from tickvault.app.export import Partition, export, write_partition
+from tickvault.domain.book import BookBatch, BookColumns
+from tickvault.domain.events import B3_TZ
+from tickvault.sources.book_simulator import BookMarketSimulator
+from tickvault.store import book_sealing
 from tickvault.store.api import Store
+from tickvault.store.book_writer import BookPart, BookWriter
 
 runner = CliRunner()
 DAY = 86_400_000
@@ -154,6 +163,9 @@ def test_export_candles_and_features(system_env: dict[str, str], store: Store, t
         (["--start", "2025-11-25", "--end", "2025-11-24"], "end"),
         (["--start", "2025-11-24", "--kind", "book"], "--kind='book'"),
         (["--start", "2025-11-24", "--kind", "candles:7m"], "candles:TF"),
+        (["--start", "2025-11-24", "--kind", "book:0"], "book:N needs N"),
+        (["--start", "2025-11-24", "--kind", "book:x"], "book:N needs N"),
+        (["--start", "2025-11-24", "--kind", "book:10:soon"], "book:N:STEP needs a step"),
         (["--start", "yesterday-ish"], "start"),
     ],
 )
@@ -183,3 +195,141 @@ def test_a_terminal_gets_a_progress_bar_then_the_summary(store: Store, tmp_path:
     )
     assert result.rows == 100 and "100 rows" in screen.getvalue()  # the bar's last state
     assert lines == [lines[0]] and lines[0].startswith("exported 100 rows of ticks into 1 partitions")
+
+
+# -- the order book ----------------------------------------------------------------------------------
+
+BOOKS = {"WDOFUT": "mbp", "WINFUT": "mbo"}
+
+
+def _fill_book(store: Store, monkeypatch: pytest.MonkeyPatch) -> dict[str, BookColumns]:
+    """The same simulated opening on Monday and on Tuesday (seqs continuing) of an MBP and an MBO
+    book, written 40 batches at a time, then sealed but for the last seconds: the written columns."""
+    monkeypatch.setattr(book_sealing, "BLOCK_ROWS", 600)  # a few blocks a day
+    written = {}
+    for symbol, kind in BOOKS.items():
+        sim = BookMarketSimulator([symbol], kind=kind, seed=7, start=datetime(2025, 11, 24, 9, tzinfo=B3_TZ))  # type: ignore[arg-type]
+        batches = [b for b in itertools.islice(sim.events(), 1200) if isinstance(b, BookBatch)]
+        writer = BookWriter(
+            store.client, store.keys, snapshot_every=300, snapshot_ms=10**12, owner="rec@test"
+        )
+        parts, seqs = [], 0
+        for day in (0, 1):
+            for i in range(0, len(batches), 40):
+                cols = BookColumns.from_events([e for b in batches[i : i + 40] for e in b]).columns()
+                cols["timestamp_ms"] = cols["timestamp_ms"] + day * DAY
+                cols["received_ms"] = cols["received_ms"] + day * DAY
+                cols["seq"] = cols["seq"] + seqs
+                parts.append(BookColumns(symbol, kind, **cols))  # type: ignore[arg-type]
+                writer.write([BookPart(parts[-1], len(parts))])
+            seqs = int(parts[-1].seq[-1])
+        assert store.compact_book(symbol, 2000) > 0
+        written[symbol] = BookColumns.concat(parts)
+    return written
+
+
+def _reference_changes(cols: BookColumns, depth: int) -> list[tuple[str, int, int, Any]]:
+    """(B3 day, time, seq, top levels) after every batch that changed the top `depth` levels, the last
+    batch of a ms standing for it, from the slow reference book."""
+    after: dict[int, tuple[int, Any]] = {}
+    for last, state in apply_batches(cols.events(), cols.kind):
+        after[last.timestamp_ms] = (last.seq, {side: levels[:depth] for side, levels in state.items()})
+    rows, previous = [], None
+    for ms, (seq, top) in after.items():
+        if top != previous:
+            day = str(pd.Timestamp(ms, unit="ms", tz=B3_TZ).date())
+            rows.append((day, ms, seq, top))
+            previous = top
+    return rows
+
+
+def _dataset_changes(frame: pd.DataFrame, depth: int) -> list[tuple[str, int, int, Any]]:
+    rows = []
+    for row in frame.sort_values("timestamp", kind="stable").itertuples(index=False):
+        values = row._asdict()
+        top = {
+            side: [
+                (values[f"{side}_px_{i}"], values[f"{side}_sz_{i}"], values[f"{side}_orders_{i}"])
+                for i in range(1, depth + 1)
+                if values[f"{side}_sz_{i}"] > 0
+            ]
+            for side in ("bid", "ask")
+        }
+        assert values["valid"]
+        stamp = pd.Timestamp(values["timestamp"])
+        rows.append((str(values["date"])[:10], stamp.value // 1_000_000, values["seq"], top))
+    return rows
+
+
+def test_export_the_book_after_every_change_and_its_updates_read_back_exactly(
+    system_env: dict[str, str], store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = _fill_book(store, monkeypatch)
+    out = tmp_path / "book"
+    _export(out, "--kind", "book:3")
+    assert _parts(out) == [f"date={d}/symbol={s}" for d in ("2025-11-24", "2025-11-25") for s in SYMBOLS]
+    glob = f"{out}/**/*.parquet"
+    query = f"select * from read_parquet('{glob}', hive_partitioning = true)"
+    from_duckdb = duckdb.sql(query).df()
+    from_polars = pl.scan_parquet(glob, hive_partitioning=True).collect()
+    assert from_polars.schema["timestamp"] == pl.Datetime("ns", "UTC")
+    assert from_polars.columns[:2] == ["timestamp", "bid_px_1"] and "ask_orders_3" in from_polars.columns
+    for symbol, cols in written.items():
+        expected = _reference_changes(cols, 3)
+        assert len(expected) > 500 and {day for day, *_ in expected} == {"2025-11-24", "2025-11-25"}
+        mine = from_duckdb[from_duckdb["symbol"] == symbol]
+        assert _dataset_changes(mine, 3) == expected, f"duckdb {symbol}"
+        mine = from_polars.filter(pl.col("symbol") == symbol).to_pandas()
+        assert _dataset_changes(mine, 3) == expected, f"polars {symbol}"
+        for _, ms, seq, top in expected[:: len(expected) // 15]:  # and what Store.book says then
+            book = store.book(symbol, ms, 3)
+            assert book.attrs["seq"] == seq and book.attrs["valid"]
+            assert {
+                s: list(
+                    book[book["side"] == s][["price", "quantity", "orders"]].itertuples(
+                        index=False, name=None
+                    )
+                )
+                for s in ("bid", "ask")
+            } == top
+    # the same range again: the same rows, in new files, nothing else left behind
+    before = set(out.rglob("*.parquet"))
+    _export(out, "--kind", "book:3")
+    assert not before & set(out.rglob("*.parquet")) and len(list(out.rglob("*"))) == 2 + 4 + 4
+    again = duckdb.sql(query).df()
+    pd.testing.assert_frame_equal(
+        again.sort_values(["symbol", "timestamp"], ignore_index=True),
+        from_duckdb.sort_values(["symbol", "timestamp"], ignore_index=True),
+    )
+    # the raw updates: the written columns, row for row, in the order they apply
+    updates = tmp_path / "updates"
+    _export(updates, "--kind", "book-updates")
+    frame = pl.scan_parquet(f"{updates}/**/*.parquet", hive_partitioning=True).collect()
+    for symbol, cols in written.items():
+        mine = frame.filter(pl.col("symbol") == symbol)
+        assert mine["seq"].to_list() == cols.seq.tolist()
+        assert mine["price"].to_list() == cols.price.tolist()
+        assert mine["quantity"].to_list() == cols.quantity.tolist()
+        assert mine["action"].cast(pl.String).to_list() == [
+            ("add", "update", "delete", "clear")[a] for a in cols.action
+        ]
+        assert mine["timestamp"].dt.epoch("ms").to_list() == cols.timestamp_ms.tolist()
+        stored = store.book_updates(symbol, "2025-11-24", "2025-11-25", output="polars")
+        assert mine["flags"].to_list() == stored["flags"].to_list() == cols.flags.tolist()
+    assert "order_id" in frame.columns and "orders" in frame.columns  # MBO's and MBP's, one dataset
+
+
+def test_export_the_book_every_step(
+    system_env: dict[str, str], store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill_book(store, monkeypatch)
+    out = tmp_path / "frames"
+    _export(out, "--kind", "book:2:1m")
+    got = duckdb.sql(f"select * from read_parquet('{out}/**/*.parquet', hive_partitioning = true)").df()
+    for symbol in SYMBOLS:
+        want = store.book_frames(symbol, "2025-11-24", "2025-11-25", "1m", 2, orders=True).reset_index()
+        want["timestamp"] = want["timestamp"].dt.tz_convert("UTC")
+        mine = got[got["symbol"] == symbol].sort_values("timestamp", ignore_index=True)
+        mine["timestamp"] = pd.to_datetime(mine["timestamp"], utc=True).dt.as_unit("ns")
+        assert len(mine) == 2 * 1440 and mine["valid"].sum() > 0
+        pd.testing.assert_frame_equal(mine[list(want.columns)], want, check_dtype=False)

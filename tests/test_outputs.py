@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -11,9 +13,13 @@ import pyarrow as pa
 import pytest
 
 from factories import BASE_MS, tick, ticks
-from tickvault.domain.events import Features, Signal, from_ms
+from tickvault.domain.book import BookBatch, BookColumns
+from tickvault.domain.events import B3_TZ, Features, Signal, from_ms
 from tickvault.errors import ConfigError
+from tickvault.sources.book_simulator import BookMarketSimulator
+from tickvault.store import book_sealing
 from tickvault.store.api import Store
+from tickvault.store.book_writer import BookPart, BookWriter
 
 END = BASE_MS + 60_000
 TICK_TYPES = {
@@ -134,3 +140,50 @@ def test_unknown_output_and_missing_polars_are_clear_errors(
     with pytest.raises(ConfigError, match=r"pip install 'tickvault\[polars\]'"):
         store.ticks("WDOFUT", BASE_MS, END, output="polars")
     assert len(store.ticks("WDOFUT", BASE_MS, END, output="arrow")) == 10  # arrow needs no polars
+
+
+def _stored_book(store: Store, kind: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """A simulated book session's start, its first part sealed, the rest live: (first, last) time."""
+    sim = BookMarketSimulator(["WDOFUT"], kind=kind, seed=3, start=datetime(2025, 11, 24, 9, tzinfo=B3_TZ))
+    batches = [b for b in itertools.islice(sim.events(), 1500) if isinstance(b, BookBatch)]
+    monkeypatch.setattr(book_sealing, "BLOCK_ROWS", 500)  # a few small blocks
+    writer = BookWriter(
+        store.client, store.keys, snapshot_every=300, snapshot_ms=10**12, owner="recorder@test"
+    )
+    for i in range(0, len(batches), 50):
+        cols = BookColumns.from_events([e for b in batches[i : i + 50] for e in b])
+        writer.write([BookPart(cols, i // 50 + 1)])
+    first, last = batches[0].timestamp_ms, batches[-1].timestamp_ms
+    assert store.compact_book("WDOFUT", 2000) > 0
+    return first, last
+
+
+@pytest.mark.parametrize("kind", ["mbp", "mbo"])
+def test_book_reads_are_the_same_in_pandas_arrow_and_polars(
+    store: Store, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, last = _stored_book(store, kind, monkeypatch)
+    reads = {
+        "book": lambda o: store.book("WDOFUT", (first + last) // 2, 5, output=o),
+        "book, every level": lambda o: store.book("WDOFUT", last, None, output=o),
+        "book before any": lambda o: store.book("WDOFUT", first - 1, output=o),
+        "book_frames": lambda o: store.book_frames("WDOFUT", first - 500, last, "250ms", 3, output=o),
+        "quotes": lambda o: store.quotes("WDOFUT", first, last, output=o),
+        "book_updates": lambda o: store.book_updates("WDOFUT", first, last, output=o),
+        "no updates": lambda o: store.book_updates("WDOFUT", last + 1, last + 2, output=o),
+    }
+    for name, read in reads.items():
+        outputs = [read(o) for o in ("pandas", "arrow", "polars")]
+        assert len(outputs[0]) > 0 or name in ("book before any", "no updates"), name
+        _same(*outputs)
+    book = store.book("WDOFUT", last, 5, output="arrow")
+    assert book.schema.metadata[b"tickvault.valid"] == b"True"
+    assert book.column("side").to_pylist() == ["bid"] * 5 + ["ask"] * 5
+    updates = store.book_updates("WDOFUT", first, last, output="arrow")
+    assert updates.schema.field("action").type == pa.dictionary(pa.int8(), pa.string())
+    assert updates.schema.field("flags").type == pa.uint8()
+    frames = store.book_frames("WDOFUT", first - 500, last, "250ms", 3, output="polars")
+    assert frames["valid"].to_list()[:2] == [False, False] and frames["valid"][-1]
+    assert store.book_updates("WDOFUT", first, last, output="polars").schema["side"] == pl.Enum(
+        ["bid", "ask", "none"]
+    )

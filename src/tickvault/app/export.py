@@ -9,8 +9,15 @@ Exporting a range again replaces the partitions of the days it touches, and only
 written under a hidden temporary name, renamed into place, and only then are the partition's older
 files removed, so a reader sees the old file or the new one, never half of one; a partition with no
 rows in the range any more loses its files. Rows come from `Store` reads (`output="arrow"`, so ticks
-go from block columns to Parquet without pandas); partitions are written by two threads (zstd and
-the Parquet encoder release the GIL).
+and the book go from their columns to Parquet without pandas); partitions are written by two threads
+(zstd and the Parquet encoder release the GIL).
+
+The book's kinds: `book:N`, the top N levels after every batch that changed them (`Store.book_changes`:
+bid_px_1..N, bid_sz_1..N, ask_px_1..N, ask_sz_1..N, bid_orders_1..N, ask_orders_1..N, valid, seq;
+the layout of `Store.book_frames`); `book:N:STEP`, the same columns but seq, every STEP from the
+partition's start (`Store.book_frames`); `book-updates`, the raw updates as stored
+(`Store.book_updates`, with MBP's and MBO's columns both so that one dataset has one schema), in the
+order they apply (seq order: time order unless an exchange clock stepped back).
 """
 
 from __future__ import annotations
@@ -32,11 +39,15 @@ from rich.progress import Progress, TextColumn
 
 from tickvault.analytics.candles import TIMEFRAMES
 from tickvault.domain.events import B3_TZ, to_ms, validate_symbol
-from tickvault.domain.timeparse import TimeLike, to_ms_bounds
-from tickvault.errors import ConfigError
+from tickvault.domain.timeparse import TimeLike, parse_duration_ms, to_ms_bounds
+from tickvault.errors import ConfigError, DataError
 from tickvault.store.api import Store
+from tickvault.store.book_reader import book_updates_frame
 
-KINDS_HELP = f"ticks, candles:TF (TF in {', '.join(TIMEFRAMES)}), features, predictions or signals"
+KINDS_HELP = (
+    f"ticks, candles:TF (TF in {', '.join(TIMEFRAMES)}), features, predictions, signals, book:N (the top N"
+    " levels after every change), book:N:STEP (every STEP, e.g. book:10:1s) or book-updates"
+)
 UTC_NS = pa.timestamp("ns", tz="UTC")
 
 
@@ -61,12 +72,28 @@ class ExportResult:
 
 
 def check_kind(kind: str) -> str:
-    """ticks, features, predictions, signals or candles:TF."""
-    if kind in ("ticks", "features", "predictions", "signals"):
+    """ticks, features, predictions, signals, candles:TF, book:N, book:N:STEP or book-updates."""
+    if kind in ("ticks", "features", "predictions", "signals", "book-updates"):
         return kind
     if kind.startswith("candles:") and kind.split(":", 1)[1] in TIMEFRAMES:
         return kind
+    if kind.startswith("book:"):
+        book_kind(kind)
+        return kind
     raise ConfigError("--kind", kind, f"must be {KINDS_HELP}")
+
+
+def book_kind(kind: str) -> tuple[int, int | None]:
+    """(depth, step in ms or None: every change) of `book:N` or `book:N:STEP`."""
+    _, depth, step = (kind.split(":", 2) + [""])[:3]
+    if not depth.isdigit() or int(depth) <= 0:
+        raise ConfigError("--kind", kind, "book:N needs N, the levels a side, a positive whole number")
+    if not step:
+        return int(depth), None
+    try:
+        return int(depth), parse_duration_ms(step, field="--kind")
+    except DataError:
+        raise ConfigError("--kind", kind, "book:N:STEP needs a step such as 500ms, 1s, 1m") from None
 
 
 def partitions(symbols: list[str], start_ms: int, end_ms: int) -> list[Partition]:
@@ -87,16 +114,26 @@ def partitions(symbols: list[str], start_ms: int, end_ms: int) -> list[Partition
 
 def read_partition(store: Store, kind: str, part: Partition) -> pa.Table:
     """The rows of one partition as written: `timestamp` first, in UTC, without the symbol column."""
+    span = (part.symbol, part.start_ms, part.end_ms)
     if kind == "ticks":
-        table = store.ticks(part.symbol, part.start_ms, part.end_ms, output="arrow")
+        table = store.ticks(*span, output="arrow")
     elif kind.startswith("candles:"):
         table = store.candles(part.symbol, kind.split(":", 1)[1], part.start_ms, part.end_ms, output="arrow")
+    elif kind == "book-updates":  # MBP's and MBO's columns both: one schema for any symbols' dataset
+        table = book_updates_frame(store.book_update_columns(*span), "arrow", every_column=True)
+    elif kind.startswith("book:"):
+        depth, step = book_kind(kind)
+        if step is None:
+            table = store.book_changes(*span, depth, output="arrow")
+        else:
+            table = store.book_frames(*span, step, depth, orders=True, output="arrow")
     else:
-        table = store.events(kind, part.symbol, part.start_ms, part.end_ms, output="arrow")
+        table = store.events(kind, *span, output="arrow")
     if "symbol" in table.column_names:
         table = table.drop_columns(["symbol"])  # in the path
     stamps = table.column("timestamp").cast(UTC_NS)  # the same instants: only the zone changes
-    return table.set_column(0, pa.field("timestamp", UTC_NS, nullable=False), stamps)
+    table = table.set_column(0, pa.field("timestamp", UTC_NS, nullable=False), stamps)
+    return table.replace_schema_metadata(None)  # a read's attrs (the book's symbol, kind) are not data
 
 
 def write_partition(root: Path, part: Partition, table: pa.Table, token: str) -> Path | None:

@@ -14,16 +14,26 @@ was itself stored across a gap, or no snapshot or clear of each side comes befor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from tickvault.analytics.book import book_at, book_frames, cutoffs, quotes, snapshot_at, valid_rows
+from tickvault.analytics.book import (
+    book_at,
+    book_frames,
+    cutoffs,
+    frames_at,
+    quotes,
+    snapshot_at,
+    valid_rows,
+)
 from tickvault.domain.book import ACTIONS, COLUMN_NAMES, SIDES, BookColumns, BookKind
 from tickvault.domain.events import B3_TZ, to_ms, validate_symbol
 from tickvault.domain.keys import KeySpace
 from tickvault.domain.timeparse import TimeLike, parse_duration_ms, parse_time, to_ms_bounds
+from tickvault.errors import DataError
 from tickvault.store.book_codec import decode_columns
 from tickvault.store.book_live import (
     BookPosition,
@@ -36,7 +46,11 @@ from tickvault.store.book_live import (
 )
 from tickvault.store.book_sealing import BookBlockRef, BookHistory
 from tickvault.store.cluster import node_client
+from tickvault.store.frames import Coded, Output, check_output, numpy_output
 from tickvault.store.valkey_errors import map_valkey_errors
+
+if TYPE_CHECKING:
+    import polars as pl
 
 _UPDATE_COLUMNS = {
     "mbp": ("side", "price", "quantity", "orders", "action", "flags", "seq", "received_ms", "timestamp_ms"),
@@ -53,11 +67,20 @@ _UPDATE_COLUMNS = {
         "timestamp_ms",
     ),
 }
-
-
-def _index(ms: np.ndarray) -> pd.DatetimeIndex:
-    stamps = np.asarray(ms, np.int64).astype("datetime64[ms]").astype("datetime64[ns]")
-    return pd.DatetimeIndex(stamps, name="timestamp").tz_localize("UTC").tz_convert(B3_TZ)
+# both kinds' columns: one schema for an exported dataset of MBP and MBO books
+_ALL_UPDATE_COLUMNS = (
+    "side",
+    "price",
+    "quantity",
+    "orders",
+    "order_id",
+    "agent",
+    "action",
+    "flags",
+    "seq",
+    "received_ms",
+    "timestamp_ms",
+)
 
 
 class BookQueries:
@@ -179,46 +202,161 @@ class BookQueries:
 
     # -- queries ---------------------------------------------------------------------------------
 
-    def book(self, symbol: str, at: TimeLike, depth: int | None = 10) -> pd.DataFrame:
+    @overload
+    def book(
+        self, symbol: str, at: TimeLike, depth: int | None = 10, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def book(
+        self, symbol: str, at: TimeLike, depth: int | None = 10, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def book(
+        self, symbol: str, at: TimeLike, depth: int | None = 10, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def book(self, symbol: str, at: TimeLike, depth: int | None = 10, *, output: Output = "pandas") -> Any:
         """The book of `symbol` after its last complete batch at or before `at`: one row per level
         (bids best first, then asks), columns side, level (1 = best), price, quantity, orders,
         indexed by `at`. `attrs`: symbol, at, as_of (time of the last batch applied, None if none),
-        seq (of its last update), valid (see the module docstring)."""
+        seq (of its last update), valid (see the module docstring); arrow has them as schema metadata
+        (`tickvault.valid`...), polars not. `output`: "pandas", "arrow" or "polars" (`store.frames`)."""
+        check_output(output)
         at_ms = to_ms(parse_time(at, field="at"))
         cols, opening = self.book_replay(symbol, at_ms, at_ms)
         result = book_at(cols, at_ms, depth)
         valid = bool(valid_rows(cols, cutoffs(cols, np.array([at_ms])), opening=opening)[0])
         table = result.table()
-        frame = pd.DataFrame(table, index=_index(np.full(len(table["side"]), at_ms)))
-        frame.attrs.update(
-            symbol=symbol,
-            at=pd.Timestamp(at_ms, unit="ms", tz="UTC").tz_convert(B3_TZ),
-            as_of=None
+        attrs = {
+            "symbol": symbol,
+            "at": pd.Timestamp(at_ms, unit="ms", tz="UTC").tz_convert(B3_TZ),
+            "as_of": None
             if result.as_of_ms is None
             else pd.Timestamp(result.as_of_ms, unit="ms", tz="UTC").tz_convert(B3_TZ),
-            seq=result.seq,
-            valid=valid,
-        )
-        return frame
+            "seq": result.seq,
+            "valid": valid,
+        }
+        return numpy_output(np.full(len(table["side"]), at_ms), table, output, attrs)
 
+    @overload
     def book_frames(
-        self, symbol: str, start: TimeLike, end: TimeLike, every: str | int = "1s", depth: int = 10
-    ) -> pd.DataFrame:
+        self,
+        symbol: str,
+        start: TimeLike,
+        end: TimeLike,
+        every: str | int = "1s",
+        depth: int = 10,
+        *,
+        orders: bool = False,
+        output: Literal["pandas"] = ...,
+    ) -> pd.DataFrame: ...
+    @overload
+    def book_frames(
+        self,
+        symbol: str,
+        start: TimeLike,
+        end: TimeLike,
+        every: str | int = "1s",
+        depth: int = 10,
+        *,
+        orders: bool = False,
+        output: Literal["arrow"],
+    ) -> pa.Table: ...
+    @overload
+    def book_frames(
+        self,
+        symbol: str,
+        start: TimeLike,
+        end: TimeLike,
+        every: str | int = "1s",
+        depth: int = 10,
+        *,
+        orders: bool = False,
+        output: Literal["polars"],
+    ) -> pl.DataFrame: ...
+    def book_frames(
+        self,
+        symbol: str,
+        start: TimeLike,
+        end: TimeLike,
+        every: str | int = "1s",
+        depth: int = 10,
+        *,
+        orders: bool = False,
+        output: Output = "pandas",
+    ) -> Any:
         """The book every `every` (`1s`, `500ms`, `1m`...) from `start` through `end`: one row per step,
         columns bid_px_1..N, bid_sz_1..N, ask_px_1..N, ask_sz_1..N (price NaN and size 0 past a
-        side's end) and valid, indexed by the step's time."""
+        side's end), with `orders` bid_orders_1..N and ask_orders_1..N (the levels' order counts),
+        and valid, indexed by the step's time."""
+        check_output(output)
         start_ms, end_ms = to_ms_bounds(start, end)
         step = parse_duration_ms(every)
         cols, opening = self.book_replay(symbol, start_ms, end_ms)
-        frames = book_frames(cols, start_ms, end_ms, step, depth)
+        frames = book_frames(cols, start_ms, end_ms, step, depth, orders=orders)
         valid = frames.valid & valid_rows(cols, cutoffs(cols, frames.time_ms), opening=opening)
-        frame = pd.DataFrame(frames.columns(), index=_index(frames.time_ms))
-        frame["valid"] = valid
-        return frame
+        return numpy_output(frames.time_ms, {**frames.columns(), "valid": valid}, output)
 
-    def quotes(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+    @overload
+    def book_changes(
+        self, symbol: str, start: TimeLike, end: TimeLike, depth: int = 10, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def book_changes(
+        self, symbol: str, start: TimeLike, end: TimeLike, depth: int = 10, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def book_changes(
+        self, symbol: str, start: TimeLike, end: TimeLike, depth: int = 10, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def book_changes(
+        self, symbol: str, start: TimeLike, end: TimeLike, depth: int = 10, *, output: Output = "pandas"
+    ) -> Any:
+        """The top `depth` levels after every batch in [start, end] that changed them (or `valid`):
+        `book_frames`' columns with the order counts (bid_px_1..N, bid_sz_1..N, ask_px_1..N,
+        ask_sz_1..N, bid_orders_1..N, ask_orders_1..N, valid) plus the seq of the batch's last
+        update, indexed by its time. Each row equals `book(symbol, time,
+        depth)`; batches of one ms make one row (the book as of that ms), a batch that changed only
+        deeper levels none. The first row is one if it differs from the book just before `start`."""
+        check_output(output)
+        start_ms, end_ms = to_ms_bounds(start, end)
+        if depth <= 0:
+            raise DataError("depth", f"must be positive, got {depth}")
+        cols, opening = self.book_replay(symbol, start_ms - 1, end_ms)
+        ends = cols.batch_ends()
+        stamps = np.maximum.accumulate(cols.timestamp_ms)[ends] if len(cols) else np.empty(0, np.int64)
+        times = np.unique(stamps[(stamps >= start_ms) & (stamps <= end_ms)])
+        every = np.concatenate([[start_ms - 1], times])  # the book before `start`: what the first changes
+        frames = frames_at(cols, every, depth, orders=True)
+        stops = cutoffs(cols, every)
+        valid = frames.valid & valid_rows(cols, stops, opening=opening)
+        data: dict[str, np.ndarray] = {**frames.columns(), "valid": valid}
+        changed = np.zeros(every.size, bool)
+        for values in data.values():
+            same = (values[1:] == values[:-1]) | (
+                np.isnan(values[1:]) & np.isnan(values[:-1]) if values.dtype.kind == "f" else False
+            )
+            changed[1:] |= ~same
+        keep = np.flatnonzero(changed)
+        out = {name: values[keep] for name, values in data.items()}
+        out["seq"] = cols.seq[stops[keep]] if keep.size else np.empty(0, np.int64)
+        return numpy_output(every[keep], out, output)
+
+    @overload
+    def quotes(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def quotes(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def quotes(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def quotes(self, symbol: str, start: TimeLike, end: TimeLike, *, output: Output = "pandas") -> Any:
         """The best bid and ask (bid_px, bid_sz, ask_px, ask_sz) after every batch in [start, end]
         that changed either, with the seq of that batch's last update; price NaN: side empty."""
+        check_output(output)
         start_ms, end_ms = to_ms_bounds(start, end)
         cols, _ = self.book_replay(symbol, start_ms, end_ms)
         q = quotes(cols)
@@ -230,14 +368,27 @@ class BookQueries:
             "ask_sz": q.ask_quantity[keep],
             "seq": q.seq[keep],
         }
-        return pd.DataFrame(data, index=_index(q.time_ms[keep]))
+        return numpy_output(q.time_ms[keep], data, output)
 
-    def book_updates(self, symbol: str, start: TimeLike, end: TimeLike) -> pd.DataFrame:
+    @overload
+    def book_updates(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["pandas"] = ...
+    ) -> pd.DataFrame: ...
+    @overload
+    def book_updates(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["arrow"]
+    ) -> pa.Table: ...
+    @overload
+    def book_updates(
+        self, symbol: str, start: TimeLike, end: TimeLike, *, output: Literal["polars"]
+    ) -> pl.DataFrame: ...
+    def book_updates(self, symbol: str, start: TimeLike, end: TimeLike, *, output: Output = "pandas") -> Any:
         """The raw book updates stamped in [start, end], in the order they apply (seq), as stored:
         MBP columns side, price, quantity, orders, action, flags, seq, received_ms, timestamp_ms (MBO:
         order_id and agent instead of orders), indexed by exchange time; `attrs` symbol and kind."""
+        check_output(output)
         start_ms, end_ms = to_ms_bounds(start, end)
-        return book_updates_frame(self.book_update_columns(symbol, start_ms, end_ms))
+        return book_updates_frame(self.book_update_columns(symbol, start_ms, end_ms), output)
 
     # -- housekeeping ----------------------------------------------------------------------------
 
@@ -292,20 +443,19 @@ def _merged(symbol: str, kind: BookKind, parts: list[BookColumns], after: int) -
     return rows
 
 
-def book_updates_frame(cols: BookColumns) -> pd.DataFrame:
-    """BookColumns -> the book_updates DataFrame (see `BookQueries.book_updates`)."""
-    data: dict[str, Any] = {}
-    for name in _UPDATE_COLUMNS[cols.kind]:
+def book_updates_frame(cols: BookColumns, output: Output = "pandas", *, every_column: bool = False) -> Any:
+    """BookColumns -> the book_updates frame (see `BookQueries.book_updates`), in the form asked for;
+    `every_column`: MBP's and MBO's columns both (orders, order_id, agent: 0 where the kind has none)."""
+    data: dict[str, np.ndarray | Coded] = {}
+    for name in _ALL_UPDATE_COLUMNS if every_column else _UPDATE_COLUMNS[cols.kind]:
         values = getattr(cols, name)
         if name == "side":
-            data[name] = pd.Categorical.from_codes(values.astype(np.int8), categories=list(SIDES))
+            data[name] = Coded(values, SIDES)
         elif name == "action":
-            data[name] = pd.Categorical.from_codes(values.astype(np.int8), categories=list(ACTIONS))
+            data[name] = Coded(values, ACTIONS)
         else:
             data[name] = values
-    frame = pd.DataFrame(data, index=_index(cols.timestamp_ms))
-    frame.attrs.update(symbol=cols.symbol, kind=cols.kind)
-    return frame
+    return numpy_output(cols.timestamp_ms, data, output, {"symbol": cols.symbol, "kind": cols.kind})
 
 
 def book_updates_columns(frame: pd.DataFrame, symbol: str, kind: BookKind) -> BookColumns:

@@ -5,7 +5,8 @@ America/Sao_Paulo ns, categories as Categorical. arrow and polars have no index:
 first column (the same instant, ns, the same time zone), then the frame's columns in its order;
 categories are dictionary arrays (arrow) and Categorical (polars).
 
-Ticks become arrow straight from the block columns (`ticks_table`, no pandas in between); polars is
+Ticks become arrow straight from the block columns (`ticks_table`, no pandas in between), and so do
+the book's reads (`numpy_output`: numpy columns to pandas, or to arrow without pandas); polars is
 made from that arrow table (zero copy where the types allow). Frames that are computed in pandas
 (candles, features, predictions, signals) are converted from it. polars is an optional extra
 (`pip install tickvault[polars]`), imported only when asked for.
@@ -14,7 +15,8 @@ made from that arrow table (zero copy where the types allow). Frames that are co
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 import numpy as np
@@ -89,6 +91,58 @@ def ticks_table(parts: Sequence[tuple[str, Columns]]) -> pa.Table:
         else:
             arrays[f.name] = pa.array(values, type=_ARROW[str(f.frame)])
     return pa.table(arrays)
+
+
+@dataclass(frozen=True)
+class Coded:
+    """A categorical column of `numpy_output`: integer codes into `names`."""
+
+    codes: np.ndarray
+    names: Sequence[str]
+
+
+def ms_index(time_ms: np.ndarray) -> pd.DatetimeIndex:
+    """Exchange times in ms as the `timestamp` index of every read: ns, America/Sao_Paulo."""
+    stamps = np.asarray(time_ms, np.int64).astype("datetime64[ms]").astype("datetime64[ns]")
+    return pd.DatetimeIndex(stamps, name="timestamp").tz_localize("UTC").tz_convert(B3_TZ)
+
+
+def ms_timestamps(time_ms: np.ndarray) -> pa.Array:
+    """Exchange times in ms as the arrow `timestamp` column (ns, America/Sao_Paulo)."""
+    return pa.array(np.asarray(time_ms, np.int64) * 1_000_000, type=pa.int64()).view(TIMESTAMP)
+
+
+def numpy_output(
+    time_ms: np.ndarray,
+    data: Mapping[str, np.ndarray | Coded],
+    output: Output,
+    attrs: Mapping[str, Any] | None = None,
+) -> Any:
+    """Columns of numpy arrays (one row per time in `time_ms`) in the form asked for: pandas indexed
+    by `timestamp` with `attrs`, or arrow made from the arrays themselves (no pandas; `attrs` as
+    schema metadata `tickvault.NAME`, their str), or polars made from that arrow table."""
+    if output == "pandas":
+        columns: dict[str, Any] = {}
+        for name, v in data.items():
+            if isinstance(v, Coded):
+                columns[name] = pd.Categorical.from_codes(v.codes.astype(np.int8), categories=list(v.names))
+            elif v.dtype == object:  # text: pandas' string dtype even when empty, as arrow's converts
+                columns[name] = pd.Series(v, dtype="str").array
+            else:
+                columns[name] = v
+        frame = pd.DataFrame(columns, index=ms_index(time_ms))
+        frame.attrs.update(attrs or {})
+        return frame
+    arrays: dict[str, pa.Array] = {"timestamp": ms_timestamps(time_ms)}
+    for name, v in data.items():
+        if isinstance(v, Coded):
+            arrays[name] = _dictionary(v.codes, v.names)
+        else:  # text as strings even when empty (numpy's object arrays say nothing of their type)
+            arrays[name] = pa.array(v, type=pa.string() if v.dtype == object else None)
+    table = pa.table(arrays)
+    if attrs:
+        table = table.replace_schema_metadata({f"tickvault.{k}": str(v) for k, v in attrs.items()})
+    return from_table(table, output)
 
 
 def tick_columns(ticks: Iterable[Tick]) -> Columns:

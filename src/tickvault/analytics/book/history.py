@@ -23,7 +23,8 @@ Over one symbol's columns in application order (semantics: `domain.book`, and `l
   visible level row per cell: set where a row is the last of its (level, step) pair (one stable sort
   by level), forward-filled with np.maximum.accumulate along the steps; the epoch check empties what
   a clear emptied; the top N per step come from a cumulative count of non-empty levels from the
-  best. Steps go in chunks so the grid stays within ~2M cells. O(m log m + levels x steps).
+  best. Steps go in chunks so the grid stays within ~2M cells. O(m log m + levels x steps). With
+  `orders=True` the same cells give each level's order count (MBP: the row's; MBO: a second sum).
   MBO frames skip the per-row level totals: each level change is summed into the cell of the step
   where it becomes visible (np.bincount), the grid is a running sum along the steps (np.cumsum), and
   a clear subtracts, where it becomes visible, everything its epoch had added.
@@ -330,7 +331,8 @@ def _mbo_sides(cols: BookColumns, last_clear: list[int], stop: int, depth: int |
 @dataclass(frozen=True)
 class BookFrames:
     """The book every `every_ms` from `start_ms`: one row per step, `depth` levels a side (price NaN
-    and quantity 0 past a side's end); `valid` as in `BookAt`."""
+    and quantity 0 past a side's end); `valid` as in `BookAt`; the levels' order counts when asked
+    for (MBP: as stored, MBO: the orders resting there)."""
 
     time_ms: np.ndarray  # int64 [K]
     bid_price: np.ndarray  # float64 [K, N]
@@ -338,15 +340,24 @@ class BookFrames:
     ask_price: np.ndarray
     ask_quantity: np.ndarray
     valid: np.ndarray  # bool [K]
+    bid_orders: np.ndarray | None = None  # int64 [K, N]
+    ask_orders: np.ndarray | None = None
 
     def columns(self) -> dict[str, np.ndarray]:
-        """bid_px_1..N, bid_sz_1..N, ask_px_1..N, ask_sz_1..N (the store's DataFrame columns)."""
+        """bid_px_1..N, bid_sz_1..N, ask_px_1..N, ask_sz_1..N (the store's DataFrame columns), then
+        bid_orders_1..N, ask_orders_1..N when counted."""
         out: dict[str, np.ndarray] = {}
+        counts = (
+            [("bid_orders", self.bid_orders), ("ask_orders", self.ask_orders)]
+            if self.bid_orders is not None and self.ask_orders is not None
+            else []
+        )
         for name, matrix in (
             ("bid_px", self.bid_price),
             ("bid_sz", self.bid_quantity),
             ("ask_px", self.ask_price),
             ("ask_sz", self.ask_quantity),
+            *counts,
         ):
             for i in range(matrix.shape[1]):
                 out[f"{name}_{i + 1}"] = matrix[:, i]
@@ -361,21 +372,27 @@ def book_frames(
     depth: int = 10,
     *,
     tick_size: float | None = None,
+    orders: bool = False,
 ) -> BookFrames:
     """The book at start_ms, start_ms + every_ms, ... <= end_ms, each after the last complete batch
     at or before that step."""
     if every_ms <= 0:
         raise DataError("every", f"must be positive, got {every_ms} ms")
-    return frames_at(
-        cols, np.arange(start_ms, end_ms + 1, every_ms, dtype=np.int64), depth, tick_size=tick_size
-    )
+    times = np.arange(start_ms, end_ms + 1, every_ms, dtype=np.int64)
+    return frames_at(cols, times, depth, tick_size=tick_size, orders=orders)
 
 
 def frames_at(
-    cols: BookColumns, times_ms: np.ndarray, depth: int = 10, *, tick_size: float | None = None
+    cols: BookColumns,
+    times_ms: np.ndarray,
+    depth: int = 10,
+    *,
+    tick_size: float | None = None,
+    orders: bool = False,
 ) -> BookFrames:
     """The book at each of `times_ms` (ascending, repeats allowed), each after the last complete
-    batch at or before that time: `book_frames` at any times, e.g. the ticks' (the features' backfill)."""
+    batch at or before that time: `book_frames` at any times, e.g. the ticks' (the features' backfill).
+    `orders`: the levels' order counts too."""
     if depth <= 0:
         raise DataError("depth", f"must be positive, got {depth}")
     times = np.asarray(times_ms, np.int64)
@@ -391,6 +408,8 @@ def frames_at(
         np.full((k, depth), np.nan),
         np.zeros((k, depth), np.int64),
         _validity(cols, cut, clears) if k else np.zeros(0, bool),
+        np.zeros((k, depth), np.int64) if orders else None,
+        np.zeros((k, depth), np.int64) if orders else None,
     )
     if k == 0 or cut[-1] < 0:
         return frames
@@ -399,9 +418,9 @@ def frames_at(
     lv = None if deltas else level_rows(cols, int(cut[-1]), tick_size=tick)
     for side in (BID, ASK):
         out = (
-            (frames.bid_price, frames.bid_quantity)
+            (frames.bid_price, frames.bid_quantity, frames.bid_orders)
             if side == BID
-            else (frames.ask_price, frames.ask_quantity)
+            else (frames.ask_price, frames.ask_quantity, frames.ask_orders)
         )
         clear_rows = clears[side][clears[side] <= cut[-1]]
         if deltas is not None:
@@ -422,12 +441,15 @@ def _top_levels(
     depth: int,
     out_price: np.ndarray,
     out_quantity: np.ndarray,
+    out_orders: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
 ) -> None:
     """The best `depth` non-empty levels of every step of a levels x steps grid (rows ascend in
-    price from code `low`) into the output rows from step k0."""
+    price from code `low`) into the output rows from step k0 (`counts`: the grid's order counts)."""
     high = low + held.shape[0] - 1
     if side == BID:
         held = held[::-1]  # best (highest price) first
+        counts = None if counts is None else counts[::-1]
     present = held > 0
     rank = np.cumsum(present, axis=0)
     li, ki = np.nonzero(present & (rank <= depth))
@@ -435,6 +457,8 @@ def _top_levels(
     level = (high - li) if side == BID else (low + li)
     out_price[k0 + ki, slot] = levels[level]
     out_quantity[k0 + ki, slot] = held[li, ki]
+    if out_orders is not None and counts is not None:
+        out_orders[k0 + ki, slot] = counts[li, ki]
 
 
 def _fill_side_from_deltas(
@@ -445,11 +469,13 @@ def _fill_side_from_deltas(
     depth: int,
     out_price: np.ndarray,
     out_quantity: np.ndarray,
+    out_orders: np.ndarray | None = None,
 ) -> None:
-    """Levels x steps by sums: each step's level quantities are the running sum of the changes
-    visible by then; a clear subtracts, where it becomes visible, everything its epoch had added."""
+    """Levels x steps by sums: each step's level quantities (and order counts) are the running sum
+    of the changes visible by then; a clear subtracts, where it becomes visible, everything its
+    epoch had added."""
     sel = d.side == side
-    row, code, change = d.row[sel], d.code[sel], d.quantity[sel]
+    row, code, change, counted = d.row[sel], d.code[sel], d.quantity[sel], d.orders[sel]
     if row.size == 0:
         return
     k = cut.size
@@ -461,24 +487,45 @@ def _fill_side_from_deltas(
         totals = np.bincount(
             epoch * width + (code - low), weights=change, minlength=(clear_rows.size + 1) * width
         ).reshape(clear_rows.size + 1, width)[:-1]
+        # an epoch's level holds orders exactly when it holds quantity: the same resets
+        count_totals = (
+            np.bincount(
+                epoch * width + (code - low), weights=counted, minlength=(clear_rows.size + 1) * width
+            ).reshape(clear_rows.size + 1, width)[:-1]
+            if out_orders is not None
+            else totals
+        )
         r_epoch, r_level = np.nonzero(totals)
         reset_step = np.searchsorted(cut, clear_rows, side="left")[r_epoch]
         order = np.argsort(np.concatenate([step, reset_step]), kind="stable")
         step = np.concatenate([step, reset_step])[order]
         code = np.concatenate([code, r_level + low])[order]
         change = np.concatenate([change, -np.rint(totals[r_epoch, r_level]).astype(np.int64)])[order]
+        reset = -np.rint(count_totals[r_epoch, r_level]).astype(np.int64)
+        counted = np.concatenate([counted, reset])[order]
     chunk = max(1, _CELLS // width)
     carry: np.ndarray = np.zeros(width)
+    count_carry: np.ndarray = np.zeros(width)
     for k0 in range(0, k, chunk):
         k1 = min(k, k0 + chunk)
         a, b = np.searchsorted(step, [k0, k1])
-        grid: np.ndarray = np.bincount(
-            (code[a:b] - low) * (k1 - k0) + (step[a:b] - k0), weights=change[a:b], minlength=width * (k1 - k0)
-        ).reshape(width, k1 - k0)
-        grid[:, 0] += carry
-        np.cumsum(grid, axis=1, out=grid)
-        carry = grid[:, -1].copy()
-        _top_levels(side, np.rint(grid).astype(np.int64), low, k0, d.levels, depth, out_price, out_quantity)
+        cells = (code[a:b] - low) * (k1 - k0) + (step[a:b] - k0)
+        held, carry = _running_sums(cells, change[a:b], width, k1 - k0, carry)
+        counts = None
+        if out_orders is not None:
+            counts, count_carry = _running_sums(cells, counted[a:b], width, k1 - k0, count_carry)
+        _top_levels(side, held, low, k0, d.levels, depth, out_price, out_quantity, out_orders, counts)
+
+
+def _running_sums(
+    cells: np.ndarray, weights: np.ndarray, width: int, steps: int, carry: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(levels x steps grid, its last column): `weights` summed per cell, then summed along the steps
+    from `carry` (the previous chunk's last column)."""
+    grid: np.ndarray = np.bincount(cells, weights=weights, minlength=width * steps).reshape(width, steps)
+    grid[:, 0] += carry
+    np.cumsum(grid, axis=1, out=grid)
+    return np.rint(grid).astype(np.int64), grid[:, -1].copy()
 
 
 def _fill_side(
@@ -490,8 +537,10 @@ def _fill_side(
     depth: int,
     out_price: np.ndarray,
     out_quantity: np.ndarray,
+    out_orders: np.ndarray | None = None,
 ) -> None:
     row, code, quantity = lv.row[sel], lv.code[sel], lv.quantity[sel]
+    orders = lv.orders[sel] if out_orders is not None else quantity
     if row.size == 0:
         return
     k = cut.size
@@ -519,8 +568,10 @@ def _fill_side(
         np.maximum.accumulate(grid, axis=1, out=grid)
         carry = grid[:, -1].copy()
         safe = np.maximum(grid, 0)
-        held = np.where((grid >= 0) & (epoch[safe] == step_epoch[k0:k1]), quantity[safe], 0)
-        _top_levels(side, held, low, k0, lv.levels, depth, out_price, out_quantity)
+        alive = (grid >= 0) & (epoch[safe] == step_epoch[k0:k1])
+        held = np.where(alive, quantity[safe], 0)
+        counts = None if out_orders is None else np.where(alive, orders[safe], 0)
+        _top_levels(side, held, low, k0, lv.levels, depth, out_price, out_quantity, out_orders, counts)
 
 
 # --- top of book at every change ----------------------------------------------------------------

@@ -70,7 +70,7 @@ def export(
     output: Annotated[Path, Opt(help="Dataset folder: date=YYYY-MM-DD/symbol=SYMBOL/part-*.parquet")],
     end: Annotated[str, Opt(help="Inclusive end, same forms as --start")] = "now",
     kind: Annotated[
-        str, Opt(help="ticks, candles:TF (TF in 1m, 5m, 15m, 1h, 1d), features, predictions or signals")
+        str, Opt(help="ticks, candles:TF, features, predictions, signals, book:N[:STEP] or book-updates")
     ] = "ticks",
 ) -> None:
     """Write a time range as a hive-partitioned Parquet dataset (zstd, UTC ns timestamps); exporting
