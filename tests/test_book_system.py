@@ -1,5 +1,5 @@
 """The order book in `tickvault run` (the simulator's book published, recorded, in the features) and
-in `tickvault query` (--kind book:N, book-frames:STEP, quotes, book-updates)."""
+in `tickvault query` (--kind book:N, book-frames:STEP, book-changes:N, quotes, book-updates)."""
 
 from __future__ import annotations
 
@@ -113,6 +113,7 @@ def _iso(ms: int) -> str:
     [
         ("book:5", lambda store, a, b: store.book(SYMBOL, (a + b) // 2, 5)),
         ("book-frames:500ms:3", lambda store, a, b: store.book_frames(SYMBOL, a, b, "500ms", 3)),
+        ("book-changes:4", lambda store, a, b: store.book_changes(SYMBOL, a, b, 4)),
         ("quotes", lambda store, a, b: store.quotes(SYMBOL, a, b)),
         ("book-updates", lambda store, a, b: store.book_updates(SYMBOL, a, b)),
     ],
@@ -153,6 +154,7 @@ def test_query_book_updates_as_json_are_the_events(
         (["--kind", "book:0", "--at", "now"], "positive"),
         (["--kind", "book-frames:fast", "--start", "-1h"], "book-frames"),
         (["--kind", "quotes"], "--start"),
+        (["--kind", "book-changes:0", "--start", "-1h"], "positive"),
     ],
 )
 def test_query_refuses_a_bad_book_kind_with_a_clear_message(

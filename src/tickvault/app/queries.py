@@ -23,10 +23,10 @@ BookKind = tuple[str, str, int]  # (what, step, depth)
 def book_kind(kind: str) -> BookKind | None:
     """(what, step, depth) of an order-book --kind, None for any other kind."""
     what, _, rest = kind.partition(":")
-    if what not in ("book", "book-frames", "quotes", "book-updates"):
+    if what not in ("book", "book-frames", "book-changes", "quotes", "book-updates"):
         return None
     try:
-        if what == "book":
+        if what in ("book", "book-changes"):
             return what, "", int(rest) if rest else 10
         if what == "book-frames":
             step, _, depth = rest.partition(":")
@@ -40,7 +40,8 @@ def book_kind(kind: str) -> BookKind | None:
     raise ConfigError(
         "--kind",
         kind,
-        "must be book:N, book-frames:STEP[:N] (e.g. book-frames:1s:10), quotes or book-updates",
+        "must be book:N, book-frames:STEP[:N] (e.g. book-frames:1s:10), book-changes[:N], quotes or"
+        " book-updates",
     )
 
 
@@ -59,7 +60,7 @@ def check_kind(kind: str, symbols: list[str], start: str | None = "", at: str | 
     if start is None:
         raise ConfigError("--start", None, f"--kind {kind} needs a range: --start T [--end T]")
     if book is not None:
-        if book[0] == "book-frames" and book[2] <= 0:
+        if book[0] in ("book-frames", "book-changes") and book[2] <= 0:
             raise ConfigError("--kind", kind, "the depth must be a positive number of levels")
         return
     if kind == "ticks" or kind in EVENTS:
@@ -87,6 +88,8 @@ def read_kind(
         assert start is not None
         if what == "book-frames":
             return store.book_frames(symbols[0], start, end, step, depth)
+        if what == "book-changes":
+            return store.book_changes(symbols[0], start, end, depth)
         if what == "quotes":
             return store.quotes(symbols[0], start, end)
         return store.book_updates(symbols[0], start, end)

@@ -31,7 +31,8 @@ def query(
         str,
         Opt(
             help="ticks, candles:TF (TF in 1m, 5m, 15m, 1h, 1d), features, predictions, signals; the order "
-            "book: book:N (N levels a side, with --at), book-frames:STEP[:N] (e.g. 1s), quotes, book-updates"
+            "book: book:N (N levels a side, with --at), book-frames:STEP[:N] (e.g. 1s), book-changes[:N], "
+            "quotes, book-updates"
         ),
     ] = "ticks",
     at: Annotated[str | None, Opt(help="--kind book:N: the moment, same forms as --start")] = None,
