@@ -48,6 +48,7 @@ from tickvault.domain.events import data_error, to_ms, validate_symbol
 from tickvault.domain.keys import book_topic
 from tickvault.domain.tick_schema import NonNegativeInt
 from tickvault.errors import DataError
+from tickvault.recorder.frames import Rejected
 from tickvault.store.book_writer import BookPart
 
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # what a column holds
@@ -128,17 +129,10 @@ def kind_of(frame: FrameWire) -> BookKind:
 
 
 @dataclass
-class RejectedFrame:
-    index: int
-    error: DataError
-    frames: Sequence[bytes]
-
-
-@dataclass
 class DecodedFrames:
     frames: list[FrameWire] = field(default_factory=list)  # those with a batch kept, in the order received
     parts: list[BookPart] = field(default_factory=list)  # their valid batches as columns, one part per symbol
-    rejected: list[RejectedFrame] = field(default_factory=list)  # a bad frame, or a bad batch of one
+    rejected: list[Rejected] = field(default_factory=list)  # a bad frame, or a bad batch of one
 
 
 def _decode_one(message: Sequence[bytes]) -> FrameWire:
@@ -170,7 +164,7 @@ def decode_book_frames(messages: Sequence[Sequence[bytes]]) -> DecodedFrames:
                 wires.append(_decode_one(message))
             except DataError as exc:
                 wires.append(None)
-                out.rejected.append(RejectedFrame(i, exc, message))
+                out.rejected.append(Rejected(i, exc, message))
     _Batch(messages, wires).check(out)
     out.rejected.sort(key=lambda r: r.index)
     return out
@@ -269,7 +263,7 @@ class _Batch:
             if wire is None:
                 continue
             if i in self.errors:
-                out.rejected.append(RejectedFrame(i, self.errors[i], self.messages[i]))
+                out.rejected.append(Rejected(i, self.errors[i], self.messages[i]))
             elif i in kept:
                 out.frames.append(wire)
 
@@ -375,7 +369,7 @@ class _Batch:
             if count > 1:
                 number = batch - int(batch_of[np.searchsorted(at, i)]) + 1
                 error = DataError(error.field, f"{error.reason} (batch {number} of the frame's {count})")
-            out.rejected.append(RejectedFrame(i, error, self.messages[i]))
+            out.rejected.append(Rejected(i, error, self.messages[i]))
 
 
 def _time_mismatches(texts: Sequence[str], millis: np.ndarray) -> dict[int, DataError]:
