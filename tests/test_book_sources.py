@@ -1,5 +1,5 @@
-"""The order book of the other sources of `tickvault run`: ProfitDLL's offer book (the gcc-built fake
-DLL of tests/native) and a replay from the store (`store:START..END` into a namespace), each
+"""The order book of the other sources of `tickvault run`: ProfitDLL's offer or price book (the gcc-built
+fake DLL of tests/native) and a replay from the store (`store:START..END` into a namespace), each
 published and recorded, the stored book held against the book it came from."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until
-from fake_profitdll import BUY, OFFER, SELL, FakeControls, build_fake_dll
+from fake_profitdll import BUY, OFFER, PRICE, SELL, FakeControls, build_fake_dll
 from tickvault.app.components.source import SourceSpec
 from tickvault.app.system import System
 from tickvault.config import load_settings
@@ -54,25 +54,34 @@ def fake(fake_dll: Path) -> Iterator[FakeControls]:
     controls.reset()
 
 
-def dll_levels(fake: FakeControls) -> Levels:
-    """The fake DLL's own offer book, summed by price, best first."""
+def dll_levels(fake: FakeControls, book: int) -> Levels:
+    """The fake DLL's own book, by price, best first: the offer book's orders summed, the price book's
+    levels as they are (each with its count of orders)."""
     out: Levels = {}
     for side, name in ((BUY, "bid"), (SELL, "ask")):
         levels: dict[float, tuple[int, int]] = {}
-        for price, quantity, _, _ in fake.snapshot(OFFER, side):
-            total, count = levels.get(price, (0, 0))
-            levels[price] = (total + quantity, count + 1)
+        for price, quantity, count, _ in fake.snapshot(book, side):
+            total, orders = levels.get(price, (0, 0))
+            levels[price] = (total + quantity, orders + (1 if book == OFFER else count))
         prices = sorted(levels, reverse=name == "bid")
         out[name] = [(p, *levels[p]) for p in prices]
     return out
 
 
-def test_run_with_profitdll_records_the_dll_s_offer_book(
+# seeds whose random sessions leave both sides of the book non-empty after every burst
+@pytest.mark.parametrize(
+    ("setting", "book", "kind", "seed"), [("offer", OFFER, "mbo", 40), ("price", PRICE, "mbp", 60)]
+)
+def test_run_with_profitdll_records_the_dll_s_book(
     fake: FakeControls,
     fake_dll: Path,
     system_env: dict[str, str],
     store: Store,
     monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    book: int,
+    kind: str,
+    seed: int,
 ) -> None:
     for name, value in (
         ("PROFIT_DLL_PATH", str(fake_dll)),
@@ -81,6 +90,7 @@ def test_run_with_profitdll_records_the_dll_s_offer_book(
         ("PROFIT_KEY", "KEY-123"),
         ("TICKVAULT_SYMBOLS", "WDOF26"),
         ("WEB_ENABLED", "false"),
+        ("PROFITDLL_BOOK", setting),
     ):
         monkeypatch.setenv(name, value)  # fmt: skip
     spec = SourceSpec.parse("profitdll", "WDOF26")
@@ -97,9 +107,9 @@ def test_run_with_profitdll_records_the_dll_s_offer_book(
         assert wait_until(lambda: store.book_position("WDOF26").updates > 0, timeout=30)  # the full book
         for burst in range(3):
             assert wait_until(fake.idle, timeout=60)
-            fake.random(OFFER, 40 + burst, 300)
+            fake.random(book, seed + burst, 300)
             assert wait_until(fake.idle, timeout=60)
-            expected = dll_levels(fake)
+            expected = dll_levels(fake, book)
             assert expected["bid"] and expected["ask"]
             wait_until(
                 lambda expected=expected: stored_levels(store, "WDOF26", newest()) == expected, timeout=30
@@ -111,15 +121,18 @@ def test_run_with_profitdll_records_the_dll_s_offer_book(
     assert summary.drained and system.source_error is None
     counters = summary.counters
     assert counters["book_stored"] == counters["book_generated"] > 0 and counters["book_rejected"] == 0
-    assert store.book_position("WDOF26").kind == "mbo"
+    assert store.book_position("WDOF26").kind == kind
+    assert fake.calls(PRICE if book == OFFER else OFFER, 2) == 0  # the other book was never subscribed
 
 
+@pytest.mark.parametrize("no_book", [("BOOK_ENABLED", "false"), ("PROFITDLL_BOOK", "none")])
 def test_run_with_profitdll_and_no_book_records_trades_only(
     fake: FakeControls,
     fake_dll: Path,
     system_env: dict[str, str],
     store: Store,
     monkeypatch: pytest.MonkeyPatch,
+    no_book: tuple[str, str],
 ) -> None:
     for name, value in (
         ("PROFIT_DLL_PATH", str(fake_dll)),
@@ -128,15 +141,16 @@ def test_run_with_profitdll_and_no_book_records_trades_only(
         ("PROFIT_KEY", "KEY-123"),
         ("TICKVAULT_SYMBOLS", "WDOF26"),
         ("WEB_ENABLED", "false"),
-        ("BOOK_ENABLED", "false"),
+        no_book,
     ):
         monkeypatch.setenv(name, value)  # fmt: skip
     spec = SourceSpec.parse("profitdll", "WDOF26")
     settings = load_settings()
     stop = threading.Event()
     system = System(
-        settings, source=spec.factory(settings, stop), hold_back=False, warm_up=True, book=spec.makes_book
-    )
+        settings, source=spec.factory(settings, stop), hold_back=False, warm_up=True,
+        book=spec.makes_book_with(settings),
+    )  # fmt: skip
     system.stop_event = stop
     system.start()
     try:
@@ -144,7 +158,7 @@ def test_run_with_profitdll_and_no_book_records_trades_only(
     finally:
         summary = system.stop()
     assert summary.drained and system.component("book") is None
-    assert fake.calls(OFFER, 2) == 0 and store.book_position("WDOF26").kind is None
+    assert fake.calls(OFFER, 2) == fake.calls(PRICE, 2) == 0 and store.book_position("WDOF26").kind is None
 
 
 # --- a replay from the store -------------------------------------------------------------------------

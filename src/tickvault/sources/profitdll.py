@@ -81,6 +81,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tickvault.config import ProfitBook
 from tickvault.domain.book import BookBatch
 from tickvault.domain.events import B3_TZ, Tick, make_tick, to_ms
 from tickvault.errors import ConfigError, DataError, TickvaultError
@@ -511,11 +512,12 @@ class ProfitDLLSource:
 
 
 def profitdll_source(
-    settings: Any, stop: threading.Event, *, book: bool = False
+    settings: Any, stop: threading.Event, *, book: ProfitBook = "none"
 ) -> Callable[[Any], Iterator[Tick | BookBatch]]:
     """A `System` source: log in with PROFIT_* settings, subscribe to the configured symbols' trades
-    and, with `book`, their offer books (by order: `OrderUpdate` batches, a full book first). A DLL
-    without the V2 book callbacks gives trades only (logged when it loads)."""
+    and to their `book` (PROFITDLL_BOOK): the offer book (by order: `OrderUpdate` batches) or the price
+    book (by level: `BookUpdate` batches), each opening with a full book. A DLL without the V2 book
+    callbacks gives trades only (logged when it loads)."""
 
     def source(_: Any) -> Iterator[Tick | BookBatch]:
         def secret(value: Any) -> str:
@@ -528,8 +530,9 @@ def profitdll_source(
         session.start()
         try:
             session.subscribe(settings.symbols)
-            if book and session.has_book:
-                session.subscribe_offer_book(settings.symbols)
+            if book != "none" and session.has_book:
+                subscribe = session.subscribe_offer_book if book == "offer" else session.subscribe_price_book
+                subscribe(settings.symbols)
                 yield from session.events(stop)
             else:
                 yield from session.ticks(stop)

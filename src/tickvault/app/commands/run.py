@@ -43,7 +43,7 @@ def run(
             settings, handlers=[view], source=spec.factory(settings, stop),
             record_only=settings.symbols if settings.only == "recorder" and symbols else None,
             hold_back=False if spec.live else None, warm_up=True if spec.live else None,
-            book=spec.makes_book,
+            book=spec.makes_book_with(settings),
         )  # fmt: skip
         system.stop_event = stop  # the DLL's tick queue ends when the system stops
         stop_on_sigterm(stop)
