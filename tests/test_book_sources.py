@@ -90,7 +90,7 @@ def test_run_with_profitdll_records_the_dll_s_book(
         ("PROFIT_KEY", "KEY-123"),
         ("TICKVAULT_SYMBOLS", "WDOF26"),
         ("WEB_ENABLED", "false"),
-        ("PROFITDLL_BOOK", setting),
+        ("PROFIT_BOOK", setting),
     ):
         monkeypatch.setenv(name, value)  # fmt: skip
     spec = SourceSpec.parse("profitdll", "WDOF26")
@@ -125,7 +125,7 @@ def test_run_with_profitdll_records_the_dll_s_book(
     assert fake.calls(PRICE if book == OFFER else OFFER, 2) == 0  # the other book was never subscribed
 
 
-@pytest.mark.parametrize("no_book", [("BOOK_ENABLED", "false"), ("PROFITDLL_BOOK", "none")])
+@pytest.mark.parametrize("no_book", [("BOOK_ENABLED", "false"), ("PROFIT_BOOK", "none")])
 def test_run_with_profitdll_and_no_book_records_trades_only(
     fake: FakeControls,
     fake_dll: Path,

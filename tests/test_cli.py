@@ -87,7 +87,7 @@ def test_query_parquet_and_table(system_env: dict[str, str], store: Store, tmp_p
         (["run", "--source", "nasdaq"], "--source"),
         (["run", "--symbols", "a b"], "TICKVAULT_SYMBOLS"),
         (["run", "--only", "bogus"], "TICKVAULT_ONLY"),
-        (["run", "--source", "profitdll", "--profitdll-book", "levels"], "PROFITDLL_BOOK='levels'"),
+        (["run", "--source", "profitdll", "--profit-book", "levels"], "PROFIT_BOOK='levels'"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_specific_message(

@@ -41,7 +41,7 @@ HONOURED = [
     ("FEATURES_INTERVAL_MS", "250", "features_interval_ms", 250),
     ("PROFIT_DLL_PATH", "C:/Profit/ProfitDLL64.dll", "profit_dll_path", Path("C:/Profit/ProfitDLL64.dll")),
     ("PROFIT_USER", "trader@example.com", "profit_user", "trader@example.com"),
-    ("PROFITDLL_BOOK", "Price", "profitdll_book", "price"),
+    ("PROFIT_BOOK", "Price", "profit_book", "price"),
     ("ZMQ_ALLOW_INSECURE", "true", "zmq_allow_insecure", True),
     ("ZMQ_CONSUME_ENABLED", "true", "zmq_consume_enabled", True),
     ("ZMQ_CURVE_SERVER_PUBLIC", "k/s.key", "zmq_curve_server_public", Path("k/s.key")),
@@ -124,7 +124,7 @@ def test_embedded_is_default_and_explicit_host_means_external(monkeypatch: pytes
         ("WEB_PORT", "http", "valid integer"),
         ("WEB_PORT", "65536", "less than or equal"),
         ("WEB_ENABLED", "perhaps", "valid boolean"),
-        ("PROFITDLL_BOOK", "mbp", "'offer', 'price' or 'none'"),
+        ("PROFIT_BOOK", "mbp", "'offer', 'price' or 'none'"),
     ],
 )
 def test_bad_value_names_the_variable_and_value(

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     profit_password: SecretStr | None = Field(None, validation_alias="PROFIT_PASSWORD")
     profit_key: SecretStr | None = Field(None, validation_alias="PROFIT_KEY")
     # which of its books, with BOOK_ENABLED: every order (offer), the lighter price levels, or none
-    profitdll_book: ProfitBook = Field("offer", validation_alias="PROFITDLL_BOOK")
+    profit_book: ProfitBook = Field("offer", validation_alias="PROFIT_BOOK")
     # features and the live predictor
     model_path: Path | None = Field(None, validation_alias="TICKVAULT_MODEL")  # None: DATA_DIR/model
     signal_threshold: float = Field(0.55, gt=0, le=1, validation_alias="SIGNAL_THRESHOLD")
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "profitdll_book", mode="before")
+    @field_validator("log_format", "profit_book", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

@@ -515,7 +515,7 @@ def profitdll_source(
     settings: Any, stop: threading.Event, *, book: ProfitBook = "none"
 ) -> Callable[[Any], Iterator[Tick | BookBatch]]:
     """A `System` source: log in with PROFIT_* settings, subscribe to the configured symbols' trades
-    and to their `book` (PROFITDLL_BOOK): the offer book (by order: `OrderUpdate` batches) or the price
+    and to their `book` (PROFIT_BOOK): the offer book (by order: `OrderUpdate` batches) or the price
     book (by level: `BookUpdate` batches), each opening with a full book. A DLL without the V2 book
     callbacks gives trades only (logged when it loads)."""
 

@@ -134,14 +134,14 @@ FLAGS: dict[str, Flag] = {
         "The source's order book (sim, ProfitDLL, book file, store): published, recorded, in features",
         ("--book/--no-book",),
     ),
-    "profitdll_book": Flag(str, "ProfitDLL's book: offer (by order), price (by level) or none"),
+    "profit_book": Flag(str, "ProfitDLL's book: offer (by order), price (by level) or none"),
     "web_port": Flag(int, "Web dashboard port, 0: any free port", min=0),
     "web_host": Flag(str, "Web dashboard address (beyond loopback it needs WEB_TOKEN)"),
 }
 SHARED = tuple(FLAGS)[: tuple(FLAGS).index("features_interval_ms") + 1]  # on the top-level command
 RUN = ("namespace", "symbols", "speed", "seed", "zmq_enabled", "zmq_consume_enabled", "valkey_enabled",
        "metrics_port", "only", "web_enabled", "web_port", "web_host", "book_enabled",
-       "profitdll_book")  # fmt: skip
+       "profit_book")  # fmt: skip
 
 
 def option(field: str) -> inspect.Parameter:

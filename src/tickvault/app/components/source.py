@@ -162,8 +162,8 @@ class SourceSpec:
         return self.spec in ("sim", "profitdll") or self.stored is not None or self.book_file is not None
 
     def makes_book_with(self, settings: Settings) -> bool:
-        """`makes_book`, unless PROFITDLL_BOOK=none leaves ProfitDLL's book alone (trades only)."""
-        return self.makes_book and not (self.live and settings.profitdll_book == "none")
+        """`makes_book`, unless PROFIT_BOOK=none leaves ProfitDLL's book alone (trades only)."""
+        return self.makes_book and not (self.live and settings.profit_book == "none")
 
     def factory(self, settings: Settings, stop: threading.Event) -> SourceFactory | None:
         """How the ticks are made (None: the simulator); `stop` ends a live feed."""
@@ -174,7 +174,7 @@ class SourceSpec:
         if self.live:
             from tickvault.sources.profitdll import profitdll_source
 
-            book = settings.profitdll_book if settings.book_enabled else "none"
+            book = settings.profit_book if settings.book_enabled else "none"
             return profitdll_source(settings, stop, book=book)
         return None
 
