@@ -296,6 +296,16 @@ class FeatureEngine:
         """Book batches that arrived after a tick they are stamped before (live != backfill there)."""
         return sum(live.late for live in self.live_books.values())
 
+    @property
+    def book_gaps(self) -> int:
+        """Gaps in the live books' update seqs (their values None until the next snapshot)."""
+        return sum(live.gaps for live in self.live_books.values())
+
+    def book_time(self, symbol: str) -> int | None:
+        """The effective time of `symbol`'s live book (its last complete batch); None: no batch yet."""
+        live = self.live_books.get(symbol)
+        return live.time_ms if live is not None else None
+
     def on_book(self, update: BookUpdate | OrderUpdate) -> None:
         """Fold one book update (MBP or MBO, by the symbol's first one) into the symbol's live book;
         the book features read it between complete batches only (`analytics.book_features`)."""

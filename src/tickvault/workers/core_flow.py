@@ -7,6 +7,15 @@ the ZeroMQ signal port (`features_{SYMBOL}`, `signal_{SYMBOL}`), then Valkey str
 (`stream:features|predictions|signals:{SYMBOL}`) in batches. A failing output is counted and logged;
 it never stops the others.
 
+Ticks and book batches taken from two buses (`run` with ZMQ_CONSUME_ENABLED) arrive in no known
+order between them, so the service can hold the ticks back for the book (`wait_for_book`): a tick at
+T waits until its symbol's live book has a batch of effective time >= T (then every batch stamped
+before T is in, as in-process), at most `BOOK_WAIT_S`; the ticks behind it wait with it, so ticks
+are folded in the order they came. A wait that runs out is counted (`features_book_waits_expired`);
+a batch stamped before T that comes after it then counts in `features_book_late`. A symbol whose
+wait ran out before it ever had a book is not waited for again until its book appears (a symbol the
+source makes no book for).
+
 Previous sessions' statistics come from the store (`store_history`), cached in Valkey per symbol and
 day, so every process and every backfill sees the same history for the same day. A session that
 starts while Valkey is unreachable starts at once without them (`HistoryLookup`): they are looked
@@ -15,6 +24,7 @@ up again in the background and the engine catches up when they arrive.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -40,6 +50,8 @@ from tickvault.workers.session_history import HistoryLookup, store_history
 
 log = logging.getLogger("tickvault.features")
 
+BOOK_WAIT_S = 1.0  # the longest a tick waits for its book (wall time)
+
 
 @dataclass
 class FeatureStats:
@@ -55,6 +67,7 @@ class FeatureStats:
     store_errors: int = 0
     dropped: int = 0  # events not written to Valkey because it was down too long (recomputable)
     warmed_up: int = 0  # stored ticks of the session folded in at start (a restart mid-session)
+    book_waits_expired: int = 0  # ticks folded before their book reached them (see the module docstring)
     latency_ns: list[int] = field(default_factory=list)  # tick handed in -> prediction out (last 100k)
 
 
@@ -102,6 +115,14 @@ class FeatureService:
             self._bind(signal_bind, curve)
         self._thread: threading.Thread | None = None
         self.idle = threading.Event()
+        self._book_wait_s: float | None = None  # None: ticks are not held for the book
+        self._held: collections.deque[tuple[Tick, int, float]] = collections.deque()  # tick, ns, deadline
+        self._bookless: set[str] = set()  # waited for in vain, no book yet: not waited for
+
+    def wait_for_book(self, wait_s: float = BOOK_WAIT_S) -> None:
+        """Hold each tick until its symbol's book has reached its time, at most `wait_s` (call before
+        the first tick; see the module docstring)."""
+        self._book_wait_s = wait_s
 
     def _bind(self, address: str, curve: ServerKeys | None) -> None:
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
@@ -189,22 +210,58 @@ class FeatureService:
     def _run(self) -> None:
         while True:
             try:
-                item = self._inbox.get(timeout=0.05)
+                wait = 0.05 if not self._held else max(0.0, min(0.05, self._held[0][2] - time.monotonic()))
+                item = self._inbox.get(timeout=wait)
                 if item is None:
+                    self._release(until_empty=True)  # every input is in: nothing more to wait for
                     return
                 self.idle.clear()
                 if isinstance(item, BookBatch):
                     self._book(item)
+                    self._release()
                     continue
                 if callable(item):
                     self._replay(item)
                     continue
-                self.process(*item)
+                if self._book_wait_s is None:
+                    self.process(*item)
+                else:
+                    self._held.append((*item, time.monotonic() + self._book_wait_s))
+                    self._release()
             except queue.Empty:
-                self.idle.set()
+                self._release()
+                if not self._held:
+                    self.idle.set()
             self._retry_bind()
 
+    def _release(self, *, until_empty: bool = False) -> None:
+        """Fold the held ticks, first come first, while the first one's book has reached it or its
+        wait has run out."""
+        held, engine = self._held, self.engine
+        now = time.monotonic()
+        while held:
+            tick, received_ns, deadline = held[0]
+            symbol = tick.symbol
+            book_ms = engine.book_time(symbol)
+            reached = book_ms is not None and book_ms >= tick.timestamp_ms
+            ready = until_empty or reached or symbol in self._bookless
+            if not ready:
+                if now < deadline:
+                    return
+                self.stats.book_waits_expired += 1
+                if book_ms is None:
+                    self._bookless.add(symbol)
+                    log.warning(
+                        "%s: no book within %g s of its tick; its ticks do not wait for it",
+                        symbol,
+                        self._book_wait_s,
+                    )
+            held.popleft()
+            self.process(tick, received_ns)
+
     def _book(self, batch: BookBatch) -> None:
+        if self._bookless and batch:
+            self._bookless.discard(batch[0].symbol)  # its book has come: its ticks wait for it again
         try:
             for update in batch:
                 self.engine.on_book(update)
@@ -348,4 +405,5 @@ class FeatureService:
             "feature_sessions_without_history": self._history.misses if self._history else 0,
             "features_published": s.published, "feature_publish_errors": s.publish_errors,
             "features_book_late": self.engine.book_late, "features_book_rejected": self.engine.book_rejected,
+            "features_book_gaps": self.engine.book_gaps, "features_book_waits_expired": s.book_waits_expired,
         }  # fmt: skip
