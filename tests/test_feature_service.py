@@ -190,6 +190,46 @@ def test_a_restarted_service_starts_from_the_stored_book(store: Store) -> None:
     assert [f.values for f in again] == [live.values]
 
 
+def test_a_tick_from_another_bus_than_its_book_waits_for_the_book_to_reach_it() -> None:
+    """Ticks and book batches from two buses (ZMQ_CONSUME_ENABLED): a tick that comes before the
+    batches stamped before it is held until its book has reached its time, so it reads them as it
+    would in-process; a wait that runs out is counted, and so is the batch that then comes late."""
+    from tickvault.domain.book import LAST, SNAPSHOT, BookBatch, level_update
+
+    def batches(symbol: str) -> list[BookBatch]:
+        opening = [
+            level_update(symbol, BASE_MS, "none", 0.0, 0, 0, "clear", seq=1, flags=SNAPSHOT),
+            level_update(symbol, BASE_MS, "bid", 5400.0, 30, 1, "add", seq=2, flags=SNAPSHOT),
+            level_update(symbol, BASE_MS, "ask", 5400.5, 10, 1, "add", seq=3, flags=SNAPSHOT | LAST),
+        ]
+        wider = level_update(symbol, BASE_MS + 5, "ask", 5400.5, 0, 0, "delete", seq=4, flags=LAST)
+        later = level_update(symbol, BASE_MS + 10, "bid", 5399.5, 1, 1, "add", seq=5, flags=LAST)
+        return [BookBatch(opening), BookBatch([wider]), BookBatch([later])]
+
+    def run(wait_s: float) -> tuple[list[Event], dict[str, int]]:
+        seen: list[Event] = []
+        service = FeatureService(["WDOFUT"], config=FeatureConfig(emit_interval_ms=0), handlers=[seen.append])
+        service.wait_for_book(wait_s)
+        service.start()
+        opening, wider, later = batches("WDOFUT")
+        try:
+            service.submit_book(opening)
+            service.submit(tick(ts_ms=BASE_MS + 10))  # before the batch stamped +5 that precedes it
+            service.submit_book(wider)
+            service.submit_book(later)
+            assert wait_until(lambda: len(seen) == 1)
+        finally:
+            service.stop()
+        return seen, service.counters()
+
+    held, counters = run(60.0)
+    assert isinstance(held[0], Features) and held[0].values["spread"] is None  # the ask side emptied at +5
+    assert counters["features_book_waits_expired"] == counters["features_book_late"] == 0
+    expired, counters = run(0.0)  # no wait: the tick reads the opening book, the +5 batch comes late
+    assert isinstance(expired[0], Features) and expired[0].values["spread"] == 0.5
+    assert counters["features_book_waits_expired"] == counters["features_book_late"] == 1
+
+
 def test_outputs_reach_zeromq_and_survive_a_dead_valkey_writer(store: Store) -> None:
     service = FeatureService(
         SYMBOLS, store=store, config=FeatureConfig(emit_interval_ms=0), signal_bind="tcp://127.0.0.1:*"

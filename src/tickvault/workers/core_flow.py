@@ -119,10 +119,10 @@ class FeatureService:
         self._held: collections.deque[tuple[Tick, int, float]] = collections.deque()  # tick, ns, deadline
         self._bookless: set[str] = set()  # waited for in vain, no book yet: not waited for
 
-    def wait_for_book(self, wait_s: float = BOOK_WAIT_S) -> None:
-        """Hold each tick until its symbol's book has reached its time, at most `wait_s` (call before
-        the first tick; see the module docstring)."""
-        self._book_wait_s = wait_s
+    def wait_for_book(self, wait_s: float | None = None) -> None:
+        """Hold each tick until its symbol's book has reached its time, at most `wait_s` (default
+        BOOK_WAIT_S; call before the first tick; see the module docstring)."""
+        self._book_wait_s = BOOK_WAIT_S if wait_s is None else wait_s
 
     def _bind(self, address: str, curve: ServerKeys | None) -> None:
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
