@@ -8,10 +8,12 @@ the ZeroMQ signal port (`features_{SYMBOL}`, `signal_{SYMBOL}`), then Valkey str
 it never stops the others.
 
 Ticks and book batches taken from two buses (`run` with ZMQ_CONSUME_ENABLED) arrive in no known
-order between them, so the service can hold the ticks back for the book (`wait_for_book`): a tick at
-T waits until its symbol's live book has a batch of effective time >= T (then every batch stamped
-before T is in, as in-process), at most `BOOK_WAIT_S`; the ticks behind it wait with it, so ticks
-are folded in the order they came. A wait that runs out is counted (`features_book_waits_expired`);
+order between them, so the service can merge them by time (`wait_for_book`): a tick at T waits until
+its symbol's book has brought a batch of effective time >= T (then every batch stamped before T is
+in), at most `BOOK_WAIT_S`, and the ticks behind it wait with it, so ticks are folded in the order
+they came; a batch waits for the first tick after it, so the live book never runs ahead of the
+ticks. Before each tick its symbol's batches of effective time < T are applied: what in-process
+order gives. A wait that runs out is counted (`features_book_waits_expired`);
 a batch stamped before T that comes after it then counts in `features_book_late`. A symbol whose
 wait ran out before it ever had a book is not waited for again until its book appears (a symbol the
 source makes no book for).
@@ -118,6 +120,8 @@ class FeatureService:
         self._book_wait_s: float | None = None  # None: ticks are not held for the book
         self._held: collections.deque[tuple[Tick, int, float]] = collections.deque()  # tick, ns, deadline
         self._bookless: set[str] = set()  # waited for in vain, no book yet: not waited for
+        self._books: dict[str, collections.deque[tuple[int, BookBatch]]] = {}  # (effective time, batch)
+        self._book_reach: dict[str, int] = {}  # the effective time of the newest batch taken
 
     def wait_for_book(self, wait_s: float | None = None) -> None:
         """Hold each tick until its symbol's book has reached its time, at most `wait_s` (default
@@ -236,20 +240,18 @@ class FeatureService:
 
     def _release(self, *, until_empty: bool = False) -> None:
         """Fold the held ticks, first come first, while the first one's book has reached it or its
-        wait has run out."""
-        held, engine = self._held, self.engine
+        wait has run out; before each, its book's batches of effective time before it."""
+        held, reach = self._held, self._book_reach
         now = time.monotonic()
         while held:
             tick, received_ns, deadline = held[0]
             symbol = tick.symbol
-            book_ms = engine.book_time(symbol)
-            reached = book_ms is not None and book_ms >= tick.timestamp_ms
-            ready = until_empty or reached or symbol in self._bookless
+            ready = until_empty or reach.get(symbol, -1) >= tick.timestamp_ms or symbol in self._bookless
             if not ready:
                 if now < deadline:
                     return
                 self.stats.book_waits_expired += 1
-                if book_ms is None:
+                if symbol not in reach:
                     self._bookless.add(symbol)
                     log.warning(
                         "%s: no book within %g s of its tick; its ticks do not wait for it",
@@ -257,11 +259,32 @@ class FeatureService:
                         self._book_wait_s,
                     )
             held.popleft()
+            self._apply_books(symbol, tick.timestamp_ms)
             self.process(tick, received_ns)
+        if until_empty:
+            for symbol in list(self._books):
+                self._apply_books(symbol, 2**62)
+
+    def _apply_books(self, symbol: str, before_ms: int) -> None:
+        queued = self._books.get(symbol)
+        while queued and queued[0][0] < before_ms:
+            self._apply(queued.popleft()[1])
 
     def _book(self, batch: BookBatch) -> None:
-        if self._bookless and batch:
-            self._bookless.discard(batch[0].symbol)  # its book has come: its ticks wait for it again
+        if self._book_wait_s is None or not batch:
+            self._apply(batch)
+            return
+        # held ticks: the batch waits for the first tick after it (the book never runs ahead of the
+        # ticks, which it may on another bus by far more than `LiveBookFeatures` keeps)
+        symbol = batch[0].symbol
+        self._bookless.discard(symbol)  # its book has come: its ticks wait for it again
+        if symbol not in self._book_reach:
+            loaded = self.engine.book_time(symbol)  # a book started from the store (a warm-up)
+            self._book_reach[symbol] = -1 if loaded is None else loaded
+        effective = self._book_reach[symbol] = max(self._book_reach[symbol], *(e.timestamp_ms for e in batch))
+        self._books.setdefault(symbol, collections.deque()).append((effective, batch))
+
+    def _apply(self, batch: BookBatch) -> None:
         try:
             for update in batch:
                 self.engine.on_book(update)

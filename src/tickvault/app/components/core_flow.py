@@ -127,6 +127,8 @@ class CoreFlow:
                 w.ingest.book_handlers.append(features.submit_book)
             else:
                 self._consume_book(w.book_publisher, features)
+        # counted before subscribing: the subscriptions the publisher has seen, then one more, ours
+        joined = 1 + sum(b"tick_".startswith(sub) for sub in publisher.subscriptions())
         self.consumer = Subscriber(
             endpoint("127.0.0.1", publisher.port),
             ["tick_"],
@@ -139,12 +141,12 @@ class CoreFlow:
         self._thread = spawn("bus-consumer", self._consume, self.consumer, features)
         # subscribed before the first tick: a fill at start would deliver the early ticks of one
         # symbol after later ticks of another, and cross-symbol features see the order
-        joined = 1 + sum(b"tick_".startswith(sub) for sub in publisher.subscriptions())  # + the recorder
         if not publisher.wait_for_subscriber("tick_", timeout=10, count=joined):
             log.warning("the bus consumer did not subscribe within 10 s; early ticks may need recovery")
 
     def _consume_book(self, publisher: Publisher, features: FeatureService) -> None:
         w = self.wiring
+        joined = 1 + sum(b"book_".startswith(sub) for sub in publisher.subscriptions())  # as for ticks
         self.book_consumer = Subscriber(
             endpoint("127.0.0.1", publisher.port),
             ["book_"],
@@ -156,7 +158,6 @@ class CoreFlow:
         stored = {s: w.store.book_position(s).frame for s in w.settings.symbols} if w.store else {}
         self.book_consumer.prime({book_topic(s): stored.get(s, 0) for s in w.settings.symbols})
         self._book_thread = spawn("bus-book-consumer", self._consume_frames, self.book_consumer, features)
-        joined = 1 + sum(b"book_".startswith(sub) for sub in publisher.subscriptions())
         if not publisher.wait_for_subscriber("book_", timeout=10, count=joined):
             log.warning("the book consumer did not subscribe within 10 s; early frames may need recovery")
 
