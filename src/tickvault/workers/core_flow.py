@@ -53,6 +53,9 @@ from tickvault.workers.session_history import HistoryLookup, store_history
 log = logging.getLogger("tickvault.features")
 
 BOOK_WAIT_S = 1.0  # the longest a tick waits for its book (wall time)
+# batches of a symbol kept for its next tick at most: past it (a book without trades for long) the
+# oldest are applied, and the live book keeps the values ticks behind them read (HELD moments)
+BOOK_QUEUE_MAX = 10_000
 
 
 @dataclass
@@ -282,7 +285,10 @@ class FeatureService:
             loaded = self.engine.book_time(symbol)  # a book started from the store (a warm-up)
             self._book_reach[symbol] = -1 if loaded is None else loaded
         effective = self._book_reach[symbol] = max(self._book_reach[symbol], *(e.timestamp_ms for e in batch))
-        self._books.setdefault(symbol, collections.deque()).append((effective, batch))
+        queued = self._books.setdefault(symbol, collections.deque())
+        queued.append((effective, batch))
+        if len(queued) > BOOK_QUEUE_MAX:
+            self._apply(queued.popleft()[1])
 
     def _apply(self, batch: BookBatch) -> None:
         try:

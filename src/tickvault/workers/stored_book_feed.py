@@ -18,8 +18,6 @@ book counts a gap and is invalid until the next snapshot (`features_book_gaps`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from tickvault.analytics.features import FeatureEngine
@@ -27,17 +25,18 @@ from tickvault.domain.book import BookColumns
 from tickvault.store.api import Store
 
 
-@dataclass
 class StoredBookFeed:
-    store: Store
-    symbol: str
-    engine: FeatureEngine
-    fed_seq: int = 0  # the last update handed to the engine
-    fed_ms: int = -(2**62)  # the running maximum of the stamps handed over (the book's effective time)
-    read_ms: int = -(2**62)  # updates stamped up to here, seq up to `read_seq`, have been read
-    read_seq: int = 0
-    buffer: list[BookColumns] = field(default_factory=list)  # read, not handed over yet
-    started: bool = False
+    def __init__(self, store: Store, symbol: str, engine: FeatureEngine) -> None:
+        self.store, self.symbol, self.engine = store, symbol, engine
+        self.started = False
+        self.fed_ms = -(2**62)  # the running maximum of the stamps handed over (the book's effective time)
+        self.read_ms = -(2**62)  # updates stamped up to here, seq up to `read_seq`, have been read
+        self.read_seq = 0
+        # read, not handed over yet: the rows, where their batches end, each batch's effective time
+        self._cols: BookColumns | None = None
+        self._ends = np.empty(0, np.int64)
+        self._effective = np.empty(0, np.int64)
+        self._fed = 0  # batches of `_cols` handed over
 
     def start(self, at_ms: int) -> None:
         """The live book as of just before `at_ms`, from the store (nothing if none is stored)."""
@@ -50,7 +49,7 @@ class StoredBookFeed:
             return
         self.engine.load_book(cols)
         stop = int(ends[-1]) + 1
-        self.fed_seq = self.read_seq = int(cols.seq[stop - 1])
+        self.read_seq = int(cols.seq[stop - 1])
         self.fed_ms = self.read_ms = int(cols.timestamp_ms[:stop].max())
 
     def reached(self) -> int:
@@ -66,25 +65,27 @@ class StoredBookFeed:
         cols = self.store.book_update_columns(self.symbol, self.read_ms, t_ms - 1)
         if self.read_seq:
             cols = cols.take(cols.seq > self.read_seq)
-        if len(cols):
-            self.buffer.append(cols)
-            self.read_seq = int(cols.seq.max())
         self.read_ms = t_ms - 1
+        if not len(cols):
+            return
+        self.read_seq = int(cols.seq.max())
+        kept = self._unfed()
+        cols = BookColumns.concat([kept, cols]) if kept is not None else cols
+        self._cols, self._ends, self._fed = cols, cols.batch_ends(), 0
+        self._effective = np.maximum.accumulate(np.maximum(cols.timestamp_ms, self.fed_ms))[self._ends]
+
+    def _unfed(self) -> BookColumns | None:
+        if self._cols is None:
+            return None
+        start = int(self._ends[self._fed - 1]) + 1 if self._fed else 0
+        return self._cols.take(slice(start, len(self._cols))) if start < len(self._cols) else None
 
     def feed_before(self, t_ms: int) -> None:
         """Hand the engine the complete batches read of effective time < `t_ms`."""
-        if not self.buffer:
+        n = int(np.searchsorted(self._effective, t_ms, side="left"))
+        if n <= self._fed or self._cols is None:
             return
-        cols = BookColumns.concat(self.buffer) if len(self.buffer) > 1 else self.buffer[0]
-        ends = cols.batch_ends()
-        if not ends.size:
-            return
-        effective = np.maximum.accumulate(np.maximum(cols.timestamp_ms, self.fed_ms))[ends]
-        n = int(np.searchsorted(effective, t_ms, side="left"))  # batches of effective time < t_ms
-        if not n:
-            return
-        stop = int(ends[n - 1]) + 1
-        for event in cols.take(slice(0, stop)).events():
+        start = int(self._ends[self._fed - 1]) + 1 if self._fed else 0
+        for event in self._cols.take(slice(start, int(self._ends[n - 1]) + 1)).events():
             self.engine.on_book(event)
-        self.fed_seq, self.fed_ms = int(cols.seq[stop - 1]), int(effective[n - 1])
-        self.buffer = [cols.take(slice(stop, len(cols)))] if stop < len(cols) else []
+        self._fed, self.fed_ms = n, int(self._effective[n - 1])
