@@ -116,7 +116,14 @@ class LiveBookFeatures:
             end = max(end, *(e.timestamp_ms for e in batch))
         else:
             batch = None
-        self._check_seq(batch[0] if batch is not None else update, update.seq)
+        first = update if batch is None else batch[0]
+        if first.flags & SNAPSHOT:
+            self.valid = True  # the whole book again
+        elif first.seq and first.seq != self.last_seq + 1 and self.last_seq:
+            self.gaps += 1
+            self.valid = False
+        if update.seq:
+            self.last_seq = update.seq
         before = self.time_ms
         if before is not None:
             if end > before and end >= needed_from:
@@ -131,15 +138,6 @@ class LiveBookFeatures:
         if end < clock_ms:
             self.late += 1
         self.time_ms = end
-
-    def _check_seq(self, first: BookEvent, last_seq: int) -> None:
-        if first.flags & SNAPSHOT:
-            self.valid = True  # the whole book again
-        elif first.seq and self.last_seq and first.seq != self.last_seq + 1:
-            self.gaps += 1
-            self.valid = False
-        if last_seq:
-            self.last_seq = last_seq
 
     def load(self, cols: BookColumns) -> None:
         """Start from a stored book (a restart): its rows through the last complete batch, applied

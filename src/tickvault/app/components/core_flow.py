@@ -171,7 +171,12 @@ class CoreFlow:
                 self.consume_book_rejected += 1
                 log.warning("bus consumer rejected a book frame: %s", rejected.error)
             for part in decoded.parts:
-                events = part.cols.events()
+                try:
+                    events = part.cols.events()
+                except DataError as exc:  # checked already by the decode: cannot happen, never a crash
+                    self.consume_book_rejected += 1
+                    log.warning("bus consumer rejected book batches of %s: %s", part.cols.symbol, exc)
+                    continue
                 start = 0
                 for end in part.cols.batch_ends().tolist():
                     features.submit_book(BookBatch(events[start : end + 1]))
