@@ -190,6 +190,40 @@ def test_a_restarted_service_starts_from_the_stored_book(store: Store) -> None:
     assert [f.values for f in again] == [live.values]
 
 
+def test_a_restarted_service_reads_a_stored_book_ahead_of_its_ticks_as_it_was_then(store: Store) -> None:
+    """The stored book goes on past the last stored tick (the source stopped between a trade and the
+    next book batches); the resumed run's first ticks come before its clock: they read the stored
+    book as it was at their time, as a backfill does, not nothing."""
+    from tickvault.domain.book import LAST, SNAPSHOT, BookColumns, level_update
+    from tickvault.store.book_writer import BookPart, BookWriter
+
+    rows = [("none", 0.0, 0, "clear"), ("bid", 5400.0, 30, "add"), ("ask", 5400.5, 10, "add")]
+    stored = [
+        level_update("WDOFUT", BASE_MS, side, price, qty, 1 if qty else 0, action,  # type: ignore[arg-type]
+                     seq=i + 1, flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0))
+        for i, (side, price, qty, action) in enumerate(rows)
+    ]  # fmt: skip
+    stored.append(level_update("WDOFUT", BASE_MS + 10, "ask", 5401.0, 10, 1, "add", seq=4, flags=LAST))
+    BookWriter(store.client, store.keys).write([BookPart(BookColumns.from_events(stored))])
+    seen: list[Event] = []
+    service = FeatureService(SYMBOLS, config=FeatureConfig(emit_interval_ms=0), handlers=[seen.append])
+    # as the core flow reads it: from the last stored tick (here BASE_MS) to the newest stored book
+    service.warm_up(lambda: [], lambda: [store.book_replay("WDOFUT", BASE_MS, BASE_MS + 10)[0]])
+    service.start()
+    resumed = [tick(ts_ms=BASE_MS + 5, trade_id=7), tick(ts_ms=BASE_MS + 11, trade_id=8)]
+    try:
+        for t in resumed:
+            service.submit(t)
+        assert wait_until(lambda: len(seen) == 2)
+    finally:
+        service.stop()
+    assert [f.values["spread"] for f in seen if isinstance(f, Features)] == [0.5, 0.5]
+    again = backfill(
+        FeatureEngine(SYMBOLS, FeatureConfig(emit_interval_ms=0)), resumed, book=store_book(store)
+    )
+    assert [f.values for f in again] == [f.values for f in seen if isinstance(f, Features)]
+
+
 def test_a_tick_from_another_bus_than_its_book_waits_for_the_book_to_reach_it() -> None:
     """Ticks and book batches from two buses (ZMQ_CONSUME_ENABLED): a tick that comes before the
     batches stamped before it is held until its book has reached its time, so it reads them as it

@@ -323,12 +323,25 @@ class FeatureEngine:
         except DataError:  # the other kind of update than this symbol's book: counted, not folded
             self.book_rejected += 1
 
-    def load_book(self, cols: BookColumns) -> None:
-        """Start `cols.symbol`'s live book from a stored one (a restart; see `LiveBookFeatures.load`)."""
+    def load_book(self, cols: BookColumns, *, live_after_ms: int | None = None) -> None:
+        """Start `cols.symbol`'s live book from a stored one (a restart; see `LiveBookFeatures.load`).
+        `live_after_ms`: the batches of effective time after it are applied one by one, as if they
+        came live, so a tick stamped before the stored book's clock (a run resumed after its last
+        stored tick, its book stored further) reads the book as it was then, as a backfill does."""
         if cols.symbol not in self.states:
             return
         live = self.live_books[cols.symbol] = LiveBookFeatures(cols.symbol, cols.kind)
-        live.load(cols)
+        ends = cols.batch_ends()
+        if live_after_ms is None or not ends.size:
+            live.load(cols)
+            return
+        effective = np.maximum.accumulate(cols.timestamp_ms)[ends]
+        settled = int(np.searchsorted(effective, live_after_ms, side="right"))  # batches loaded at once
+        start = int(ends[settled - 1]) + 1 if settled else 0
+        if settled:
+            live.load(cols.take(slice(0, start)))
+        for event in cols.take(slice(start, int(ends[-1]) + 1)).events():
+            self.on_book(event)
 
     def use_stored_book(self, symbol: str, table: BookFeatureTable | None) -> None:
         """Read `symbol`'s book features from `table` (a stored book's, at its ticks' times; None: no

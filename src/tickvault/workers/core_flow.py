@@ -189,7 +189,8 @@ class FeatureService:
         def both() -> Iterable[Tick]:
             yield from load()
             for cols in books():
-                self.engine.load_book(cols)
+                state = self.engine.states.get(cols.symbol)
+                self.engine.load_book(cols, live_after_ms=state.last_ms if state is not None else -1)
 
         self._inbox.put(both)
 

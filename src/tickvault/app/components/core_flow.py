@@ -92,7 +92,7 @@ class CoreFlow:
         self._feed(self.features)
         lasts = w.lasts()
         if self.warm_up and w.store is not None and lasts:
-            self.features.warm_up(_session_so_far(w.store, lasts), _stored_books(w.store, tuple(lasts)))
+            self.features.warm_up(_session_so_far(w.store, lasts), _stored_books(w.store, lasts))
 
     def _live_store(self) -> Store | None:
         """In a namespace (a replay), previous sessions come from the live data, as they would live."""
@@ -249,11 +249,16 @@ class CoreFlow:
         return out
 
 
-def _stored_books(store: Store, symbols: tuple[str, ...]) -> Callable[[], list[BookColumns]]:
-    """The stored books of `symbols` as they are now (before this run adds to them): the newest
-    snapshot and the updates after it."""
-    positions = {symbol: store.book_position(symbol) for symbol in symbols}
-    return lambda: [store.book_replay(s, p.ms, p.ms)[0] for s, p in positions.items() if p.kind is not None]
+def _stored_books(store: Store, lasts: dict[str, Tick]) -> Callable[[], list[BookColumns]]:
+    """The stored books of the symbols of `lasts` as they are now (before this run adds to them): from
+    the newest snapshot at or before the symbol's last stored tick (the book may be stored further:
+    the new ticks before its end read it as it was then) through the newest update."""
+    positions = {symbol: store.book_position(symbol) for symbol in lasts}
+    return lambda: [
+        store.book_replay(s, min(p.ms, lasts[s].timestamp_ms), p.ms)[0]
+        for s, p in positions.items()
+        if p.kind is not None
+    ]
 
 
 def _session_so_far(store: Store, lasts: dict[str, Tick]) -> Callable[[], list[Tick]]:
