@@ -13,10 +13,10 @@ its symbol's book has brought a batch of effective time >= T (then every batch s
 in), at most `BOOK_WAIT_S`, and the ticks behind it wait with it, so ticks are folded in the order
 they came; a batch waits for the first tick after it, so the live book never runs ahead of the
 ticks. Before each tick its symbol's batches of effective time < T are applied: what in-process
-order gives. A wait that runs out is counted (`features_book_waits_expired`);
-a batch stamped before T that comes after it then counts in `features_book_late`. A symbol whose
-wait ran out before it ever had a book is not waited for again until its book appears (a symbol the
-source makes no book for).
+order gives. A wait that runs out is counted (`features_book_waits_expired`); a batch stamped
+before T that comes after it then counts in `features_book_late`. A symbol whose wait ran out
+before it ever had a book is not waited for again until its book appears (a symbol the source
+makes no book for).
 
 Previous sessions' statistics come from the store (`store_history`), cached in Valkey per symbol and
 day, so every process and every backfill sees the same history for the same day. A session that
@@ -250,12 +250,15 @@ class FeatureService:
         while held:
             tick, received_ns, deadline = held[0]
             symbol = tick.symbol
-            ready = until_empty or reach.get(symbol, -1) >= tick.timestamp_ms or symbol in self._bookless
-            if not ready:
+            book_ms = reach.get(symbol)
+            if book_ms is None:
+                book_ms = self.engine.book_time(symbol)  # started from the store, nothing new yet
+            reached = book_ms is not None and book_ms >= tick.timestamp_ms
+            if not (until_empty or reached or symbol in self._bookless):
                 if now < deadline:
                     return
                 self.stats.book_waits_expired += 1
-                if symbol not in reach:
+                if book_ms is None:
                     self._bookless.add(symbol)
                     log.warning(
                         "%s: no book within %g s of its tick; its ticks do not wait for it",
