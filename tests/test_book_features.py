@@ -8,6 +8,7 @@ import itertools
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -85,6 +86,31 @@ def test_a_tick_behind_the_book_s_clock_reads_the_book_as_it_was_then() -> None:
     assert values_of(engine.on_tick(tick(ts_ms=BASE_MS + 20)))[0] == 0.5
     assert values_of(engine.on_tick(tick(ts_ms=BASE_MS + 25, trade_id=2)))[0] == 0.5
     assert values_of(engine.on_tick(tick(ts_ms=BASE_MS + 31, trade_id=3)))[0] == 1.0
+
+
+def test_a_gap_in_the_update_seqs_leaves_the_book_features_empty_until_the_next_snapshot() -> None:
+    """Updates lost on the way (a gap the bus could not fill): the live book is not the exchange's,
+    so its features are None, and counted, until a snapshot brings the whole book again."""
+    engine = FeatureEngine([SYMBOL], FeatureConfig(emit_interval_ms=0, time_travel=False))
+
+    def numbered(events: list[Any], first: int) -> list[Any]:
+        return [msgspec.structs.replace(e, seq=first + i) for i, e in enumerate(events)]
+
+    opening = numbered(snapshot(BASE_MS, [(5400.0, 30)], [(5400.5, 10)]), 1)
+    for event in opening:
+        engine.on_book(event)
+    nxt = len(opening) + 1
+    engine.on_book(level_update(SYMBOL, BASE_MS + 1, "ask", 5401.0, 5, 1, "add", seq=nxt, flags=LAST))
+    assert values_of(engine.on_tick(tick(ts_ms=BASE_MS + 2)))[0] == 0.5 and engine.book_gaps == 0
+    # seq nxt + 1 never came
+    engine.on_book(level_update(SYMBOL, BASE_MS + 3, "bid", 5400.0, 7, 1, "update", seq=nxt + 2, flags=LAST))
+    assert values_of(engine.on_tick(tick(ts_ms=BASE_MS + 4, trade_id=2))) == (None,) * 4
+    assert engine.book_gaps == 1
+    again = numbered(snapshot(BASE_MS + 5, [(5399.5, 3)], [(5400.5, 9)]), nxt + 10)
+    for event in again:
+        engine.on_book(event)
+    assert values_of(engine.on_tick(tick(ts_ms=BASE_MS + 6, trade_id=3)))[0] == 1.0
+    assert engine.book_gaps == 1
 
 
 @functools.cache

@@ -86,12 +86,14 @@ def test_live_book_features_equal_a_backfill_from_the_stored_book(
     here 20 s, so from snapshots mid-run) give the same values at every tick, book features included."""
     settings = load_settings(speed=0, symbols=",".join(SYMBOLS), features_interval_ms=0)
     live: list[Features] = []
-    for ticks in (1500, 3000):
+    for _ in range(2):
         seen: list[Event] = []
         system = System(settings, event_handlers=[seen.append])
+        # 1500 more each run (the first run's stop may overshoot any total the second aimed at)
+        target = sum(store.count(s) for s in SYMBOLS) + 1500
         try:
             system.start()
-            assert wait_until(lambda n=ticks: sum(store.count(s) for s in SYMBOLS) >= n)
+            assert wait_until(lambda n=target: sum(store.count(s) for s in SYMBOLS) >= n)
         finally:
             summary = system.stop()
         assert summary.drained
@@ -188,6 +190,80 @@ def test_a_restarted_service_starts_from_the_stored_book(store: Store) -> None:
         FeatureEngine(SYMBOLS, FeatureConfig(emit_interval_ms=0)), [after], book=store_book(store)
     )
     assert [f.values for f in again] == [live.values]
+
+
+def test_a_restarted_service_reads_a_stored_book_ahead_of_its_ticks_as_it_was_then(store: Store) -> None:
+    """The stored book goes on past the last stored tick (the source stopped between a trade and the
+    next book batches); the resumed run's first ticks come before its clock: they read the stored
+    book as it was at their time, as a backfill does, not nothing."""
+    from tickvault.domain.book import LAST, SNAPSHOT, BookColumns, level_update
+    from tickvault.store.book_writer import BookPart, BookWriter
+
+    rows = [("none", 0.0, 0, "clear"), ("bid", 5400.0, 30, "add"), ("ask", 5400.5, 10, "add")]
+    stored = [
+        level_update("WDOFUT", BASE_MS, side, price, qty, 1 if qty else 0, action,  # type: ignore[arg-type]
+                     seq=i + 1, flags=SNAPSHOT | (LAST if i == len(rows) - 1 else 0))
+        for i, (side, price, qty, action) in enumerate(rows)
+    ]  # fmt: skip
+    stored.append(level_update("WDOFUT", BASE_MS + 10, "ask", 5401.0, 10, 1, "add", seq=4, flags=LAST))
+    BookWriter(store.client, store.keys).write([BookPart(BookColumns.from_events(stored))])
+    seen: list[Event] = []
+    service = FeatureService(SYMBOLS, config=FeatureConfig(emit_interval_ms=0), handlers=[seen.append])
+    # as the core flow reads it: from the last stored tick (here BASE_MS) to the newest stored book
+    service.warm_up(lambda: [], lambda: [store.book_replay("WDOFUT", BASE_MS, BASE_MS + 10)[0]])
+    service.start()
+    resumed = [tick(ts_ms=BASE_MS + 5, trade_id=7), tick(ts_ms=BASE_MS + 11, trade_id=8)]
+    try:
+        for t in resumed:
+            service.submit(t)
+        assert wait_until(lambda: len(seen) == 2)
+    finally:
+        service.stop()
+    assert [f.values["spread"] for f in seen if isinstance(f, Features)] == [0.5, 0.5]
+    again = backfill(
+        FeatureEngine(SYMBOLS, FeatureConfig(emit_interval_ms=0)), resumed, book=store_book(store)
+    )
+    assert [f.values for f in again] == [f.values for f in seen if isinstance(f, Features)]
+
+
+def test_a_tick_from_another_bus_than_its_book_waits_for_the_book_to_reach_it() -> None:
+    """Ticks and book batches from two buses (ZMQ_CONSUME_ENABLED): a tick that comes before the
+    batches stamped before it is held until its book has reached its time, so it reads them as it
+    would in-process; a wait that runs out is counted, and so is the batch that then comes late."""
+    from tickvault.domain.book import LAST, SNAPSHOT, BookBatch, level_update
+
+    def batches(symbol: str) -> list[BookBatch]:
+        opening = [
+            level_update(symbol, BASE_MS, "none", 0.0, 0, 0, "clear", seq=1, flags=SNAPSHOT),
+            level_update(symbol, BASE_MS, "bid", 5400.0, 30, 1, "add", seq=2, flags=SNAPSHOT),
+            level_update(symbol, BASE_MS, "ask", 5400.5, 10, 1, "add", seq=3, flags=SNAPSHOT | LAST),
+        ]
+        wider = level_update(symbol, BASE_MS + 5, "ask", 5400.5, 0, 0, "delete", seq=4, flags=LAST)
+        later = level_update(symbol, BASE_MS + 10, "bid", 5399.5, 1, 1, "add", seq=5, flags=LAST)
+        return [BookBatch(opening), BookBatch([wider]), BookBatch([later])]
+
+    def run(wait_s: float) -> tuple[list[Event], dict[str, int]]:
+        seen: list[Event] = []
+        service = FeatureService(["WDOFUT"], config=FeatureConfig(emit_interval_ms=0), handlers=[seen.append])
+        service.wait_for_book(wait_s)
+        service.start()
+        opening, wider, later = batches("WDOFUT")
+        try:
+            service.submit_book(opening)
+            service.submit(tick(ts_ms=BASE_MS + 10))  # before the batch stamped +5 that precedes it
+            service.submit_book(wider)
+            service.submit_book(later)
+            assert wait_until(lambda: len(seen) == 1)
+        finally:
+            service.stop()
+        return seen, service.counters()
+
+    held, counters = run(60.0)
+    assert isinstance(held[0], Features) and held[0].values["spread"] is None  # the ask side emptied at +5
+    assert counters["features_book_waits_expired"] == counters["features_book_late"] == 0
+    expired, counters = run(0.0)  # no wait: the tick reads the opening book, the +5 batch comes late
+    assert isinstance(expired[0], Features) and expired[0].values["spread"] == 0.5
+    assert counters["features_book_waits_expired"] == counters["features_book_late"] == 1
 
 
 def test_outputs_reach_zeromq_and_survive_a_dead_valkey_writer(store: Store) -> None:

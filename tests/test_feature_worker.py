@@ -196,3 +196,76 @@ def test_the_sources_feature_service_and_a_worker_write_each_features_entry_once
     assert service.stats.features == worker.stats.written and service.counters()["features_stored"] == 0
     for symbol in SYMBOLS:
         assert stored_entries(store, symbol) == expected_entries(store, symbol, ticks)
+
+
+def test_a_worker_waits_for_the_stored_book_and_computes_the_book_features_a_backfill_reads(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tick recorder ahead of the book recorder: the worker holds the ticks until the stored book
+    has reached them, then its book features equal a backfill's from the stored book at every tick,
+    across its takeover replay (the first half) and the stream it then follows (the second)."""
+    from tickvault.bus.ingest import Ingest
+    from tickvault.domain.book import BookBatch, BookColumns
+    from tickvault.domain.events import Tick
+    from tickvault.sources.book_simulator import BookMarketSimulator
+    from tickvault.store.book_writer import BookPart, BookWriter
+    from tickvault.workers import feature_worker
+    from tickvault.workers.book_backfill import store_book
+
+    symbols, config = ("WDOFUT", "WINFUT"), FeatureConfig(emit_interval_ms=0)
+    ticks: list[Tick] = []
+    batches: list[BookBatch] = []
+    ingest = Ingest(handlers=[ticks.append])  # numbers the ticks and the book updates
+    ingest.book_handlers.append(batches.append)
+    for item in itertools.islice(
+        BookMarketSimulator(list(symbols), seed=3, start=from_ms(BASE_MS)).events(), 3000
+    ):
+        ingest.on_book(item) if isinstance(item, BookBatch) else ingest.on_tick(item)
+    writer = BookWriter(store.client, store.keys)
+
+    def store_book_until(end_ms: int, done: list[int] = [0]) -> None:  # noqa: B006 - the batches written
+        upto = next((i for i, b in enumerate(batches) if b.timestamp_ms > end_ms), len(batches))
+        parts = [
+            BookColumns.from_events([e for b in batches[done[0] : upto] if b.symbol == s for e in b])
+            for s in symbols
+        ]
+        writer.write([BookPart(cols) for cols in parts if len(cols)])
+        done[0] = upto
+
+    half = len(ticks) // 2
+    store_book_until(ticks[0].timestamp_ms - 1)  # the opening snapshots: the book is behind every tick
+    store.append_ticks(ticks[:half])
+    monkeypatch.setattr(feature_worker, "BOOK_WAIT_S", 60.0)  # the wait must not run out here
+    worker = FeatureWorker(store, symbols, config, name="w")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name="feature-worker")
+    thread.start()
+    expected = {}
+    try:
+        assert wait_until(lambda: all(store.client.get(worker.lease_key(s)) for s in symbols))
+        assert not any(stored_entries(store, s) for s in symbols)  # taken, replaying: waiting for the book
+        store_book_until(ticks[half - 1].timestamp_ms)
+        store.append_ticks(ticks[half:])
+        store_book_until(2**62)
+        engine = FeatureEngine(symbols, config, history=store_history(store))
+        features = backfill(engine, ticks, book=store_book(store))
+        for symbol in symbols:
+            mine = [f for f in features if f.symbol == symbol]
+            expected[symbol] = [(f"{f.timestamp_ms}-{n}", to_fields(f)) for f, n in _numbered(mine)]
+        assert wait_until(lambda: all(len(stored_entries(store, s)) == len(expected[s]) for s in symbols))
+    finally:
+        stop.set()
+        thread.join(30)
+    assert worker.counters()["features_book_late"] == 0
+    assert sum(f.values["depth_imbalance_5"] is not None for f in features) > 0.9 * len(features)
+    for symbol in symbols:
+        assert stored_entries(store, symbol) == expected[symbol]
+
+
+def _numbered(features: list[Features]) -> list[tuple[Features, int]]:
+    """Each features event with its counter within its millisecond (the worker's output ids)."""
+    out, last = [], (-1, -1)
+    for f in features:
+        last = (f.timestamp_ms, last[1] + 1 if f.timestamp_ms == last[0] else 0)
+        out.append((f, last[1]))
+    return out

@@ -150,36 +150,62 @@ def test_an_unpaced_source_is_held_back_until_the_recorder_catches_up(
 
 
 def test_the_core_flow_fed_from_the_bus_computes_what_it_computes_in_process(
-    system_env: dict[str, str], store: Store
+    system_env: dict[str, str], store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Ticks and book frames from their two buses give the features they give in-process, the book
+    features included, which equal a backfill from the stored book at every tick."""
+    from tickvault.analytics.features import FeatureEngine, backfill
+    from tickvault.app.components.core_flow import feature_config
+    from tickvault.domain.book import BookBatch
     from tickvault.domain.events import Features, encode
+    from tickvault.sources.book_simulator import BookMarketSimulator
+    from tickvault.store.api import frame_to_ticks
+    from tickvault.workers import core_flow
+    from tickvault.workers.book_backfill import store_book
+    from tickvault.workers.session_history import store_history
 
-    expected = _sim(6000)
+    monkeypatch.setattr(core_flow, "BOOK_WAIT_S", 60.0)  # a busy machine must not run a tick's wait out
+    events: list[Tick | BookBatch] = list(
+        itertools.islice(BookMarketSimulator(["WDOFUT", "WINFUT"], seed=11).events(), 12_000)
+    )
+    ticks = [e for e in events if isinstance(e, Tick)]
 
-    def features_of(**settings: object) -> list[bytes]:
+    def features_of(**settings: object) -> list[Features]:
         store.client.flushall()
         seen: list[object] = []
         system = System(
-            load_settings(features_interval_ms=2000, **settings),
-            source=lambda _: iter(expected),
+            load_settings(features_interval_ms=1000, **settings),
+            source=lambda _: iter(events),
             event_handlers=[seen.append],
+            book=True,
         )
         system.start()
         core_flow = system.component("core_flow")
         consuming = isinstance(core_flow, CoreFlow) and core_flow.consumer is not None
         system.wait(120)
         summary = system.stop()
-        assert summary.drained and summary.generated_total == len(expected)
+        assert summary.drained and summary.generated_total == len(ticks)
         assert consuming == (bool(settings.get("zmq_consume_enabled")) and settings.get("zmq_enabled", True))
         if consuming:
-            assert summary.counters["consume_rejected"] == summary.counters["consumer_unrecovered"] == 0
-        return [encode(e) for e in seen if isinstance(e, Features)]
+            counters = summary.counters
+            assert counters["consume_rejected"] == counters["consumer_unrecovered"] == 0
+            assert counters["consume_book_rejected"] == counters["consumer_book_unrecovered"] == 0
+            assert counters["features_book_waits_expired"] == counters["features_book_late"] == 0
+        return [e for e in seen if isinstance(e, Features)]
 
     in_process = features_of()
     from_bus = features_of(zmq_consume_enabled=True)
-    assert len(in_process) > 20 and from_bus == in_process
+    assert len(in_process) > 20 and [encode(f) for f in from_bus] == [encode(f) for f in in_process]
+    assert sum(f.values["depth_imbalance_5"] is not None for f in from_bus) > 0.9 * len(from_bus)
+    settings = load_settings(features_interval_ms=1000)
+    engine = FeatureEngine(("WDOFUT", "WINFUT"), feature_config(settings), history=store_history(store))
+    stored = frame_to_ticks(store.ticks(["WDOFUT", "WINFUT"], ticks[0].timestamp_ms, ticks[-1].timestamp_ms))
+    assert [f.values for f in backfill(engine, stored, book=store_book(store))] == [
+        f.values for f in from_bus
+    ]
     # no bus to consume from: the core flow is fed in-process and goes on
-    assert features_of(zmq_consume_enabled=True, zmq_enabled=False) == in_process
+    without_bus = features_of(zmq_consume_enabled=True, zmq_enabled=False)
+    assert [encode(f) for f in without_bus] == [encode(f) for f in in_process]
 
 
 def test_stopping_one_component_leaves_the_others_running(system_env: dict[str, str], store: Store) -> None:

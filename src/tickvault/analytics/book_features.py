@@ -33,6 +33,11 @@ stamped before a tick that arrives after it could not be seen by that tick's fea
 by a backfill's, and is counted (`LiveBookFeatures.late`, `features_book_late`) so any such
 difference shows. A restarted run starts its live books from the stored ones (`load`), as a backfill
 reads them.
+
+A live book that misses updates (their seqs jump: a gap on the bus that could not be filled, a batch
+refused as invalid) is not the exchange's book: from there until the next snapshot batch its values
+are None (`valid` False), and the gap is counted (`gaps`, `features_book_gaps`). Updates without a
+seq (0) are not checked.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tickvault.analytics.book import LevelBook, OrderBook, frames_at, live_book
-from tickvault.domain.book import ASK, BID, LAST, BookColumns, BookEvent, BookKind, BookUpdate
+from tickvault.domain.book import ASK, BID, LAST, SNAPSHOT, BookColumns, BookEvent, BookKind, BookUpdate
 from tickvault.errors import DataError
 
 BOOK_FEATURES = ("spread", "book_imbalance", "depth_imbalance_5", "microprice")
@@ -93,6 +98,9 @@ class LiveBookFeatures:
         # (t, the values after every batch of effective time <= t), t ascending
         self.settled: deque[tuple[int, BookValues]] = deque(maxlen=HELD)
         self.late = 0  # batches stamped before a tick already folded (see the module docstring)
+        self.last_seq = 0  # of the last update applied (0: none, or not numbered)
+        self.valid = True  # False from a gap in the seqs to the next snapshot
+        self.gaps = 0
 
     def add(self, update: BookEvent, *, needed_from: int, clock_ms: int) -> None:
         """Take one update (DataError, nothing kept, if it is not of this book's kind). `needed_from`:
@@ -108,6 +116,14 @@ class LiveBookFeatures:
             end = max(end, *(e.timestamp_ms for e in batch))
         else:
             batch = None
+        first = update if batch is None else batch[0]
+        if first.flags & SNAPSHOT:
+            self.valid = True  # the whole book again
+        elif first.seq and first.seq != self.last_seq + 1 and self.last_seq:
+            self.gaps += 1
+            self.valid = False
+        if update.seq:
+            self.last_seq = update.seq
         before = self.time_ms
         if before is not None:
             if end > before and end >= needed_from:
@@ -132,13 +148,14 @@ class LiveBookFeatures:
         stop = int(ends[-1]) + 1
         self.book.apply_columns(cols.take(slice(0, stop)))
         self.time_ms = int(cols.timestamp_ms[:stop].max())
+        self.last_seq, self.valid = int(cols.seq[stop - 1]), True
         self.pending, self.settled = [], deque(maxlen=HELD)
 
     def values_now(self) -> BookValues:
         # the book's own sorted prices and level dicts: `levels()` would build arrays only to undo them
         sides = self.book.sides
         bids, asks = sides.prices[BID], sides.prices[ASK]
-        if not bids or not asks:
+        if not bids or not asks or not self.valid:
             return NO_VALUES
         bid_price, ask_price = bids[: -DEPTH - 1 : -1], asks[:DEPTH]
         bid_level, ask_level = sides.level[BID], sides.level[ASK]

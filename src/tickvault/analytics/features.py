@@ -296,6 +296,16 @@ class FeatureEngine:
         """Book batches that arrived after a tick they are stamped before (live != backfill there)."""
         return sum(live.late for live in self.live_books.values())
 
+    @property
+    def book_gaps(self) -> int:
+        """Gaps in the live books' update seqs (their values None until the next snapshot)."""
+        return sum(live.gaps for live in self.live_books.values())
+
+    def book_time(self, symbol: str) -> int | None:
+        """The effective time of `symbol`'s live book (its last complete batch); None: no batch yet."""
+        live = self.live_books.get(symbol)
+        return live.time_ms if live is not None else None
+
     def on_book(self, update: BookUpdate | OrderUpdate) -> None:
         """Fold one book update (MBP or MBO, by the symbol's first one) into the symbol's live book;
         the book features read it between complete batches only (`analytics.book_features`)."""
@@ -313,12 +323,25 @@ class FeatureEngine:
         except DataError:  # the other kind of update than this symbol's book: counted, not folded
             self.book_rejected += 1
 
-    def load_book(self, cols: BookColumns) -> None:
-        """Start `cols.symbol`'s live book from a stored one (a restart; see `LiveBookFeatures.load`)."""
+    def load_book(self, cols: BookColumns, *, live_after_ms: int | None = None) -> None:
+        """Start `cols.symbol`'s live book from a stored one (a restart; see `LiveBookFeatures.load`).
+        `live_after_ms`: the batches of effective time after it are applied one by one, as if they
+        came live, so a tick stamped before the stored book's clock (a run resumed after its last
+        stored tick, its book stored further) reads the book as it was then, as a backfill does."""
         if cols.symbol not in self.states:
             return
         live = self.live_books[cols.symbol] = LiveBookFeatures(cols.symbol, cols.kind)
-        live.load(cols)
+        ends = cols.batch_ends()
+        if live_after_ms is None or not ends.size:
+            live.load(cols)
+            return
+        effective = np.maximum.accumulate(cols.timestamp_ms)[ends]
+        settled = int(np.searchsorted(effective, live_after_ms, side="right"))  # batches loaded at once
+        start = int(ends[settled - 1]) + 1 if settled else 0
+        if settled:
+            live.load(cols.take(slice(0, start)))
+        for event in cols.take(slice(start, int(ends[-1]) + 1)).events():
+            self.on_book(event)
 
     def use_stored_book(self, symbol: str, table: BookFeatureTable | None) -> None:
         """Read `symbol`'s book features from `table` (a stored book's, at its ticks' times; None: no

@@ -5,8 +5,9 @@ endpoint on ZMQ_BOOK_REPLAY_PORT), its recorder, its numbering, and the live boo
 tick bus is up (the recorder subscribes before the source starts), `start_recorder_only` for
 `run --only recorder`, `unstored` while holding an unpaced source back, `stop` once the source has
 stopped (the publisher drains, the recorder catches up, then both close), and `counters`. Book
-batches reach it through `Ingest.on_book`: their update seqs numbered there, handed in-process to the
-features (the book features) and, with ZeroMQ off or its port taken, to the recorder; else
+batches reach it through `Ingest.on_book`: their update seqs numbered there, handed to the in-process
+handlers (the features' live book, unless the core flow reads this bus) and, with ZeroMQ off or its
+port taken, to the recorder; else
 published as `book_{SYMBOL}` frames (the batches queued together in one frame, numbered by the
 publisher). Both numberings continue from what the store holds.
 """

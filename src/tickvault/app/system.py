@@ -73,8 +73,9 @@ REGISTRY: tuple[tuple[frozenset[Role], Callable[[System], Component | None]], ..
     (WHOLE_OR_SOURCE, lambda s: Bus(s.wiring)),
     (frozenset({None}), lambda s: LocalRecorder(s.wiring)),
     (frozenset({"recorder"}), lambda s: BusRecorder(s.wiring)),
+    (frozenset({None, "source", "recorder"}), _book),  # after the recorder it feeds
+    # after the book: fed its batches in-process or from its bus, and stopped first, caught up with both
     (WHOLE_OR_SOURCE, lambda s: CoreFlow(s.wiring, s.event_handlers, s.warm_up)),
-    (frozenset({None, "source", "recorder"}), _book),  # after the recorder and core flow it feeds
     (WHOLE_OR_SOURCE, lambda s: Source(s.wiring, s.source_factory, s.hold_back)),
     (frozenset({None}), _web),  # after the source: the page opens on a running system
     (EVERY, lambda s: Health(s.wiring, s.counters)),  # last: it reports every counter

@@ -7,6 +7,17 @@ the ZeroMQ signal port (`features_{SYMBOL}`, `signal_{SYMBOL}`), then Valkey str
 (`stream:features|predictions|signals:{SYMBOL}`) in batches. A failing output is counted and logged;
 it never stops the others.
 
+Ticks and book batches taken from two buses (`run` with ZMQ_CONSUME_ENABLED) arrive in no known
+order between them, so the service can merge them by time (`wait_for_book`): a tick at T waits until
+its symbol's book has brought a batch of effective time >= T (then every batch stamped before T is
+in), at most `BOOK_WAIT_S`, and the ticks behind it wait with it, so ticks are folded in the order
+they came; a batch waits for the first tick after it, so the live book never runs ahead of the
+ticks. Before each tick its symbol's batches of effective time < T are applied: what in-process
+order gives. A wait that runs out is counted (`features_book_waits_expired`); a batch stamped
+before T that comes after it then counts in `features_book_late`. A symbol whose wait ran out
+before it ever had a book is not waited for again until its book appears (a symbol the source
+makes no book for).
+
 Previous sessions' statistics come from the store (`store_history`), cached in Valkey per symbol and
 day, so every process and every backfill sees the same history for the same day. A session that
 starts while Valkey is unreachable starts at once without them (`HistoryLookup`): they are looked
@@ -15,6 +26,7 @@ up again in the background and the engine catches up when they arrive.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -40,6 +52,11 @@ from tickvault.workers.session_history import HistoryLookup, store_history
 
 log = logging.getLogger("tickvault.features")
 
+BOOK_WAIT_S = 1.0  # the longest a tick waits for its book (wall time)
+# batches of a symbol kept for its next tick at most: past it (a book without trades for long) the
+# oldest are applied, and the live book keeps the values ticks behind them read (HELD moments)
+BOOK_QUEUE_MAX = 10_000
+
 
 @dataclass
 class FeatureStats:
@@ -55,6 +72,7 @@ class FeatureStats:
     store_errors: int = 0
     dropped: int = 0  # events not written to Valkey because it was down too long (recomputable)
     warmed_up: int = 0  # stored ticks of the session folded in at start (a restart mid-session)
+    book_waits_expired: int = 0  # ticks folded before their book reached them (see the module docstring)
     latency_ns: list[int] = field(default_factory=list)  # tick handed in -> prediction out (last 100k)
 
 
@@ -102,6 +120,16 @@ class FeatureService:
             self._bind(signal_bind, curve)
         self._thread: threading.Thread | None = None
         self.idle = threading.Event()
+        self._book_wait_s: float | None = None  # None: ticks are not held for the book
+        self._held: collections.deque[tuple[Tick, int, float]] = collections.deque()  # tick, ns, deadline
+        self._bookless: set[str] = set()  # waited for in vain, no book yet: not waited for
+        self._books: dict[str, collections.deque[tuple[int, BookBatch]]] = {}  # (effective time, batch)
+        self._book_reach: dict[str, int] = {}  # the effective time of the newest batch taken
+
+    def wait_for_book(self, wait_s: float | None = None) -> None:
+        """Hold each tick until its symbol's book has reached its time, at most `wait_s` (default
+        BOOK_WAIT_S; call before the first tick; see the module docstring)."""
+        self._book_wait_s = BOOK_WAIT_S if wait_s is None else wait_s
 
     def _bind(self, address: str, curve: ServerKeys | None) -> None:
         sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
@@ -161,7 +189,8 @@ class FeatureService:
         def both() -> Iterable[Tick]:
             yield from load()
             for cols in books():
-                self.engine.load_book(cols)
+                state = self.engine.states.get(cols.symbol)
+                self.engine.load_book(cols, live_after_ms=state.last_ms if state is not None else -1)
 
         self._inbox.put(both)
 
@@ -189,22 +218,83 @@ class FeatureService:
     def _run(self) -> None:
         while True:
             try:
-                item = self._inbox.get(timeout=0.05)
+                wait = 0.05 if not self._held else max(0.0, min(0.05, self._held[0][2] - time.monotonic()))
+                item = self._inbox.get(timeout=wait)
                 if item is None:
+                    self._release(until_empty=True)  # every input is in: nothing more to wait for
                     return
                 self.idle.clear()
                 if isinstance(item, BookBatch):
                     self._book(item)
+                    self._release()
                     continue
                 if callable(item):
                     self._replay(item)
                     continue
-                self.process(*item)
+                if self._book_wait_s is None:
+                    self.process(*item)
+                else:
+                    self._held.append((*item, time.monotonic() + self._book_wait_s))
+                    self._release()
             except queue.Empty:
-                self.idle.set()
+                self._release()
+                if not self._held:
+                    self.idle.set()
             self._retry_bind()
 
+    def _release(self, *, until_empty: bool = False) -> None:
+        """Fold the held ticks, first come first, while the first one's book has reached it or its
+        wait has run out; before each, its book's batches of effective time before it."""
+        held, reach = self._held, self._book_reach
+        now = time.monotonic()
+        while held:
+            tick, received_ns, deadline = held[0]
+            symbol = tick.symbol
+            book_ms = reach.get(symbol)
+            if book_ms is None:
+                book_ms = self.engine.book_time(symbol)  # started from the store, nothing new yet
+            reached = book_ms is not None and book_ms >= tick.timestamp_ms
+            if not (until_empty or reached or symbol in self._bookless):
+                if now < deadline:
+                    return
+                self.stats.book_waits_expired += 1
+                if book_ms is None:
+                    self._bookless.add(symbol)
+                    log.warning(
+                        "%s: no book within %g s of its tick; its ticks do not wait for it",
+                        symbol,
+                        self._book_wait_s,
+                    )
+            held.popleft()
+            self._apply_books(symbol, tick.timestamp_ms)
+            self.process(tick, received_ns)
+        if until_empty:
+            for symbol in list(self._books):
+                self._apply_books(symbol, 2**62)
+
+    def _apply_books(self, symbol: str, before_ms: int) -> None:
+        queued = self._books.get(symbol)
+        while queued and queued[0][0] < before_ms:
+            self._apply(queued.popleft()[1])
+
     def _book(self, batch: BookBatch) -> None:
+        if self._book_wait_s is None or not batch:
+            self._apply(batch)
+            return
+        # held ticks: the batch waits for the first tick after it (the book never runs ahead of the
+        # ticks, which it may on another bus by far more than `LiveBookFeatures` keeps)
+        symbol = batch[0].symbol
+        self._bookless.discard(symbol)  # its book has come: its ticks wait for it again
+        if symbol not in self._book_reach:
+            loaded = self.engine.book_time(symbol)  # a book started from the store (a warm-up)
+            self._book_reach[symbol] = -1 if loaded is None else loaded
+        effective = self._book_reach[symbol] = max(self._book_reach[symbol], *(e.timestamp_ms for e in batch))
+        queued = self._books.setdefault(symbol, collections.deque())
+        queued.append((effective, batch))
+        if len(queued) > BOOK_QUEUE_MAX:
+            self._apply(queued.popleft()[1])
+
+    def _apply(self, batch: BookBatch) -> None:
         try:
             for update in batch:
                 self.engine.on_book(update)
@@ -348,4 +438,5 @@ class FeatureService:
             "feature_sessions_without_history": self._history.misses if self._history else 0,
             "features_published": s.published, "feature_publish_errors": s.publish_errors,
             "features_book_late": self.engine.book_late, "features_book_rejected": self.engine.book_rejected,
+            "features_book_gaps": self.engine.book_gaps, "features_book_waits_expired": s.book_waits_expired,
         }  # fmt: skip

@@ -16,6 +16,13 @@ The lease, the group, the claim and the loop are `LeasedWorker`'s (leased.py).
 A lease that lapsed and is taken back keeps the engine only if the group's cursor is still where
 this worker left it (`resumable`); otherwise another worker folded ticks meanwhile, and the symbol
 is taken over as above.
+The book features come from the stored book (`stream:book:{SYMBOL}` and its blocks), followed beside
+the ticks by `StoredBookFeed` (stored_book_feed.py): the live book is rebuilt as of the first tick
+folded (a takeover's replay included), and before each tick at T the stored batches of effective
+time < T are applied, as a backfill reads them. The book recorder writes apart from the tick
+recorder, so before folding ticks up to T the worker waits until the stored book has reached T, at
+most BOOK_WAIT_S; past that it goes on, and the ticks folded ahead of the stored book are counted
+(`features_book_late`): their book features may differ from a backfill's.
 Output ids are the features' exchange ms and a counter within that ms, written explicitly: what the
 replay emits again is refused by Valkey ("equal or smaller") and counted, never stored twice; what
 the dead owner had not written yet is written by the replay. So a SIGKILLed worker loses nothing and
@@ -26,6 +33,7 @@ tick that arrived late there is folded rather than skipped as it was live.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -36,10 +44,13 @@ from tickvault.store.api import Store
 from tickvault.store.cluster import transaction
 from tickvault.workers.leased import Entry, LeasedWorker, WorkerStats
 from tickvault.workers.session_history import store_history
+from tickvault.workers.stored_book_feed import StoredBookFeed
 
 log = logging.getLogger("tickvault.featureworker")
 
 GROUP = "features"
+BOOK_WAIT_S = 1.0  # the longest the ticks wait for the stored book to reach them (wall time)
+BOOK_CHUNK = 1_000  # ticks folded per read of the stored book
 
 
 @dataclass
@@ -49,11 +60,13 @@ class FeatureWorkerStats(WorkerStats):
     replayed: int = 0  # ticks folded again after taking a symbol over
     duplicates: int = 0  # features refused as already written (a takeover's replay)
     takeovers: int = 0
+    book_late: int = 0  # ticks folded before the stored book had reached them (the wait ran out)
 
 
 @dataclass
 class _Owned:
     engine: FeatureEngine
+    book: StoredBookFeed
     written: tuple[int, int]  # (ms, n) of the newest features entry in the stream at takeover
     read_after: bytes  # tick entries up to this id are folded already
     last_id: tuple[int, int] = (-1, -1)  # (ms, n) of the last features the engine emitted
@@ -65,7 +78,7 @@ class FeatureWorker(LeasedWorker[_Owned]):
     COUNTERS = {
         "ticks": "feature_ticks", "written": "features_written", "replayed": "features_replayed",
         "duplicates": "feature_duplicates", "takeovers": "feature_takeovers", "errors": "feature_errors",
-        "outages": "feature_outages",
+        "outages": "feature_outages", "book_late": "features_book_late",
     }  # fmt: skip
     stats: FeatureWorkerStats
 
@@ -105,7 +118,7 @@ class FeatureWorker(LeasedWorker[_Owned]):
         top = self.client.xrevrange(ticks_key, count=1)
         end = top[0][0] if top else b"0-0"
         engine = FeatureEngine([symbol], self.config, history=self._history)
-        owned = _Owned(engine, last_out, end)
+        owned = _Owned(engine, StoredBookFeed(self.store, symbol, engine), last_out, end)
         replay: list[Tick] = []
         if top:
             start = day_start_ms(last_out[0] if written else stream_id(end)[0])
@@ -120,16 +133,27 @@ class FeatureWorker(LeasedWorker[_Owned]):
     def _fold(self, symbol: str, owned: _Owned, ticks: list[Tick], entry_ids: list[bytes]) -> None:
         """Fold ticks; write new features with the XACK of `entry_ids` in one transaction."""
         found: list[tuple[str, Features]] = []
-        for tick in ticks:
-            self.stats.ticks += 1
-            features = owned.engine.on_tick(tick)
-            if features is None:
-                continue
-            ms = features.timestamp_ms
-            out = (ms, owned.last_id[1] + 1 if ms == owned.last_id[0] else 0)
-            owned.last_id = out
-            if out > owned.written:  # what the stream holds already is not sent again
-                found.append((f"{out[0]}-{out[1]}", features))
+        book = owned.book
+        for at in range(0, len(ticks), BOOK_CHUNK):
+            chunk = ticks[at : at + BOOK_CHUNK]
+            newest = max(t.timestamp_ms for t in chunk)
+            if not book.started:
+                book.start(chunk[0].timestamp_ms)
+            reached = self._book_reached(book, newest)
+            book.read(newest)
+            for tick in chunk:
+                self.stats.ticks += 1
+                book.feed_before(tick.timestamp_ms)
+                if tick.timestamp_ms > reached:
+                    self.stats.book_late += 1
+                features = owned.engine.on_tick(tick)
+                if features is None:
+                    continue
+                ms = features.timestamp_ms
+                out = (ms, owned.last_id[1] + 1 if ms == owned.last_id[0] else 0)
+                owned.last_id = out
+                if out > owned.written:  # what the stream holds already is not sent again
+                    found.append((f"{out[0]}-{out[1]}", features))
         if not found and not entry_ids:
             return
         pipe = transaction(self.client, self.keys.ticks(symbol))
@@ -145,6 +169,14 @@ class FeatureWorker(LeasedWorker[_Owned]):
                 self.stats.duplicates += 1
             else:
                 self.stats.written += 1
+
+    def _book_reached(self, book: StoredBookFeed, t_ms: int) -> int:
+        """How far the stored book has got, once it has reached `t_ms` or BOOK_WAIT_S has passed."""
+        deadline = time.monotonic() + BOOK_WAIT_S
+        while (reached := book.reached()) < t_ms and time.monotonic() < deadline:
+            if self._stop.wait(0.01):
+                break
+        return reached
 
     def handle_claimed(self, symbol: str, entries: list[Entry]) -> None:
         self.client.xack(self.keys.ticks(symbol), GROUP, *[i for i, _ in entries])  # the replay covered them

@@ -76,6 +76,7 @@ class Wiring:
     notices: list[tuple[int, str]] = field(default_factory=list)  # (log level, line) for the user
     source_done: threading.Event = field(default_factory=threading.Event)
     book_unstored: Callable[[], int] | None = None  # the book's part of a held-back source (see Book)
+    book_publisher: Publisher | None = None  # the book's bus (set by Book), for the core flow to consume
     _lasts: dict[str, Tick] | None = None
 
     def lasts(self) -> dict[str, Tick]:

@@ -1,8 +1,9 @@
 """The order book's part of a run (`BOOK_ENABLED`, `run --no-book`): `BookFlow` (app/book_flow.py)
-publishes the source's book batches on the book port and records them, and hands every batch to the
-core flow's live book. It runs for a source that makes a book (the simulator, ProfitDLL's offer
-book, a book file, a store replay: `System(book=...)`); for others it is left out. `run --only
-recorder` records the book frames of the bus too."""
+publishes the source's book batches on the book port and records them; the core flow (started after
+it) takes every batch for its live book, in-process or from this bus (`Wiring.book_publisher`). It
+runs for a source that makes a book (the simulator, ProfitDLL's offer book, a book file, a store
+replay: `System(book=...)`); for others it is left out. `run --only recorder` records the book frames
+of the bus too."""
 
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ class Book:
             return
         self.flow.start(
             record=w.recorder is not None,
-            features=w.features.submit_book if w.features is not None else None,
+            features=None,  # the core flow feeds itself (`CoreFlow._feed`)
             server_keys=server_keys_of(s),
             client_keys=own_client_keys(s, w.private_bus),
         )
+        w.book_publisher = self.flow.publisher
 
     def stop(self) -> SummaryPart | None:
         return {"drained": self.flow.stop()}
