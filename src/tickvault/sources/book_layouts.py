@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from tickvault.domain.book import BookAction, BookKind, BookSide
 from tickvault.domain.events import validate_symbol
 from tickvault.errors import DataError
-from tickvault.sources.layouts import fold
+from tickvault.sources.layouts import fold, match_columns
 
 # folded header name -> book field
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -92,11 +92,7 @@ class BookLayout:
         """The layout of a header, None when it is not a book file; DataError when it is one that
         lacks a column (naming what is missing and what the file has)."""
         columns = [c for c in columns if c is not None]
-        fields: dict[str, str] = {}
-        for column in columns:
-            name = _FIELD_OF.get(fold(column))
-            if name is not None and name not in fields.values():
-                fields[column] = name
+        fields = match_columns(columns, _FIELD_OF)
         have = set(fields.values())
         if {"order_id", "action"} <= have:
             kind: BookKind = "mbo"

@@ -29,8 +29,7 @@ from tickvault.domain.events import from_ms
 from tickvault.errors import DataError, TickvaultError
 from tickvault.sources.book_files import BookFileReader, book_layout
 from tickvault.sources.book_layouts import BookLayout
-from tickvault.sources.bulk_load import FileReport
-from tickvault.sources.files import BadRow
+from tickvault.sources.bulk_load import FileReport, count_bad
 from tickvault.sources.tick_files import TickFile, members
 from tickvault.store.api import Store
 from tickvault.store.book_writer import SNAPSHOT_EVERY, BookPart, BookWriter
@@ -110,7 +109,7 @@ def load_book_file(
         seqs.digest = file_digest(file)
         for parts, bad in reader.chunks():
             for row in bad:
-                _count_bad(report, row, keep_bad, rejects)
+                count_bad(report, row, keep_bad, rejects)
             for cols in parts:  # each symbol's checked and registered before anything of it is written
                 base = seqs.of(cols.symbol, int(cols.timestamp_ms[0]))
                 shifted = BookColumns(cols.symbol, cols.kind, **{**cols.columns(), "seq": cols.seq + base})
@@ -161,16 +160,6 @@ def _write(writer: BookWriter, pending: list[BookPart], report: FileReport) -> N
             for _, updates, why in result.refused:
                 report.rejected += updates
                 report.reasons[why.field] += updates
-
-
-def _count_bad(report: FileReport, row: BadRow, keep_bad: int, rejects: IO[str] | None) -> None:
-    report.rejected += 1
-    report.reasons[row.error.field] += 1
-    if len(report.bad) < keep_bad:
-        report.bad.append(row)
-    if rejects is not None:
-        reason = row.error.reason.replace('"', '""')
-        rejects.write(f'"{report.name}",{row.line},{row.error.field},"{reason}"\n')
 
 
 def load_book_paths(

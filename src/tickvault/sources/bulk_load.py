@@ -127,14 +127,19 @@ def load_files(
 def count_batch(report: FileReport, batch: TickBatch, keep_bad: int, rejects: IO[str] | None) -> None:
     """Add a batch's rows and rejects to the report; every reject to `rejects` (CSV)."""
     report.read += batch.rows
-    report.rejected += len(batch.bad)
     for row in batch.bad:
-        report.reasons[row.error.field] += 1
-        if len(report.bad) < keep_bad:
-            report.bad.append(row)
-        if rejects is not None:
-            reason = row.error.reason.replace('"', '""')
-            rejects.write(f'"{report.name}",{row.line},{row.error.field},"{reason}"\n')
+        count_bad(report, row, keep_bad, rejects)
+
+
+def count_bad(report: FileReport, row: BadRow, keep_bad: int, rejects: IO[str] | None) -> None:
+    """One rejected row: counted by reason, kept up to `keep_bad`, written to `rejects` (CSV)."""
+    report.rejected += 1
+    report.reasons[row.error.field] += 1
+    if len(report.bad) < keep_bad:
+        report.bad.append(row)
+    if rejects is not None:
+        reason = row.error.reason.replace('"', '""')
+        rejects.write(f'"{report.name}",{row.line},{row.error.field},"{reason}"\n')
 
 
 _Item = tuple[str, TickFile, "TickBatch | DataError | None"]

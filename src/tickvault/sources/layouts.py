@@ -65,6 +65,17 @@ def fold(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", plain.lower())
 
 
+def match_columns(columns: list[str], field_of: dict[str, str]) -> dict[str, str]:
+    """column -> field for the columns whose folded name is an alias of a field (the first column
+    of each field wins)."""
+    fields: dict[str, str] = {}
+    for column in columns:
+        name = field_of.get(fold(column))
+        if name is not None and name not in fields.values():
+            fields[column] = name
+    return fields
+
+
 @dataclass
 class Layout:
     """How one file's columns map to tick fields, and what the file leaves out."""
@@ -78,11 +89,7 @@ class Layout:
     def detect(cls, columns: Iterable[str], *, symbol: str | None = None, delimiter: str = ",") -> Layout:
         """The layout of a header; DataError naming what is missing (and what the file has)."""
         columns = [c for c in columns if c is not None]
-        fields: dict[str, str] = {}
-        for column in columns:
-            name = _FIELD_OF.get(fold(column))
-            if name is not None and name not in fields.values():
-                fields[column] = name
+        fields = match_columns(columns, _FIELD_OF)
         have = set(fields.values())
         missing = [name for name in ("price", "quantity") if name not in have]
         if "symbol" not in have and symbol is None:
