@@ -349,3 +349,35 @@ def test_ticks_whose_features_are_refused_on_every_delivery_are_dead_lettered_an
     ]
     assert stored_entries(store, "WDOFUT") == [e for e in expected if e[0] not in lost]
     assert pending(store, "WDOFUT") == 0
+
+
+def test_a_refusal_that_lasts_is_dead_lettered_on_the_nth_delivery_and_the_symbol_goes_on(
+    store: Store,
+) -> None:
+    """The features key stays a string: the write is refused in the batch's step and in every take
+    after it (which cannot even read the key). The takes count as deliveries: on the third the
+    features are dead-lettered, each once, the ticks acknowledged, and the symbol goes on; when the
+    key is fixed the features after are written, equal to a backfill's."""
+    ticks = one_symbols_ticks(33, 3000)
+    worker = FeatureWorker(store, ("WDOFUT",), CONFIG, name="w", batch=2_000, max_deliveries=3)
+    worker.step(block_ms=0)
+    out_key = store.keys.features("WDOFUT")
+    store.client.set(out_key, "in the way")
+    store.append_ticks(ticks[:1000])
+    with running(worker):
+        assert wait_until(lambda: worker.stats.dead_lettered > 0 and pending(store, "WDOFUT") == 0, 30)
+        dead = [fields for _, fields in store.client.xrange(store.keys.dead_letters())]
+        assert worker.counters()["features_dead_lettered"] == len(dead)
+        assert all(b"after 3 deliveries" in f[b"reason"] and b"WRONGTYPE" in f[b"reason"] for f in dead), dead
+        store.client.delete(out_key)
+        store.append_ticks(ticks[1000:])
+        lost = {f[b"features_id"].decode() for f in dead}
+        expected = expected_entries(store, "WDOFUT", ticks)
+        assert wait_until(
+            lambda: stored_entries(store, "WDOFUT") == [e for e in expected if e[0] not in lost], 30
+        )
+        assert pending(store, "WDOFUT") == 0
+    assert [(f[b"features_id"].decode(), msgspec.json.decode(f[b"payload"])) for f in dead] == [
+        e for e in expected if e[0] in lost
+    ]
+    assert expected[0][0] in lost and store.client.xlen(store.keys.dead_letters()) == len(dead)

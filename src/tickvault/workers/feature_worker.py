@@ -44,6 +44,7 @@ import uuid
 from dataclasses import dataclass
 
 import msgspec
+import valkey
 
 from tickvault.analytics.features import FeatureConfig, FeatureEngine
 from tickvault.domain.events import Features, Tick, day_start_ms, from_fields, to_fields
@@ -109,6 +110,8 @@ class FeatureWorker(LeasedWorker[_Owned]):
         )  # fmt: skip
         self.config = config or FeatureConfig()
         self._history = store_history(store)
+        # per symbol, the newest features a take dead-lettered: not written again by later takes
+        self._dead_through: dict[str, tuple[int, int]] = {}
 
     def stream(self, symbol: str) -> str:
         return self.keys.ticks(symbol)
@@ -122,27 +125,67 @@ class FeatureWorker(LeasedWorker[_Owned]):
 
     def take(self, symbol: str) -> _Owned:
         """Rebuild the engine by replaying the stored session up to the stream's newest entry E and
-        move the group's cursor to E (see the module's doc)."""
+        move the group's cursor to E (see the module's doc). Each take counts as a delivery of the
+        oldest pending tick entry; on its `max_deliveries`-th, features the take cannot write (nor
+        read) are dead-lettered instead of failing the take, so a lasting refusal cannot stop the
+        symbol for good."""
         ticks_key, out_key = self.keys.ticks(symbol), self.keys.features(symbol)
-        written = self.client.xrevrange(out_key, count=1)
-        last_out = stream_id(written[0][0]) if written else (-1, -1)
+        give_up = self._deliver_oldest(ticks_key) >= self.max_deliveries
+        try:
+            written = self.client.xrevrange(out_key, count=1)
+        except valkey.ResponseError:
+            if not give_up:
+                self._keep_one_pending(ticks_key)
+                raise
+            written = []  # unreadable (a key of the wrong type): what it held is not a stream of ours
+        last_out = max(
+            stream_id(written[0][0]) if written else (-1, -1), self._dead_through.get(symbol, (-1, -1))
+        )
         top = self.client.xrevrange(ticks_key, count=1)
         end = top[0][0] if top else b"0-0"
         engine = FeatureEngine([symbol], self.config, history=self._history)
         owned = _Owned(engine, StoredBookFeed(self.store, symbol, engine), last_out, end)
         replay: list[Tick] = []
         if top:
-            start = day_start_ms(last_out[0] if written else stream_id(end)[0])
+            start = day_start_ms(last_out[0] if last_out[0] >= 0 else stream_id(end)[0])
             replay = self.store.tick_events(symbol, start, stream_id(end)[0])
             self.stats.replayed += len(replay)
             found = self._fold(owned, replay)
-            failed = [exc for exc in map(refusal, self._write(symbol, found)) if exc is not None]
-            if failed:
-                raise failed[0]
+            for (_, out_id, features), result in zip(found, self._write(symbol, found), strict=True):
+                exc = refusal(result)
+                if exc is None:
+                    continue
+                if not give_up:
+                    self._keep_one_pending(ticks_key)
+                    raise exc
+                self._dead_letter_taken(symbol, out_id, features, exc)
         self.client.xgroup_setid(ticks_key, GROUP, end)
         self.stats.takeovers += 1
         log.info("%s took %s over: replayed %d ticks up to %s", self.name, symbol, len(replay), end)
         return owned
+
+    def _deliver_oldest(self, ticks_key: str) -> int:
+        """Deliver the oldest pending tick entry once more (XCLAIM counts it); its deliveries, or 0."""
+        oldest = self.client.xpending_range(ticks_key, GROUP, min="-", max="+", count=1)
+        if not oldest:
+            return 0
+        self.client.xclaim(ticks_key, GROUP, self.name, 0, [oldest[0]["message_id"]])
+        return int(oldest[0]["times_delivered"]) + 1
+
+    def _keep_one_pending(self, ticks_key: str) -> None:
+        """A take refused with nothing pending: deliver one new entry, so the retries are counted."""
+        if not self.client.xpending_range(ticks_key, GROUP, min="-", max="+", count=1):
+            self.client.xreadgroup(GROUP, self.name, {ticks_key: ">"}, count=1)
+
+    def _dead_letter_taken(self, symbol: str, out_id: str, features: Features, exc: Exception) -> None:
+        reason = f"features not written by a take after {self.max_deliveries} deliveries: {exc}"
+        payload = msgspec.json.encode(to_fields(features))
+        self.store.dead_letter(
+            reason, "feature_write", topic=self.keys.ticks(symbol), payload=payload, features_id=out_id
+        )
+        self.stats.dead_lettered += 1
+        self._dead_through[symbol] = max(self._dead_through.get(symbol, (-1, -1)), stream_id(out_id))
+        log.error("%s: features %s of %s dead-lettered: %s", self.name, out_id, symbol, reason)
 
     def _fold(self, owned: _Owned, ticks: list[Tick]) -> list[tuple[int, str, Features]]:
         """Fold ticks; the new features, each with the index of the tick it came from and its id."""
