@@ -8,9 +8,10 @@ the ticks are acknowledged once their features are known to be written (or refus
 the group shows what is done. A write refused for another reason (a key of the wrong type, out of
 memory, read-only) leaves its tick entry and those after it pending: the step fails, the engine is
 dropped and the symbol taken again from the store as below (nothing is folded twice), which writes
-the features again; on its `max_deliveries`-th delivery such an entry is dead-lettered instead
-(field `feature_write`, counted `features_dead_lettered`): the rule is `LeasedWorker`'s, as the
-predictor's.
+the features again. Each take counts as one more delivery of the oldest pending tick entry (XCLAIM);
+on its `max_deliveries`-th, the features that cannot be written are dead-lettered instead (field
+`feature_write`, counted `features_dead_lettered`; once each: later takes of this worker start after
+them) and the symbol goes on. The rule is `LeasedWorker`'s, as the predictor's.
 
 Taking a symbol over (a first start, or a dead owner's symbol):
 1. the engine is rebuilt by replaying, from the store, the session of the last features entry
