@@ -4,14 +4,17 @@ features streams end up exactly what one engine computes over the stored ticks, 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from valkey.cluster import ValkeyCluster
 
@@ -22,7 +25,7 @@ from tickvault.domain.events import Features, from_ms, to_fields
 from tickvault.sources.simulator import MarketSimulator
 from tickvault.store.api import Store
 from tickvault.store.cluster import EmbeddedCluster
-from tickvault.workers.feature_worker import FeatureWorker
+from tickvault.workers.feature_worker import GROUP, FeatureWorker
 from tickvault.workers.session_history import store_history
 
 SYMBOLS = ("WDOFUT", "WINFUT", "DOLFUT")
@@ -269,3 +272,112 @@ def _numbered(features: list[Features]) -> list[tuple[Features, int]]:
         last = (f.timestamp_ms, last[1] + 1 if f.timestamp_ms == last[0] else 0)
         out.append((f, last[1]))
     return out
+
+
+@contextlib.contextmanager
+def running(worker: FeatureWorker) -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name="worker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def pending(store: Store, symbol: str) -> int:
+    return int(store.client.xpending(store.keys.ticks(symbol), GROUP)["pending"])
+
+
+def one_symbols_ticks(seed: int, n: int) -> list:
+    source = MarketSimulator(["WDOFUT"], seed=seed, start=from_ms(BASE_MS)).ticks()
+    return list(itertools.islice(source, n))
+
+
+def test_a_features_write_refused_not_as_a_repeat_leaves_its_ticks_pending_and_loses_nothing(
+    store: Store,
+) -> None:
+    """Something else holds the features key (a string: every XADD to it is refused with WRONGTYPE).
+    The ticks stay pending, the worker retries (from the store); once the key is out of the way the
+    features are those of a backfill. The old worker acknowledged the ticks with the refused writes."""
+    ticks = one_symbols_ticks(31, 1500)
+    worker = FeatureWorker(store, ("WDOFUT",), CONFIG, name="w", batch=2_000, max_deliveries=1_000_000)
+    worker.step(block_ms=0)  # the symbol taken while its features key is still a stream
+    out_key = store.keys.features("WDOFUT")
+    store.client.set(out_key, "in the way")
+    store.append_ticks(ticks)
+    with running(worker):
+        assert wait_until(lambda: worker.stats.errors >= 2, 30)  # refused, and tried again
+        assert pending(store, "WDOFUT") == len(ticks)  # none acknowledged
+        assert worker.stats.written == 0
+        store.client.delete(out_key)
+        assert wait_until(lambda: pending(store, "WDOFUT") == 0 and store.client.exists(out_key), 30)
+        assert wait_until(
+            lambda: stored_entries(store, "WDOFUT") == expected_entries(store, "WDOFUT", ticks), 30
+        )
+    assert worker.stats.dead_lettered == 0 and store.client.xlen(store.keys.dead_letters()) == 0
+
+
+def test_ticks_whose_features_are_refused_on_every_delivery_are_dead_lettered_and_the_symbol_goes_on(
+    store: Store,
+) -> None:
+    """A refusal on the `max_deliveries`-th delivery (1 here: the first) dead-letters the tick entries
+    whose features were refused, with the features and the reason, counts them and acknowledges them;
+    once the key is fixed the symbol goes on from the same engine: every other features entry is a
+    backfill's."""
+    ticks = one_symbols_ticks(32, 3000)
+    worker = FeatureWorker(store, ("WDOFUT",), CONFIG, name="w", max_deliveries=1)
+    worker.step(block_ms=0)
+    out_key = store.keys.features("WDOFUT")
+    store.client.set(out_key, "in the way")
+    store.append_ticks(ticks[:1000])
+    while worker.step(block_ms=0):
+        pass
+    assert pending(store, "WDOFUT") == 0 and worker.stats.errors == 0
+    dead = [fields for _, fields in store.client.xrange(store.keys.dead_letters())]
+    assert dead and worker.counters()["features_dead_lettered"] == len(dead)
+    assert all(f[b"field"] == b"feature_write" and b"WRONGTYPE" in f[b"reason"] for f in dead), dead
+    store.client.delete(out_key)
+    store.append_ticks(ticks[1000:])
+    while worker.step(block_ms=0):
+        pass
+    lost = {f[b"features_id"].decode() for f in dead}
+    expected = expected_entries(store, "WDOFUT", ticks)
+    assert [e for e in expected if e[0] in lost] == [
+        (f[b"features_id"].decode(), msgspec.json.decode(f[b"payload"])) for f in dead
+    ]
+    assert stored_entries(store, "WDOFUT") == [e for e in expected if e[0] not in lost]
+    assert pending(store, "WDOFUT") == 0
+
+
+def test_a_refusal_that_lasts_is_dead_lettered_on_the_nth_delivery_and_the_symbol_goes_on(
+    store: Store,
+) -> None:
+    """The features key stays a string: the write is refused in the batch's step and in every take
+    after it (which cannot even read the key). The takes count as deliveries: on the third the
+    features are dead-lettered, each once, the ticks acknowledged, and the symbol goes on; when the
+    key is fixed the features after are written, equal to a backfill's."""
+    ticks = one_symbols_ticks(33, 3000)
+    worker = FeatureWorker(store, ("WDOFUT",), CONFIG, name="w", batch=2_000, max_deliveries=3)
+    worker.step(block_ms=0)
+    out_key = store.keys.features("WDOFUT")
+    store.client.set(out_key, "in the way")
+    store.append_ticks(ticks[:1000])
+    with running(worker):
+        assert wait_until(lambda: worker.stats.dead_lettered > 0 and pending(store, "WDOFUT") == 0, 30)
+        dead = [fields for _, fields in store.client.xrange(store.keys.dead_letters())]
+        assert worker.counters()["features_dead_lettered"] == len(dead)
+        assert all(b"after 3 deliveries" in f[b"reason"] and b"WRONGTYPE" in f[b"reason"] for f in dead), dead
+        store.client.delete(out_key)
+        store.append_ticks(ticks[1000:])
+        lost = {f[b"features_id"].decode() for f in dead}
+        expected = expected_entries(store, "WDOFUT", ticks)
+        assert wait_until(
+            lambda: stored_entries(store, "WDOFUT") == [e for e in expected if e[0] not in lost], 30
+        )
+        assert pending(store, "WDOFUT") == 0
+    assert [(f[b"features_id"].decode(), msgspec.json.decode(f[b"payload"])) for f in dead] == [
+        e for e in expected if e[0] in lost
+    ]
+    assert expected[0][0] in lost and store.client.xlen(store.keys.dead_letters()) == len(dead)

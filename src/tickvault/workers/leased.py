@@ -15,6 +15,13 @@ needed and what an earlier owner read and never acknowledged is claimed (XAUTOCL
 first. A worker that must see every entry of a symbol in order and saves its own position (candles)
 sets `group = None` and reads with XREAD from `position(symbol, state)`.
 
+Acknowledging (workers with a group): an entry is acknowledged once its writes are known to be done,
+written or refused as repeats (`is_repeat`: the id is there already). A write refused for another
+reason (a key of the wrong type, out of memory, read-only) goes to `retry_or_dead_letter`: raised, so
+the entry stays pending and the step fails, until the entry's `max_deliveries`-th delivery (XPENDING's
+count); then it is dead-lettered (`Store.dead_letter`), counted (`dead_lettered`) and may be
+acknowledged, so a lasting refusal cannot stop the symbol for good.
+
 `run(stop)` steps until `stop`. After a failed step the owned state is dropped and rebuilt from
 Valkey on the next one (the leases are kept), so nothing half-done carries on. While Valkey is
 unreachable it backs off, logging one line when Valkey goes and one when it is back. At stop,
@@ -43,6 +50,17 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 
 RETRY_S = 0.5  # after an error, and the first wait while Valkey is unreachable
 BACKOFF_MAX_S = 5.0  # the longest wait between tries while Valkey is unreachable
+MAX_DELIVERIES = 5  # a refused write is tried this many times (one per retry of the step), then dead-lettered
+
+
+def is_repeat(result: object) -> bool:
+    """A transaction's reply to an XADD with an explicit id: refused because that id is written already."""
+    return isinstance(result, Exception) and "equal or smaller" in str(result)
+
+
+def refusal(result: object) -> Exception | None:
+    """A transaction's reply to a write: the refusal to act on, or None (written, or a repeat)."""
+    return result if isinstance(result, Exception) and not is_repeat(result) else None
 
 
 @dataclass
@@ -50,6 +68,7 @@ class WorkerStats:
     errors: int = 0  # failed steps (each retried)
     outages: int = 0  # times Valkey became unreachable
     claimed: int = 0  # entries an earlier owner left pending in the group, taken over
+    dead_lettered: int = 0  # entries whose writes were refused on their max_deliveries-th delivery
 
 
 class LeasedWorker(Generic[S]):
@@ -69,6 +88,7 @@ class LeasedWorker(Generic[S]):
         lease_key: Callable[[str], str],
         lease_ms: int | None,
         batch: int,
+        max_deliveries: int = MAX_DELIVERIES,
     ) -> None:
         """`lease_ms` None: this worker owns every symbol (it is the only one)."""
         self.store = store
@@ -80,6 +100,7 @@ class LeasedWorker(Generic[S]):
         self.lease_key = lease_key
         self.lease_ms = lease_ms
         self.batch = batch
+        self.max_deliveries = max_deliveries
         self.leases = None if lease_ms is None else SymbolLeases(self.client, lease_key, name, lease_ms)
         self.owned: dict[str, S] = {}
         self._stop = threading.Event()  # run's: waiting with nothing owned ends at stop
@@ -170,6 +191,36 @@ class LeasedWorker(Generic[S]):
         if self.leases is not None:
             self.leases.release(self.symbols)  # those still ours, whether or not we hold state for them
         self.owned.clear()
+
+    # -- acknowledging ---------------------------------------------------------------------------
+
+    def ack(self, symbol: str, entry_ids: list[bytes]) -> None:
+        if entry_ids:
+            self.client.xack(self.stream(symbol), self.group, *entry_ids)
+
+    def retry_or_dead_letter(
+        self,
+        symbol: str,
+        entry_id: bytes,
+        exc: Exception,
+        *,
+        what: str,
+        field: str,
+        payload: bytes,
+        **extra: str | bytes,
+    ) -> None:
+        """A write for `entry_id` refused, not as a repeat: raised (the entry stays pending, and the
+        retry delivers it again) until its `max_deliveries`-th delivery; then dead-lettered and
+        counted, and the caller acknowledges it."""
+        stream = self.stream(symbol)
+        pending = self.client.xpending_range(stream, self.group, min=entry_id, max=entry_id, count=1)
+        deliveries = int(pending[0]["times_delivered"]) if pending else 0
+        if deliveries < self.max_deliveries:
+            raise exc
+        reason = f"{what} not written after {deliveries} deliveries: {exc}"
+        self.store.dead_letter(reason, field, topic=stream, payload=payload, entry=entry_id, **extra)
+        self.stats.dead_lettered += 1
+        self.log.error("%s: entry %s of %s dead-lettered: %s", self.name, entry_id, stream, reason)
 
     # -- work ------------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ renewed while the worker lives) and a consumer group `predictors` on `stream:fea
   its `max_deliveries`-th delivery (XPENDING's count) is dead-lettered instead (`tv:deadletter`, field
   `prediction_write`), counted (`predictions_dead_lettered`) and acknowledged, so one bad key cannot
   stop the symbol for good; a refusal that also refuses the dead letter (memory, read-only) is
-  retried on;
+  retried on (this rule is `LeasedWorker`'s, shared with the feature worker);
 - an entry that does not decode is counted, logged and acknowledged.
 The lease, the group, the claim and the loop are `LeasedWorker`'s (leased.py).
 """
@@ -37,12 +37,11 @@ from tickvault.errors import DataError
 from tickvault.ml.decisions import Model, decide
 from tickvault.store.api import Store
 from tickvault.store.cluster import transaction
-from tickvault.workers.leased import Entry, LeasedWorker, WorkerStats
+from tickvault.workers.leased import MAX_DELIVERIES, Entry, LeasedWorker, WorkerStats, is_repeat, refusal
 
 log = logging.getLogger("tickvault.predictor")
 
 GROUP = "predictors"
-MAX_DELIVERIES = 5  # a refused write is tried this many times (one per retry of the step), then dead-lettered
 
 
 @dataclass
@@ -50,7 +49,6 @@ class PredictorStats(WorkerStats):
     predicted: int = 0
     duplicates: int = 0
     rejected: int = 0  # features entries that do not decode: acknowledged without a prediction
-    dead_lettered: int = 0  # entries whose write was refused MAX_DELIVERIES times: acknowledged, kept aside
 
 
 class PredictorWorker(LeasedWorker[None]):
@@ -80,10 +78,10 @@ class PredictorWorker(LeasedWorker[None]):
         super().__init__(
             store, symbols, PredictorStats(), name=name or f"predictor-{uuid.uuid4().hex[:8]}",
             lease_key=store.keys.predictor_lease, lease_ms=lease_ms, batch=batch,
+            max_deliveries=max_deliveries,
         )  # fmt: skip
         self.model = model
         self.threshold = threshold
-        self.max_deliveries = max_deliveries
 
     def stream(self, symbol: str) -> str:
         return self.keys.features(symbol)
@@ -102,8 +100,7 @@ class PredictorWorker(LeasedWorker[None]):
                 self._predict(symbol, stream, entry_id, fields)
                 done.append(entry_id)
         finally:
-            if done:
-                self.client.xack(stream, GROUP, *done)
+            self.ack(symbol, done)
 
     def _predict(self, symbol: str, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:
@@ -127,27 +124,14 @@ class PredictorWorker(LeasedWorker[None]):
         pipe.xadd(self.keys.predictions(symbol), to_fields(prediction), id=entry_id)
         pipe.xadd(self.keys.signals(symbol), to_fields(signal), id=entry_id)
         results = pipe.execute(raise_on_error=False)
-        refused = [r for r in results if isinstance(r, Exception)]
-        failed = [r for r in refused if "equal or smaller" not in str(r)]
+        failed = [exc for exc in map(refusal, results) if exc is not None]
         if failed:
-            self._refused(symbol, stream, entry_id, fields, failed[0])
-        elif refused:
+            payload = msgspec.json.encode({k.decode(errors="replace"): v.decode(errors="replace")
+                                           for k, v in fields.items()})  # fmt: skip
+            self.retry_or_dead_letter(
+                symbol, entry_id, failed[0], what="prediction", field="prediction_write", payload=payload
+            )
+        elif any(map(is_repeat, results)):
             self.stats.duplicates += 1
         else:
             self.stats.predicted += 1
-
-    def _refused(
-        self, symbol: str, stream: str, entry_id: bytes, fields: dict[bytes, bytes], exc: Exception
-    ) -> None:
-        """A write refused, not as a repeat: raised (the entry stays pending, to be tried again) until
-        its `max_deliveries`-th delivery, then dead-lettered."""
-        pending = self.client.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
-        deliveries = int(pending[0]["times_delivered"]) if pending else 0
-        if deliveries < self.max_deliveries:
-            raise exc
-        reason = f"prediction not written after {deliveries} deliveries: {exc}"
-        payload = msgspec.json.encode({k.decode(errors="replace"): v.decode(errors="replace")
-                                       for k, v in fields.items()})  # fmt: skip
-        self.store.dead_letter(reason, "prediction_write", topic=stream, payload=payload, entry=entry_id)
-        self.stats.dead_lettered += 1
-        log.error("%s: features entry %s of %s dead-lettered: %s", self.name, entry_id, symbol, reason)
