@@ -330,3 +330,11 @@ def test_query_table_shows_the_whole_time_and_drops_minor_columns_when_narrow(st
     assert all(len(line) <= 80 for line in narrow.splitlines())
     assert "seq" not in narrow.split("rows")[0] and "not shown at this width:" in narrow
     assert "price" in narrow and "quantity" in narrow
+
+
+def test_the_help_shows_every_form_of_the_valkey_url() -> None:
+    """The help is rich markup: an unescaped `[s]` or `[user:pass@]` was read as a tag and dropped,
+    so the help hid `valkeys://` and the credentials' form."""
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "240", "TERMINAL_WIDTH": "240"})
+    assert result.exit_code == 0
+    assert "valkey[s]://[user:pass@]host:port/db" in result.output, result.output

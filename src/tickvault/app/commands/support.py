@@ -93,7 +93,7 @@ class Flag:
 # the variable it beats. The top-level command takes the shared ones; a command repeats those that
 # matter to it (`@flags(...)`). Either way a given flag lands in `ctx.obj`, read by `settings_of`.
 FLAGS: dict[str, Flag] = {
-    "valkey_url": Flag(str, "'embedded' or valkey[s]://[user:pass@]host:port/db"),
+    "valkey_url": Flag(str, "'embedded' or valkey\\[s]://\\[user:pass@]host:port/db"),
     "valkey_host": Flag(str, "External Valkey host"),
     "valkey_port": Flag(int, "External Valkey port"),
     "valkey_password": Flag(str, "Valkey password"),
