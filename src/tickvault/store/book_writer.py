@@ -46,11 +46,10 @@ from tickvault.store.book_codec import encode_columns
 from tickvault.store.book_live import BookPosition, LiveSnapshot, live_rows, newest_snapshot, read_position
 from tickvault.store.cluster import is_cluster, node_client, refresh
 from tickvault.store.leases import SymbolLeases
+from tickvault.store.seen_bits import SEEN_CHUNK_BITS, are_set, byte_and_mask, cached_bitmap, or_in, set_bits
 from tickvault.store.valkey_errors import map_valkey_errors
 
 LEASE_MS = 10_000
-SEEN_CHUNK_BITS = 23  # one bitmap key per 8M update seqs: at most 1 MiB each
-_CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
 SNAPSHOT_EVERY = 10_000  # updates between stored snapshots: what a read of any moment replays at most
 SNAPSHOT_MS = 60_000
 HOLE_BOUND = 4
@@ -181,13 +180,6 @@ class BookWriter:
         self._state[symbol] = state
         return state
 
-    def _bitmap(self, state: _State, key: str) -> np.ndarray:
-        bitmap = state.seen.get(key)
-        if bitmap is None:
-            raw = self.client.get(key) or b""
-            bitmap = state.seen[key] = np.frombuffer(raw, dtype=np.uint8).copy()
-        return bitmap
-
     # -- writing ---------------------------------------------------------------------------------
 
     def write(self, parts: Sequence[BookPart]) -> BookWriteResult:
@@ -257,11 +249,8 @@ class BookWriter:
         seen = np.zeros(len(cols), bool)
         for c in np.unique(chunk).tolist():
             rows = np.flatnonzero(chunk == c)
-            bitmap = self._bitmap(state, self.keys.book_seen(symbol, c))
-            offsets = seq[rows] & _CHUNK_MASK
-            byte, mask = offsets >> 3, (0x80 >> (offsets & 7)).astype(np.uint8)
-            inside = byte < len(bitmap)
-            seen[rows[inside]] = (bitmap[byte[inside]] & mask[inside]) != 0
+            bitmap = cached_bitmap(self.client, state.seen, self.keys.book_seen(symbol, c))
+            seen[rows] = are_set(bitmap, *byte_and_mask(seq[rows]))
         _, first = np.unique(seq, return_index=True)
         seen[np.setdiff1d(np.arange(len(cols)), first, assume_unique=True)] = True  # repeated in this write
         duplicate = np.logical_or.reduceat(seen, starts)
@@ -272,23 +261,13 @@ class BookWriter:
         kept = cols.take(keep) if not keep.all() else cols
         if np.any(np.diff(kept.seq) < 0):  # a gap filled after later batches: seq order in the entry
             kept = kept.take(np.argsort(kept.seq, kind="stable"))
-        # mark the kept seqs, OR-ed in (never overwrite: a stale copy must not clear bits Valkey has)
+        # mark the kept seqs (OR-ed in: seen_bits)
         k_seq = kept.seq
         k_chunk = k_seq >> SEEN_CHUNK_BITS
         for c in np.unique(k_chunk).tolist():
             key = self.keys.book_seen(symbol, c)
-            offsets = k_seq[k_chunk == c] & _CHUNK_MASK
-            byte, mask = offsets >> 3, (0x80 >> (offsets & 7)).astype(np.uint8)
-            bitmap = state.seen[key]
-            top = int(byte.max())
-            if top >= len(bitmap):
-                bitmap = state.seen[key] = np.concatenate([bitmap, np.zeros(top + 1 - len(bitmap), np.uint8)])
-            np.bitwise_or.at(bitmap, byte, mask)
-            lo = int(byte.min())
-            scratch = f"{key}:new"
-            commands.append(("SETRANGE", scratch, lo, bitmap[lo : top + 1].tobytes()))
-            commands.append(("BITOP", "OR", key, key, scratch))
-            commands.append(("DEL", scratch))
+            lo, hi = set_bits(state.seen, key, *byte_and_mask(k_seq[k_chunk == c]))
+            commands.extend(or_in(key, state.seen[key], lo, hi))
         return kept
 
     def _entry(

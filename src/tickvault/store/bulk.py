@@ -50,8 +50,8 @@ from tickvault.store.block_codec import Columns, decode_block, encode_block
 from tickvault.store.cluster import node_client, transaction
 from tickvault.store.day_candles import DayCandles
 from tickvault.store.sealing import HOUR_MS, BlockRef
+from tickvault.store.seen_bits import CHUNK_MASK, SEEN_CHUNK_BITS
 from tickvault.store.session_rows import (
-    CHUNK_MASK,
     SessionDays,
     bits_set,
     chunks_of,
@@ -66,7 +66,7 @@ from tickvault.store.session_rows import (
     session_bounds,
 )
 from tickvault.store.stream_codec import as_entries, columns_from_entries, columns_of, id_ms, raw_command
-from tickvault.store.tick_writer import LEASE_MS, SEEN_CHUNK_BITS
+from tickvault.store.tick_writer import LEASE_MS
 from tickvault.store.valkey_errors import map_valkey_errors
 
 log = logging.getLogger("tickvault.bulk")

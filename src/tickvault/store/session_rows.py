@@ -14,9 +14,7 @@ import numpy as np
 from tickvault.domain.events import B3_TZ, to_ms
 from tickvault.store.block_codec import Columns
 from tickvault.store.sealing import HOUR_MS
-from tickvault.store.tick_writer import SEEN_CHUNK_BITS
-
-CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
+from tickvault.store.seen_bits import CHUNK_MASK, SEEN_CHUNK_BITS
 
 
 class SessionDays:

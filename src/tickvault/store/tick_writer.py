@@ -42,6 +42,7 @@ from tickvault.store.leases import SymbolLeases
 from tickvault.store.live_copy import CopyRun, stream_ids
 from tickvault.store.raw_resp import EXEC_REPLY_ON, REPLY_OFF_MULTI, RawConnection
 from tickvault.store.raw_resp import pack as _pack
+from tickvault.store.seen_bits import SEEN_CHUNK_BITS, are_set, byte_and_mask, cached_bitmap, or_in, set_bits
 from tickvault.store.stream_codec import (
     FIELDS,  # stream fields after the id, in the schema's order (the fast reader relies on it)
 )
@@ -50,8 +51,6 @@ from tickvault.store.valkey_errors import map_valkey_errors
 log = logging.getLogger("tickvault.writer")
 
 LEASE_MS = 10_000
-SEEN_CHUNK_BITS = 23  # one bitmap key per 8M trade ids: at most 1 MiB each
-_CHUNK_MASK = (1 << SEEN_CHUNK_BITS) - 1
 
 
 _row = operator.attrgetter(*ROW_FIELDS)
@@ -270,13 +269,6 @@ class TickWriter:
             self._state[symbol] = state
         return state
 
-    def _bitmap(self, state: _SymbolState, key: str) -> np.ndarray:
-        bitmap = state.seen.get(key)
-        if bitmap is None:
-            raw = self.client.get(key) or b""
-            bitmap = state.seen[key] = np.frombuffer(raw, dtype=np.uint8).copy()
-        return bitmap
-
     def _edit_set(self, state: _SymbolState, key: str) -> set[bytes]:
         edits = state.edits.get(key)
         if edits is None:
@@ -349,27 +341,17 @@ class TickWriter:
             for c in np.unique(chunk[in_session]).tolist():
                 rows = np.flatnonzero(in_session & (chunk == c))
                 key = self.keys.seen(symbol, session, c)
-                bitmap = self._bitmap(state, key)
-                offsets = trade_id[rows] & _CHUNK_MASK
-                byte, mask = offsets >> 3, (0x80 >> (offsets & 7)).astype(np.uint8)
-                inside = byte < len(bitmap)
-                seen = np.zeros(len(rows), dtype=np.bool_)
-                seen[inside] = (bitmap[byte[inside]] & mask[inside]) != 0
+                byte, mask = byte_and_mask(trade_id[rows])
+                seen = are_set(cached_bitmap(self.client, state.seen, key), byte, mask)
                 # the same trade twice in one batch: only the first is new
-                _, first = np.unique(offsets, return_index=True)
+                _, first = np.unique(trade_id[rows], return_index=True)
                 repeat = np.ones(len(rows), dtype=np.bool_)
                 repeat[first] = False
                 drop = seen | repeat
                 keep[rows[drop]] = False
                 new = ~drop
                 if new.any():
-                    top = int(byte[new].max())
-                    if top >= len(bitmap):
-                        bitmap = state.seen[key] = np.concatenate(
-                            [bitmap, np.zeros(top + 1 - len(bitmap), np.uint8)]
-                        )
-                    np.bitwise_or.at(bitmap, byte[new], mask[new])
-                    lo, hi = int(byte[new].min()), top
+                    lo, hi = set_bits(state.seen, key, byte[new], mask[new])
                     prev = changed.get(key)
                     changed[key] = (min(lo, prev[0]), max(hi, prev[1])) if prev else (lo, hi)
         rows = np.flatnonzero(keep)
@@ -400,11 +382,7 @@ class TickWriter:
             state.entries_added += stored
             state.exists = True
         for key, (lo, hi) in changed.items():
-            # OR the new bits in (never overwrite: a stale copy must not clear bits Valkey has)
-            scratch = f"{key}:new"
-            out.append(_pack(("SETRANGE", scratch, str(lo), state.seen[key][lo : hi + 1].tobytes())))
-            out.append(_pack(("BITOP", "OR", key, key, scratch)))
-            out.append(_pack(("DEL", scratch)))
+            out.extend(_pack(command) for command in or_in(key, state.seen[key], lo, hi))
         return stored, n - stored, int(np.count_nonzero(late)) if stored else 0
 
     @staticmethod
