@@ -52,17 +52,8 @@ class TickQueries:
             below = f"({tail.boundary[0]}-{tail.boundary[1]}"
             upper = str(end_ms) if end_ms < tail.boundary[0] else below
             raw = raw_command(self.client, key, "XRANGE", key, str(start_ms), upper)
-            old_late = [i for i in tail.index if stream_id(i) < tail.boundary]
-            late: list[tuple[bytes, dict[bytes, bytes]]] = []
-            if old_late:
-                pipe = self.client.pipeline(transaction=False)
-                for entry_id in old_late:
-                    pipe.xrange(key, min=entry_id, max=entry_id)
-                late = [entry for found in pipe.execute() for entry in found]
-        in_range = columns_of(raw)
-        on_time = in_range.timestamp_ms == id_ms(raw) if raw else np.ones(0, dtype=np.bool_)
-        if not on_time.all():
-            in_range = in_range.take(np.flatnonzero(on_time))
+            late = self._entries_by_id(key, [i for i in tail.index if stream_id(i) < tail.boundary])
+        in_range = _on_time(raw)
         # late rows in the late index's order: exchange time, then id text (as ZRANGEBYSCORE gives them)
         late_cols = Columns.concat([columns_from_entries(late), tail.late]) if late else tail.late
         late_keys = [entry_id for entry_id, _ in late] + tail.late_ids
@@ -79,21 +70,22 @@ class TickQueries:
         key = self.keys.ticks(symbol)
         with map_valkey_errors():
             raw = raw_command(self.client, key, "XRANGE", key, str(start_ms), str(end_ms))
-            late_ids = self.client.zrangebyscore(self.keys.late(symbol), start_ms, end_ms)
-            late: list[tuple[bytes, dict[bytes, bytes]]] = []
-            if late_ids:
-                pipe = self.client.pipeline(transaction=False)
-                for entry_id in late_ids:
-                    pipe.xrange(key, min=entry_id, max=entry_id)
-                late = [entry for found in pipe.execute() for entry in found]
-        # entries stored late sit at ids past their time; keep each exactly once, at its exchange time
-        in_range = columns_of(raw)
-        on_time = in_range.timestamp_ms == id_ms(raw) if raw else np.ones(0, dtype=np.bool_)
-        if not on_time.all():
-            in_range = in_range.take(np.flatnonzero(on_time))
+            late = self._entries_by_id(
+                key, self.client.zrangebyscore(self.keys.late(symbol), start_ms, end_ms)
+            )
+        in_range = _on_time(raw)
         if not late:
             return in_range
         return Columns.concat([in_range, columns_from_entries(late)])
+
+    def _entries_by_id(self, key: str, entry_ids: list[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The stream entries of these ids (late ticks, listed by the late index), one round trip."""
+        if not entry_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.xrange(key, min=entry_id, max=entry_id)
+        return [entry for found in pipe.execute() for entry in found]
 
     def columns(self, symbol: str, start_ms: int, end_ms: int) -> Columns:
         """Ticks with exchange time in [start_ms, end_ms] from history blocks and the live stream,
@@ -276,3 +268,11 @@ def frame_to_ticks(frame: pd.DataFrame) -> list[Tick]:
             values[name] = str(values[name])
         out.append(from_fields(values, Tick))
     return out
+
+
+def _on_time(raw: list[Any]) -> Columns:
+    """The entries of an XRANGE by time stored on time: an entry stored late sits at an id past its
+    exchange time, and is kept once, at its exchange time, from the late index."""
+    in_range = columns_of(raw)
+    on_time = in_range.timestamp_ms == id_ms(raw) if raw else np.ones(0, dtype=np.bool_)
+    return in_range if on_time.all() else in_range.take(np.flatnonzero(on_time))
