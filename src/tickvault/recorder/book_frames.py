@@ -48,7 +48,7 @@ from tickvault.domain.events import data_error, to_ms, validate_symbol
 from tickvault.domain.keys import book_topic
 from tickvault.domain.tick_schema import NonNegativeInt
 from tickvault.errors import DataError
-from tickvault.recorder.frames import Rejected
+from tickvault.recorder.frames import Rejected, decode_each
 from tickvault.store.book_writer import BookPart
 
 Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # what a column holds
@@ -158,13 +158,7 @@ def decode_book_frames(messages: Sequence[Sequence[bytes]]) -> DecodedFrames:
         if len(wires) != len(messages):
             raise ValueError
     except (msgspec.MsgspecError, ValueError):
-        wires = []
-        for i, message in enumerate(messages):
-            try:
-                wires.append(_decode_one(message))
-            except DataError as exc:
-                wires.append(None)
-                out.rejected.append(Rejected(i, exc, message))
+        wires = decode_each(messages, _decode_one, out.rejected)
     _Batch(messages, wires).check(out)
     out.rejected.sort(key=lambda r: r.index)
     return out

@@ -11,8 +11,9 @@ a frame that breaks one is rejected with the field and the reason, and the rest 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import msgspec
 import numpy as np
@@ -69,6 +70,24 @@ class DecodedBatch:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+W = TypeVar("W")
+
+
+def decode_each(
+    messages: Sequence[Sequence[bytes]], decode_one: Callable[[Sequence[bytes]], W], rejected: list[Rejected]
+) -> list[W | None]:
+    """Each message decoded on its own (the path once the batch's one-call decode failed): None in
+    its place, and its reason in `rejected`, for each that does not decode."""
+    wires: list[W | None] = []
+    for i, message in enumerate(messages):
+        try:
+            wires.append(decode_one(message))
+        except DataError as exc:
+            wires.append(None)
+            rejected.append(Rejected(i, exc, message))
+    return wires
+
+
 def _decode_one(frames: Sequence[bytes]) -> TickWire:
     if len(frames) != 2:
         raise DataError("frames", f"expected [topic, payload], got {len(frames)} frames")
@@ -99,13 +118,7 @@ def decode_frames(messages: Sequence[Sequence[bytes]]) -> DecodedBatch:
             raise ValueError
         wires = list(batch)
     except (msgspec.MsgspecError, ValueError, DataError):
-        wires = []
-        for i, frames in enumerate(messages):
-            try:
-                wires.append(_decode_one(frames))
-            except DataError as exc:
-                wires.append(None)
-                out.rejected.append(Rejected(i, exc, frames))
+        wires = decode_each(messages, _decode_one, out.rejected)
     bad_time = _time_mismatches([w for w in wires if w is not None])
     k = 0
     for i, wire in enumerate(wires):
