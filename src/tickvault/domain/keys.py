@@ -147,10 +147,6 @@ class KeySpace:
         """Bitmap of the book update seqs stored (idempotent writes), 8M seqs per chunk."""
         return f"{self.prefix}{META_PREFIX}:bookseen:{self._sym(symbol)}:{chunk}"
 
-    def book_seen_pattern(self, symbol: str) -> str:
-        """SCAN pattern of a symbol's `book_seen` bitmaps."""
-        return f"{self.prefix}{META_PREFIX}:bookseen:{self._sym(symbol)}:*"
-
     def book_position(self, symbol: str) -> str:
         """Hash: the book's kind and the highest frame, seq and time stored (where a restart resumes)."""
         return f"{self.prefix}{META_PREFIX}:bookpos:{self._sym(symbol)}"

@@ -115,15 +115,6 @@ _TZ_OFFSET = re.compile(r"(Z|[+-]\d\d:?\d\d)$")
 _EVENT_PATH = re.compile(r"`\$\.events\[\d+\]\.(\w+)`")
 
 
-def encode_frame(frame: FrameWire) -> bytes:
-    """A validated frame as JSON again (the recorder's spool file)."""
-    return msgspec.json.encode(frame)
-
-
-def decode_frame(data: bytes) -> FrameWire:
-    return _decoder.decode(data)
-
-
 def kind_of(frame: FrameWire) -> BookKind:
     return "mbp" if isinstance(frame, MbpFrame) else "mbo"
 

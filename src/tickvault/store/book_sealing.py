@@ -178,9 +178,6 @@ class BookHistory:
         ]
         return max(found, key=lambda r: (r.first_ms, r.first_seq), default=None)
 
-    def head_at(self, symbol: str, at_ms: int) -> BookBlockRef | None:
-        return self.head_from(self.head_candidates(symbol, at_ms), at_ms)
-
     def queue_load(self, pipe: Any, symbol: str, refs: list[BookBlockRef]) -> None:
         """Queue the read of these blocks (one MGET: its reply goes to `loaded`)."""
         pipe.mget(
